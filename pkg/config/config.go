@@ -1,0 +1,466 @@
+// Package config loads Spillway's configuration: built-in defaults, then a
+// YAML file, then SPILLWAY_* environment variables. It reads
+// kafka-ambassador's configuration unchanged, so that its users can switch
+// without editing their files.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/rawbytes"
+	"github.com/knadh/koanf/v2"
+
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// EnvPrefix starts every environment variable that overrides a key.
+const EnvPrefix = "SPILLWAY_"
+
+// The producer.wal.mode values.
+const (
+	ModeFallback = "fallback"
+	ModeAlways   = "always"
+	ModeDisable  = "disable"
+)
+
+// Config is the whole configuration of a Spillway service.
+type Config struct {
+	Server   Server
+	Producer Producer
+	Kafka    Kafka
+	Log      Log
+}
+
+// Server holds the listeners.
+type Server struct {
+	HTTP            HTTP
+	GRPC            GRPC
+	Monitoring      Monitoring
+	ShutdownTimeout time.Duration
+}
+
+// HTTP configures the HTTP produce API.
+type HTTP struct {
+	Listen            string
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	MaxBodyBytes      int64
+}
+
+// GRPC configures the gRPC produce API.
+type GRPC struct {
+	Listen         string
+	MaxRequestSize int
+}
+
+// Monitoring configures the port with /metrics, health and pprof.
+type Monitoring struct {
+	Listen         string
+	MaxTopicLabels int
+}
+
+// Producer holds kafka-ambassador's producer section: the breaker, the
+// resend loop and the write-ahead (spill) settings.
+type Producer struct {
+	CB                     Breaker
+	Resend                 Resend
+	WAL                    WAL
+	OldProducerKillTimeout time.Duration
+}
+
+// Breaker configures the circuit breaker in front of Kafka.
+type Breaker struct {
+	Interval time.Duration
+	Timeout  time.Duration
+	Fails    uint32
+	Requests uint32
+}
+
+// Resend configures how spilled records are carried back to Kafka.
+type Resend struct {
+	Period    time.Duration
+	RateLimit float64
+}
+
+// WAL configures when records are written to JetStream.
+type WAL struct {
+	Mode          string
+	InMemory      bool
+	Path          string
+	AlwaysTopics  []string
+	DisableTopics []string
+}
+
+// Log configures the process's logs.
+type Log struct {
+	Level    string // debug, info, warn, error
+	Encoding string // json or console
+}
+
+// defaults holds every key Spillway reads, other than kafka.*, with its
+// default. A key missing here is unknown and rejected.
+var defaults = map[string]any{
+	"server.http.listen":                      ":18080",
+	"server.http.read_header_timeout":         "5s",
+	"server.http.read_timeout":                "60s",
+	"server.http.write_timeout":               "60s",
+	"server.http.idle_timeout":                "120s",
+	"server.http.max_body_bytes":              16 << 20,
+	"server.grpc.listen":                      ":18282",
+	"server.grpc.max.request.size":            4 << 20,
+	"server.grpc.monitoring.enable":           true, // kafka-ambassador's; metrics are always on
+	"server.grpc.monitoring.histogram.enable": true, // kafka-ambassador's; histograms are always on
+	"server.monitoring.listen":                ":28080",
+	"server.monitoring.max_topic_labels":      100,
+	"server.shutdown_timeout":                 "30s",
+	"producer.cb.interval":                    "0s",
+	"producer.cb.timeout":                     "20s",
+	"producer.cb.fails":                       5,
+	"producer.cb.requests":                    3,
+	"producer.resend.period":                  "33s",
+	"producer.resend.rate_limit":              10000,
+	"producer.wal.mode":                       ModeFallback,
+	"producer.wal.in_memory":                  false,
+	"producer.wal.path":                       "data/wal",
+	"producer.wal.always_topics":              []string{},
+	"producer.wal.disable_topics":             []string{},
+	"producer.old_producer_kill_timeout":      "0s",
+	"kafka.brokers":                           []string{},
+	"global.log.level":                        "info",
+	"global.log.encoding":                     "json",
+}
+
+// Keys returns every configuration key other than the kafka.* properties,
+// with its default.
+func Keys() map[string]any { return maps.Clone(defaults) }
+
+// Load reads the configuration: defaults, then the YAML file at path (if
+// path is not empty), then the SPILLWAY_* variables in environ. The error
+// names every bad key.
+func Load(path string, environ []string) (*Config, error) {
+	var file []byte
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read configuration: %w", err)
+		}
+		file = b
+	}
+	return Parse(file, environ)
+}
+
+// Parse is Load with the file's content given.
+func Parse(file []byte, environ []string) (*Config, error) {
+	k := koanf.New(".")
+	if err := k.Load(confmap.Provider(defaults, "."), nil); err != nil {
+		return nil, fmt.Errorf("load defaults: %w", err)
+	}
+	if len(file) > 0 {
+		if err := k.Load(rawbytes.Provider(file), yaml.Parser()); err != nil {
+			return nil, fmt.Errorf("parse configuration file: %w", err)
+		}
+	}
+	env, err := envOverrides(environ)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.Load(confmap.Provider(env, "."), nil); err != nil {
+		return nil, fmt.Errorf("load environment: %w", err)
+	}
+
+	var errs []error
+	for _, key := range k.Keys() {
+		if _, ok := defaults[key]; ok || strings.HasPrefix(key, "kafka.") || strings.HasPrefix(key, "global.log.") {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("unknown configuration key %q", key))
+	}
+
+	g := getter{k: k}
+	c := &Config{
+		Server: Server{
+			HTTP: HTTP{
+				Listen:            g.address("server.http.listen"),
+				ReadHeaderTimeout: g.duration("server.http.read_header_timeout"),
+				ReadTimeout:       g.duration("server.http.read_timeout"),
+				WriteTimeout:      g.duration("server.http.write_timeout"),
+				IdleTimeout:       g.duration("server.http.idle_timeout"),
+				MaxBodyBytes:      int64(g.positiveInt("server.http.max_body_bytes")),
+			},
+			GRPC: GRPC{
+				Listen:         g.address("server.grpc.listen"),
+				MaxRequestSize: g.positiveInt("server.grpc.max.request.size"),
+			},
+			Monitoring: Monitoring{
+				Listen:         g.address("server.monitoring.listen"),
+				MaxTopicLabels: g.positiveInt("server.monitoring.max_topic_labels"),
+			},
+			ShutdownTimeout: g.duration("server.shutdown_timeout"),
+		},
+		Producer: Producer{
+			CB: Breaker{
+				Interval: g.duration("producer.cb.interval"),
+				Timeout:  g.duration("producer.cb.timeout"),
+				Fails:    uint32(g.positiveInt("producer.cb.fails")),
+				Requests: uint32(g.positiveInt("producer.cb.requests")),
+			},
+			Resend: Resend{
+				Period:    g.duration("producer.resend.period"),
+				RateLimit: g.rate("producer.resend.rate_limit"),
+			},
+			WAL: WAL{
+				Mode:          g.oneOf("producer.wal.mode", ModeFallback, ModeAlways, ModeDisable),
+				InMemory:      g.boolean("producer.wal.in_memory"),
+				Path:          g.str("producer.wal.path"),
+				AlwaysTopics:  g.topics("producer.wal.always_topics"),
+				DisableTopics: g.topics("producer.wal.disable_topics"),
+			},
+			OldProducerKillTimeout: g.duration("producer.old_producer_kill_timeout"),
+		},
+		Log: Log{
+			Level:    g.oneOf("global.log.level", "debug", "info", "warn", "error"),
+			Encoding: g.oneOf("global.log.encoding", "json", "console"),
+		},
+	}
+	g.boolean("server.grpc.monitoring.enable")
+	g.boolean("server.grpc.monitoring.histogram.enable")
+	for _, t := range c.Producer.WAL.AlwaysTopics {
+		if slices.Contains(c.Producer.WAL.DisableTopics, t) {
+			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))
+		}
+	}
+	c.Kafka = parseKafka(k, &g)
+	errs = append(errs, g.errs...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// EnvName returns the environment variable that overrides key.
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.NewReplacer(".", "_").Replace(key))
+}
+
+// envOverrides maps SPILLWAY_* variables to keys. A key's variable is the
+// key upper-cased with dots as underscores (SPILLWAY_PRODUCER_WAL_MODE);
+// any other SPILLWAY_KAFKA_* variable is a librdkafka property with its
+// underscores as dots (SPILLWAY_KAFKA_COMPRESSION_CODEC). Lists are
+// comma-separated.
+func envOverrides(environ []string) (map[string]any, error) {
+	byEnv := make(map[string]string, len(defaults))
+	for key := range defaults {
+		byEnv[EnvName(key)] = key
+	}
+	out := map[string]any{}
+	var errs []error
+	for _, kv := range environ {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		key, known := byEnv[name]
+		switch {
+		case known:
+		case strings.HasPrefix(name, EnvPrefix+"KAFKA_") && len(name) > len(EnvPrefix+"KAFKA_"):
+			key = "kafka." + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, EnvPrefix+"KAFKA_"), "_", "."))
+		default:
+			errs = append(errs, fmt.Errorf("unknown environment variable %s: it matches no configuration key", name))
+			continue
+		}
+		if _, isList := defaults[key].([]string); isList || key == "kafka.brokers" {
+			out[key] = splitList(value)
+		} else {
+			out[key] = value
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	out := []string{}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// getter reads typed values and collects one error per bad key.
+type getter struct {
+	k    *koanf.Koanf
+	errs []error
+}
+
+func (g *getter) fail(key string, err error) {
+	g.errs = append(g.errs, fmt.Errorf("%s: %w", key, err))
+}
+
+func (g *getter) str(key string) string {
+	switch v := g.k.Get(key).(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case int, int64, float64, bool:
+		return fmt.Sprint(v)
+	default:
+		g.fail(key, fmt.Errorf("want a string, got %T", v))
+		return ""
+	}
+}
+
+func (g *getter) address(key string) string {
+	s := g.str(key)
+	if _, port, err := net.SplitHostPort(s); err != nil {
+		g.fail(key, fmt.Errorf("%q is not a listen address; want host:port, such as \":18080\" or \"127.0.0.1:18080\"", s))
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		g.fail(key, fmt.Errorf("%q has no valid port; want a number from 0 to 65535", s))
+	}
+	return s
+}
+
+func (g *getter) duration(key string) time.Duration {
+	v := g.k.Get(key)
+	d, err := parseDuration(v)
+	if err != nil {
+		g.fail(key, err)
+	}
+	return d
+}
+
+func parseDuration(v any) (time.Duration, error) {
+	switch v := v.(type) {
+	case int, int64, float64:
+		if fmt.Sprint(v) == "0" {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("%v has no unit; want a duration such as \"500ms\", \"20s\" or \"1m\"", v)
+	case string:
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil {
+			if n, nerr := strconv.ParseFloat(strings.TrimSpace(v), 64); nerr == nil && n == 0 {
+				return 0, nil
+			}
+			return 0, fmt.Errorf("%q is not a duration; want one such as \"500ms\", \"20s\" or \"1m\"", v)
+		}
+		if d < 0 {
+			return 0, fmt.Errorf("%q is negative; want a duration of 0 or more", v)
+		}
+		return d, nil
+	default:
+		return 0, fmt.Errorf("want a duration such as \"20s\", got %T", v)
+	}
+}
+
+func (g *getter) number(key string) (float64, bool) {
+	v := g.k.Get(key)
+	var f float64
+	switch v := v.(type) {
+	case int:
+		f = float64(v)
+	case int64:
+		f = float64(v)
+	case float64:
+		f = v
+	case string:
+		n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			g.fail(key, fmt.Errorf("%q is not a number", v))
+			return 0, false
+		}
+		f = n
+	default:
+		g.fail(key, fmt.Errorf("want a number, got %T", v))
+		return 0, false
+	}
+	return f, true
+}
+
+func (g *getter) positiveInt(key string) int {
+	f, ok := g.number(key)
+	if !ok {
+		return 0
+	}
+	if f < 1 || f != float64(int(f)) {
+		g.fail(key, fmt.Errorf("%v is not allowed; want a whole number of 1 or more", f))
+		return 0
+	}
+	return int(f)
+}
+
+func (g *getter) rate(key string) float64 {
+	f, ok := g.number(key)
+	if ok && f < 0 {
+		g.fail(key, fmt.Errorf("%v is negative; want records per second, 0 for no limit", f))
+		return 0
+	}
+	return f
+}
+
+func (g *getter) boolean(key string) bool {
+	switch v := g.k.Get(key).(type) {
+	case bool:
+		return v
+	case string:
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			g.fail(key, fmt.Errorf("%q is not allowed; want true or false", v))
+		}
+		return b
+	default:
+		g.fail(key, fmt.Errorf("want true or false, got %v", v))
+		return false
+	}
+}
+
+func (g *getter) oneOf(key string, allowed ...string) string {
+	s := strings.ToLower(g.str(key))
+	if !slices.Contains(allowed, s) {
+		g.fail(key, fmt.Errorf("%q is not allowed; want one of %s", s, strings.Join(allowed, ", ")))
+	}
+	return s
+}
+
+func (g *getter) strings(key string) []string {
+	switch v := g.k.Get(key).(type) {
+	case nil:
+		return nil
+	case []string:
+		return v
+	case string:
+		return splitList(v)
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			out = append(out, fmt.Sprint(e))
+		}
+		return out
+	default:
+		g.fail(key, fmt.Errorf("want a list, got %T", v))
+		return nil
+	}
+}
+
+func (g *getter) topics(key string) []string {
+	ts := g.strings(key)
+	for _, t := range ts {
+		if err := record.ValidateTopic(t); err != nil {
+			g.fail(key, err)
+		}
+	}
+	return ts
+}

@@ -1,0 +1,132 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestKafkaAmbassadorExampleLoads(t *testing.T) {
+	c, err := Load("testdata/kafka-ambassador.yaml", nil)
+	require.NoError(t, err)
+
+	assert.Equal(t, "0.0.0.0:18080", c.Server.HTTP.Listen)
+	assert.Equal(t, "0.0.0.0:18282", c.Server.GRPC.Listen)
+	assert.Equal(t, "0.0.0.0:28080", c.Server.Monitoring.Listen)
+	assert.Equal(t, Breaker{Interval: 0, Timeout: 20 * time.Second, Fails: 5, Requests: 3}, c.Producer.CB)
+	assert.Equal(t, Resend{Period: 33 * time.Second, RateLimit: 10000}, c.Producer.Resend)
+	assert.Equal(t, ModeFallback, c.Producer.WAL.Mode)
+	assert.Equal(t, "/data/wal", c.Producer.WAL.Path)
+	assert.Equal(t, []string{"always_wal"}, c.Producer.WAL.AlwaysTopics)
+	assert.Equal(t, []string{"never_wal_topics"}, c.Producer.WAL.DisableTopics)
+
+	assert.Equal(t, []string{"kafka.address.com:9092"}, c.Kafka.Brokers)
+	assert.False(t, c.Kafka.UsingDevBroker)
+	assert.Equal(t, "gzip", c.Kafka.Compression)
+	assert.Equal(t, 100000, c.Kafka.BatchSize)
+	assert.Equal(t, 60*time.Second, c.Kafka.MessageTimeout)
+	assert.Equal(t, 10*time.Second, c.Kafka.SocketTimeout)
+	assert.Equal(t, []string{"max.in.flight.requests.per.connection"}, c.Kafka.IgnoredProperties)
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("", nil)
+	require.NoError(t, err)
+	assert.Equal(t, ":18080", c.Server.HTTP.Listen)
+	assert.Equal(t, ":18282", c.Server.GRPC.Listen)
+	assert.Equal(t, ":28080", c.Server.Monitoring.Listen)
+	assert.Equal(t, []string{DevBroker}, c.Kafka.Brokers)
+	assert.True(t, c.Kafka.UsingDevBroker)
+	assert.Equal(t, -1, c.Kafka.RequiredAcks)
+	assert.Equal(t, 5*time.Millisecond, c.Kafka.Linger)
+	assert.Equal(t, 3, c.Kafka.MaxAttempts)
+	assert.Equal(t, 1000000, c.Kafka.MaxMessageBytes)
+	assert.Equal(t, "none", c.Kafka.Compression)
+	assert.True(t, c.Kafka.AutoCreateTopics)
+	assert.Empty(t, c.Kafka.IgnoredProperties)
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	c, err := Parse([]byte("kafka:\n  brokers: [a:9092]\n  acks: 1\n"), []string{
+		"SPILLWAY_KAFKA_BROKERS=b:9092, c:9092",
+		"SPILLWAY_PRODUCER_WAL_MODE=always",
+		"SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=250",
+		"SPILLWAY_PRODUCER_WAL_DISABLE_TOPICS=orders,payments",
+		"SPILLWAY_KAFKA_COMPRESSION_CODEC=zstd",
+		"SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:0",
+		"OTHER_VARIABLE=ignored",
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b:9092", "c:9092"}, c.Kafka.Brokers)
+	assert.Equal(t, ModeAlways, c.Producer.WAL.Mode)
+	assert.Equal(t, 250.0, c.Producer.Resend.RateLimit)
+	assert.Equal(t, []string{"orders", "payments"}, c.Producer.WAL.DisableTopics)
+	assert.Equal(t, "zstd", c.Kafka.Compression)
+	assert.Equal(t, 1, c.Kafka.RequiredAcks, "file value kept where no variable overrides it")
+	assert.Equal(t, "127.0.0.1:0", c.Server.HTTP.Listen)
+}
+
+func TestNestedKafkaPropertiesAndBootstrapServers(t *testing.T) {
+	c, err := Parse([]byte("kafka:\n  bootstrap.servers: x:1,y:2\n  linger:\n    ms: 20\n"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"x:1", "y:2"}, c.Kafka.Brokers)
+	assert.Equal(t, 20*time.Millisecond, c.Kafka.Linger)
+}
+
+func TestInvalidConfiguration(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		env     []string
+		wantErr []string
+	}{
+		{"unknown key", "server:\n  htp:\n    listen: x\n", nil, []string{`unknown configuration key "server.htp.listen"`}},
+		{"unknown top-level key", "producers:\n  wal: {}\n", nil, []string{`unknown configuration key "producers.wal"`}},
+		{"bad duration", "producer:\n  cb:\n    timeout: soon\n", nil, []string{`producer.cb.timeout: "soon" is not a duration`}},
+		{"duration without unit", "producer:\n  resend:\n    period: 33\n", nil, []string{`producer.resend.period: 33 has no unit`}},
+		{"negative rate", "producer:\n  resend:\n    rate_limit: -5\n", nil, []string{`producer.resend.rate_limit: -5 is negative`}},
+		{"unknown mode", "producer:\n  wal:\n    mode: sometimes\n", nil, []string{`producer.wal.mode: "sometimes" is not allowed; want one of fallback, always, disable`}},
+		{"zero fails", "producer:\n  cb:\n    fails: 0\n", nil, []string{`producer.cb.fails: 0 is not allowed; want a whole number of 1 or more`}},
+		{"bad listen", "server:\n  http:\n    listen: localhost\n", nil, []string{`server.http.listen: "localhost" is not a listen address`}},
+		{"topic in both lists", "producer:\n  wal:\n    always_topics: [a]\n    disable_topics: [a]\n", nil, []string{`topic "a" is also in producer.wal.disable_topics`}},
+		{"invalid topic in list", "producer:\n  wal:\n    always_topics: [\"bad topic\"]\n", nil, []string{`producer.wal.always_topics: invalid topic name "bad topic"`}},
+		{"bad compression", "kafka:\n  compression.codec: brotli\n", nil, []string{`kafka.compression.codec: "brotli" is not allowed; want one of none, gzip, snappy, lz4, zstd`}},
+		{"bad acks", "kafka:\n  acks: 2\n", nil, []string{`kafka.acks: "2" is not allowed; want all, -1, 1 or 0`}},
+		{"bad bool", "producer:\n  wal:\n    in_memory: maybe\n", nil, []string{`producer.wal.in_memory: "maybe" is not allowed; want true or false`}},
+		{"sasl without user", "kafka:\n  security.protocol: sasl_ssl\n", nil, []string{`kafka.sasl.username: is empty`}},
+		{"bad log level", "global:\n  log:\n    level: loud\n", nil, []string{`global.log.level: "loud" is not allowed; want one of debug, info, warn, error`}},
+		{"bad env value", "", []string{"SPILLWAY_PRODUCER_CB_TIMEOUT=forever"}, []string{`producer.cb.timeout: "forever" is not a duration`}},
+		{"unknown env", "", []string{"SPILLWAY_PRODUCR_WAL_MODE=always"}, []string{`unknown environment variable SPILLWAY_PRODUCR_WAL_MODE`}},
+		{"two errors at once", "producer:\n  cb:\n    timeout: x\n    fails: -1\n", nil, []string{"producer.cb.timeout", "producer.cb.fails"}},
+		{"malformed yaml", "server: [\n", nil, []string{"parse configuration file"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml), tt.env)
+			require.Error(t, err)
+			for _, want := range tt.wantErr {
+				assert.Contains(t, err.Error(), want)
+			}
+		})
+	}
+}
+
+func TestEveryKeyHasAnEnvironmentVariable(t *testing.T) {
+	for key := range Keys() {
+		name := EnvName(key)
+		assert.True(t, strings.HasPrefix(name, "SPILLWAY_"), name)
+		_, err := Parse(nil, []string{name + "=" + "x"})
+		if err != nil {
+			assert.NotContains(t, err.Error(), "unknown environment variable", key)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load("testdata/does-not-exist.yaml", nil)
+	require.ErrorIs(t, err, os.ErrNotExist)
+}

@@ -1,0 +1,355 @@
+// Package producer writes records to Kafka and reports, for each record,
+// whether Kafka acknowledged it with the configured acks, and where it
+// went. Concurrent callers share produce batches: a caller waits only for
+// the batch its records joined.
+package producer
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// Producer sends records to Kafka. It is safe for concurrent use.
+type Producer struct {
+	writer         *kafka.Writer
+	client         *kafka.Client
+	timeout        time.Duration
+	maxRecordBytes int
+}
+
+// New builds a Producer from the Kafka configuration. It does not connect:
+// the first produce does.
+func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
+	transport, err := newTransport(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &Producer{
+		timeout:        cfg.MessageTimeout,
+		maxRecordBytes: cfg.MaxMessageBytes,
+	}
+	p.writer = &kafka.Writer{
+		Addr:                   kafka.TCP(cfg.Brokers...),
+		Balancer:               partitionBalancer{fallback: newBalancer(cfg.Partitioner)},
+		MaxAttempts:            cfg.MaxAttempts,
+		WriteBackoffMin:        cfg.RetryBackoff,
+		WriteBackoffMax:        cfg.RetryBackoffMax,
+		BatchSize:              cfg.BatchSize,
+		BatchBytes:             cfg.BatchBytes + 64<<10, // room for kafka-go's per-record overhead; our own limit is checked first
+		BatchTimeout:           cfg.Linger,
+		ReadTimeout:            cfg.SocketTimeout,
+		WriteTimeout:           cfg.SocketTimeout,
+		RequiredAcks:           kafka.RequiredAcks(cfg.RequiredAcks),
+		Async:                  true,
+		Completion:             complete,
+		Compression:            compression(cfg.Compression),
+		Transport:              transport,
+		AllowAutoTopicCreation: cfg.AutoCreateTopics,
+		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
+			logger.Debug("kafka writer", "detail", fmt.Sprintf(format, args...))
+		}),
+	}
+	p.client = &kafka.Client{Addr: p.writer.Addr, Transport: transport, Timeout: cfg.SocketTimeout}
+	return p, nil
+}
+
+func newTransport(cfg config.Kafka) (*kafka.Transport, error) {
+	t := &kafka.Transport{
+		Dial:        (&net.Dialer{Timeout: cfg.SocketTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialTimeout: cfg.SocketTimeout,
+		IdleTimeout: 30 * time.Second,
+		MetadataTTL: cfg.MetadataRefresh,
+		ClientID:    cfg.ClientID,
+	}
+	if cfg.UsesTLS() {
+		tc, err := tlsConfig(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		t.TLS = tc
+	}
+	if cfg.UsesSASL() {
+		m, err := saslMechanism(cfg.SASL)
+		if err != nil {
+			return nil, err
+		}
+		t.SASL = m
+	}
+	return t, nil
+}
+
+func tlsConfig(c config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // only when enable.ssl.certificate.verification is false
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("kafka.ssl.ca.location: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("kafka.ssl.ca.location: %s holds no PEM certificate", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("kafka.ssl.certificate.location: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+func saslMechanism(c config.SASL) (sasl.Mechanism, error) {
+	switch c.Mechanism {
+	case "SCRAM-SHA-256":
+		return scram.Mechanism(scram.SHA256, c.Username, c.Password)
+	case "SCRAM-SHA-512":
+		return scram.Mechanism(scram.SHA512, c.Username, c.Password)
+	default:
+		return plain.Mechanism{Username: c.Username, Password: c.Password}, nil
+	}
+}
+
+func compression(name string) kafka.Compression {
+	switch name {
+	case "gzip":
+		return kafka.Gzip
+	case "snappy":
+		return kafka.Snappy
+	case "lz4":
+		return kafka.Lz4
+	case "zstd":
+		return kafka.Zstd
+	default:
+		return 0
+	}
+}
+
+func newBalancer(name string) kafka.Balancer {
+	switch name {
+	case "murmur2":
+		return kafka.Murmur2Balancer{Consistent: true}
+	case "consistent_random":
+		return kafka.CRC32Balancer{}
+	case "consistent":
+		return kafka.CRC32Balancer{Consistent: true}
+	case "random":
+		return &kafka.RoundRobin{}
+	default:
+		return kafka.Murmur2Balancer{}
+	}
+}
+
+// partitionBalancer sends a record to the partition its client chose, and
+// leaves the others to the configured partitioner.
+type partitionBalancer struct{ fallback kafka.Balancer }
+
+func (b partitionBalancer) Balance(msg kafka.Message, partitions ...int) int {
+	if s, ok := msg.WriterData.(*slot); ok && s.partition != record.AnyPartition {
+		if !slices.Contains(partitions, int(s.partition)) {
+			s.partitions = len(partitions)
+		}
+		return int(s.partition)
+	}
+	return b.fallback.Balance(msg, partitions...)
+}
+
+// call is one Produce call: its records' results and how many are still
+// waiting for Kafka.
+type call struct {
+	mu        sync.Mutex
+	results   []record.Result
+	remaining int
+	abandoned bool // the caller stopped waiting; late completions are dropped
+	done      chan struct{}
+}
+
+// slot ties one kafka.Message to its place in a call.
+type slot struct {
+	call      *call
+	index     int
+	partition int32
+	// partitions is set when the chosen partition is not in the topic:
+	// the topic's partition count.
+	partitions int
+}
+
+// complete is the kafka.Writer's completion callback: it runs once per
+// produced batch, on the writer's goroutine.
+func complete(msgs []kafka.Message, err error) {
+	for i := range msgs {
+		s, ok := msgs[i].WriterData.(*slot)
+		if !ok {
+			continue
+		}
+		c := s.call
+		c.mu.Lock()
+		if !c.abandoned {
+			r := &c.results[s.index]
+			switch {
+			case err != nil && s.partitions > 0:
+				*r = record.Fail(msgs[i].Topic, &record.Error{
+					Reason:  record.ReasonUnknownTopic,
+					Message: fmt.Sprintf("partition %d does not exist: the topic has %d partitions", s.partition, s.partitions),
+					Err:     err,
+				})
+			case err != nil:
+				*r = record.Fail(msgs[i].Topic, classify(err))
+			default:
+				*r = record.Result{
+					Outcome:   record.Delivered,
+					Topic:     msgs[i].Topic,
+					Partition: int32(msgs[i].Partition),
+					Offset:    msgs[i].Offset,
+					Timestamp: msgs[i].Time,
+				}
+			}
+			c.remaining--
+			if c.remaining == 0 {
+				close(c.done)
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Produce sends recs to Kafka and returns one result per record, in order,
+// once Kafka acknowledged or failed each of them, or when ctx ends or the
+// message timeout (message.timeout.ms) passes: records still unanswered
+// then fail with record.ReasonTimeout. They may still reach Kafka later.
+func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.Result {
+	results := make([]record.Result, len(recs))
+	c := &call{results: results, done: make(chan struct{})}
+	slots := make([]slot, len(recs))
+	msgs := make([]kafka.Message, 0, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		if n := r.Size(); n > p.maxRecordBytes {
+			results[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTooLarge,
+				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", n, p.maxRecordBytes))
+			continue
+		}
+		slots[i] = slot{call: c, index: i, partition: r.Partition}
+		msgs = append(msgs, kafka.Message{
+			Topic:      r.Topic,
+			Key:        r.Key,
+			Value:      r.Value,
+			Headers:    kafkaHeaders(r.Headers),
+			Time:       r.Timestamp,
+			WriterData: &slots[i],
+		})
+	}
+	if len(msgs) == 0 {
+		return results
+	}
+	c.remaining = len(msgs)
+
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	if err := p.writer.WriteMessages(ctx, msgs...); err != nil {
+		// Nothing was queued: WriteMessages checks every record before it
+		// queues any.
+		for _, m := range msgs {
+			s := m.WriterData.(*slot)
+			results[s.index] = record.Fail(m.Topic, classify(err))
+		}
+		return results
+	}
+
+	select {
+	case <-c.done:
+		return results
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.remaining == 0 {
+		return results
+	}
+	c.abandoned = true
+	out := slices.Clone(results)
+	for _, m := range msgs {
+		s := m.WriterData.(*slot)
+		if out[s.index].Outcome == record.Failed && out[s.index].Err == nil {
+			out[s.index] = record.Fail(m.Topic, &record.Error{
+				Reason:  record.ReasonTimeout,
+				Message: "Kafka did not acknowledge the record in time; it may still arrive",
+				Err:     ctx.Err(),
+			})
+		}
+	}
+	return out
+}
+
+func kafkaHeaders(hs []record.Header) []kafka.Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]kafka.Header, len(hs))
+	for i, h := range hs {
+		out[i] = kafka.Header{Key: h.Key, Value: h.Value}
+	}
+	return out
+}
+
+// classify turns a kafka-go error into a record.Error with the reason a
+// client can act on.
+func classify(err error) error {
+	var tooLarge kafka.MessageTooLargeError
+	switch {
+	case errors.Is(err, kafka.MessageSizeTooLarge), errors.Is(err, kafka.RecordListTooLarge), errors.As(err, &tooLarge):
+		return &record.Error{Reason: record.ReasonTooLarge, Message: "Kafka refused the record as too large", Err: err}
+	case errors.Is(err, kafka.InvalidTopic):
+		return &record.Error{Reason: record.ReasonInvalid, Message: "Kafka refused the topic name", Err: err}
+	case errors.Is(err, kafka.UnknownTopicOrPartition):
+		return &record.Error{Reason: record.ReasonUnknownTopic, Message: "the topic does not exist and is not created automatically", Err: err}
+	case errors.Is(err, kafka.TopicAuthorizationFailed), errors.Is(err, kafka.ClusterAuthorizationFailed),
+		errors.Is(err, kafka.SASLAuthenticationFailed), errors.Is(err, kafka.TransactionalIDAuthorizationFailed):
+		return &record.Error{Reason: record.ReasonNotAuthorized, Message: "Kafka refused Spillway's credentials for this topic", Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &record.Error{Reason: record.ReasonTimeout, Message: "Kafka did not acknowledge the record in time; it may still arrive", Err: err}
+	default:
+		return &record.Error{Reason: record.ReasonUnavailable, Message: "Kafka cannot take the record now", Err: err}
+	}
+}
+
+// Topics lists the topics in the cluster, without Kafka's internal ones.
+func (p *Producer) Topics(ctx context.Context) ([]string, error) {
+	md, err := p.client.Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("kafka metadata: %w", err)
+	}
+	topics := make([]string, 0, len(md.Topics))
+	for _, t := range md.Topics {
+		if t.Internal || t.Error != nil {
+			continue
+		}
+		topics = append(topics, t.Name)
+	}
+	slices.Sort(topics)
+	return topics, nil
+}
+
+// Close flushes the records still queued and waits for Kafka's answers.
+func (p *Producer) Close() error {
+	return p.writer.Close()
+}

@@ -1,0 +1,125 @@
+// Package record is the model of one Kafka record as it travels through
+// Spillway, and of what became of it: delivered to Kafka, buffered in
+// JetStream on its way there, or failed with a reason.
+package record
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// AnyPartition lets the partitioner choose: by the key's murmur2 hash when
+// there is a key, at random when there is none.
+const AnyPartition int32 = -1
+
+// Header is one Kafka record header. Names may repeat.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Record is one record to produce. A nil Key means "no key", which Kafka
+// and its partitioners treat differently from an empty key.
+type Record struct {
+	Topic     string
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+	Partition int32     // AnyPartition unless the client chose one
+	Timestamp time.Time // zero: the broker's time
+}
+
+// Size is the record's size as Kafka's record size limits count it, near
+// enough: key, value and headers.
+func (r *Record) Size() int {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// Outcome says which durable step a record reached.
+type Outcome uint8
+
+const (
+	// Failed: the record is in neither Kafka nor JetStream; Err says why.
+	Failed Outcome = iota
+	// Delivered: Kafka acknowledged the record with the configured acks.
+	Delivered
+	// Buffered: JetStream acknowledged the record; Spillway will carry it
+	// to Kafka.
+	Buffered
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Delivered:
+		return "delivered"
+	case Buffered:
+		return "buffered"
+	default:
+		return "failed"
+	}
+}
+
+// Result is what became of one record.
+type Result struct {
+	Outcome   Outcome
+	Topic     string
+	Partition int32
+	Offset    int64
+	Timestamp time.Time
+	Err       error // set when Outcome is Failed; a *Error when the reason is known
+}
+
+// Reason classifies a failure. It is a metric label and decides the status
+// code a client sees, so the set is small and fixed.
+type Reason string
+
+// The reasons a record can fail for.
+const (
+	ReasonInvalid       Reason = "invalid"        // the record or its topic is malformed
+	ReasonTooLarge      Reason = "too_large"      // over the record size limit
+	ReasonUnknownTopic  Reason = "unknown_topic"  // the topic or partition does not exist
+	ReasonNotAuthorized Reason = "not_authorized" // Kafka refused our credentials for the topic
+	ReasonUnavailable   Reason = "unavailable"    // Kafka could not take the record now
+	ReasonTimeout       Reason = "timeout"        // Kafka did not answer in time
+)
+
+// Error is a failed record's reason and a message for the client.
+type Error struct {
+	Reason  Reason
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Message, e.Err)
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an *Error with the reason and a formatted message.
+func Errorf(reason Reason, format string, args ...any) *Error {
+	return &Error{Reason: reason, Message: fmt.Sprintf(format, args...)}
+}
+
+// ReasonOf returns the reason of err, or ReasonUnavailable for an error
+// that carries none.
+func ReasonOf(err error) Reason {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ReasonUnavailable
+}
+
+// Fail returns a failed Result.
+func Fail(topic string, err error) Result {
+	return Result{Outcome: Failed, Topic: topic, Partition: AnyPartition, Offset: -1, Err: err}
+}

@@ -1,0 +1,3 @@
+module github.com/spillway/spillway/proto
+
+go 1.26

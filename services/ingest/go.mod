@@ -1,0 +1,3 @@
+module github.com/spillway/spillway/services/ingest
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/spillway/spillway/tools
+
+go 1.26
