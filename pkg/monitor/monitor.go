@@ -1,0 +1,101 @@
+// Package monitor serves a service's monitoring port: Prometheus metrics
+// from the service's own registry, liveness, readiness and pprof.
+package monitor
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Server is the monitoring HTTP server. It starts not ready.
+type Server struct {
+	srv   *http.Server
+	ln    net.Listener
+	ready atomic.Bool
+
+	mu     sync.Mutex
+	checks []func() error
+}
+
+// New binds addr and prepares the handlers; Serve serves them.
+func New(addr string, reg *prometheus.Registry) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{ln: ln}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return s, nil
+}
+
+// Addr is the bound address, useful when New was given port 0.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SetReady says whether the service takes records.
+func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
+
+// AddReadinessCheck adds a check that must pass for /readyz to say ready.
+func (s *Server) AddReadinessCheck(check func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks = append(s.checks, check)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !s.ready.Load() {
+		http.Error(w, "not ready: starting or shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.mu.Lock()
+	checks := s.checks
+	s.mu.Unlock()
+	for _, check := range checks {
+		if err := check(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// Serve serves until Shutdown.
+func (s *Server) Serve() error {
+	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Close stops the server at once, also when Serve never ran.
+func (s *Server) Close() error {
+	_ = s.srv.Close()
+	if err := s.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops the server.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.srv.Shutdown(ctx)
+}

@@ -1,0 +1,154 @@
+// Package app wires the ingest service together: the Kafka producer, the
+// delivery path, the HTTP API and the monitoring port. Tests boot the whole
+// service in-process through it.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/monitor"
+	"github.com/spillway/spillway/pkg/producer"
+	"github.com/spillway/spillway/services/ingest/internal/delivery"
+	"github.com/spillway/spillway/services/ingest/internal/httpapi"
+)
+
+// Options are what the ingest needs from its caller.
+type Options struct {
+	Config *config.Config
+	Logger *slog.Logger
+	// Registry receives the service's metrics; a new one when nil.
+	Registry *prometheus.Registry
+}
+
+// App is a running ingest service.
+type App struct {
+	opts     Options
+	producer *producer.Producer
+	monitor  *monitor.Server
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	cleanups []func()
+}
+
+// New builds the service and binds its listeners, so that Addr answers at
+// once; Run serves.
+func New(o Options) (a *App, err error) {
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	a = &App{opts: o}
+	defer func() {
+		if err != nil {
+			a.close()
+			if a.monitor != nil {
+				_ = a.monitor.Close()
+			}
+		}
+	}()
+	cfg := o.Config
+
+	a.producer, err = producer.New(cfg.Kafka, o.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("kafka producer: %w", err)
+	}
+	a.cleanups = append(a.cleanups, func() {
+		if err := a.producer.Close(); err != nil {
+			o.Logger.Error("closing the kafka producer", "error", err)
+		}
+	})
+
+	a.monitor, err = monitor.New(cfg.Server.Monitoring.Listen, o.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("server.monitoring.listen: %w", err)
+	}
+
+	d := delivery.New(a.producer, o.Registry, cfg.Server.Monitoring.MaxTopicLabels)
+	handler := httpapi.New(httpapi.Options{
+		Sender:         d,
+		Topics:         a.producer,
+		MaxBodyBytes:   cfg.Server.HTTP.MaxBodyBytes,
+		Registry:       o.Registry,
+		Logger:         o.Logger,
+		LatencyBuckets: delivery.LatencyBuckets,
+	})
+	a.httpLn, err = net.Listen("tcp", cfg.Server.HTTP.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("server.http.listen: %w", err)
+	}
+	a.httpSrv = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: cfg.Server.HTTP.ReadHeaderTimeout,
+		ReadTimeout:       cfg.Server.HTTP.ReadTimeout,
+		WriteTimeout:      cfg.Server.HTTP.WriteTimeout,
+		IdleTimeout:       cfg.Server.HTTP.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+	}
+	return a, nil
+}
+
+// HTTPAddr is the HTTP API's bound address.
+func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// MonitorAddr is the monitoring port's bound address.
+func (a *App) MonitorAddr() string { return a.monitor.Addr() }
+
+// Run serves until ctx ends, then shuts down in order: readiness goes
+// false, the HTTP server stops accepting and lets in-flight requests
+// finish, the producer flushes, and the monitoring port closes last.
+func (a *App) Run(ctx context.Context) error {
+	log := a.opts.Logger
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(a.monitor.Serve)
+	g.Go(func() error {
+		if err := a.httpSrv.Serve(a.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	a.monitor.SetReady(true)
+	log.Info("ingest started", "http", a.HTTPAddr(), "monitoring", a.MonitorAddr(), "brokers", a.opts.Config.Kafka.Brokers)
+
+	g.Go(func() error {
+		<-gctx.Done()
+		return a.shutdown()
+	})
+	return g.Wait()
+}
+
+func (a *App) shutdown() error {
+	log := a.opts.Logger
+	log.Info("ingest shutting down")
+	a.monitor.SetReady(false)
+	ctx, cancel := context.WithTimeout(context.Background(), a.opts.Config.Server.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if err := a.httpSrv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	a.close()
+	if err := a.monitor.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("monitoring shutdown: %w", err))
+	}
+	log.Info("ingest stopped")
+	return errors.Join(errs...)
+}
+
+// close runs the cleanups in reverse order of their setup.
+func (a *App) close() {
+	for i := len(a.cleanups) - 1; i >= 0; i-- {
+		a.cleanups[i]()
+	}
+	a.cleanups = nil
+}
+

@@ -1,0 +1,312 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// The media types of Confluent REST Proxy v2's produce API.
+const (
+	mediaV2JSON     = "application/vnd.kafka.json.v2+json"
+	mediaV2Binary   = "application/vnd.kafka.binary.v2+json"
+	mediaV2Response = "application/vnd.kafka.v2+json"
+)
+
+// v2Response answers a v2 produce: one offset entry per record, in order.
+type v2Response struct {
+	ErrorCode     int        `json:"error_code,omitempty"`
+	Message       string     `json:"message,omitempty"`
+	Offsets       []v2Offset `json:"offsets"`
+	KeySchemaID   *int       `json:"key_schema_id"`
+	ValueSchemaID *int       `json:"value_schema_id"`
+}
+
+// v2Offset is one record's outcome. error_code is Confluent's: 1 when
+// retrying will not help, 2 when it may.
+type v2Offset struct {
+	Partition *int32  `json:"partition"`
+	Offset    *int64  `json:"offset"`
+	ErrorCode *int    `json:"error_code"`
+	Error     *string `json:"error"`
+	Outcome   string  `json:"outcome"`
+}
+
+func retriable(reason record.Reason) bool {
+	return reason == record.ReasonUnavailable || reason == record.ReasonTimeout
+}
+
+// postV2 is Confluent REST Proxy v2's produce: POST /topics/{topic} with
+// records in the json or binary embedded format.
+func (h *handler) postV2(c echo.Context) error {
+	var format string
+	switch mediaType(c) {
+	case mediaV2JSON:
+		format = formatJSON
+	case mediaV2Binary:
+		format = formatBinary
+	default:
+		return unsupportedMediaType(c, mediaV2JSON+" or "+mediaV2Binary+" (avro, protobuf and jsonschema need a schema registry, which Spillway does not use)")
+	}
+	topic, err := h.checkTopic(c, 1)
+	if err != nil {
+		return err
+	}
+	body, err := h.readBody(c)
+	if err != nil {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return err
+	}
+	recs, err := ParseV2(body, format, topic)
+	if err != nil {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return err
+	}
+	results := h.Sender.Send(c.Request().Context(), API, recs)
+	status, first := batchStatus(results)
+	out := v2Response{Offsets: make([]v2Offset, len(results))}
+	for i, r := range results {
+		o := v2Offset{Outcome: r.Outcome.String()}
+		switch r.Outcome {
+		case record.Delivered:
+			o.Partition, o.Offset = &r.Partition, &r.Offset
+		case record.Failed:
+			code := 1
+			if retriable(record.ReasonOf(r.Err)) {
+				code = 2
+			}
+			msg := fromError(r.Err).body.Message
+			o.ErrorCode, o.Error = &code, &msg
+		}
+		out.Offsets[i] = o
+	}
+	if first != nil {
+		out.ErrorCode, out.Message = first.body.ErrorCode, first.body.Message
+	}
+	c.Response().Header().Set(echo.HeaderContentType, mediaV2Response)
+	c.Response().WriteHeader(status)
+	return json.NewEncoder(c.Response()).Encode(out)
+}
+
+// v3Result answers one v3 record. error_code is the record's HTTP status.
+type v3Result struct {
+	ErrorCode   int         `json:"error_code"`
+	Message     string      `json:"message,omitempty"`
+	Outcome     string      `json:"outcome,omitempty"`
+	ClusterID   string      `json:"cluster_id,omitempty"`
+	TopicName   string      `json:"topic_name,omitempty"`
+	PartitionID *int32      `json:"partition_id,omitempty"`
+	Offset      *int64      `json:"offset,omitempty"`
+	Timestamp   *time.Time  `json:"timestamp,omitempty"`
+	Key         *v3DataSize `json:"key,omitempty"`
+	Value       *v3DataSize `json:"value,omitempty"`
+}
+
+type v3DataSize struct {
+	Type string `json:"type"`
+	Size int    `json:"size"`
+}
+
+func newV3Result(clusterID string, p v3Parsed, r record.Result) (int, v3Result) {
+	if r.Outcome == record.Failed {
+		he := fromError(r.Err)
+		return he.status, v3Result{ErrorCode: he.status, Message: he.body.Message, Outcome: r.Outcome.String()}
+	}
+	status := http.StatusOK
+	if r.Outcome == record.Buffered {
+		status = http.StatusAccepted
+	}
+	out := v3Result{ErrorCode: status, Outcome: r.Outcome.String(), ClusterID: clusterID, TopicName: p.rec.Topic}
+	if r.Outcome == record.Delivered {
+		out.PartitionID, out.Offset = &r.Partition, &r.Offset
+		if !r.Timestamp.IsZero() {
+			ts := r.Timestamp.UTC()
+			out.Timestamp = &ts
+		}
+	}
+	if p.keyType != "" {
+		out.Key = &v3DataSize{Type: p.keyType, Size: len(p.rec.Key)}
+	}
+	if p.valueType != "" {
+		out.Value = &v3DataSize{Type: p.valueType, Size: len(p.rec.Value)}
+	}
+	return status, out
+}
+
+// postV3 is Confluent REST Proxy v3's produce. A body of one record is
+// answered with that record's status. A body of several concatenated
+// records, or a chunked body (streaming mode), is answered 200 with one
+// JSON result per record, in order, each written as soon as it is known;
+// a failed record's result carries its status in error_code.
+func (h *handler) postV3(c echo.Context) error {
+	if mediaType(c) != mediaJSON {
+		return unsupportedMediaType(c, mediaJSON)
+	}
+	topic, err := h.checkTopic(c, 1)
+	if err != nil {
+		return err
+	}
+	req := c.Request()
+	if req.ContentLength < 0 {
+		return h.streamV3(c, topic)
+	}
+	body, err := h.readBody(c)
+	if err != nil {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var parsed []v3Parsed
+	for {
+		p, err := decodeV3(dec, topic)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+			if len(parsed) > 0 {
+				return invalid("record %d: %s", len(parsed), message(err))
+			}
+			return err
+		}
+		parsed = append(parsed, p)
+	}
+	if len(parsed) == 0 {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return invalid("the body holds no record: want {\"value\":{\"type\":\"JSON\",\"data\":...}}")
+	}
+	recs := make([]record.Record, len(parsed))
+	for i, p := range parsed {
+		recs[i] = p.rec
+	}
+	results := h.Sender.Send(req.Context(), API, recs)
+	clusterID := c.Param("cluster_id")
+	if len(parsed) == 1 {
+		status, out := newV3Result(clusterID, parsed[0], results[0])
+		return c.JSON(status, out)
+	}
+	c.Response().Header().Set(echo.HeaderContentType, mediaJSON)
+	c.Response().WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(c.Response())
+	for i := range parsed {
+		_, out := newV3Result(clusterID, parsed[i], results[i])
+		if err := enc.Encode(out); err != nil {
+			return nil // the client is gone
+		}
+	}
+	return nil
+}
+
+// streamWindow is how many records of one v3 stream may wait for Kafka at
+// once. A full window stops reading the stream, which pushes back on the
+// client through TCP.
+const streamWindow = 512
+
+type v3Pending struct {
+	parsed v3Parsed
+	err    error // a parse error: the stream ends after it
+	done   chan struct{}
+	res    record.Result
+}
+
+// streamV3 serves v3's streaming mode: records are read, sent and answered
+// concurrently; answers keep the records' order.
+func (h *handler) streamV3(c echo.Context, topic string) error {
+	req := c.Request()
+	ctx := req.Context()
+	rc := http.NewResponseController(c.Response().Writer)
+	if err := rc.EnableFullDuplex(); err != nil {
+		h.Logger.Debug("v3 stream: full duplex unavailable", "error", err)
+	}
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+
+	body := &recordLimitReader{r: req.Body, limit: h.MaxBodyBytes}
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	body.dec = dec
+
+	queue := make(chan *v3Pending, streamWindow)
+	go func() {
+		defer close(queue)
+		for ctx.Err() == nil {
+			p, err := decodeV3(dec, topic)
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			pending := &v3Pending{parsed: p, done: make(chan struct{})}
+			if err != nil {
+				if body.over {
+					err = record.Errorf(record.ReasonTooLarge, "a record in the stream is over the limit of %d bytes (server.http.max_body_bytes)", h.MaxBodyBytes)
+				}
+				h.Sender.Reject(API, topic, 1, record.ReasonOf(err))
+				pending.err = err
+				close(pending.done)
+				queue <- pending
+				return
+			}
+			queue <- pending
+			go func() {
+				pending.res = h.Sender.Send(ctx, API, []record.Record{p.rec})[0]
+				close(pending.done)
+			}()
+		}
+	}()
+
+	c.Response().Header().Set(echo.HeaderContentType, mediaJSON)
+	c.Response().WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(c.Response())
+	clusterID := c.Param("cluster_id")
+	writing := true
+	for pending := range queue {
+		<-pending.done
+		if !writing {
+			continue // the client is gone; drain so the reader ends
+		}
+		var out v3Result
+		if pending.err != nil {
+			he := fromError(pending.err)
+			out = v3Result{ErrorCode: he.status, Message: he.body.Message, Outcome: record.Failed.String()}
+		} else {
+			_, out = newV3Result(clusterID, pending.parsed, pending.res)
+		}
+		if err := enc.Encode(out); err != nil {
+			writing = false
+			continue
+		}
+		if len(queue) == 0 {
+			_ = rc.Flush()
+		}
+	}
+	return nil
+}
+
+// recordLimitReader fails a stream whose current record grows past limit
+// bytes, so that one endless record cannot exhaust memory.
+type recordLimitReader struct {
+	r     io.Reader
+	dec   *json.Decoder
+	limit int64
+	read  int64
+	over  bool
+}
+
+var errRecordTooLarge = errors.New("record over the size limit")
+
+func (l *recordLimitReader) Read(p []byte) (int, error) {
+	if l.dec != nil && l.read-l.dec.InputOffset() > l.limit {
+		l.over = true
+		return 0, errRecordTooLarge
+	}
+	n, err := l.r.Read(p)
+	l.read += int64(n)
+	return n, err
+}

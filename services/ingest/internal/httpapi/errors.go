@@ -1,0 +1,106 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// errorBody is every error answer: a code a program can switch on (the
+// HTTP status times 100 plus a number, as Confluent's REST Proxy does) and
+// a message that says what is wrong.
+type errorBody struct {
+	ErrorCode int    `json:"error_code"`
+	Message   string `json:"message"`
+}
+
+// Error codes that are not a record's failure reason.
+const (
+	codeRouteNotFound        = 40400
+	codeMethodNotAllowed     = 40500
+	codeBodyTooLarge         = 41302
+	codeUnsupportedMediaType = 41501
+	codeInternal             = 50000
+)
+
+// statusOf maps a failure reason to its HTTP status and error code.
+func statusOf(reason record.Reason) (status, code int) {
+	switch reason {
+	case record.ReasonInvalid:
+		return http.StatusBadRequest, 40001
+	case record.ReasonTooLarge:
+		return http.StatusRequestEntityTooLarge, 41301
+	case record.ReasonUnknownTopic:
+		return http.StatusNotFound, 40401
+	case record.ReasonNotAuthorized:
+		return http.StatusForbidden, 40301
+	case record.ReasonTimeout:
+		return http.StatusGatewayTimeout, 50401
+	default:
+		return http.StatusServiceUnavailable, 50301
+	}
+}
+
+// httpError is an error answered with its own status and code.
+type httpError struct {
+	status int
+	body   errorBody
+}
+
+func (e *httpError) Error() string { return e.body.Message }
+
+func newHTTPError(status, code int, msg string) *httpError {
+	return &httpError{status: status, body: errorBody{ErrorCode: code, Message: msg}}
+}
+
+// fromError makes the answer for err: a record.Error by its reason, an
+// *httpError as it is.
+func fromError(err error) *httpError {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he
+	}
+	status, code := statusOf(record.ReasonOf(err))
+	return newHTTPError(status, code, message(err))
+}
+
+// message is what the client reads: the record.Error's message, and the
+// underlying error where it helps.
+func message(err error) string {
+	var re *record.Error
+	if errors.As(err, &re) {
+		if re.Err != nil && re.Reason != record.ReasonInvalid {
+			return re.Message + ": " + re.Err.Error()
+		}
+		return re.Message
+	}
+	return err.Error()
+}
+
+// errorHandler answers echo's own errors (no route, wrong method) and any
+// error a handler returns in the same JSON shape.
+func errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	he := fromError(err)
+	var ee *echo.HTTPError
+	if errors.As(err, &ee) {
+		msg := http.StatusText(ee.Code)
+		if m, ok := ee.Message.(string); ok {
+			msg = m
+		}
+		switch ee.Code {
+		case http.StatusNotFound:
+			he = newHTTPError(ee.Code, codeRouteNotFound, "no such route: "+c.Request().Method+" "+c.Request().URL.Path)
+		case http.StatusMethodNotAllowed:
+			he = newHTTPError(ee.Code, codeMethodNotAllowed, "method "+c.Request().Method+" is not allowed on "+c.Request().URL.Path)
+		default:
+			he = newHTTPError(ee.Code, ee.Code*100, msg)
+		}
+	}
+	_ = c.JSON(he.status, he.body)
+}

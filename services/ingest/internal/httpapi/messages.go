@@ -1,0 +1,127 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// The media types of POST /topics/{topic}/messages.
+const (
+	mediaText   = "text/plain"
+	mediaJSON   = "application/json"
+	mediaBinary = "application/octet-stream"
+	mediaNDJSON = "application/x-ndjson"
+)
+
+// resultBody is one record's outcome on POST /topics/{topic}/messages.
+type resultBody struct {
+	Outcome   string     `json:"outcome"`
+	Topic     string     `json:"topic"`
+	Partition *int32     `json:"partition,omitempty"`
+	Offset    *int64     `json:"offset,omitempty"`
+	Timestamp *time.Time `json:"timestamp,omitempty"`
+	ErrorCode int        `json:"error_code,omitempty"`
+	Message   string     `json:"message,omitempty"`
+}
+
+func newResultBody(r record.Result) resultBody {
+	b := resultBody{Outcome: r.Outcome.String(), Topic: r.Topic}
+	switch r.Outcome {
+	case record.Delivered:
+		b.Partition, b.Offset = &r.Partition, &r.Offset
+		if !r.Timestamp.IsZero() {
+			ts := r.Timestamp.UTC()
+			b.Timestamp = &ts
+		}
+	case record.Failed:
+		he := fromError(r.Err)
+		b.ErrorCode, b.Message = he.body.ErrorCode, he.body.Message
+	}
+	return b
+}
+
+// batchBody answers a batch: a result per record and, when not every
+// record made it, the first failure at the top.
+type batchBody struct {
+	ErrorCode int          `json:"error_code,omitempty"`
+	Message   string       `json:"message,omitempty"`
+	Results   []resultBody `json:"results"`
+}
+
+// postMessages is kafka-ambassador's route: the body is one record's value,
+// or many values, one per line, with Content-Type application/x-ndjson.
+func (h *handler) postMessages(c echo.Context) error {
+	mt := mediaType(c)
+	switch mt {
+	case mediaText, mediaJSON, mediaBinary, mediaNDJSON:
+	default:
+		return unsupportedMediaType(c, "text/plain, application/json, application/octet-stream, or application/x-ndjson for many records")
+	}
+	topic, err := h.checkTopic(c, 1)
+	if err != nil {
+		return err
+	}
+	meta, err := parseMeta(c.Request().Header)
+	if err != nil {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return err
+	}
+	body, err := h.readBody(c)
+	if err != nil {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return err
+	}
+
+	if mt != mediaNDJSON {
+		if mt == mediaJSON && !json.Valid(body) {
+			h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+			return invalid("the body is not valid JSON (Content-Type application/json): %s", jsonError(body))
+		}
+		res := h.Sender.Send(c.Request().Context(), API, []record.Record{meta.record(topic, body)})[0]
+		if res.Outcome == record.Failed {
+			return fromError(res.Err)
+		}
+		status := http.StatusOK
+		if res.Outcome == record.Buffered {
+			status = http.StatusAccepted
+		}
+		return c.JSON(status, newResultBody(res))
+	}
+
+	values, err := ParseNDJSON(body)
+	if err != nil {
+		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		return err
+	}
+	recs := make([]record.Record, len(values))
+	for i, v := range values {
+		recs[i] = meta.record(topic, v)
+	}
+	results := h.Sender.Send(c.Request().Context(), API, recs)
+	status, first := batchStatus(results)
+	out := batchBody{Results: make([]resultBody, len(results))}
+	for i, r := range results {
+		out.Results[i] = newResultBody(r)
+	}
+	if first != nil {
+		out.ErrorCode, out.Message = first.body.ErrorCode, first.body.Message
+	}
+	return c.JSON(status, out)
+}
+
+// readAll reads r, sized by the request's Content-Length when known.
+func readAll(r io.Reader, contentLength int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if contentLength > 0 && contentLength < 64<<20 {
+		buf.Grow(int(contentLength))
+	}
+	_, err := buf.ReadFrom(r)
+	return buf.Bytes(), err
+}

@@ -1,0 +1,192 @@
+// Package httpapi is the ingest's HTTP produce API: kafka-ambassador's
+// route, Confluent REST Proxy's v2 and v3 produce formats, and the topic
+// list. It parses requests into records, hands them to the delivery path,
+// and answers each record's outcome.
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// API is the label of records received over HTTP.
+const API = "http"
+
+// Sender delivers records and returns one result per record, in order.
+type Sender interface {
+	Send(ctx context.Context, api string, recs []record.Record) []record.Result
+	Reject(api, topic string, n int, reason record.Reason)
+}
+
+// TopicLister lists Kafka's topics.
+type TopicLister interface {
+	Topics(ctx context.Context) ([]string, error)
+}
+
+// Options configure the HTTP API.
+type Options struct {
+	Sender       Sender
+	Topics       TopicLister
+	MaxBodyBytes int64
+	Registry     prometheus.Registerer
+	Logger       *slog.Logger
+	// LatencyBuckets are the request latency histogram's buckets, in seconds.
+	LatencyBuckets []float64
+}
+
+type handler struct {
+	Options
+	latency *prometheus.HistogramVec
+}
+
+// New returns the HTTP API's handler.
+func New(o Options) http.Handler {
+	h := &handler{
+		Options: o,
+		latency: promauto.With(o.Registry).NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "spillway_http_request_duration_seconds",
+			Help:    "HTTP produce API requests: time to answer, per route and status code.",
+			Buckets: o.LatencyBuckets,
+		}, []string{"route", "code"}),
+	}
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = errorHandler
+	e.Use(middleware.Recover(), h.observe)
+
+	e.POST("/topics/:topic/messages", h.postMessages)
+	e.POST("/topics/:topic", h.postV2)
+	e.POST("/v3/clusters/:cluster_id/topics/:topic/records", h.postV3)
+	e.GET("/topics", h.getTopics)
+	return e
+}
+
+// observe measures every request and logs the ones that failed on our or
+// Kafka's side.
+func (h *handler) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		status := c.Response().Status
+		elapsed := time.Since(start)
+		h.latency.WithLabelValues(route, strconv.Itoa(status)).Observe(elapsed.Seconds())
+		level := slog.LevelDebug
+		if status >= 500 {
+			level = slog.LevelWarn
+		}
+		if h.Logger.Enabled(c.Request().Context(), level) {
+			attrs := []any{"method", c.Request().Method, "path", c.Request().URL.Path, "status", status, "duration", elapsed}
+			if err != nil {
+				attrs = append(attrs, "error", err.Error())
+			}
+			h.Logger.Log(c.Request().Context(), level, "http request", attrs...)
+		}
+		return nil
+	}
+}
+
+// mediaType is the request's media type without parameters, lower-cased;
+// "" when absent or unparsable.
+func mediaType(c echo.Context) string {
+	mt, _, err := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
+	if err != nil {
+		return ""
+	}
+	return mt
+}
+
+func unsupportedMediaType(c echo.Context, want string) error {
+	got := c.Request().Header.Get(echo.HeaderContentType)
+	if got == "" {
+		return newHTTPError(http.StatusUnsupportedMediaType, codeUnsupportedMediaType, "the request has no Content-Type; want "+want)
+	}
+	return newHTTPError(http.StatusUnsupportedMediaType, codeUnsupportedMediaType, "Content-Type "+strconv.Quote(got)+" is not supported here; want "+want)
+}
+
+// readBody reads the whole body, refusing one over the limit with 413.
+func (h *handler) readBody(c echo.Context) ([]byte, error) {
+	body := http.MaxBytesReader(c.Response(), c.Request().Body, h.MaxBodyBytes)
+	b, err := readAll(body, c.Request().ContentLength)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, newHTTPError(http.StatusRequestEntityTooLarge, codeBodyTooLarge,
+				"the body is over the limit of "+strconv.FormatInt(h.MaxBodyBytes, 10)+" bytes (server.http.max_body_bytes)")
+		}
+		return nil, newHTTPError(http.StatusBadRequest, 40002, "reading the body: "+err.Error())
+	}
+	return b, nil
+}
+
+// checkTopic validates the topic in the path; an invalid one is counted
+// and answered 400 before anything is sent.
+func (h *handler) checkTopic(c echo.Context, n int) (string, error) {
+	topic := c.Param("topic")
+	if err := record.ValidateTopic(topic); err != nil {
+		h.Sender.Reject(API, "", n, record.ReasonInvalid)
+		return "", err
+	}
+	return topic, nil
+}
+
+func (h *handler) getTopics(c echo.Context) error {
+	topics, err := h.Topics.Topics(c.Request().Context())
+	if err != nil {
+		return newHTTPError(http.StatusServiceUnavailable, 50302, "cannot list topics: Kafka did not answer: "+err.Error())
+	}
+	return c.JSON(http.StatusOK, topics)
+}
+
+// batchStatus is the status of a batch's answer: 200 when Kafka has every
+// record, 202 when some are buffered and none failed, the failure's status
+// when all failed alike, 207 when the outcomes are mixed. The error is the
+// first failure, for the answer's top-level error_code and message.
+func batchStatus(results []record.Result) (int, *httpError) {
+	var first *httpError
+	failed, buffered := 0, 0
+	same := true
+	for _, r := range results {
+		switch r.Outcome {
+		case record.Buffered:
+			buffered++
+		case record.Failed:
+			failed++
+			he := fromError(r.Err)
+			if first == nil {
+				first = he
+			} else if he.status != first.status {
+				same = false
+			}
+		}
+	}
+	switch {
+	case failed == 0 && buffered == 0:
+		return http.StatusOK, nil
+	case failed == 0:
+		return http.StatusAccepted, nil
+	case failed == len(results) && same:
+		return first.status, first
+	default:
+		return http.StatusMultiStatus, first
+	}
+}

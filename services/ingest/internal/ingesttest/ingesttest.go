@@ -1,0 +1,138 @@
+// Package ingesttest boots the whole ingest service in-process on loopback
+// for tests.
+package ingesttest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/services/ingest/internal/app"
+)
+
+// Ingest is a running ingest service.
+type Ingest struct {
+	App      *app.App
+	URL      string // the HTTP API, http://127.0.0.1:port
+	Monitor  string // the monitoring port, http://127.0.0.1:port
+	Registry *prometheus.Registry
+	logs     *lockedBuffer
+}
+
+// Start runs an ingest against the broker at addr, with env as extra
+// SPILLWAY_* settings, until the test ends.
+func Start(tb testing.TB, addr string, env ...string) *Ingest {
+	tb.Helper()
+	cfg, err := config.Parse(nil, append([]string{
+		"SPILLWAY_KAFKA_BROKERS=" + addr,
+		"SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=5s",
+	}, env...))
+	if err != nil {
+		tb.Fatalf("config: %v", err)
+	}
+	logs := &lockedBuffer{}
+	reg := prometheus.NewRegistry()
+	a, err := app.New(app.Options{Config: cfg, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: reg})
+	if err != nil {
+		tb.Fatalf("start ingest: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				tb.Errorf("ingest stopped with: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			tb.Errorf("ingest did not stop within 15s")
+		}
+	})
+	in := &Ingest{App: a, URL: "http://" + a.HTTPAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs}
+	WaitReady(tb, in.Monitor, 10*time.Second)
+	return in
+}
+
+// WaitReady polls monitor's /readyz until it answers 200.
+func WaitReady(tb testing.TB, monitor string, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(monitor + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s/readyz not ready within %v (last error: %v)", monitor, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Post sends body to url with the content type and extra headers (name,
+// value pairs) and returns the status and the answer's body.
+func Post(tb testing.TB, url, contentType, body string, headers ...string) (int, string) {
+	tb.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Metric scrapes the monitoring port and returns the value of the sample
+// whose line starts with series (name{labels}), or -1 when absent.
+func Metric(tb testing.TB, monitor, series string) float64 {
+	tb.Helper()
+	resp, err := http.Get(monitor + "/metrics")
+	if err != nil {
+		tb.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			if _, err := fmt.Sscan(rest, &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// LogText is everything the ingest logged so far.
+func (i *Ingest) LogText() string {
+	i.logs.mu.Lock()
+	defer i.logs.mu.Unlock()
+	return i.logs.buf.String()
+}

@@ -1,0 +1,57 @@
+// Command spillway-ingest takes records over HTTP and writes them to Kafka.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/telemetry"
+	"github.com/spillway/spillway/services/ingest/internal/app"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	configPath := flag.String("config", "", "YAML configuration file (kafka-ambassador's format); defaults and SPILLWAY_* variables apply without one")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println("spillway-ingest", version)
+		return 0
+	}
+
+	cfg, err := config.Load(*configPath, os.Environ())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "spillway-ingest: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	logger := telemetry.NewLogger(os.Stderr, cfg.Log)
+	if cfg.Kafka.UsingDevBroker {
+		logger.Warn("NO kafka.brokers CONFIGURED: using the development broker at " + config.DevBroker +
+			", which keeps records in memory only. Set kafka.brokers (or SPILLWAY_KAFKA_BROKERS) for real use.")
+	}
+	for _, p := range cfg.Kafka.IgnoredProperties {
+		logger.Warn("kafka property has no counterpart in Spillway and is ignored", "property", "kafka."+p)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := app.New(app.Options{Config: cfg, Logger: logger.With("service", "ingest", "version", version)})
+	if err != nil {
+		logger.Error("ingest failed to start", "error", err)
+		return 1
+	}
+	if err := a.Run(ctx); err != nil {
+		logger.Error("ingest stopped with an error", "error", err)
+		return 1
+	}
+	return 0
+}
