@@ -130,3 +130,18 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load("testdata/does-not-exist.yaml", nil)
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// TestREADMEDocumentsEveryKey keeps the README's configuration reference
+// complete: every key and every mapped Kafka property is in it.
+func TestREADMEDocumentsEveryKey(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	for key := range Keys() {
+		assert.Contains(t, string(readme), "| `"+key+"` |", "README lacks key %s", key)
+	}
+	for _, p := range KafkaProperties() {
+		for _, name := range strings.Split(p[0], " / ") {
+			assert.Contains(t, string(readme), "`"+name+"`", "README lacks kafka property %s", name)
+		}
+	}
+}

@@ -21,6 +21,7 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	configPath := flag.String("config", "", "YAML configuration file (kafka-ambassador's format); defaults and SPILLWAY_* variables apply without one")
+	devBroker := flag.String("dev-broker", config.DevBroker, "the development broker to use when no kafka.brokers are configured (make run sets it)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -35,7 +36,8 @@ func run() int {
 	}
 	logger := telemetry.NewLogger(os.Stderr, cfg.Log)
 	if cfg.Kafka.UsingDevBroker {
-		logger.Warn("NO kafka.brokers CONFIGURED: using the development broker at " + config.DevBroker +
+		cfg.Kafka.Brokers = []string{*devBroker}
+		logger.Warn("NO kafka.brokers CONFIGURED: using the development broker at " + *devBroker +
 			", which keeps records in memory only. Set kafka.brokers (or SPILLWAY_KAFKA_BROKERS) for real use.")
 	}
 	for _, p := range cfg.Kafka.IgnoredProperties {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -341,6 +342,17 @@ func TestMetricsCountRecords(t *testing.T) {
 	assert.Equal(t, 0.0, ingesttest.Metric(t, in.Monitor, `spillway_records_in_flight`))
 	assert.Equal(t, 3.0, ingesttest.Metric(t, in.Monitor, `spillway_http_request_duration_seconds_count{code="200",route="/topics/:topic/messages"}`))
 	assert.Equal(t, 4.0, ingesttest.Metric(t, in.Monitor, `spillway_kafka_produce_duration_seconds_count`))
+
+	// Every spillway_ metric is documented in the README.
+	readme, err := os.ReadFile("../../../../README.md")
+	require.NoError(t, err)
+	families, err := in.Registry.Gather()
+	require.NoError(t, err)
+	for _, mf := range families {
+		if strings.HasPrefix(mf.GetName(), "spillway_") {
+			assert.Contains(t, string(readme), "`"+mf.GetName()+"`", "README lacks metric %s", mf.GetName())
+		}
+	}
 }
 
 // silentBroker accepts connections and never answers: Kafka that does not

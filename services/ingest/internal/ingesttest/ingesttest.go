@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,11 @@ type Ingest struct {
 	Monitor  string // the monitoring port, http://127.0.0.1:port
 	Registry *prometheus.Registry
 	logs     *lockedBuffer
+
+	stopOnce sync.Once
+	stopErr  error
+	cancel   context.CancelFunc
+	done     chan error
 }
 
 // Start runs an ingest against the broker at addr, with env as extra
@@ -51,18 +57,12 @@ func Start(tb testing.TB, addr string, env ...string) *Ingest {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	in := &Ingest{App: a, URL: "http://" + a.HTTPAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
 	tb.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				tb.Errorf("ingest stopped with: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			tb.Errorf("ingest did not stop within 15s")
+		if err := in.Stop(); err != nil {
+			tb.Errorf("ingest stop: %v", err)
 		}
 	})
-	in := &Ingest{App: a, URL: "http://" + a.HTTPAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs}
 	WaitReady(tb, in.Monitor, 10*time.Second)
 	return in
 }
@@ -135,4 +135,20 @@ func (i *Ingest) LogText() string {
 	i.logs.mu.Lock()
 	defer i.logs.mu.Unlock()
 	return i.logs.buf.String()
+}
+
+// Stop shuts the ingest down as SIGTERM does and waits, at most 15s.
+func (i *Ingest) Stop() error {
+	i.stopOnce.Do(func() {
+		i.cancel()
+		select {
+		case err := <-i.done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				i.stopErr = err
+			}
+		case <-time.After(15 * time.Second):
+			i.stopErr = errors.New("ingest did not stop within 15s")
+		}
+	})
+	return i.stopErr
 }

@@ -1,0 +1,3 @@
+// Package proto holds Spillway's protocol buffer definitions and the Go
+// code generated from them.
+package proto

@@ -1,0 +1,212 @@
+// Command devrun is `make run`: it starts the Spillway services from bin/
+// and, when no Kafka brokers are configured, the development broker; it
+// prints the endpoints and a curl line to try, and stops everything on
+// Ctrl-C.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spillway/spillway/pkg/config"
+)
+
+func main() { os.Exit(run()) }
+
+// child is a process devrun started.
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func start(name, path string, env []string, args ...string) (*child, error) {
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches devrun only; it stops the children in order
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan error, 1)}
+	go func() { c.done <- cmd.Wait() }()
+	return c, nil
+}
+
+// stop sends SIGTERM and waits; SIGKILL after the grace period.
+func (c *child) stop(grace time.Duration) {
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(grace):
+		fmt.Fprintf(os.Stderr, "devrun: %s did not stop within %v; killing it\n", c.name, grace)
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+func run() int {
+	configPath := flag.String("config", "", "configuration file for the services")
+	binDir := flag.String("bin", "bin", "folder with the built binaries")
+	devPort := flag.Int("dev-broker-port", 9092, "port of the development broker, when one is started")
+	flag.Parse()
+
+	cfg, err := config.Load(*configPath, os.Environ())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "devrun: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+
+	env := os.Environ()
+	var children []*child
+	defer func() {
+		for i := len(children) - 1; i >= 0; i-- {
+			children[i].stop(40 * time.Second)
+		}
+	}()
+
+	brokers := strings.Join(cfg.Kafka.Brokers, ",")
+	if cfg.Kafka.UsingDevBroker {
+		broker := fmt.Sprintf("127.0.0.1:%d", *devPort)
+		c, err := start("devkafka", filepath.Join(*binDir, "devkafka"), env, "-port", fmt.Sprint(*devPort))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "devrun:", err)
+			return 1
+		}
+		children = append(children, c)
+		if err := waitFor(ctx, c, func() error { return dial(broker) }); err != nil {
+			fmt.Fprintf(os.Stderr, "devrun: the development broker did not come up on %s: %v\n", broker, err)
+			return 1
+		}
+		brokers = broker
+	}
+
+	var args []string
+	if cfg.Kafka.UsingDevBroker {
+		args = append(args, "-dev-broker", brokers)
+	}
+	if *configPath != "" {
+		args = append(args, "-config", *configPath)
+	}
+	ingest, err := start("ingest", filepath.Join(*binDir, "spillway-ingest"), env, args...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "devrun:", err)
+		return 1
+	}
+	children = append(children, ingest)
+	monitorURL := "http://" + loopback(cfg.Server.Monitoring.Listen)
+	if err := waitFor(ctx, ingest, func() error { return ready(monitorURL) }); err != nil {
+		fmt.Fprintf(os.Stderr, "devrun: the ingest did not become ready: %v\n", err)
+		return 1
+	}
+
+	httpURL := "http://" + loopback(cfg.Server.HTTP.Listen)
+	fmt.Printf(`
+Spillway is running.
+  HTTP API     %s
+  monitoring   %s/metrics  %s/readyz
+  Kafka        %s%s
+
+Try:
+  curl -X POST -H 'Content-Type: text/plain' -H 'X-Kafka-Key: k1' --data 'hello' %s/topics/demo/messages
+  kcat -b %s -C -t demo -e -f 'key=%%k value=%%s partition=%%p offset=%%o\n'
+
+Ctrl-C stops everything.
+`, httpURL, monitorURL, monitorURL, brokers, devNote(cfg.Kafka.UsingDevBroker), httpURL, brokers)
+
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println("\ndevrun: stopping")
+			return 0
+		case err := <-children[0].done:
+			return exited(children[0], err, &children)
+		case err := <-children[len(children)-1].done:
+			return exited(children[len(children)-1], err, &children)
+		}
+	}
+}
+
+func exited(c *child, err error, children *[]*child) int {
+	fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
+	rest := (*children)[:0]
+	for _, o := range *children {
+		if o != c {
+			rest = append(rest, o)
+		}
+	}
+	*children = rest
+	return 1
+}
+
+func devNote(dev bool) string {
+	if dev {
+		return "  (development broker, in memory)"
+	}
+	return ""
+}
+
+// loopback turns a listen address into one to connect to.
+func loopback(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || host == "" || host == "0.0.0.0" || host == "::" {
+		return "127.0.0.1:" + port
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func dial(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+func ready(monitorURL string) error {
+	resp, err := http.Get(monitorURL + "/readyz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/readyz answered %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// waitFor polls check until it passes, for at most 30 seconds, and fails
+// early when c exits or ctx ends.
+func waitFor(ctx context.Context, c *child, check func() error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case werr := <-c.done:
+			c.done <- werr
+			return errors.Join(fmt.Errorf("%s exited", c.name), werr)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,228 @@
+// Package e2e runs the built binaries as `make run` does and checks what
+// they do from the outside: over HTTP, and in Kafka with kcat.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binDir holds the binaries under test: $SPILLWAY_BIN (set by make), or a
+// fresh build.
+var binDir string
+
+func TestMain(m *testing.M) {
+	binDir = os.Getenv("SPILLWAY_BIN")
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "spillway-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+		for name, pkg := range map[string]string{"spillway-ingest": "../../services/ingest", "devkafka": "../devkafka", "devrun": "../devrun"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintln(os.Stderr, "build", name, err)
+				os.Exit(1)
+			}
+		}
+		binDir = dir
+	}
+	os.Exit(m.Run())
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer collects a process's output for the test to read while it
+// runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// eventually polls cond every 50ms until it is true or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kcatRecord is one line of `kcat -J`.
+type kcatRecord struct {
+	Topic     string   `json:"topic"`
+	Partition int32    `json:"partition"`
+	Offset    int64    `json:"offset"`
+	Key       *string  `json:"key"`
+	Payload   *string  `json:"payload"`
+	Headers   []string `json:"headers"`
+}
+
+// kcatConsume reads topic from the start to its end with kcat, an
+// independent Kafka client.
+func kcatConsume(t *testing.T, broker, topic string) []kcatRecord {
+	t.Helper()
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Fatalf("kcat is not installed (apt-get install kcat; .ci/run does it): %v", err)
+	}
+	out, err := exec.Command(kcat, "-b", broker, "-C", "-t", topic, "-o", "beginning", "-e", "-J", "-q").Output()
+	if err != nil {
+		t.Fatalf("kcat: %v", err)
+	}
+	var recs []kcatRecord
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		var r kcatRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("kcat line %q: %v", sc.Text(), err)
+		}
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// TestMakeRun runs devrun (what `make run` runs) with the development
+// broker, posts a record with curl's equivalent, and finds it with kcat.
+func TestMakeRun(t *testing.T) {
+	kafkaPort, httpPort, monPort, grpcPort := freePort(t), freePort(t), freePort(t), freePort(t)
+	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
+	cmd := exec.Command(filepath.Join(binDir, "devrun"), "-bin", binDir, "-dev-broker-port", fmt.Sprint(kafkaPort))
+	cmd.Env = append(os.Environ(),
+		fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
+		fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", monPort),
+		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
+	)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		t.Logf("devrun output:\n%s", out.String())
+	})
+
+	eventually(t, 60*time.Second, "devrun to say Spillway is running", func() bool {
+		return strings.Contains(out.String(), "Spillway is running")
+	})
+	if !strings.Contains(out.String(), "NO kafka.brokers CONFIGURED") {
+		t.Errorf("the ingest does not warn that it uses the development broker")
+	}
+	if !strings.Contains(out.String(), "curl -X POST") {
+		t.Errorf("devrun does not print a curl line to try")
+	}
+
+	url := fmt.Sprintf("http://127.0.0.1:%d/topics/e2e/messages", httpPort)
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader("hello from e2e"))
+	req.Header.Set("Content-Type", "text/plain")
+	req.Header.Set("X-Kafka-Key", "k-e2e")
+	req.Header.Set("X-Kafka-Header-Origin", "e2e-test")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"outcome":"delivered"`) {
+		t.Fatalf("POST answered %d %s", resp.StatusCode, body)
+	}
+
+	recs := kcatConsume(t, broker, "e2e")
+	if len(recs) != 1 {
+		t.Fatalf("kcat found %d records, want 1: %+v", len(recs), recs)
+	}
+	r := recs[0]
+	if r.Key == nil || *r.Key != "k-e2e" || r.Payload == nil || *r.Payload != "hello from e2e" {
+		t.Errorf("record in Kafka: %+v", r)
+	}
+	if len(r.Headers) != 2 || r.Headers[0] != "origin" || r.Headers[1] != "e2e-test" {
+		t.Errorf("headers in Kafka: %v", r.Headers)
+	}
+
+	// Ctrl-C stops everything it started.
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("devrun exited with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("devrun did not stop within 30s of Ctrl-C")
+	}
+	for _, port := range []int{kafkaPort, httpPort, monPort} {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+			c.Close()
+			t.Errorf("port %d still answers after devrun stopped", port)
+		}
+	}
+}
+
+// TestInvalidConfigurationExits checks that the ingest refuses a bad
+// configuration with a message that names the key, and a non-zero exit.
+func TestInvalidConfigurationExits(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(path, []byte("producer:\n  wal:\n    mode: sometimes\n  resend:\n    rate_limit: -1\nserver:\n  htp: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "spillway-ingest"), "-config", path)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err == nil || !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("want exit code 2, got %v; output:\n%s", err, out)
+	}
+	for _, want := range []string{
+		`producer.wal.mode: "sometimes" is not allowed; want one of fallback, always, disable`,
+		`producer.resend.rate_limit: -1 is negative`,
+		`unknown configuration key "server.htp"`,
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
