@@ -36,7 +36,7 @@ run: build
 test: unit fuzz
 
 unit: build
-	SPILLWAY_BIN=$(BIN) $(GO) test -race -count=1 -timeout 15m work
+	E2E_BIN_DIR=$(BIN) $(GO) test -race -count=1 -timeout 15m work
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -39,6 +39,9 @@ type Config struct {
 	Producer Producer
 	Kafka    Kafka
 	Log      Log
+	// Warnings are problems that do not stop the service, such as a
+	// SPILLWAY_* variable that matches no key; the service logs them.
+	Warnings []string
 }
 
 // Server holds the listeners.
@@ -172,10 +175,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 			return nil, fmt.Errorf("parse configuration file: %w", err)
 		}
 	}
-	env, err := envOverrides(environ)
-	if err != nil {
-		return nil, err
-	}
+	env, warnings := envOverrides(environ)
 	if err := k.Load(confmap.Provider(env, "."), nil); err != nil {
 		return nil, fmt.Errorf("load environment: %w", err)
 	}
@@ -242,6 +242,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 		}
 	}
 	c.Kafka = parseKafka(k, &g)
+	c.Warnings = warnings
 	errs = append(errs, g.errs...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -258,14 +259,16 @@ func EnvName(key string) string {
 // key upper-cased with dots as underscores (SPILLWAY_PRODUCER_WAL_MODE);
 // any other SPILLWAY_KAFKA_* variable is a librdkafka property with its
 // underscores as dots (SPILLWAY_KAFKA_COMPRESSION_CODEC). Lists are
-// comma-separated.
-func envOverrides(environ []string) (map[string]any, error) {
+// comma-separated. A SPILLWAY_* variable that matches no key is returned
+// as a warning, not an error: Kubernetes sets SPILLWAY_SERVICE_HOST and
+// the like for a Service named spillway.
+func envOverrides(environ []string) (map[string]any, []string) {
 	byEnv := make(map[string]string, len(defaults))
 	for key := range defaults {
 		byEnv[EnvName(key)] = key
 	}
 	out := map[string]any{}
-	var errs []error
+	var warnings []string
 	for _, kv := range environ {
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok || !strings.HasPrefix(name, EnvPrefix) {
@@ -277,7 +280,7 @@ func envOverrides(environ []string) (map[string]any, error) {
 		case strings.HasPrefix(name, EnvPrefix+"KAFKA_") && len(name) > len(EnvPrefix+"KAFKA_"):
 			key = "kafka." + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, EnvPrefix+"KAFKA_"), "_", "."))
 		default:
-			errs = append(errs, fmt.Errorf("unknown environment variable %s: it matches no configuration key", name))
+			warnings = append(warnings, fmt.Sprintf("environment variable %s matches no configuration key and is ignored", name))
 			continue
 		}
 		if _, isList := defaults[key].([]string); isList || key == "kafka.brokers" {
@@ -286,7 +289,7 @@ func envOverrides(environ []string) (map[string]any, error) {
 			out[key] = value
 		}
 	}
-	return out, errors.Join(errs...)
+	return out, warnings
 }
 
 func splitList(s string) []string {

@@ -40,6 +40,9 @@ func run() int {
 		logger.Warn("NO kafka.brokers CONFIGURED: using the development broker at " + *devBroker +
 			", which keeps records in memory only. Set kafka.brokers (or SPILLWAY_KAFKA_BROKERS) for real use.")
 	}
+	for _, w := range cfg.Warnings {
+		logger.Warn(w)
+	}
 	for _, p := range cfg.Kafka.IgnoredProperties {
 		logger.Warn("kafka property has no counterpart in Spillway and is ignored", "property", "kafka."+p)
 	}

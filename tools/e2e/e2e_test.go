@@ -21,12 +21,12 @@ import (
 	"time"
 )
 
-// binDir holds the binaries under test: $SPILLWAY_BIN (set by make), or a
+// binDir holds the binaries under test: $E2E_BIN_DIR (set by make), or a
 // fresh build.
 var binDir string
 
 func TestMain(m *testing.M) {
-	binDir = os.Getenv("SPILLWAY_BIN")
+	binDir = os.Getenv("E2E_BIN_DIR")
 	if binDir == "" {
 		dir, err := os.MkdirTemp("", "spillway-bin")
 		if err != nil {
@@ -146,6 +146,11 @@ func TestMakeRun(t *testing.T) {
 	})
 
 	eventually(t, 60*time.Second, "devrun to say Spillway is running", func() bool {
+		select {
+		case err := <-exited:
+			t.Fatalf("devrun exited early: %v", err)
+		default:
+		}
 		return strings.Contains(out.String(), "Spillway is running")
 	})
 	if !strings.Contains(out.String(), "NO kafka.brokers CONFIGURED") {

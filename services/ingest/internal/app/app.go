@@ -151,4 +151,3 @@ func (a *App) close() {
 	}
 	a.cleanups = nil
 }
-
