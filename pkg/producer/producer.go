@@ -236,17 +236,23 @@ func complete(msgs []kafka.Message, err error) {
 // once Kafka acknowledged or failed each of them, or when ctx ends or the
 // message timeout (message.timeout.ms) passes: records still unanswered
 // then fail with record.ReasonTimeout. They may still reach Kafka later.
+// A record without a timestamp gets the current time, as Kafka's own
+// clients do, so that the answer can report it.
 func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.Result {
 	results := make([]record.Result, len(recs))
 	c := &call{results: results, done: make(chan struct{})}
 	slots := make([]slot, len(recs))
 	msgs := make([]kafka.Message, 0, len(recs))
+	now := time.Now()
 	for i := range recs {
 		r := &recs[i]
 		if n := r.Size(); n > p.maxRecordBytes {
 			results[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTooLarge,
 				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", n, p.maxRecordBytes))
 			continue
+		}
+		if r.Timestamp.IsZero() {
+			r.Timestamp = now
 		}
 		slots[i] = slot{call: c, index: i, partition: r.Partition}
 		msgs = append(msgs, kafka.Message{

@@ -43,6 +43,7 @@ func TestProduceRoundTrip(t *testing.T) {
 		assert.Equal(t, "orders", r.Topic)
 	}
 	assert.EqualValues(t, 2, res[1].Partition)
+	assert.Equal(t, ts, res[0].Timestamp)
 
 	got := kafkatest.Consume(t, addr, "orders", 2, 10*time.Second)
 	require.Len(t, got, 2)
@@ -70,6 +71,7 @@ func TestKeyedRecordsKeepTheirPartition(t *testing.T) {
 	for i := range 5 {
 		res := p.Produce(t.Context(), []record.Record{{Topic: "keyed", Key: []byte("same"), Value: fmt.Appendf(nil, "%d", i), Partition: record.AnyPartition}})
 		require.Equal(t, record.Delivered, res[0].Outcome, res[0].Err)
+		assert.WithinDuration(t, time.Now(), res[0].Timestamp, time.Minute, "a record without a timestamp gets the current time")
 		if first == -2 {
 			first = res[0].Partition
 		}
