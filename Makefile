@@ -6,6 +6,11 @@ BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 5s
+TOOLS    := $(CURDIR)/.tools/bin
+# Pinned in tools/protogen/go.mod, a module outside go.work.
+TOOL_PKGS := github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go \
+	google.golang.org/grpc/cmd/protoc-gen-go-grpc github.com/fullstorydev/grpcurl/cmd/grpcurl
+AMBASSADOR_PROTO := testdata/kafka-ambassador
 # Packages of every module in go.work (./... does not cross modules).
 PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./tools/...
 
@@ -17,7 +22,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./pkg/config:FuzzParse
 
-.PHONY: all build run test unit fuzz lint clean
+.PHONY: all build run test unit fuzz lint clean tools proto proto-check
 
 all: build
 
@@ -33,10 +38,29 @@ run: build
 	$(BIN)/devrun -bin $(BIN) $(if $(CONFIG),-config $(CONFIG))
 
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
-test: unit fuzz
+test: proto-check unit fuzz
 
-unit: build
-	E2E_BIN_DIR=$(BIN) $(GO) test -race -count=1 -timeout 15m work
+unit: build tools
+	E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl $(GO) test -race -count=1 -timeout 15m work
+
+## tools: buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl at their pinned versions, into .tools/bin
+tools:
+	@mkdir -p $(TOOLS)
+	cd tools/protogen && GOWORK=off $(GO) build -o $(TOOLS)/ $(TOOL_PKGS)
+
+## proto: lint the protos and regenerate the Go code (committed)
+proto: tools
+	cd proto && PATH=$(TOOLS):$$PATH buf lint && PATH=$(TOOLS):$$PATH buf generate
+	cd tools/e2e && PATH=$(TOOLS):$$PATH buf generate $(AMBASSADOR_PROTO) --template $(AMBASSADOR_PROTO)/buf.gen.yaml
+
+## proto-check: fail when the committed generated code differs from what the protos generate
+proto-check: tools
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	(cd proto && PATH=$(TOOLS):$$PATH buf lint && PATH=$(TOOLS):$$PATH buf generate -o $$tmp/proto); \
+	(cd tools/e2e && PATH=$(TOOLS):$$PATH buf generate $(AMBASSADOR_PROTO) --template $(AMBASSADOR_PROTO)/buf.gen.yaml -o $$tmp/e2e); \
+	diff -r $$tmp/proto/gen proto/gen && diff -r $$tmp/e2e/ambassadorpb tools/e2e/ambassadorpb \
+	  || { echo "generated code is stale: run make proto and commit"; exit 1; }; \
+	echo "generated code is up to date"
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -64,8 +64,12 @@ type HTTP struct {
 
 // GRPC configures the gRPC produce API.
 type GRPC struct {
-	Listen         string
-	MaxRequestSize int
+	Listen           string
+	MaxRequestSize   int
+	KeepaliveTime    time.Duration // ping an idle client after this long
+	KeepaliveTimeout time.Duration // close the connection when a ping is not answered within this
+	KeepaliveMinTime time.Duration // refuse clients that ping more often than this
+	StreamWindow     int           // requests of one stream that may wait for Kafka at once
 }
 
 // Monitoring configures the port with /metrics, health and pprof.
@@ -123,6 +127,10 @@ var defaults = map[string]any{
 	"server.http.max_body_bytes":              16 << 20,
 	"server.grpc.listen":                      ":18282",
 	"server.grpc.max.request.size":            4 << 20,
+	"server.grpc.keepalive.time":              "30s",
+	"server.grpc.keepalive.timeout":           "10s",
+	"server.grpc.keepalive.min_time":          "5s",
+	"server.grpc.stream_window":               64,
 	"server.grpc.monitoring.enable":           true, // kafka-ambassador's; metrics are always on
 	"server.grpc.monitoring.histogram.enable": true, // kafka-ambassador's; histograms are always on
 	"server.monitoring.listen":                ":28080",
@@ -200,8 +208,12 @@ func Parse(file []byte, environ []string) (*Config, error) {
 				MaxBodyBytes:      int64(g.positiveInt("server.http.max_body_bytes")),
 			},
 			GRPC: GRPC{
-				Listen:         g.address("server.grpc.listen"),
-				MaxRequestSize: g.positiveInt("server.grpc.max.request.size"),
+				Listen:           g.address("server.grpc.listen"),
+				MaxRequestSize:   g.positiveInt("server.grpc.max.request.size"),
+				KeepaliveTime:    g.duration("server.grpc.keepalive.time"),
+				KeepaliveTimeout: g.duration("server.grpc.keepalive.timeout"),
+				KeepaliveMinTime: g.duration("server.grpc.keepalive.min_time"),
+				StreamWindow:     g.positiveInt("server.grpc.stream_window"),
 			},
 			Monitoring: Monitoring{
 				Listen:         g.address("server.monitoring.listen"),

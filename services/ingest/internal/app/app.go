@@ -19,6 +19,7 @@ import (
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
+	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
 )
 
@@ -37,6 +38,9 @@ type App struct {
 	monitor  *monitor.Server
 	httpSrv  *http.Server
 	httpLn   net.Listener
+	grpcSrv  *grpcapi.Server
+	grpcLn   net.Listener
+	draining chan struct{}
 	cleanups []func()
 }
 
@@ -47,7 +51,7 @@ func New(o Options) (a *App, err error) {
 		o.Registry = prometheus.NewRegistry()
 		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	a = &App{opts: o}
+	a = &App{opts: o, draining: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -82,6 +86,21 @@ func New(o Options) (a *App, err error) {
 		Logger:         o.Logger,
 		LatencyBuckets: delivery.LatencyBuckets,
 	})
+	a.grpcSrv = grpcapi.New(grpcapi.Options{
+		Sender:         d,
+		Topics:         a.producer,
+		Config:         cfg.Server.GRPC,
+		Registry:       o.Registry,
+		Logger:         o.Logger,
+		LatencyBuckets: delivery.LatencyBuckets,
+		Draining:       a.draining,
+	})
+	a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPC.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("server.grpc.listen: %w", err)
+	}
+	a.cleanups = append(a.cleanups, func() { _ = a.grpcLn.Close() })
+
 	a.httpLn, err = net.Listen("tcp", cfg.Server.HTTP.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("server.http.listen: %w", err)
@@ -100,12 +119,16 @@ func New(o Options) (a *App, err error) {
 // HTTPAddr is the HTTP API's bound address.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
+// GRPCAddr is the gRPC API's bound address.
+func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
+
 // MonitorAddr is the monitoring port's bound address.
 func (a *App) MonitorAddr() string { return a.monitor.Addr() }
 
-// Run serves until ctx ends, then shuts down in order: readiness goes
-// false, the HTTP server stops accepting and lets in-flight requests
-// finish, the producer flushes, and the monitoring port closes last.
+// Run serves until ctx ends, then shuts down in order: readiness and gRPC
+// health go false, the servers stop accepting and let in-flight requests
+// finish (streams stop taking requests, acknowledge those they took, and
+// end), the producer flushes, and the monitoring port closes last.
 func (a *App) Run(ctx context.Context) error {
 	log := a.opts.Logger
 	g, gctx := errgroup.WithContext(ctx)
@@ -116,8 +139,15 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	g.Go(func() error {
+		if err := a.grpcSrv.Serve(a.grpcLn); err != nil {
+			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
 	a.monitor.SetReady(true)
-	log.Info("ingest started", "http", a.HTTPAddr(), "monitoring", a.MonitorAddr(), "brokers", a.opts.Config.Kafka.Brokers)
+	a.grpcSrv.SetServing(true)
+	log.Info("ingest started", "http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "monitoring", a.MonitorAddr(), "brokers", a.opts.Config.Kafka.Brokers)
 
 	g.Go(func() error {
 		<-gctx.Done()
@@ -130,11 +160,25 @@ func (a *App) shutdown() error {
 	log := a.opts.Logger
 	log.Info("ingest shutting down")
 	a.monitor.SetReady(false)
+	a.grpcSrv.SetServing(false)
+	close(a.draining)
 	ctx, cancel := context.WithTimeout(context.Background(), a.opts.Config.Server.ShutdownTimeout)
 	defer cancel()
 	var errs []error
+	grpcStopped := make(chan struct{})
+	go func() {
+		a.grpcSrv.GracefulStop()
+		close(grpcStopped)
+	}()
 	if err := a.httpSrv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	select {
+	case <-grpcStopped:
+	case <-ctx.Done():
+		a.grpcSrv.Stop()
+		<-grpcStopped
+		errs = append(errs, errors.New("grpc shutdown: requests still running at the deadline were cut off"))
 	}
 	a.close()
 	if err := a.monitor.Shutdown(ctx); err != nil {

@@ -24,6 +24,7 @@ import (
 type Ingest struct {
 	App      *app.App
 	URL      string // the HTTP API, http://127.0.0.1:port
+	GRPC     string // the gRPC API, 127.0.0.1:port
 	Monitor  string // the monitoring port, http://127.0.0.1:port
 	Registry *prometheus.Registry
 	logs     *lockedBuffer
@@ -57,7 +58,7 @@ func Start(tb testing.TB, addr string, env ...string) *Ingest {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	in := &Ingest{App: a, URL: "http://" + a.HTTPAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
+	in := &Ingest{App: a, URL: "http://" + a.HTTPAddr(), GRPC: a.GRPCAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
 	tb.Cleanup(func() {
 		if err := in.Stop(); err != nil {
 			tb.Errorf("ingest stop: %v", err)

@@ -1,0 +1,198 @@
+// Package grpcapi is the ingest's gRPC produce API: Spillway's own
+// spillway.ingest.v1.IngestService and kafka-ambassador's KafkaAmbassador
+// wire format. Like the HTTP API, it turns requests into records, hands
+// them to the delivery path, and answers each record's outcome.
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/proto/gen/kafkaambassador"
+	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
+)
+
+// API is the label of records received over gRPC.
+const API = "grpc"
+
+// Sender delivers records and returns one result per record, in order.
+type Sender interface {
+	Send(ctx context.Context, api string, recs []record.Record) []record.Result
+	Reject(api, topic string, n int, reason record.Reason)
+}
+
+// TopicLister lists Kafka's topics.
+type TopicLister interface {
+	Topics(ctx context.Context) ([]string, error)
+}
+
+// Options configure the gRPC API.
+type Options struct {
+	Sender         Sender
+	Topics         TopicLister
+	Config         config.GRPC
+	Registry       prometheus.Registerer
+	Logger         *slog.Logger
+	LatencyBuckets []float64
+	// Draining closes when shutdown begins: streams stop taking requests,
+	// acknowledge the ones they took, and end.
+	Draining <-chan struct{}
+}
+
+// Server is the gRPC server with both services, health and reflection.
+type Server struct {
+	*grpc.Server
+	health *health.Server
+}
+
+// New builds the gRPC server. Its health starts NOT_SERVING; SetServing
+// follows the ingest's readiness.
+func New(o Options) *Server {
+	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(o.LatencyBuckets)))
+	o.Registry.MustRegister(metrics)
+	s := grpc.NewServer(
+		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor()),
+	)
+	ingestv1.RegisterIngestServiceServer(s, &ingestServer{opts: o})
+	kafkaambassador.RegisterKafkaAmbassadorServer(s, &ambassadorServer{opts: o})
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(s, hs)
+	reflection.Register(s)
+	metrics.InitializeMetrics(s)
+	return &Server{Server: s, health: hs}
+}
+
+// SetServing sets the health of the server and of each service.
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, name := range []string{"", ingestv1.IngestService_ServiceDesc.ServiceName, kafkaambassador.KafkaAmbassador_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// codeOf maps a failure reason to its gRPC status code.
+func codeOf(reason record.Reason) codes.Code {
+	switch reason {
+	case record.ReasonInvalid:
+		return codes.InvalidArgument
+	case record.ReasonTooLarge:
+		return codes.ResourceExhausted
+	case record.ReasonUnknownTopic:
+		return codes.NotFound
+	case record.ReasonNotAuthorized:
+		return codes.PermissionDenied
+	case record.ReasonTimeout:
+		return codes.DeadlineExceeded
+	default:
+		return codes.Unavailable
+	}
+}
+
+// message is the failure's text for the client.
+func message(err error) string {
+	var re *record.Error
+	if errors.As(err, &re) {
+		if re.Err != nil && re.Reason != record.ReasonInvalid {
+			return re.Message + ": " + re.Err.Error()
+		}
+		return re.Message
+	}
+	return err.Error()
+}
+
+// statusOf is the gRPC status for a failed record.
+func statusOf(err error) *status.Status {
+	return status.New(codeOf(record.ReasonOf(err)), message(err))
+}
+
+// toRecords converts and checks a request's records. A bad topic fails
+// every record with InvalidArgument; a bad record fails alone. Records
+// that are fine are returned with their index.
+func toRecords(topic string, in []*ingestv1.Record) ([]record.Record, []int, []record.Result) {
+	results := make([]record.Result, len(in))
+	if err := record.ValidateTopic(topic); err != nil {
+		for i := range results {
+			results[i] = record.Fail(topic, err)
+		}
+		return nil, nil, results
+	}
+	recs := make([]record.Record, 0, len(in))
+	idx := make([]int, 0, len(in))
+	for i, r := range in {
+		rec, err := toRecord(topic, r)
+		if err != nil {
+			results[i] = record.Fail(topic, record.Errorf(record.ReasonInvalid, "records[%d]: %s", i, message(err)))
+			continue
+		}
+		recs = append(recs, rec)
+		idx = append(idx, i)
+	}
+	return recs, idx, results
+}
+
+func toRecord(topic string, r *ingestv1.Record) (record.Record, error) {
+	if r == nil {
+		return record.Record{}, record.Errorf(record.ReasonInvalid, "the record is empty")
+	}
+	rec := record.Record{Topic: topic, Key: r.Key, Value: r.Value, Partition: record.AnyPartition}
+	if r.Partition != nil {
+		if *r.Partition < 0 {
+			return rec, record.Errorf(record.ReasonInvalid, "partition %d is not a partition; want 0 or more", *r.Partition)
+		}
+		rec.Partition = *r.Partition
+	}
+	if r.Timestamp != nil {
+		if err := r.Timestamp.CheckValid(); err != nil {
+			return rec, record.Errorf(record.ReasonInvalid, "timestamp: %v", err)
+		}
+		if rec.Timestamp = r.Timestamp.AsTime(); rec.Timestamp.Before(time.Unix(0, 0)) {
+			return rec, record.Errorf(record.ReasonInvalid, "timestamp %s is before 1970", rec.Timestamp.Format(time.RFC3339))
+		}
+	}
+	for _, h := range r.Headers {
+		rec.Headers = append(rec.Headers, record.Header{Key: h.GetKey(), Value: h.GetValue()})
+	}
+	return rec, nil
+}
+
+// send validates and delivers a batch for topic, answering every record.
+func send(ctx context.Context, o Options, topic string, in []*ingestv1.Record) []record.Result {
+	recs, idx, results := toRecords(topic, in)
+	failed := len(in) - len(recs)
+	if failed > 0 {
+		label := topic
+		if record.ValidateTopic(topic) != nil {
+			label = ""
+		}
+		o.Sender.Reject(API, label, failed, record.ReasonInvalid)
+	}
+	if len(recs) == 0 {
+		return results
+	}
+	for j, r := range o.Sender.Send(ctx, API, recs) {
+		results[idx[j]] = r
+	}
+	return results
+}
