@@ -1,4 +1,5 @@
-// Command spillway-ingest takes records over HTTP and writes them to Kafka.
+// Command spillway-ingest takes records over HTTP and gRPC and writes them
+// to Kafka.
 package main
 
 import (
