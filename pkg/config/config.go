@@ -39,6 +39,8 @@ type Config struct {
 	Producer Producer
 	Kafka    Kafka
 	Log      Log
+	Forward  Forward
+	Resend   ResendService
 	// Warnings are problems that do not stop the service, such as a
 	// SPILLWAY_* variable that matches no key; the service logs them.
 	Warnings []string
@@ -101,13 +103,41 @@ type Resend struct {
 	RateLimit float64
 }
 
-// WAL configures when records are written to JetStream.
+// WAL configures when records are written to JetStream, and the
+// JetStream that holds them.
 type WAL struct {
 	Mode          string
 	InMemory      bool
 	Path          string
 	AlwaysTopics  []string
 	DisableTopics []string
+
+	Stream         string        // the JetStream stream's name
+	SubjectPrefix  string        // subjects are PREFIX.wal.TOPIC, PREFIX.spill.TOPIC, PREFIX.dlq.TOPIC
+	Listen         string        // the embedded server's client listener
+	NATS           NATS          // an external JetStream; no embedded server when URLs are set
+	Replicas       int           // stream replicas (3 on an external cluster)
+	MaxBytes       int64         // the stream's size limit; a full stream refuses records (507)
+	MaxAge         time.Duration // records older than this are removed (0: kept until delivered)
+	PublishTimeout time.Duration // how long a publish may wait for JetStream's acknowledgement
+}
+
+// NATS is the connection to an external JetStream.
+type NATS struct {
+	URLs        []string
+	Credentials string // a .creds file
+	TLS         TLS
+}
+
+// Forward configures the forwarder service.
+type Forward struct {
+	RateLimit        float64
+	MonitoringListen string
+}
+
+// ResendService configures the resender service's own port.
+type ResendService struct {
+	MonitoringListen string
 }
 
 // Log configures the process's logs.
@@ -147,7 +177,22 @@ var defaults = map[string]any{
 	"producer.wal.path":                       "data/wal",
 	"producer.wal.always_topics":              []string{},
 	"producer.wal.disable_topics":             []string{},
+	"producer.wal.stream":                     "SPILLWAY",
+	"producer.wal.subject_prefix":             "spillway",
+	"producer.wal.listen":                     "127.0.0.1:4222",
+	"producer.wal.nats.urls":                  []string{},
+	"producer.wal.nats.credentials":           "",
+	"producer.wal.nats.tls.ca":                "",
+	"producer.wal.nats.tls.cert":              "",
+	"producer.wal.nats.tls.key":               "",
+	"producer.wal.replicas":                   1,
+	"producer.wal.max_bytes":                  1 << 30,
+	"producer.wal.max_age":                    "168h",
+	"producer.wal.publish_timeout":            "5s",
 	"producer.old_producer_kill_timeout":      "0s",
+	"forward.rate_limit":                      0,
+	"forward.monitoring.listen":               ":28081",
+	"resend.monitoring.listen":                ":28082",
 	"kafka.brokers":                           []string{},
 	"global.log.level":                        "info",
 	"global.log.encoding":                     "json",
@@ -238,9 +283,30 @@ func Parse(file []byte, environ []string) (*Config, error) {
 				Path:          g.str("producer.wal.path"),
 				AlwaysTopics:  g.topics("producer.wal.always_topics"),
 				DisableTopics: g.topics("producer.wal.disable_topics"),
+				Stream:        g.str("producer.wal.stream"),
+				SubjectPrefix: g.str("producer.wal.subject_prefix"),
+				Listen:        g.address("producer.wal.listen"),
+				NATS: NATS{
+					URLs:        g.strings("producer.wal.nats.urls"),
+					Credentials: g.str("producer.wal.nats.credentials"),
+					TLS: TLS{
+						CAFile:   g.str("producer.wal.nats.tls.ca"),
+						CertFile: g.str("producer.wal.nats.tls.cert"),
+						KeyFile:  g.str("producer.wal.nats.tls.key"),
+					},
+				},
+				Replicas:       g.positiveInt("producer.wal.replicas"),
+				MaxBytes:       int64(g.positiveInt("producer.wal.max_bytes")),
+				MaxAge:         g.duration("producer.wal.max_age"),
+				PublishTimeout: g.duration("producer.wal.publish_timeout"),
 			},
 			OldProducerKillTimeout: g.duration("producer.old_producer_kill_timeout"),
 		},
+		Forward: Forward{
+			RateLimit:        g.rate("forward.rate_limit"),
+			MonitoringListen: g.address("forward.monitoring.listen"),
+		},
+		Resend: ResendService{MonitoringListen: g.address("resend.monitoring.listen")},
 		Log: Log{
 			Level:    g.oneOf("global.log.level", "debug", "info", "warn", "error"),
 			Encoding: g.oneOf("global.log.encoding", "json", "console"),
@@ -248,6 +314,14 @@ func Parse(file []byte, environ []string) (*Config, error) {
 	}
 	g.boolean("server.grpc.monitoring.enable")
 	g.boolean("server.grpc.monitoring.histogram.enable")
+	for _, name := range []string{c.Producer.WAL.Stream, c.Producer.WAL.SubjectPrefix} {
+		if name == "" || strings.ContainsAny(name, ". *>\t") {
+			g.fail("producer.wal.stream", fmt.Errorf("%q is not allowed: stream names and subject prefixes are one NATS token, without dots, spaces, * or >", name))
+		}
+	}
+	if c.Producer.WAL.Replicas > 5 {
+		g.fail("producer.wal.replicas", fmt.Errorf("%d is not allowed; JetStream keeps 1 to 5 replicas", c.Producer.WAL.Replicas))
+	}
 	for _, t := range c.Producer.WAL.AlwaysTopics {
 		if slices.Contains(c.Producer.WAL.DisableTopics, t) {
 			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))

@@ -259,7 +259,7 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 			Topic:      r.Topic,
 			Key:        r.Key,
 			Value:      r.Value,
-			Headers:    kafkaHeaders(r.Headers),
+			Headers:    kafkaHeaders(r.ID, r.Headers),
 			Time:       r.Timestamp,
 			WriterData: &slots[i],
 		})
@@ -306,13 +306,17 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 	return out
 }
 
-func kafkaHeaders(hs []record.Header) []kafka.Header {
-	if len(hs) == 0 {
+// kafkaHeaders is the record's headers, then its id as spillway-id.
+func kafkaHeaders(id string, hs []record.Header) []kafka.Header {
+	if len(hs) == 0 && id == "" {
 		return nil
 	}
-	out := make([]kafka.Header, len(hs))
-	for i, h := range hs {
-		out[i] = kafka.Header{Key: h.Key, Value: h.Value}
+	out := make([]kafka.Header, 0, len(hs)+1)
+	for _, h := range hs {
+		out = append(out, kafka.Header{Key: h.Key, Value: h.Value})
+	}
+	if id != "" {
+		out = append(out, kafka.Header{Key: record.IDHeader, Value: []byte(id)})
 	}
 	return out
 }

@@ -9,6 +9,10 @@ import (
 	"time"
 )
 
+// IDHeader is the Kafka record header with the record's Spillway id, so
+// that consumers downstream can de-duplicate.
+const IDHeader = "spillway-id"
+
 // AnyPartition lets the partitioner choose: by the key's murmur2 hash when
 // there is a key, at random when there is none.
 const AnyPartition int32 = -1
@@ -22,6 +26,9 @@ type Header struct {
 // Record is one record to produce. A nil Key means "no key", which Kafka
 // and its partitioners treat differently from an empty key.
 type Record struct {
+	// ID is given at ingest and travels with the record: the JetStream
+	// message id and the spillway-id Kafka header (IDHeader).
+	ID        string
 	Topic     string
 	Key       []byte
 	Value     []byte
@@ -86,7 +93,14 @@ const (
 	ReasonNotAuthorized Reason = "not_authorized" // Kafka refused our credentials for the topic
 	ReasonUnavailable   Reason = "unavailable"    // Kafka could not take the record now
 	ReasonTimeout       Reason = "timeout"        // Kafka did not answer in time
+	ReasonBufferFull    Reason = "buffer_full"    // the JetStream buffer is at its size limit
 )
+
+// Retriable says whether trying again later may succeed: Kafka was
+// unavailable or slow. Only such records are spilled.
+func (r Reason) Retriable() bool {
+	return r == ReasonUnavailable || r == ReasonTimeout
+}
 
 // Error is a failed record's reason and a message for the client.
 type Error struct {

@@ -1,0 +1,185 @@
+package spill
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// Connect connects to the embedded server (in-process, when embedded is
+// not nil) or to the external JetStream in c.NATS, and creates or updates
+// the stream. The connection reconnects forever.
+func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("disconnected from NATS", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("reconnected to NATS", "url", nc.ConnectedUrl()) }),
+	}
+	url := c.Listen
+	switch {
+	case embedded != nil:
+		url = embedded.ClientURL()
+		opts = append(opts, nats.InProcessServer(embedded))
+	case len(c.NATS.URLs) > 0:
+		url = strings.Join(c.NATS.URLs, ",")
+		if c.NATS.Credentials != "" {
+			opts = append(opts, nats.UserCredentials(c.NATS.Credentials))
+		}
+		if c.NATS.TLS.CAFile != "" || c.NATS.TLS.CertFile != "" {
+			tc, err := natsTLS(c.NATS.TLS)
+			if err != nil {
+				return nil, nil, err
+			}
+			opts = append(opts, nats.Secure(tc))
+		}
+	default:
+		url = "nats://" + c.Listen
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(c)); err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("create or update stream %s: %w", c.Stream, err)
+	}
+	return nc, js, nil
+}
+
+func natsTLS(c config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("producer.wal.nats.tls.ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("producer.wal.nats.tls.ca: %s holds no PEM certificate", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("producer.wal.nats.tls.cert: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Buffer publishes records to the stream and answers each once JetStream
+// acknowledged it.
+type Buffer struct {
+	js       jetstream.JetStream
+	subjects Subjects
+	timeout  time.Duration
+}
+
+// NewBuffer returns a Buffer publishing through js.
+func NewBuffer(js jetstream.JetStream, c config.WAL) *Buffer {
+	return &Buffer{js: js, subjects: Subjects{Prefix: c.SubjectPrefix}, timeout: c.PublishTimeout}
+}
+
+// Subjects is the buffer's subject naming.
+func (b *Buffer) Subjects() Subjects { return b.subjects }
+
+// Publish stores recs as kind, each with its ID as the JetStream message
+// id, and returns one result per record: Buffered once JetStream
+// acknowledged it, else Failed (buffer_full when the stream is at its
+// limit, unavailable otherwise). reason says why they are buffered.
+func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, reason string) []record.Result {
+	results := make([]record.Result, len(recs))
+	futures := make([]jetstream.PubAckFuture, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		data, err := Encode(r, reason)
+		if err != nil {
+			results[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonInvalid, Message: "cannot encode the record for the buffer", Err: err})
+			continue
+		}
+		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}}}
+		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(r.ID))
+		if err != nil {
+			results[i] = record.Fail(r.Topic, classify(err))
+			continue
+		}
+		futures[i] = f
+	}
+	deadline := time.NewTimer(b.timeout)
+	defer deadline.Stop()
+	expired := false
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		var err error
+		answered := false
+		if !expired {
+			select {
+			case <-f.Ok():
+				answered = true
+			case err = <-f.Err():
+				answered = true
+			case <-deadline.C:
+				expired = true
+			case <-ctx.Done():
+				expired = true
+			}
+		}
+		if !answered { // an answer that came by the deadline still counts
+			select {
+			case <-f.Ok():
+				answered = true
+			case err = <-f.Err():
+				answered = true
+			default:
+			}
+		}
+		switch {
+		case !answered:
+			results[i] = record.Fail(recs[i].Topic, &record.Error{Reason: record.ReasonUnavailable, Message: "the buffer (JetStream) did not acknowledge the record in time"})
+		case err != nil:
+			results[i] = record.Fail(recs[i].Topic, classify(err))
+		default:
+			results[i] = record.Result{Outcome: record.Buffered, Topic: recs[i].Topic, Partition: record.AnyPartition, Offset: -1, Timestamp: recs[i].Timestamp}
+		}
+	}
+	return results
+}
+
+// classify turns a JetStream publish error into a record.Error.
+func classify(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && strings.Contains(strings.ToLower(apiErr.Description), "maximum") {
+		return &record.Error{Reason: record.ReasonBufferFull, Message: "the buffer is full (producer.wal.max_bytes): the record was not stored", Err: err}
+	}
+	if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+		return &record.Error{Reason: record.ReasonUnavailable, Message: "the buffer is overloaded: retry later", Err: err}
+	}
+	return &record.Error{Reason: record.ReasonUnavailable, Message: "the buffer (JetStream) cannot take the record now", Err: err}
+}

@@ -1,0 +1,113 @@
+// Package spill is Spillway's JetStream buffer: the stream that holds
+// records on their way to Kafka (written ahead, or spilled when Kafka could
+// not take them), its subjects, how a record is stored, and the embedded
+// server the ingest runs on a single node.
+package spill
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+	spillv1 "github.com/spillway/spillway/proto/gen/spillway/spill/v1"
+)
+
+// Kind is what a buffered record is waiting for; it is the second token of
+// its subject.
+type Kind string
+
+// The kinds of buffered messages.
+const (
+	// WriteAhead records were written to JetStream first, by mode or topic;
+	// the forwarder carries them to Kafka.
+	WriteAhead Kind = "wal"
+	// Spilled records could not go to Kafka when they came; the resender
+	// carries them once Kafka is healthy.
+	Spilled Kind = "spill"
+	// DeadLetter records will never be accepted by Kafka; they wait here
+	// for a person, with the reason in a header.
+	DeadLetter Kind = "dlq"
+)
+
+// Headers of the JetStream messages.
+const (
+	HeaderReason = "Spillway-Reason" // why a record was dead-lettered
+	HeaderTopic  = "Spillway-Topic"
+)
+
+// Subjects names the stream's subjects.
+type Subjects struct{ Prefix string }
+
+// For is the subject of a record of kind for topic. A topic's dots would
+// make extra subject tokens, so they are written as "%2E"; the record
+// itself keeps the real topic.
+func (s Subjects) For(kind Kind, topic string) string {
+	return s.Prefix + "." + string(kind) + "." + strings.ReplaceAll(topic, ".", "%2E")
+}
+
+// All is the filter of every subject of kind.
+func (s Subjects) All(kind Kind) string { return s.Prefix + "." + string(kind) + ".>" }
+
+// StreamConfig is the stream Spillway creates or updates at start.
+func StreamConfig(c config.WAL) jetstream.StreamConfig {
+	storage := jetstream.FileStorage
+	if c.InMemory {
+		storage = jetstream.MemoryStorage
+	}
+	return jetstream.StreamConfig{
+		Name:        c.Stream,
+		Description: "Spillway: records on their way to Kafka",
+		Subjects:    []string{c.SubjectPrefix + ".>"},
+		Storage:     storage,
+		Replicas:    c.Replicas,
+		MaxBytes:    c.MaxBytes,
+		MaxAge:      c.MaxAge,
+		Discard:     jetstream.DiscardNew, // a full stream refuses new records; it never drops stored ones
+		Retention:   jetstream.LimitsPolicy,
+		Duplicates:  2 * time.Minute,
+	}
+}
+
+// Encode turns a record into the bytes stored in JetStream.
+func Encode(r *record.Record, reason string) ([]byte, error) {
+	sr := &spillv1.StoredRecord{Id: r.ID, Topic: r.Topic, Key: r.Key, Value: r.Value, Reason: reason}
+	if r.Key != nil && len(r.Key) == 0 {
+		sr.Key = []byte{} // an empty key is not a null key
+	}
+	if r.Partition != record.AnyPartition {
+		p := r.Partition
+		sr.Partition = &p
+	}
+	if !r.Timestamp.IsZero() {
+		sr.Timestamp = timestamppb.New(r.Timestamp)
+	}
+	for _, h := range r.Headers {
+		sr.Headers = append(sr.Headers, &spillv1.Header{Key: h.Key, Value: h.Value})
+	}
+	return proto.Marshal(sr)
+}
+
+// Decode reads a stored record back.
+func Decode(b []byte) (record.Record, error) {
+	var sr spillv1.StoredRecord
+	if err := proto.Unmarshal(b, &sr); err != nil {
+		return record.Record{}, fmt.Errorf("decode stored record: %w", err)
+	}
+	r := record.Record{ID: sr.GetId(), Topic: sr.GetTopic(), Key: sr.Key, Value: sr.GetValue(), Partition: record.AnyPartition}
+	if sr.Partition != nil {
+		r.Partition = *sr.Partition
+	}
+	if sr.Timestamp != nil {
+		r.Timestamp = sr.Timestamp.AsTime()
+	}
+	for _, h := range sr.GetHeaders() {
+		r.Headers = append(r.Headers, record.Header{Key: h.GetKey(), Value: h.GetValue()})
+	}
+	return r, nil
+}

@@ -1,0 +1,105 @@
+package spill
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func walConfig(t *testing.T, env ...string) config.WAL {
+	t.Helper()
+	c, err := config.Parse(nil, append([]string{"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(), "SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0"}, env...))
+	require.NoError(t, err)
+	return c.Producer.WAL
+}
+
+func startBuffer(t *testing.T, c config.WAL) (*Buffer, jetstream.JetStream, func()) {
+	t.Helper()
+	srv, err := StartEmbedded(c, discard)
+	require.NoError(t, err)
+	nc, js, err := Connect(t.Context(), c, srv, "test", discard)
+	require.NoError(t, err)
+	stop := func() { nc.Close(); srv.Shutdown(); srv.WaitForShutdown() }
+	t.Cleanup(stop)
+	return NewBuffer(js, c), js, stop
+}
+
+func TestPublishAndDecode(t *testing.T) {
+	c := walConfig(t)
+	b, js, _ := startBuffer(t, c)
+	ts := time.UnixMilli(1700000000789).UTC()
+	recs := []record.Record{
+		{ID: "id-1", Topic: "orders.eu", Key: []byte("k"), Value: []byte{0, 1}, Headers: []record.Header{{Key: "h", Value: []byte("v")}}, Partition: 2, Timestamp: ts},
+		{ID: "id-2", Topic: "orders.eu", Key: []byte{}, Value: []byte("v2"), Partition: record.AnyPartition},
+	}
+	res := b.Publish(t.Context(), Spilled, recs, "unavailable")
+	for _, r := range res {
+		require.Equal(t, record.Buffered, r.Outcome, r.Err)
+	}
+
+	cons, err := js.CreateOrUpdateConsumer(t.Context(), c.Stream, jetstream.ConsumerConfig{FilterSubject: Subjects{c.SubjectPrefix}.All(Spilled), AckPolicy: jetstream.AckNonePolicy})
+	require.NoError(t, err)
+	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	var got []record.Record
+	for m := range batch.Messages() {
+		assert.Equal(t, "spillway.spill.orders%2Eeu", m.Subject())
+		r, err := Decode(m.Data())
+		require.NoError(t, err)
+		got = append(got, r)
+	}
+	require.Len(t, got, 2)
+	assert.Equal(t, recs[0], got[0])
+	assert.Equal(t, recs[1].Key, got[1].Key, "an empty key stays empty, not null")
+	assert.NotNil(t, got[1].Key)
+	assert.Equal(t, record.AnyPartition, got[1].Partition)
+}
+
+func TestDuplicateIDIsStoredOnce(t *testing.T) {
+	c := walConfig(t)
+	b, js, _ := startBuffer(t, c)
+	rec := []record.Record{{ID: "same", Topic: "t", Value: []byte("x"), Partition: record.AnyPartition}}
+	require.Equal(t, record.Buffered, b.Publish(t.Context(), WriteAhead, rec, "write_ahead")[0].Outcome)
+	require.Equal(t, record.Buffered, b.Publish(t.Context(), WriteAhead, rec, "write_ahead")[0].Outcome)
+	s, err := js.Stream(t.Context(), c.Stream)
+	require.NoError(t, err)
+	info, err := s.Info(t.Context())
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, info.State.Msgs)
+}
+
+func TestFullStreamRefuses(t *testing.T) {
+	c := walConfig(t, "SPILLWAY_PRODUCER_WAL_MAX_BYTES=2000")
+	b, _, _ := startBuffer(t, c)
+	var last record.Result
+	for i := range 100 {
+		last = b.Publish(t.Context(), Spilled, []record.Record{{ID: string(rune('a'+i%26)) + time.Now().String(), Topic: "t", Value: make([]byte, 200), Partition: record.AnyPartition}}, "unavailable")[0]
+		if last.Outcome == record.Failed {
+			break
+		}
+	}
+	require.Equal(t, record.Failed, last.Outcome)
+	assert.Equal(t, record.ReasonBufferFull, record.ReasonOf(last.Err), last.Err)
+}
+
+func TestUnavailableBuffer(t *testing.T) {
+	c := walConfig(t, "SPILLWAY_PRODUCER_WAL_PUBLISH_TIMEOUT=500ms")
+	b, _, stop := startBuffer(t, c)
+	stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	res := b.Publish(ctx, Spilled, []record.Record{{ID: "x", Topic: "t", Value: []byte("x"), Partition: record.AnyPartition}}, "unavailable")
+	require.Equal(t, record.Failed, res[0].Outcome)
+	assert.Equal(t, record.ReasonUnavailable, record.ReasonOf(res[0].Err), res[0].Err)
+}
