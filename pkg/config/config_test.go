@@ -146,11 +146,11 @@ func TestREADMEDocumentsEveryKey(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	require.NoError(t, err)
 	for key := range Keys() {
-		assert.Contains(t, string(readme), "| `"+key+"` |", "README lacks key %s", key)
+		assert.True(t, strings.Contains(string(readme), "| `"+key+"` |"), "README lacks key %s", key)
 	}
 	for _, p := range KafkaProperties() {
 		for _, name := range strings.Split(p[0], " / ") {
-			assert.Contains(t, string(readme), "`"+name+"`", "README lacks kafka property %s", name)
+			assert.True(t, strings.Contains(string(readme), "`"+name+"`"), "README lacks kafka property %s", name)
 		}
 	}
 }

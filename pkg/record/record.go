@@ -73,6 +73,7 @@ func (o Outcome) String() string {
 
 // Result is what became of one record.
 type Result struct {
+	ID        string // the record's id (Record.ID)
 	Outcome   Outcome
 	Topic     string
 	Partition int32

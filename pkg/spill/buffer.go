@@ -32,6 +32,9 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 			logger.Warn("disconnected from NATS", "error", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("reconnected to NATS", "url", nc.ConnectedUrl()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			logger.Warn("NATS connection error", "error", err)
+		}),
 	}
 	url := c.Listen
 	switch {

@@ -132,6 +132,8 @@ func TestMakeRun(t *testing.T) {
 		fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
 		fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", monPort),
 		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
+		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
+		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
 	)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -183,8 +185,8 @@ func TestMakeRun(t *testing.T) {
 	if r.Key == nil || *r.Key != "k-e2e" || r.Payload == nil || *r.Payload != "hello from e2e" {
 		t.Errorf("record in Kafka: %+v", r)
 	}
-	if len(r.Headers) != 2 || r.Headers[0] != "origin" || r.Headers[1] != "e2e-test" {
-		t.Errorf("headers in Kafka: %v", r.Headers)
+	if len(r.Headers) != 4 || r.Headers[0] != "origin" || r.Headers[1] != "e2e-test" || r.Headers[2] != "spillway-id" || !strings.Contains(string(body), r.Headers[3]) {
+		t.Errorf("headers in Kafka: %v; want origin and the spillway-id of the answer %s", r.Headers, body)
 	}
 
 	// Ctrl-C stops everything it started.

@@ -41,6 +41,8 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 		"SPILLWAY_SERVER_HTTP_LISTEN="+p.httpAddr,
 		"SPILLWAY_SERVER_GRPC_LISTEN="+p.grpcAddr,
 		"SPILLWAY_SERVER_MONITORING_LISTEN="+p.monitorAddr,
+		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
+		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
 	), env...)
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
@@ -123,7 +125,7 @@ func TestGRPCWithGrpcurl(t *testing.T) {
 		t.Fatalf("Produce answered %s (%v)", out, err)
 	}
 	recs := kcatConsume(t, broker, "grpcurl")
-	if len(recs) != 1 || *recs[0].Key != "k1" || *recs[0].Payload != "hello" || len(recs[0].Headers) != 2 || recs[0].Headers[1] != "grpcurl" {
+	if len(recs) != 1 || *recs[0].Key != "k1" || *recs[0].Payload != "hello" || len(recs[0].Headers) != 4 || recs[0].Headers[1] != "grpcurl" || recs[0].Headers[2] != "spillway-id" {
 		t.Fatalf("in Kafka: %+v", recs)
 	}
 

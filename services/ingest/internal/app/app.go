@@ -10,14 +10,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
+	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
@@ -41,7 +45,12 @@ type App struct {
 	grpcSrv  *grpcapi.Server
 	grpcLn   net.Listener
 	draining chan struct{}
-	cleanups []func()
+	natsAddr string
+	// stopWaiting ends near the shutdown deadline: requests still waiting
+	// for Kafka stop waiting and their records are spilled.
+	stopWaiting   context.Context
+	cancelWaiting context.CancelFunc
+	cleanups      []func()
 }
 
 // New builds the service and binds its listeners, so that Addr answers at
@@ -52,6 +61,7 @@ func New(o Options) (a *App, err error) {
 		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	a = &App{opts: o, draining: make(chan struct{})}
+	a.stopWaiting, a.cancelWaiting = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			a.close()
@@ -77,7 +87,20 @@ func New(o Options) (a *App, err error) {
 		return nil, fmt.Errorf("server.monitoring.listen: %w", err)
 	}
 
-	d := delivery.New(a.producer, o.Registry, cfg.Server.Monitoring.MaxTopicLabels)
+	buffer, err := a.startBuffer()
+	if err != nil {
+		return nil, err
+	}
+	d := delivery.New(delivery.Options{
+		Producer:    a.producer,
+		Buffer:      buffer,
+		WAL:         cfg.Producer.WAL,
+		Breaker:     cfg.Producer.CB,
+		Registry:    o.Registry,
+		MaxTopics:   cfg.Server.Monitoring.MaxTopicLabels,
+		Logger:      o.Logger,
+		StopWaiting: a.stopWaiting,
+	})
 	handler := httpapi.New(httpapi.Options{
 		Sender:         d,
 		Topics:         a.producer,
@@ -115,6 +138,44 @@ func New(o Options) (a *App, err error) {
 	}
 	return a, nil
 }
+
+// startBuffer connects to the JetStream buffer, starting the embedded
+// server unless an external one is configured. It returns nil (no buffer)
+// when mode is disable and no topic is always written ahead.
+func (a *App) startBuffer() (delivery.Buffer, error) {
+	wal := a.opts.Config.Producer.WAL
+	if wal.Mode == config.ModeDisable && len(wal.AlwaysTopics) == 0 {
+		return nil, nil
+	}
+	var embedded *server.Server
+	if len(wal.NATS.URLs) == 0 {
+		srv, err := spill.StartEmbedded(wal, a.opts.Logger)
+		if err != nil {
+			return nil, err
+		}
+		embedded = srv
+		a.natsAddr = srv.Addr().String()
+		a.cleanups = append(a.cleanups, func() {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, js, err := spill.Connect(ctx, wal, embedded, "spillway-ingest", a.opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	a.cleanups = append(a.cleanups, func() {
+		if err := nc.Drain(); err != nil {
+			a.opts.Logger.Warn("draining the NATS connection", "error", err)
+		}
+	})
+	return spill.NewBuffer(js, wal), nil
+}
+
+// NATSAddr is the embedded JetStream's client address, "" without one.
+func (a *App) NATSAddr() string { return a.natsAddr }
 
 // HTTPAddr is the HTTP API's bound address.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
@@ -162,8 +223,13 @@ func (a *App) shutdown() error {
 	a.monitor.SetReady(false)
 	a.grpcSrv.SetServing(false)
 	close(a.draining)
-	ctx, cancel := context.WithTimeout(context.Background(), a.opts.Config.Server.ShutdownTimeout)
+	timeout := a.opts.Config.Server.ShutdownTimeout
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// Requests still waiting for Kafka at 80% of the deadline stop waiting
+	// and spill, so that they are answered before it.
+	spillAt := time.AfterFunc(timeout*8/10, a.cancelWaiting)
+	defer spillAt.Stop()
 	var errs []error
 	grpcStopped := make(chan struct{})
 	go func() {

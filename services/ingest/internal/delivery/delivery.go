@@ -1,17 +1,25 @@
 // Package delivery is the one path every record takes after an API parsed
-// it: it is counted, handed to Kafka, and its outcome counted, whichever
+// it: it gets an id and is counted; it is written ahead to the JetStream
+// buffer, or sent to Kafka behind a circuit breaker and spilled to the
+// buffer when Kafka cannot take it; and its outcome is counted, whichever
 // API it came from.
 package delivery
 
 import (
 	"context"
+	"errors"
+	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/sony/gobreaker/v2"
 
+	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill"
 )
 
 // Producer writes records to Kafka and reports each one's outcome.
@@ -19,67 +27,97 @@ type Producer interface {
 	Produce(ctx context.Context, recs []record.Record) []record.Result
 }
 
+// Buffer stores records in JetStream and reports each one's outcome.
+type Buffer interface {
+	Publish(ctx context.Context, kind spill.Kind, recs []record.Record, reason string) []record.Result
+}
+
+// Options configure the delivery path.
+type Options struct {
+	Producer Producer
+	// Buffer is the JetStream buffer; nil when producer.wal.mode is
+	// disable.
+	Buffer    Buffer
+	WAL       config.WAL
+	Breaker   config.Breaker
+	Registry  prometheus.Registerer
+	MaxTopics int
+	Logger    *slog.Logger
+	// StopWaiting ends near the shutdown deadline: waits for Kafka end,
+	// and the records still waiting are spilled. Nil: never.
+	StopWaiting context.Context
+}
+
 // Delivery sends records on their way and measures what becomes of them.
 type Delivery struct {
-	producer Producer
-	topics   *monitor.BoundedLabels
-	m        metrics
+	opts    Options
+	always  map[string]bool
+	never   map[string]bool
+	breaker *gobreaker.CircuitBreaker[[]record.Result]
+	topics  *monitor.BoundedLabels
+	m       metrics
 }
 
-type metrics struct {
-	received      *prometheus.CounterVec
-	receivedBytes *prometheus.CounterVec
-	delivered     *prometheus.CounterVec
-	failed        *prometheus.CounterVec
-	inFlight      prometheus.Gauge
-	produceTime   prometheus.Histogram
-}
+// errKafkaFailing tells the breaker that a produce had records Kafka could
+// not take for a reason that may pass (unavailable, timeout).
+var errKafkaFailing = errors.New("kafka failed records with a retriable error")
 
-// LatencyBuckets are the histogram buckets, in seconds, for request and
-// produce latency: from half a millisecond to half a minute.
-var LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
-
-// New returns a Delivery that produces with p and registers its metrics
-// in reg. Topic labels are capped at maxTopics distinct values.
-func New(p Producer, reg prometheus.Registerer, maxTopics int) *Delivery {
-	f := promauto.With(reg)
-	return &Delivery{
-		producer: p,
-		topics:   monitor.NewBoundedLabels(maxTopics),
-		m: metrics{
-			received: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "spillway_records_received_total",
-				Help: "Records received from clients, per API and topic.",
-			}, []string{"api", "topic"}),
-			receivedBytes: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "spillway_records_received_bytes_total",
-				Help: "Bytes of records (key, value and headers) received from clients, per API and topic.",
-			}, []string{"api", "topic"}),
-			delivered: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "spillway_records_delivered_total",
-				Help: "Records Kafka acknowledged, per topic.",
-			}, []string{"topic"}),
-			failed: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "spillway_records_failed_total",
-				Help: "Records answered to the client as failed, per topic and reason.",
-			}, []string{"topic", "reason"}),
-			inFlight: f.NewGauge(prometheus.GaugeOpts{
-				Name: "spillway_records_in_flight",
-				Help: "Records received and not yet answered.",
-			}),
-			produceTime: f.NewHistogram(prometheus.HistogramOpts{
-				Name:    "spillway_kafka_produce_duration_seconds",
-				Help:    "Time from handing a request's records to the Kafka producer to Kafka's last answer for them.",
-				Buckets: LatencyBuckets,
-			}),
-		},
+// New returns the delivery path.
+func New(o Options) *Delivery {
+	if o.StopWaiting == nil {
+		o.StopWaiting = context.Background()
 	}
+	d := &Delivery{
+		opts:   o,
+		always: toSet(o.WAL.AlwaysTopics),
+		never:  toSet(o.WAL.DisableTopics),
+		topics: monitor.NewBoundedLabels(o.MaxTopics),
+		m:      newMetrics(o.Registry),
+	}
+	d.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
+		Name:        "kafka",
+		MaxRequests: o.Breaker.Requests,
+		Interval:    o.Breaker.Interval,
+		Timeout:     o.Breaker.Timeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= o.Breaker.Fails },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			d.m.breakerState.Set(float64(to))
+			d.m.breakerChanges.WithLabelValues(to.String()).Inc()
+			o.Logger.Warn("kafka circuit breaker changed state", "from", from.String(), "to", to.String())
+		},
+	})
+	return d
+}
+
+func toSet(list []string) map[string]bool {
+	m := make(map[string]bool, len(list))
+	for _, t := range list {
+		m[t] = true
+	}
+	return m
+}
+
+// BreakerState is the Kafka breaker's state: closed, half-open or open.
+func (d *Delivery) BreakerState() string { return d.breaker.State().String() }
+
+// writesAhead says whether topic's records go to the buffer first.
+func (d *Delivery) writesAhead(topic string) bool {
+	return d.opts.Buffer != nil && !d.never[topic] && (d.opts.WAL.Mode == config.ModeAlways || d.always[topic])
+}
+
+// spills says whether topic's records may be buffered when Kafka cannot
+// take them.
+func (d *Delivery) spills(topic string) bool {
+	return d.opts.Buffer != nil && d.opts.WAL.Mode != config.ModeDisable && !d.never[topic]
 }
 
 // Send delivers recs, received through api ("http" or "grpc"), and returns
 // one result per record in order.
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
 	for i := range recs {
+		if recs[i].ID == "" {
+			recs[i].ID = ulid.Make().String()
+		}
 		topic := d.topics.Value(recs[i].Topic)
 		d.m.received.WithLabelValues(api, topic).Inc()
 		d.m.receivedBytes.WithLabelValues(api, topic).Add(float64(recs[i].Size()))
@@ -87,11 +125,24 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	d.m.inFlight.Add(float64(len(recs)))
 	defer d.m.inFlight.Sub(float64(len(recs)))
 
-	start := time.Now()
-	results := d.producer.Produce(ctx, recs)
-	d.m.produceTime.Observe(time.Since(start).Seconds())
+	results := make([]record.Result, len(recs))
+	var ahead, direct []int
+	for i := range recs {
+		if d.writesAhead(recs[i].Topic) {
+			ahead = append(ahead, i)
+		} else {
+			direct = append(direct, i)
+		}
+	}
+	if len(ahead) > 0 {
+		d.scatter(results, ahead, d.buffer(ctx, spill.WriteAhead, pick(recs, ahead), "write_ahead"))
+	}
+	if len(direct) > 0 {
+		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct)))
+	}
 
 	for i, r := range results {
+		results[i].ID = recs[i].ID
 		topic := d.topics.Value(recs[i].Topic)
 		switch r.Outcome {
 		case record.Delivered:
@@ -103,9 +154,80 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	return results
 }
 
+// toKafka produces recs behind the breaker and spills those Kafka could
+// not take, where their topic allows it.
+func (d *Delivery) toKafka(ctx context.Context, recs []record.Record) []record.Result {
+	results, err := d.breaker.Execute(func() ([]record.Result, error) {
+		pctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stop := context.AfterFunc(d.opts.StopWaiting, cancel)
+		defer stop()
+		start := time.Now()
+		res := d.opts.Producer.Produce(pctx, recs)
+		d.m.produceTime.Observe(time.Since(start).Seconds())
+		if slices.ContainsFunc(res, func(r record.Result) bool {
+			return r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable()
+		}) {
+			return res, errKafkaFailing
+		}
+		return res, nil
+	})
+	spillReason := ""
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		spillReason = "breaker_open"
+		results = make([]record.Result, len(recs))
+		for i := range recs {
+			results[i] = record.Fail(recs[i].Topic, &record.Error{
+				Reason:  record.ReasonUnavailable,
+				Message: "Kafka is failing (circuit breaker open) and this topic is never buffered (producer.wal.disable_topics or mode disable)",
+			})
+		}
+	}
+
+	byReason := map[string][]int{}
+	for i, r := range results {
+		if r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() && d.spills(recs[i].Topic) {
+			reason := spillReason
+			if reason == "" {
+				reason = string(record.ReasonOf(r.Err))
+			}
+			byReason[reason] = append(byReason[reason], i)
+		}
+	}
+	for reason, idx := range byReason {
+		d.scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), reason))
+	}
+	return results
+}
+
+// buffer publishes recs to the buffer and counts the buffered ones.
+func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, reason string) []record.Result {
+	res := d.opts.Buffer.Publish(ctx, kind, recs, reason)
+	for i, r := range res {
+		if r.Outcome == record.Buffered {
+			d.m.buffered.WithLabelValues(d.topics.Value(recs[i].Topic), reason).Inc()
+		}
+	}
+	return res
+}
+
+func pick(recs []record.Record, idx []int) []record.Record {
+	out := make([]record.Record, len(idx))
+	for j, i := range idx {
+		out[j] = recs[i]
+	}
+	return out
+}
+
+func (d *Delivery) scatter(results []record.Result, idx []int, res []record.Result) {
+	for j, i := range idx {
+		results[i] = res[j]
+	}
+}
+
 // Reject counts records that failed before they could be sent (a bad
-// topic name, a record over the limit) so that every failure is counted
-// in one place.
+// topic name, a malformed body) so that every failure is counted in one
+// place.
 func (d *Delivery) Reject(api, topic string, n int, reason record.Reason) {
 	t := d.topics.Value(topic)
 	d.m.received.WithLabelValues(api, t).Add(float64(n))

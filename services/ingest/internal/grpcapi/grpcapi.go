@@ -97,7 +97,7 @@ func codeOf(reason record.Reason) codes.Code {
 	switch reason {
 	case record.ReasonInvalid:
 		return codes.InvalidArgument
-	case record.ReasonTooLarge:
+	case record.ReasonTooLarge, record.ReasonBufferFull:
 		return codes.ResourceExhausted
 	case record.ReasonUnknownTopic:
 		return codes.NotFound

@@ -24,7 +24,7 @@ type ingestServer struct {
 func toResults(results []record.Result) []*ingestv1.RecordResult {
 	out := make([]*ingestv1.RecordResult, len(results))
 	for i, r := range results {
-		pr := &ingestv1.RecordResult{}
+		pr := &ingestv1.RecordResult{Id: r.ID}
 		switch r.Outcome {
 		case record.Delivered:
 			pr.Outcome = ingestv1.Outcome_OUTCOME_DELIVERED

@@ -37,6 +37,7 @@ type v2Offset struct {
 	ErrorCode *int    `json:"error_code"`
 	Error     *string `json:"error"`
 	Outcome   string  `json:"outcome"`
+	ID        string  `json:"id,omitempty"`
 }
 
 func retriable(reason record.Reason) bool {
@@ -73,7 +74,7 @@ func (h *handler) postV2(c echo.Context) error {
 	status, first := batchStatus(results)
 	out := v2Response{Offsets: make([]v2Offset, len(results))}
 	for i, r := range results {
-		o := v2Offset{Outcome: r.Outcome.String()}
+		o := v2Offset{Outcome: r.Outcome.String(), ID: r.ID}
 		switch r.Outcome {
 		case record.Delivered:
 			o.Partition, o.Offset = &r.Partition, &r.Offset
@@ -100,6 +101,7 @@ type v3Result struct {
 	ErrorCode   int         `json:"error_code"`
 	Message     string      `json:"message,omitempty"`
 	Outcome     string      `json:"outcome,omitempty"`
+	ID          string      `json:"id,omitempty"`
 	ClusterID   string      `json:"cluster_id,omitempty"`
 	TopicName   string      `json:"topic_name,omitempty"`
 	PartitionID *int32      `json:"partition_id,omitempty"`
@@ -117,13 +119,13 @@ type v3DataSize struct {
 func newV3Result(clusterID string, p v3Parsed, r record.Result) (int, v3Result) {
 	if r.Outcome == record.Failed {
 		he := fromError(r.Err)
-		return he.status, v3Result{ErrorCode: he.status, Message: he.body.Message, Outcome: r.Outcome.String()}
+		return he.status, v3Result{ErrorCode: he.status, Message: he.body.Message, Outcome: r.Outcome.String(), ID: r.ID}
 	}
 	status := http.StatusOK
 	if r.Outcome == record.Buffered {
 		status = http.StatusAccepted
 	}
-	out := v3Result{ErrorCode: status, Outcome: r.Outcome.String(), ClusterID: clusterID, TopicName: p.rec.Topic}
+	out := v3Result{ErrorCode: status, Outcome: r.Outcome.String(), ID: r.ID, ClusterID: clusterID, TopicName: p.rec.Topic}
 	if r.Outcome == record.Delivered {
 		out.PartitionID, out.Offset = &r.Partition, &r.Offset
 		if !r.Timestamp.IsZero() {

@@ -39,6 +39,8 @@ func statusOf(reason record.Reason) (status, code int) {
 		return http.StatusForbidden, 40301
 	case record.ReasonTimeout:
 		return http.StatusGatewayTimeout, 50401
+	case record.ReasonBufferFull:
+		return http.StatusInsufficientStorage, 50701
 	default:
 		return http.StatusServiceUnavailable, 50301
 	}

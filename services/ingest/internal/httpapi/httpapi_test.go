@@ -350,7 +350,7 @@ func TestMetricsCountRecords(t *testing.T) {
 	require.NoError(t, err)
 	for _, mf := range families {
 		if strings.HasPrefix(mf.GetName(), "spillway_") {
-			assert.Contains(t, string(readme), "`"+mf.GetName()+"`", "README lacks metric %s", mf.GetName())
+			assert.True(t, strings.Contains(string(readme), "`"+mf.GetName()+"`"), "README lacks metric %s", mf.GetName())
 		}
 	}
 }
@@ -379,8 +379,8 @@ func TestBadInput(t *testing.T) {
 	down, _ := kafkatest.NewCluster(t)
 	downAddr := down.ListenAddrs()[0]
 	down.Close()
-	unavailable := ingesttest.Start(t, downAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=5000")
-	slow := ingesttest.Start(t, silentBroker(t), "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=300")
+	unavailable := ingesttest.Start(t, downAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=5000", "SPILLWAY_PRODUCER_WAL_MODE=disable")
+	slow := ingesttest.Start(t, silentBroker(t), "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=300", "SPILLWAY_PRODUCER_WAL_MODE=disable")
 
 	v2 := "application/vnd.kafka.json.v2+json"
 	tests := []struct {

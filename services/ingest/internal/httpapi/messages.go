@@ -22,6 +22,7 @@ const (
 
 // resultBody is one record's outcome on POST /topics/{topic}/messages.
 type resultBody struct {
+	ID        string     `json:"id,omitempty"`
 	Outcome   string     `json:"outcome"`
 	Topic     string     `json:"topic"`
 	Partition *int32     `json:"partition,omitempty"`
@@ -32,7 +33,7 @@ type resultBody struct {
 }
 
 func newResultBody(r record.Result) resultBody {
-	b := resultBody{Outcome: r.Outcome.String(), Topic: r.Topic}
+	b := resultBody{ID: r.ID, Outcome: r.Outcome.String(), Topic: r.Topic}
 	switch r.Outcome {
 	case record.Delivered:
 		b.Partition, b.Offset = &r.Partition, &r.Offset

@@ -45,6 +45,8 @@ func Start(tb testing.TB, addr string, env ...string) *Ingest {
 		"SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=5s",
+		"SPILLWAY_PRODUCER_WAL_PATH=" + tb.TempDir(),
+		"SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0",
 	}, env...))
 	if err != nil {
 		tb.Fatalf("config: %v", err)

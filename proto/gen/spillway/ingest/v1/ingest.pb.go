@@ -229,10 +229,12 @@ type RecordResult struct {
 	// 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED).
 	ErrorCode int32 `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	// Set when FAILED: invalid, too_large, unknown_topic, not_authorized,
-	// unavailable or timeout.
+	// unavailable, timeout or buffer_full.
 	ErrorReason string `protobuf:"bytes,6,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
 	// Set when FAILED: what is wrong, for a person.
-	ErrorMessage  string `protobuf:"bytes,7,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	ErrorMessage string `protobuf:"bytes,7,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// The record's Spillway id, also in its spillway-id Kafka header.
+	Id            string `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -312,6 +314,13 @@ func (x *RecordResult) GetErrorReason() string {
 func (x *RecordResult) GetErrorMessage() string {
 	if x != nil {
 		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *RecordResult) GetId() string {
+	if x != nil {
+		return x.Id
 	}
 	return ""
 }
@@ -623,7 +632,7 @@ const file_spillway_ingest_v1_ingest_proto_rawDesc = "" +
 	"\ttimestamp\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestampB\x06\n" +
 	"\x04_keyB\f\n" +
 	"\n" +
-	"_partition\"\x9c\x02\n" +
+	"_partition\"\xac\x02\n" +
 	"\fRecordResult\x125\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x1b.spillway.ingest.v1.OutcomeR\aoutcome\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x16\n" +
@@ -632,7 +641,8 @@ const file_spillway_ingest_v1_ingest_proto_rawDesc = "" +
 	"\n" +
 	"error_code\x18\x05 \x01(\x05R\terrorCode\x12!\n" +
 	"\ferror_reason\x18\x06 \x01(\tR\verrorReason\x12#\n" +
-	"\rerror_message\x18\a \x01(\tR\ferrorMessage\"\\\n" +
+	"\rerror_message\x18\a \x01(\tR\ferrorMessage\x12\x0e\n" +
+	"\x02id\x18\b \x01(\tR\x02id\"\\\n" +
 	"\x0eProduceRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x124\n" +
 	"\arecords\x18\x02 \x03(\v2\x1a.spillway.ingest.v1.RecordR\arecords\"M\n" +

@@ -1,0 +1,65 @@
+package delivery
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// LatencyBuckets are the histogram buckets, in seconds, for request and
+// produce latency: from half a millisecond to half a minute.
+var LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+type metrics struct {
+	received       *prometheus.CounterVec
+	receivedBytes  *prometheus.CounterVec
+	delivered      *prometheus.CounterVec
+	buffered       *prometheus.CounterVec
+	failed         *prometheus.CounterVec
+	inFlight       prometheus.Gauge
+	produceTime    prometheus.Histogram
+	breakerState   prometheus.Gauge
+	breakerChanges *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) metrics {
+	f := promauto.With(reg)
+	return metrics{
+		received: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_records_received_total",
+			Help: "Records received from clients, per API and topic.",
+		}, []string{"api", "topic"}),
+		receivedBytes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_records_received_bytes_total",
+			Help: "Bytes of records (key, value and headers) received from clients, per API and topic.",
+		}, []string{"api", "topic"}),
+		delivered: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_records_delivered_total",
+			Help: "Records Kafka acknowledged, per topic.",
+		}, []string{"topic"}),
+		buffered: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_records_buffered_total",
+			Help: "Records JetStream acknowledged instead of Kafka, per topic and reason (write_ahead, breaker_open, unavailable, timeout).",
+		}, []string{"topic", "reason"}),
+		failed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_records_failed_total",
+			Help: "Records answered to the client as failed, per topic and reason.",
+		}, []string{"topic", "reason"}),
+		inFlight: f.NewGauge(prometheus.GaugeOpts{
+			Name: "spillway_records_in_flight",
+			Help: "Records received and not yet answered.",
+		}),
+		produceTime: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "spillway_kafka_produce_duration_seconds",
+			Help:    "Time from handing a request's records to the Kafka producer to Kafka's last answer for them.",
+			Buckets: LatencyBuckets,
+		}),
+		breakerState: f.NewGauge(prometheus.GaugeOpts{
+			Name: "spillway_breaker_state",
+			Help: "The Kafka circuit breaker: 0 closed, 1 half-open, 2 open.",
+		}),
+		breakerChanges: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_breaker_transitions_total",
+			Help: "Changes of the Kafka circuit breaker's state, per state entered.",
+		}, []string{"to"}),
+	}
+}
