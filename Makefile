@@ -12,7 +12,7 @@ TOOL_PKGS := github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/prot
 	google.golang.org/grpc/cmd/protoc-gen-go-grpc github.com/fullstorydev/grpcurl/cmd/grpcurl
 AMBASSADOR_PROTO := testdata/kafka-ambassador
 # Packages of every module in go.work (./... does not cross modules).
-PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./tools/...
+PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./services/forwarder/... ./services/resender/... ./tools/...
 
 # Fuzz targets, as package:Target; `make test` runs each for FUZZTIME.
 FUZZ_TARGETS := \
@@ -30,6 +30,8 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/spillway-ingest ./services/ingest
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/spillway-forwarder ./services/forwarder
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/spillway-resender ./services/resender
 	$(GO) build -trimpath -o $(BIN)/devkafka ./tools/devkafka
 	$(GO) build -trimpath -o $(BIN)/devrun ./tools/devrun
 

@@ -29,7 +29,9 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("disconnected from NATS", "error", err)
+			if err != nil { // nil: we closed the connection
+				logger.Warn("disconnected from NATS", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("reconnected to NATS", "url", nc.ConnectedUrl()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {

@@ -1,7 +1,8 @@
 // Command devrun is `make run`: it starts the Spillway services from bin/
+// (the ingest with its embedded JetStream, the forwarder and the resender)
 // and, when no Kafka brokers are configured, the development broker; it
 // prints the endpoints and a curl line to try, and stops everything on
-// Ctrl-C.
+// Ctrl-C, in reverse order.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -94,12 +96,13 @@ func run() int {
 		brokers = broker
 	}
 
-	var args []string
-	if cfg.Kafka.UsingDevBroker {
-		args = append(args, "-dev-broker", brokers)
-	}
+	var configArgs []string
 	if *configPath != "" {
-		args = append(args, "-config", *configPath)
+		configArgs = append(configArgs, "-config", *configPath)
+	}
+	args := configArgs
+	if cfg.Kafka.UsingDevBroker {
+		args = append(slices.Clone(configArgs), "-dev-broker", brokers)
 	}
 	ingest, err := start("ingest", filepath.Join(*binDir, "spillway-ingest"), env, args...)
 	if err != nil {
@@ -113,11 +116,37 @@ func run() int {
 		return 1
 	}
 
+	// The forwarder and resender drain the ingest's buffer: its embedded
+	// JetStream when no external one is configured.
+	if cfg.Producer.WAL.Mode != config.ModeDisable || len(cfg.Producer.WAL.AlwaysTopics) > 0 {
+		drainEnv := env
+		if cfg.Kafka.UsingDevBroker {
+			drainEnv = append(drainEnv, "SPILLWAY_KAFKA_BROKERS="+brokers)
+		}
+		for _, d := range []struct{ name, listen string }{
+			{"forwarder", cfg.Forward.MonitoringListen},
+			{"resender", cfg.Resend.MonitoringListen},
+		} {
+			c, err := start(d.name, filepath.Join(*binDir, "spillway-"+d.name), drainEnv, configArgs...)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "devrun:", err)
+				return 1
+			}
+			children = append(children, c)
+			url := "http://" + loopback(d.listen)
+			if err := waitFor(ctx, c, func() error { return ready(url) }); err != nil {
+				fmt.Fprintf(os.Stderr, "devrun: the %s did not become ready: %v\n", d.name, err)
+				return 1
+			}
+		}
+	}
+
 	httpURL := "http://" + loopback(cfg.Server.HTTP.Listen)
 	fmt.Printf(`
 Spillway is running.
   HTTP API     %s
-  monitoring   %s/metrics  %s/readyz
+  gRPC API     %s
+  monitoring   %s/metrics  %s/readyz  (forwarder %s, resender %s)
   Kafka        %s%s
 
 Try:
@@ -125,31 +154,27 @@ Try:
   kcat -b %s -C -t demo -e -f 'key=%%k value=%%s partition=%%p offset=%%o\n'
 
 Ctrl-C stops everything.
-`, httpURL, monitorURL, monitorURL, brokers, devNote(cfg.Kafka.UsingDevBroker), httpURL, brokers)
+`, httpURL, loopback(cfg.Server.GRPC.Listen), monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
+		brokers, devNote(cfg.Kafka.UsingDevBroker), httpURL, brokers)
 
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Println("\ndevrun: stopping")
-			return 0
-		case err := <-children[0].done:
-			return exited(children[0], err, &children)
-		case err := <-children[len(children)-1].done:
-			return exited(children[len(children)-1], err, &children)
-		}
+	exited := make(chan *child, len(children))
+	for _, c := range children {
+		go func() {
+			err := <-c.done
+			c.done <- err // for stop, which waits on it again
+			exited <- c
+		}()
 	}
-}
-
-func exited(c *child, err error, children *[]*child) int {
-	fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
-	rest := (*children)[:0]
-	for _, o := range *children {
-		if o != c {
-			rest = append(rest, o)
-		}
+	select {
+	case <-ctx.Done():
+		fmt.Println("\ndevrun: stopping")
+		return 0
+	case c := <-exited:
+		err := <-c.done
+		c.done <- err
+		fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
+		return 1
 	}
-	*children = rest
-	return 1
 }
 
 func devNote(dev bool) string {

@@ -34,7 +34,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		defer os.RemoveAll(dir)
-		for name, pkg := range map[string]string{"spillway-ingest": "../../services/ingest", "devkafka": "../devkafka", "devrun": "../devrun"} {
+		for name, pkg := range map[string]string{
+			"spillway-ingest": "../../services/ingest", "spillway-forwarder": "../../services/forwarder",
+			"spillway-resender": "../../services/resender", "devkafka": "../devkafka", "devrun": "../devrun",
+		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 			if err := cmd.Run(); err != nil {
@@ -134,6 +137,8 @@ func TestMakeRun(t *testing.T) {
 		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
 		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
 		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
+		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
 	)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -24,6 +24,7 @@ import (
 type ingestProcess struct {
 	httpAddr, grpcAddr, monitorAddr string
 	out                             *syncBuffer
+	cmd                             *exec.Cmd
 }
 
 // startIngest runs the built ingest against broker until the test ends.
@@ -48,6 +49,7 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p.cmd = cmd
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()

@@ -1,0 +1,291 @@
+// Package drain carries buffered records from the JetStream buffer to
+// Kafka: the forwarder drains the written-ahead records continuously, the
+// resender drains the spilled ones every period while Kafka is healthy. A
+// message is acknowledged only after Kafka acknowledged its record; a
+// record Kafka will never accept goes to the dead-letter subject with its
+// reason, and is counted.
+package drain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/time/rate"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill"
+)
+
+// Producer writes records to Kafka and reports each one's outcome.
+type Producer interface {
+	Produce(ctx context.Context, recs []record.Record) []record.Result
+}
+
+// Options configure a Drainer.
+type Options struct {
+	JS       jetstream.JetStream
+	WAL      config.WAL
+	Kind     spill.Kind // spill.WriteAhead (forwarder) or spill.Spilled (resender)
+	Consumer string     // the durable consumer's name, shared by the replicas
+	Producer Producer
+	// RateLimit is records per second to Kafka; 0 is no limit.
+	RateLimit float64
+	// Period is the time between drain rounds; 0 drains continuously.
+	Period time.Duration
+	// Breaker guards Kafka: while it is open no round starts, and a
+	// half-open breaker lets one record probe.
+	Breaker   config.Breaker
+	BatchSize int
+	Metrics   *Metrics
+	Logger    *slog.Logger
+}
+
+// Drainer drains one durable consumer into Kafka.
+type Drainer struct {
+	opts     Options
+	consumer jetstream.Consumer
+	stream   jetstream.Stream
+	subjects spill.Subjects
+	limiter  *rate.Limiter
+	breaker  *gobreaker.CircuitBreaker[struct{}]
+}
+
+// errKafkaFailing tells the breaker a batch had records Kafka could not
+// take for a reason that may pass.
+var errKafkaFailing = errors.New("kafka failed records with a retriable error")
+
+// New creates or updates the durable consumer and returns its Drainer.
+func New(ctx context.Context, o Options) (*Drainer, error) {
+	if o.BatchSize <= 0 {
+		o.BatchSize = 500
+	}
+	subjects := spill.Subjects{Prefix: o.WAL.SubjectPrefix}
+	stream, err := o.JS.Stream(ctx, o.WAL.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", o.WAL.Stream, err)
+	}
+	consumer, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       o.Consumer,
+		Description:   "Spillway " + o.Consumer + ": carries buffered records to Kafka",
+		FilterSubject: subjects.All(o.Kind),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       60 * time.Second,
+		MaxDeliver:    -1,
+		MaxAckPending: 4 * o.BatchSize,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", o.Consumer, err)
+	}
+	limit, burst := rate.Inf, o.BatchSize
+	if o.RateLimit > 0 {
+		limit = rate.Limit(o.RateLimit)
+		burst = max(1, min(o.BatchSize, int(o.RateLimit/10))) // batches of about 100 ms of the rate
+	}
+	d := &Drainer{
+		opts:     o,
+		consumer: consumer,
+		stream:   stream,
+		subjects: subjects,
+		limiter:  rate.NewLimiter(limit, burst),
+	}
+	d.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "kafka",
+		MaxRequests: o.Breaker.Requests,
+		Interval:    o.Breaker.Interval,
+		Timeout:     o.Breaker.Timeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= o.Breaker.Fails },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			o.Metrics.breakerState.WithLabelValues(o.Consumer).Set(float64(to))
+			o.Logger.Warn("kafka circuit breaker changed state", "from", from.String(), "to", to.String())
+		},
+	})
+	return d, nil
+}
+
+// Run drains until ctx ends. A batch already fetched is finished (its
+// records produced and acknowledged) before Run returns.
+func (d *Drainer) Run(ctx context.Context) error {
+	go d.observe(ctx)
+	if d.opts.Period == 0 {
+		d.drain(ctx)
+		return nil
+	}
+	ticker := time.NewTicker(d.opts.Period)
+	defer ticker.Stop()
+	for {
+		if d.breaker.State() == gobreaker.StateOpen {
+			d.opts.Logger.Debug("round skipped: the Kafka breaker is open")
+		} else {
+			d.drain(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+// drain fetches and delivers batches until ctx ends; in periodic mode also
+// until the consumer is empty or Kafka fails.
+func (d *Drainer) drain(ctx context.Context) {
+	periodic := d.opts.Period > 0
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		n := d.limiter.Burst()
+		if d.breaker.State() == gobreaker.StateHalfOpen {
+			n = 1 // one record probes Kafka
+		}
+		wait := time.Second
+		if periodic {
+			wait = 200 * time.Millisecond
+		}
+		fctx, cancel := context.WithTimeout(ctx, wait)
+		batch, err := d.consumer.Fetch(n, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			if ctx.Err() == nil {
+				d.opts.Logger.Warn("fetch from the buffer failed", "error", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		cancel()
+		if len(msgs) == 0 {
+			if periodic {
+				return
+			}
+			continue
+		}
+		// The batch is finished even when ctx ends meanwhile: its records
+		// may be in Kafka already, and their messages must be answered.
+		ok := d.deliver(context.WithoutCancel(ctx), msgs)
+		if ok {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		if periodic {
+			return // Kafka failed: the next round tries again
+		}
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// deliver produces one batch and answers each message. It returns false
+// when Kafka failed some record with a retriable error.
+func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
+	m := d.opts.Metrics
+	recs := make([]record.Record, 0, len(msgs))
+	live := make([]jetstream.Msg, 0, len(msgs))
+	for _, msg := range msgs {
+		r, err := spill.Decode(msg.Data())
+		if err != nil {
+			d.deadLetter(ctx, msg, "", record.ReasonInvalid, "the buffered message is not a Spillway record: "+err.Error())
+			continue
+		}
+		recs = append(recs, r)
+		live = append(live, msg)
+	}
+	if len(recs) == 0 {
+		return true
+	}
+	if err := d.limiter.WaitN(ctx, len(recs)); err != nil {
+		for _, msg := range live {
+			_ = msg.Nak()
+		}
+		return true
+	}
+	var results []record.Result
+	_, err := d.breaker.Execute(func() (struct{}, error) {
+		results = d.opts.Producer.Produce(ctx, recs)
+		for _, r := range results {
+			if r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() {
+				return struct{}{}, errKafkaFailing
+			}
+		}
+		return struct{}{}, nil
+	})
+	if results == nil { // the breaker refused: Kafka was not tried
+		for _, msg := range live {
+			_ = msg.NakWithDelay(time.Second)
+		}
+		return false
+	}
+	for i, r := range results {
+		msg := live[i]
+		topic := m.topics.Value(recs[i].Topic)
+		switch {
+		case r.Outcome == record.Delivered:
+			if err := msg.Ack(); err != nil {
+				d.opts.Logger.Warn("ack failed; the record will be sent again", "id", recs[i].ID, "error", err)
+			}
+			m.drained.WithLabelValues(d.opts.Consumer, topic).Inc()
+		case record.ReasonOf(r.Err).Retriable():
+			delay := retryDelay(msg)
+			_ = msg.NakWithDelay(delay)
+			m.retried.WithLabelValues(d.opts.Consumer, string(record.ReasonOf(r.Err))).Inc()
+		default:
+			d.deadLetter(ctx, msg, recs[i].Topic, record.ReasonOf(r.Err), r.Err.Error())
+		}
+	}
+	return !errors.Is(err, errKafkaFailing)
+}
+
+// retryDelay backs off with the number of deliveries: 1s, 2s, 4s … 1m.
+func retryDelay(msg jetstream.Msg) time.Duration {
+	n := uint64(1)
+	if md, err := msg.Metadata(); err == nil {
+		n = md.NumDelivered
+	}
+	d := time.Second << min(n-1, 6)
+	return min(d, time.Minute)
+}
+
+// deadLetter moves msg to the dead-letter subject with its reason in a
+// header, then acknowledges it. If the dead letter cannot be stored the
+// message is sent again later: nothing is dropped.
+func (d *Drainer) deadLetter(ctx context.Context, msg jetstream.Msg, topic string, reason record.Reason, detail string) {
+	dl := &nats.Msg{
+		Subject: d.subjects.For(spill.DeadLetter, topic),
+		Data:    msg.Data(),
+		Header: nats.Header{
+			spill.HeaderReason: []string{string(reason) + ": " + detail},
+			spill.HeaderTopic:  []string{topic},
+		},
+	}
+	if id := msg.Headers().Get(nats.MsgIdHdr); id != "" {
+		dl.Header.Set(nats.MsgIdHdr, id+"-dlq")
+	}
+	if _, err := d.opts.JS.PublishMsg(ctx, dl); err != nil {
+		d.opts.Logger.Error("cannot store a dead letter; the record stays buffered", "topic", topic, "error", err)
+		_ = msg.NakWithDelay(10 * time.Second)
+		return
+	}
+	if err := msg.Ack(); err != nil {
+		d.opts.Logger.Warn("ack of a dead-lettered record failed", "error", err)
+	}
+	d.opts.Metrics.deadLettered.WithLabelValues(d.opts.Consumer, string(reason)).Inc()
+	d.opts.Logger.Warn("record dead-lettered", "topic", topic, "reason", reason, "detail", detail, "subject", dl.Subject)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

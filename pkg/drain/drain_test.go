@@ -1,0 +1,182 @@
+package drain
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/pkg/producer"
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type env struct {
+	cfg     *config.Config
+	js      jetstream.JetStream
+	buffer  *spill.Buffer
+	metrics *Metrics
+}
+
+// setup starts an embedded JetStream and parses a configuration for the
+// broker at addr with the extra variables.
+func setup(t *testing.T, addr string, vars ...string) *env {
+	t.Helper()
+	cfg, err := config.Parse(nil, append([]string{
+		"SPILLWAY_KAFKA_BROKERS=" + addr,
+		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
+		"SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0",
+		"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=2000",
+	}, vars...))
+	require.NoError(t, err)
+	srv, err := spill.StartEmbedded(cfg.Producer.WAL, discard)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, js, err := spill.Connect(t.Context(), cfg.Producer.WAL, srv, "test", discard)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	return &env{cfg: cfg, js: js, buffer: spill.NewBuffer(js, cfg.Producer.WAL), metrics: NewMetrics(prometheus.NewRegistry(), 100)}
+}
+
+// run starts a drainer of role until the test ends.
+func (e *env) run(t *testing.T, role Role, rateLimit float64, period time.Duration) {
+	t.Helper()
+	p, err := producer.New(e.cfg.Kafka, discard)
+	require.NoError(t, err)
+	d, err := New(t.Context(), Options{
+		JS: e.js, WAL: e.cfg.Producer.WAL, Kind: role.Kind, Consumer: role.Name, Producer: p,
+		RateLimit: rateLimit, Period: period, Breaker: e.cfg.Producer.CB, BatchSize: 100,
+		Metrics: e.metrics, Logger: discard,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; _ = p.Close() })
+}
+
+func (e *env) spill(t *testing.T, kind spill.Kind, recs ...record.Record) {
+	t.Helper()
+	for _, r := range e.buffer.Publish(t.Context(), kind, recs, "unavailable") {
+		require.Equal(t, record.Buffered, r.Outcome, r.Err)
+	}
+}
+
+func records(topic string, n int) []record.Record {
+	out := make([]record.Record, n)
+	for i := range out {
+		out[i] = record.Record{ID: fmt.Sprintf("id-%s-%d", topic, i), Topic: topic, Key: fmt.Appendf(nil, "k%d", i), Value: fmt.Appendf(nil, "v%d", i), Partition: record.AnyPartition}
+	}
+	return out
+}
+
+func TestResenderDeliversSpilledRecordsExactly(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	e := setup(t, addr)
+	ts := time.UnixMilli(1700000000999)
+	e.spill(t, spill.Spilled, record.Record{ID: "r1", Topic: "orders.eu", Key: []byte("k"), Value: []byte{0, 1, 2},
+		Headers: []record.Header{{Key: "traceparent", Value: []byte("00-abc")}}, Partition: 1, Timestamp: ts})
+	e.spill(t, spill.WriteAhead, records("not-mine", 1)...)
+	e.run(t, Resender, 0, 100*time.Millisecond)
+
+	got := kafkatest.Consume(t, addr, "orders.eu", 1, 10*time.Second)
+	require.Len(t, got, 1)
+	r := got[0]
+	assert.Equal(t, "k", string(r.Key))
+	assert.Equal(t, []byte{0, 1, 2}, r.Value)
+	assert.EqualValues(t, 1, r.Partition)
+	assert.Equal(t, ts, r.Timestamp)
+	tp, _ := kafkatest.HeaderValue(r, "traceparent")
+	assert.Equal(t, "00-abc", tp)
+	id, _ := kafkatest.HeaderValue(r, record.IDHeader)
+	assert.Equal(t, "r1", id)
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(e.metrics.drained.WithLabelValues("resender", "orders.eu")) == 1
+	}, 5*time.Second, 20*time.Millisecond)
+	assert.Empty(t, kafkatest.Consume(t, addr, "not-mine", 1, 500*time.Millisecond), "the resender leaves written-ahead records to the forwarder")
+}
+
+func TestForwarderDrainsContinuously(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	e := setup(t, addr)
+	e.run(t, Forwarder, 0, 0)
+	e.spill(t, spill.WriteAhead, records("wal", 250)...)
+	got := kafkatest.Consume(t, addr, "wal", 250, 15*time.Second)
+	assert.Len(t, got, 250)
+	seen := map[string]bool{}
+	for _, r := range got {
+		seen[string(r.Value)] = true
+	}
+	assert.Len(t, seen, 250, "no record twice")
+}
+
+func TestKafkaRecordTooLargeIsDeadLettered(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	e := setup(t, addr, "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=50")
+	e.spill(t, spill.Spilled, record.Record{ID: "big", Topic: "t", Value: make([]byte, 100), Partition: record.AnyPartition})
+	e.spill(t, spill.Spilled, records("t", 1)...)
+	e.run(t, Resender, 0, 100*time.Millisecond)
+
+	cons, err := e.js.OrderedConsumer(t.Context(), "SPILLWAY", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"spillway.dlq.>"}})
+	require.NoError(t, err)
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, "spillway.dlq.t", msg.Subject())
+	assert.Contains(t, msg.Headers().Get(spill.HeaderReason), "too_large: record of 100 bytes is over the limit of 50 bytes")
+	r, err := spill.Decode(msg.Data())
+	require.NoError(t, err)
+	assert.Equal(t, "big", r.ID)
+	assert.Len(t, kafkatest.Consume(t, addr, "t", 1, 10*time.Second), 1, "the good record is delivered")
+	assert.Equal(t, 1.0, testutil.ToFloat64(e.metrics.deadLettered.WithLabelValues("resender", "too_large")))
+}
+
+func TestResenderWaitsForKafka(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // Kafka is down: nothing listens there
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	e := setup(t, addr, "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=500ms")
+	e.spill(t, spill.Spilled, records("late", 20)...)
+	e.run(t, Resender, 0, 100*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(e.metrics.breakerState.WithLabelValues("resender")) == 2
+	}, 10*time.Second, 20*time.Millisecond, "the breaker opens while Kafka is down")
+
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3))
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	got := kafkatest.Consume(t, addr, "late", 20, 20*time.Second)
+	assert.Len(t, got, 20, "every spilled record reaches Kafka once it is back")
+}
+
+// TestResenderRate drains at a configured rate: the achieved rate stays
+// within 10% of it (the limiter allows one initial burst).
+func TestResenderRate(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	e := setup(t, addr)
+	const n, limit = 600, 200.0
+	e.spill(t, spill.Spilled, records("rated", n)...)
+	start := time.Now()
+	e.run(t, Resender, limit, 50*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(e.metrics.drained.WithLabelValues("resender", "rated")) == n
+	}, 20*time.Second, 10*time.Millisecond)
+	achieved := n / time.Since(start).Seconds()
+	t.Logf("achieved %.0f records/s at a limit of %.0f", achieved, limit)
+	assert.InEpsilon(t, limit, achieved, 0.10)
+}

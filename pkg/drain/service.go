@@ -1,0 +1,179 @@
+package drain
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/monitor"
+	"github.com/spillway/spillway/pkg/producer"
+	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/telemetry"
+)
+
+// Role is what a drain service does: the forwarder or the resender.
+type Role struct {
+	Name string     // the service's name and its durable consumer's
+	Kind spill.Kind // the records it drains
+}
+
+// The two drain services.
+var (
+	Forwarder = Role{Name: "forwarder", Kind: spill.WriteAhead}
+	Resender  = Role{Name: "resender", Kind: spill.Spilled}
+)
+
+// ServiceOptions are what a drain service needs from its caller.
+type ServiceOptions struct {
+	Role     Role
+	Config   *config.Config
+	Logger   *slog.Logger
+	Registry *prometheus.Registry // a new one when nil
+}
+
+// Service is a running forwarder or resender.
+type Service struct {
+	opts     ServiceOptions
+	monitor  *monitor.Server
+	nc       *nats.Conn
+	producer *producer.Producer
+	drainer  *Drainer
+}
+
+// NewService connects to JetStream and Kafka, creates the durable consumer
+// and binds the monitoring port.
+func NewService(ctx context.Context, o ServiceOptions) (s *Service, err error) {
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	cfg := o.Config
+	s = &Service{opts: o}
+	defer func() {
+		if err != nil {
+			s.close()
+			if s.monitor != nil {
+				_ = s.monitor.Close()
+			}
+		}
+	}()
+	listen, rateLimit, period := cfg.Forward.MonitoringListen, cfg.Forward.RateLimit, time.Duration(0)
+	if o.Role == Resender {
+		listen, rateLimit, period = cfg.Resend.MonitoringListen, cfg.Producer.Resend.RateLimit, cfg.Producer.Resend.Period
+	}
+	if s.monitor, err = monitor.New(listen, o.Registry); err != nil {
+		return nil, fmt.Errorf("monitoring listen %s: %w", listen, err)
+	}
+	if s.producer, err = producer.New(cfg.Kafka, o.Logger); err != nil {
+		return nil, fmt.Errorf("kafka producer: %w", err)
+	}
+	nc, js, err := spill.Connect(ctx, cfg.Producer.WAL, nil, "spillway-"+o.Role.Name, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	s.nc = nc
+	s.drainer, err = New(ctx, Options{
+		JS:        js,
+		WAL:       cfg.Producer.WAL,
+		Kind:      o.Role.Kind,
+		Consumer:  o.Role.Name,
+		Producer:  s.producer,
+		RateLimit: rateLimit,
+		Period:    period,
+		Breaker:   cfg.Producer.CB,
+		Metrics:   NewMetrics(o.Registry, cfg.Server.Monitoring.MaxTopicLabels),
+		Logger:    o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.monitor.AddReadinessCheck(func() error {
+		if !nc.IsConnected() {
+			return errors.New("not connected to NATS")
+		}
+		return nil
+	})
+	return s, nil
+}
+
+// MonitorAddr is the monitoring port's bound address.
+func (s *Service) MonitorAddr() string { return s.monitor.Addr() }
+
+// Run drains until ctx ends, then stops fetching, finishes the batch in
+// flight, flushes the producer and drains the NATS connection.
+func (s *Service) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(s.monitor.Serve)
+	g.Go(func() error {
+		s.monitor.SetReady(true)
+		s.opts.Logger.Info(s.opts.Role.Name+" started", "monitoring", s.MonitorAddr(), "brokers", s.opts.Config.Kafka.Brokers)
+		err := s.drainer.Run(gctx)
+		s.monitor.SetReady(false)
+		s.close()
+		sctx, cancel := context.WithTimeout(context.Background(), s.opts.Config.Server.ShutdownTimeout)
+		defer cancel()
+		return errors.Join(err, s.monitor.Shutdown(sctx))
+	})
+	return g.Wait()
+}
+
+func (s *Service) close() {
+	if s.producer != nil {
+		if err := s.producer.Close(); err != nil {
+			s.opts.Logger.Warn("closing the kafka producer", "error", err)
+		}
+		s.producer = nil
+	}
+	if s.nc != nil {
+		if err := s.nc.Drain(); err != nil {
+			s.opts.Logger.Warn("draining the NATS connection", "error", err)
+		}
+		s.nc = nil
+	}
+}
+
+// Main is the whole main function of a drain service: flags, configuration,
+// signals, run. It returns the exit code.
+func Main(role Role, version string) int {
+	configPath := flag.String("config", "", "YAML configuration file, shared with the ingest")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	name := "spillway-" + role.Name
+	if *showVersion {
+		fmt.Println(name, version)
+		return 0
+	}
+	cfg, err := config.Load(*configPath, os.Environ())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: invalid configuration:\n%v\n", name, err)
+		return 2
+	}
+	logger := telemetry.NewLogger(os.Stderr, cfg.Log).With("service", role.Name, "version", version)
+	for _, w := range cfg.Warnings {
+		logger.Warn(w)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s, err := NewService(ctx, ServiceOptions{Role: role, Config: cfg, Logger: logger})
+	if err != nil {
+		logger.Error(role.Name+" failed to start", "error", err)
+		return 1
+	}
+	if err := s.Run(ctx); err != nil {
+		logger.Error(role.Name+" stopped with an error", "error", err)
+		return 1
+	}
+	return 0
+}
