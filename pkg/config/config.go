@@ -120,6 +120,7 @@ type WAL struct {
 	MaxBytes       int64         // the stream's size limit; a full stream refuses records (507)
 	MaxAge         time.Duration // records older than this are removed (0: kept until delivered)
 	PublishTimeout time.Duration // how long a publish may wait for JetStream's acknowledgement
+	AckWait        time.Duration // how long a drain consumer may hold a message before JetStream redelivers it
 }
 
 // NATS is the connection to an external JetStream.
@@ -189,6 +190,7 @@ var defaults = map[string]any{
 	"producer.wal.max_bytes":                  1 << 30,
 	"producer.wal.max_age":                    "168h",
 	"producer.wal.publish_timeout":            "5s",
+	"producer.wal.ack_wait":                   "60s",
 	"producer.old_producer_kill_timeout":      "0s",
 	"forward.rate_limit":                      0,
 	"forward.monitoring.listen":               ":28081",
@@ -299,6 +301,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 				MaxBytes:       int64(g.positiveInt("producer.wal.max_bytes")),
 				MaxAge:         g.duration("producer.wal.max_age"),
 				PublishTimeout: g.duration("producer.wal.publish_timeout"),
+				AckWait:        g.duration("producer.wal.ack_wait"),
 			},
 			OldProducerKillTimeout: g.duration("producer.old_producer_kill_timeout"),
 		},

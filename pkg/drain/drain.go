@@ -76,7 +76,7 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 		Description:   "Spillway " + o.Consumer + ": carries buffered records to Kafka",
 		FilterSubject: subjects.All(o.Kind),
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       60 * time.Second,
+		AckWait:       o.WAL.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: 4 * o.BatchSize,
 		DeliverPolicy: jetstream.DeliverAllPolicy,

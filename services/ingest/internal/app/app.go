@@ -27,6 +27,9 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
 )
 
+// producerCloseTimeout bounds the Kafka producer's flush at shutdown.
+const producerCloseTimeout = 5 * time.Second
+
 // Options are what the ingest needs from its caller.
 type Options struct {
 	Config *config.Config
@@ -77,8 +80,18 @@ func New(o Options) (a *App, err error) {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	a.cleanups = append(a.cleanups, func() {
-		if err := a.producer.Close(); err != nil {
-			o.Logger.Error("closing the kafka producer", "error", err)
+		// Every request has been answered by now: records Kafka did not
+		// acknowledge in time were spilled or failed. A hung Kafka must not
+		// hold the exit, so the flush gets a few seconds at most.
+		closed := make(chan error, 1)
+		go func() { closed <- a.producer.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				o.Logger.Error("closing the kafka producer", "error", err)
+			}
+		case <-time.After(producerCloseTimeout):
+			o.Logger.Warn("the kafka producer did not flush in time; leaving it", "timeout", producerCloseTimeout)
 		}
 	})
 
@@ -226,9 +239,10 @@ func (a *App) shutdown() error {
 	timeout := a.opts.Config.Server.ShutdownTimeout
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	// Requests still waiting for Kafka at 80% of the deadline stop waiting
-	// and spill, so that they are answered before it.
-	spillAt := time.AfterFunc(timeout*8/10, a.cancelWaiting)
+	// Requests still waiting for Kafka at 80% of the deadline (and at least
+	// a second before it) stop waiting and spill, so that they are answered
+	// before it.
+	spillAt := time.AfterFunc(max(0, min(timeout*8/10, timeout-time.Second)), a.cancelWaiting)
 	defer spillAt.Stop()
 	var errs []error
 	grpcStopped := make(chan struct{})
@@ -241,10 +255,14 @@ func (a *App) shutdown() error {
 	}
 	select {
 	case <-grpcStopped:
-	case <-ctx.Done():
-		a.grpcSrv.Stop()
-		<-grpcStopped
-		errs = append(errs, errors.New("grpc shutdown: requests still running at the deadline were cut off"))
+	default:
+		select {
+		case <-grpcStopped:
+		case <-ctx.Done():
+			a.grpcSrv.Stop()
+			<-grpcStopped
+			errs = append(errs, errors.New("grpc shutdown: requests still running at the deadline were cut off"))
+		}
 	}
 	a.close()
 	if err := a.monitor.Shutdown(ctx); err != nil {

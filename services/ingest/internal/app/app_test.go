@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -65,4 +66,46 @@ func TestShutdownFinishesInFlightRequests(t *testing.T) {
 	assert.Error(t, err, "the HTTP port is closed after shutdown")
 	got := kafkatest.Consume(t, addr, "slow", 2, 10*time.Second)
 	assert.Len(t, got, 2)
+}
+
+// TestShutdownSpillsWhatKafkaHasNotAcknowledged stops the ingest while a
+// request waits for a Kafka slower than the shutdown deadline: the record
+// is spilled to the buffer and answered 202 before the ingest exits.
+func TestShutdownSpillsWhatKafkaHasNotAcknowledged(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=2s", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=20000")
+	status, body := ingesttest.Post(t, in.URL+"/topics/late/messages", "text/plain", "warm-up")
+	require.Equal(t, http.StatusOK, status, body)
+
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		return nil, nil, false
+	})
+	answered := make(chan string, 1)
+	go func() {
+		s, b := ingesttest.Post(t, in.URL+"/topics/late/messages", "text/plain", "in flight")
+		answered <- fmt.Sprint(s, " ", b)
+	}()
+	require.Eventually(t, func() bool {
+		return ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight") == 1
+	}, 5*time.Second, 10*time.Millisecond)
+
+	start := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- in.Stop() }()
+	select {
+	case a := <-answered:
+		assert.True(t, strings.HasPrefix(a, "202 "), a)
+		assert.Contains(t, a, `"outcome":"buffered"`)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the in-flight request was not answered")
+	}
+	assert.Less(t, time.Since(start), 2*time.Second, "answered before the shutdown deadline")
+	require.NoError(t, <-stopped)
 }
