@@ -11,6 +11,10 @@ TOOLS    := $(CURDIR)/.tools/bin
 TOOL_PKGS := github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go \
 	google.golang.org/grpc/cmd/protoc-gen-go-grpc github.com/fullstorydev/grpcurl/cmd/grpcurl
 AMBASSADOR_PROTO := testdata/kafka-ambassador
+# Jaeger v2 for development, built from its Go module (v1.76.0 is Jaeger
+# v2.13.0) and cached outside the clone: the build takes about 7 minutes.
+JAEGER_VERSION := v1.76.0
+JAEGER_BIN := $(HOME)/.cache/spillway/jaeger-$(JAEGER_VERSION)/jaeger
 # Packages of every module in go.work (./... does not cross modules).
 PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./services/forwarder/... ./services/resender/... ./tools/...
 
@@ -22,7 +26,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./pkg/config:FuzzParse
 
-.PHONY: all build run test unit fuzz lint clean tools proto proto-check
+.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger
 
 all: build
 
@@ -75,6 +79,16 @@ fuzz:
 lint:
 	$(GO) vet $(PACKAGES)
 	$(GO) tool staticcheck $(PACKAGES)
+
+## jaeger: build Jaeger v2 once into ~/.cache/spillway (go install is refused: its go.mod has replace directives)
+jaeger: $(JAEGER_BIN)
+
+$(JAEGER_BIN):
+	@set -e; dir=$$(cd / && GOWORK=off GOFLAGS=-mod=mod $(GO) mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) \
+	  | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; cp -r "$$dir"/. $$tmp; chmod -R u+w $$tmp; \
+	echo "building Jaeger $(JAEGER_VERSION) into $(JAEGER_BIN) (about 7 minutes on 2 cores)"; \
+	mkdir -p $(dir $(JAEGER_BIN)); cd $$tmp && GOWORK=off $(GO) build -o $(JAEGER_BIN).tmp ./cmd/jaeger && mv $(JAEGER_BIN).tmp $(JAEGER_BIN)
 
 clean:
 	rm -rf $(BIN)

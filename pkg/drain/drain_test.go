@@ -180,3 +180,24 @@ func TestResenderRate(t *testing.T) {
 	t.Logf("achieved %.0f records/s at a limit of %.0f", achieved, limit)
 	assert.InEpsilon(t, limit, achieved, 0.10)
 }
+
+func TestBufferGauges(t *testing.T) {
+	e := setup(t, "127.0.0.1:1")
+	e.spill(t, spill.Spilled, records("waiting", 5)...)
+	e.spill(t, spill.WriteAhead, records("ahead", 2)...)
+	p, err := producer.New(e.cfg.Kafka, discard)
+	require.NoError(t, err)
+	defer p.Close()
+	d, err := New(t.Context(), Options{JS: e.js, WAL: e.cfg.Producer.WAL, Kind: spill.Spilled, Consumer: "resender", Producer: p,
+		Breaker: e.cfg.Producer.CB, Metrics: e.metrics, Logger: discard})
+	require.NoError(t, err)
+	d.refresh(t.Context(), e.metrics)
+
+	assert.Equal(t, 7.0, testutil.ToFloat64(e.metrics.streamMsgs))
+	assert.Positive(t, testutil.ToFloat64(e.metrics.streamBytes))
+	assert.Equal(t, 5.0, testutil.ToFloat64(e.metrics.pending.WithLabelValues("resender")), "only the spilled records are the resender's")
+	assert.Equal(t, 0.0, testutil.ToFloat64(e.metrics.ackPending.WithLabelValues("resender")))
+	age := testutil.ToFloat64(e.metrics.oldestSeconds.WithLabelValues("resender"))
+	assert.Positive(t, age)
+	assert.Less(t, age, 60.0)
+}
