@@ -26,7 +26,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./pkg/config:FuzzParse
 
-.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger
+.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run
 
 all: build
 
@@ -46,8 +46,8 @@ run: build
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
 test: proto-check unit fuzz
 
-unit: build tools
-	E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl $(GO) test -race -count=1 -timeout 15m work
+unit: build tools jaeger
+	E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) $(GO) test -race -count=1 -timeout 15m work
 
 ## tools: buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl at their pinned versions, into .tools/bin
 tools:
@@ -89,6 +89,10 @@ $(JAEGER_BIN):
 	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; cp -r "$$dir"/. $$tmp; chmod -R u+w $$tmp; \
 	echo "building Jaeger $(JAEGER_VERSION) into $(JAEGER_BIN) (about 7 minutes on 2 cores)"; \
 	mkdir -p $(dir $(JAEGER_BIN)); cd $$tmp && GOWORK=off $(GO) build -o $(JAEGER_BIN).tmp ./cmd/jaeger && mv $(JAEGER_BIN).tmp $(JAEGER_BIN)
+
+## jaeger-run: Jaeger on 127.0.0.1 (query API and UI placeholder :16686, OTLP :4317 and :4318); make run exports to it
+jaeger-run: jaeger
+	OTEL_TRACES_SAMPLER=always_off $(JAEGER_BIN) --config tools/jaeger/config.yaml
 
 clean:
 	rm -rf $(BIN)

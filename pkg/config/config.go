@@ -118,7 +118,7 @@ type WAL struct {
 	NATS           NATS          // an external JetStream; no embedded server when URLs are set
 	Replicas       int           // stream replicas (3 on an external cluster)
 	MaxBytes       int64         // the stream's size limit; a full stream refuses records (507)
-	MaxAge         time.Duration // records older than this are removed (0: kept until delivered)
+	MaxAge         time.Duration // records older than this are removed, delivered or not (0: never)
 	PublishTimeout time.Duration // how long a publish may wait for JetStream's acknowledgement
 	AckWait        time.Duration // how long a drain consumer may hold a message before JetStream redelivers it
 }
@@ -188,7 +188,7 @@ var defaults = map[string]any{
 	"producer.wal.nats.tls.key":               "",
 	"producer.wal.replicas":                   1,
 	"producer.wal.max_bytes":                  1 << 30,
-	"producer.wal.max_age":                    "168h",
+	"producer.wal.max_age":                    "0s",
 	"producer.wal.publish_timeout":            "5s",
 	"producer.wal.ack_wait":                   "60s",
 	"producer.old_producer_kill_timeout":      "0s",

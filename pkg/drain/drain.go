@@ -16,6 +16,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 
 	"github.com/spillway/spillway/pkg/config"
@@ -45,11 +48,15 @@ type Options struct {
 	BatchSize int
 	Metrics   *Metrics
 	Logger    *slog.Logger
+	// TracerProvider and Propagators trace each record's hop; none when nil.
+	TracerProvider trace.TracerProvider
+	Propagators    propagation.TextMapPropagator
 }
 
 // Drainer drains one durable consumer into Kafka.
 type Drainer struct {
 	opts     Options
+	tracer   trace.Tracer
 	consumer jetstream.Consumer
 	stream   jetstream.Stream
 	subjects spill.Subjects
@@ -65,6 +72,12 @@ var errKafkaFailing = errors.New("kafka failed records with a retriable error")
 func New(ctx context.Context, o Options) (*Drainer, error) {
 	if o.BatchSize <= 0 {
 		o.BatchSize = 500
+	}
+	if o.TracerProvider == nil {
+		o.TracerProvider = noop.NewTracerProvider()
+	}
+	if o.Propagators == nil {
+		o.Propagators = propagation.TraceContext{}
 	}
 	subjects := spill.Subjects{Prefix: o.WAL.SubjectPrefix}
 	stream, err := o.JS.Stream(ctx, o.WAL.Stream)
@@ -91,6 +104,7 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	}
 	d := &Drainer{
 		opts:     o,
+		tracer:   o.TracerProvider.Tracer("github.com/spillway/spillway/pkg/drain"),
 		consumer: consumer,
 		stream:   stream,
 		subjects: subjects,
@@ -208,6 +222,8 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 		}
 		return true
 	}
+	spans := d.startSpans(ctx, live, recs)
+	defer spans.end()
 	var results []record.Result
 	_, err := d.breaker.Execute(func() (struct{}, error) {
 		results = d.opts.Producer.Produce(ctx, recs)
@@ -226,6 +242,7 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 	}
 	for i, r := range results {
 		msg := live[i]
+		spans.result(i, r)
 		topic := m.topics.Value(recs[i].Topic)
 		switch {
 		case r.Outcome == record.Delivered:

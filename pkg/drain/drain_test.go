@@ -15,12 +15,17 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -122,22 +127,28 @@ func TestForwarderDrainsContinuously(t *testing.T) {
 		seen[string(r.Value)] = true
 	}
 	assert.Len(t, seen, 250, "no record twice")
+	require.Eventually(t, func() bool {
+		s, err := e.js.Stream(t.Context(), "SPILLWAY")
+		require.NoError(t, err)
+		info, err := s.Info(t.Context())
+		require.NoError(t, err)
+		return info.State.Msgs == 0
+	}, 10*time.Second, 20*time.Millisecond, "delivered records leave the stream (work queue)")
 }
 
 func TestKafkaRecordTooLargeIsDeadLettered(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t)
 	e := setup(t, addr, "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=50")
-	e.spill(t, spill.Spilled, record.Record{ID: "big", Topic: "t", Value: make([]byte, 100), Partition: record.AnyPartition})
+	e.spill(t, spill.Spilled, record.Record{ID: "big", Topic: "t", Value: make([]byte, 2000), Partition: record.AnyPartition})
 	e.spill(t, spill.Spilled, records("t", 1)...)
 	e.run(t, Resender, 0, 100*time.Millisecond)
 
-	cons, err := e.js.OrderedConsumer(t.Context(), "SPILLWAY", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"spillway.dlq.>"}})
-	require.NoError(t, err)
-	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-	require.NoError(t, err)
-	assert.Equal(t, "spillway.dlq.t", msg.Subject())
-	assert.Contains(t, msg.Headers().Get(spill.HeaderReason), "too_large: record of 100 bytes is over the limit of 50 bytes")
-	r, err := spill.Decode(msg.Data())
+	dead := spilltest.Messages(t, e.js, "SPILLWAY", "spillway.dlq.>", 1)
+	require.Len(t, dead, 1)
+	msg := dead[0]
+	assert.Equal(t, "spillway.dlq.t", msg.Subject)
+	assert.Contains(t, msg.Header.Get(spill.HeaderReason), "too_large: record of 2000 bytes is over the limit of 50 bytes")
+	r, err := spill.Decode(msg.Data)
 	require.NoError(t, err)
 	assert.Equal(t, "big", r.ID)
 	assert.Len(t, kafkatest.Consume(t, addr, "t", 1, 10*time.Second), 1, "the good record is delivered")
@@ -200,4 +211,51 @@ func TestBufferGauges(t *testing.T) {
 	age := testutil.ToFloat64(e.metrics.oldestSeconds.WithLabelValues("resender"))
 	assert.Positive(t, age)
 	assert.Less(t, age, 60.0)
+}
+
+// TestDrainContinuesTheStoredTrace: the resender's consumer span is a child
+// of the context stored with the record, its Kafka produce span a child of
+// that, and the record reaches Kafka with the produce span's traceparent.
+func TestDrainContinuesTheStoredTrace(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	e := setup(t, addr)
+	const stored = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	e.spill(t, spill.Spilled, record.Record{ID: "traced", Topic: "t", Value: []byte("x"), Partition: record.AnyPartition,
+		Headers: []record.Header{{Key: "traceparent", Value: []byte(stored)}}})
+
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	p, err := producer.New(e.cfg.Kafka, discard)
+	require.NoError(t, err)
+	defer p.Close()
+	d, err := New(t.Context(), Options{JS: e.js, WAL: e.cfg.Producer.WAL, Kind: spill.Spilled, Consumer: "resender", Producer: p,
+		Period: 50 * time.Millisecond, Breaker: e.cfg.Producer.CB, Metrics: e.metrics, Logger: discard,
+		TracerProvider: tp, Propagators: propagation.TraceContext{}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { _ = d.Run(ctx); close(done) }()
+	got := kafkatest.Consume(t, addr, "t", 1, 10*time.Second)
+	cancel()
+	<-done
+	require.Len(t, got, 1)
+
+	var process, send sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		switch s.Name() {
+		case "process spillway.spill.t":
+			process = s
+		case "send t":
+			send = s
+		}
+	}
+	require.NotNil(t, process)
+	require.NotNil(t, send)
+	assert.Equal(t, trace.SpanKindConsumer, process.SpanKind())
+	assert.Equal(t, "0af7651916cd43dd8448eb211c80319c", process.SpanContext().TraceID().String(), "the stored trace continues")
+	assert.Equal(t, "b7ad6b7169203331", process.Parent().SpanID().String(), "as a child of the stored span")
+	assert.Equal(t, process.SpanContext().SpanID(), send.Parent().SpanID())
+	assert.Equal(t, trace.SpanKindProducer, send.SpanKind())
+	tpHeader, _ := kafkatest.HeaderValue(got[0], "traceparent")
+	assert.Equal(t, "00-0af7651916cd43dd8448eb211c80319c-"+send.SpanContext().SpanID().String()+"-01", tpHeader)
 }

@@ -41,6 +41,7 @@ type ServiceOptions struct {
 	Config   *config.Config
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // a new one when nil
+	Tracing  *telemetry.Tracing   // none when nil
 }
 
 // Service is a running forwarder or resender.
@@ -54,14 +55,14 @@ type Service struct {
 
 // NewService connects to JetStream and Kafka, creates the durable consumer
 // and binds the monitoring port.
-func NewService(ctx context.Context, o ServiceOptions) (s *Service, err error) {
+func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	cfg := o.Config
-	s = &Service{opts: o}
-	defer func() {
+	s := &Service{opts: o}
+	defer func() { // s, not the named result, which a failed return sets to nil
 		if err != nil {
 			s.close()
 			if s.monitor != nil {
@@ -84,7 +85,7 @@ func NewService(ctx context.Context, o ServiceOptions) (s *Service, err error) {
 		return nil, err
 	}
 	s.nc = nc
-	s.drainer, err = New(ctx, Options{
+	opts := Options{
 		JS:        js,
 		WAL:       cfg.Producer.WAL,
 		Kind:      o.Role.Kind,
@@ -95,7 +96,11 @@ func NewService(ctx context.Context, o ServiceOptions) (s *Service, err error) {
 		Breaker:   cfg.Producer.CB,
 		Metrics:   NewMetrics(o.Registry, cfg.Server.Monitoring.MaxTopicLabels),
 		Logger:    o.Logger,
-	})
+	}
+	if o.Tracing != nil {
+		opts.TracerProvider, opts.Propagators = o.Tracing.Provider, o.Tracing.Propagators
+	}
+	s.drainer, err = New(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +145,12 @@ func (s *Service) close() {
 		if err := s.nc.Drain(); err != nil {
 			s.opts.Logger.Warn("draining the NATS connection", "error", err)
 		}
+		// Drain returns at once; the last acknowledgements are sent until
+		// the connection closes.
+		deadline := time.Now().Add(5 * time.Second)
+		for !s.nc.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
 		s.nc = nil
 	}
 }
@@ -166,7 +177,19 @@ func Main(role Role, version string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	s, err := NewService(ctx, ServiceOptions{Role: role, Config: cfg, Logger: logger})
+	tracing, err := telemetry.NewTracing(ctx, name, version, nil)
+	if err != nil {
+		logger.Error("tracing", "error", err)
+		return 2
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tracing.Shutdown(fctx); err != nil {
+			logger.Warn("flushing traces", "error", err)
+		}
+	}()
+	s, err := NewService(ctx, ServiceOptions{Role: role, Config: cfg, Logger: logger, Tracing: tracing})
 	if err != nil {
 		logger.Error(role.Name+" failed to start", "error", err)
 		return 1

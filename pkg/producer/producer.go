@@ -26,6 +26,12 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 )
 
+// ownHeadersAllowance is room, beyond kafka.message.max.bytes, for the
+// headers Spillway adds to a record (spillway-id, traceparent, tracestate):
+// the ingest checks the client's record against the limit before adding
+// them.
+const ownHeadersAllowance = 1024
+
 // Producer sends records to Kafka. It is safe for concurrent use.
 type Producer struct {
 	writer         *kafka.Writer
@@ -246,7 +252,7 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 	now := time.Now()
 	for i := range recs {
 		r := &recs[i]
-		if n := r.Size(); n > p.maxRecordBytes {
+		if n := r.Size(); n > p.maxRecordBytes+ownHeadersAllowance {
 			results[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTooLarge,
 				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", n, p.maxRecordBytes))
 			continue
@@ -271,14 +277,22 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	if err := p.writer.WriteMessages(ctx, msgs...); err != nil {
-		// Nothing was queued: WriteMessages checks every record before it
-		// queues any.
-		for _, m := range msgs {
-			s := m.WriterData.(*slot)
-			results[s.index] = record.Fail(m.Topic, classify(err))
+	// WriteMessages checks every record's topic before it queues any, and
+	// fails them all for the first bad one: one call per topic, so that a
+	// bad topic fails only its own records.
+	for _, group := range byTopic(msgs) {
+		if err := p.writer.WriteMessages(ctx, group...); err != nil {
+			c.mu.Lock()
+			for _, m := range group {
+				s := m.WriterData.(*slot)
+				results[s.index] = record.Fail(m.Topic, classify(err))
+				c.remaining--
+			}
+			if c.remaining == 0 {
+				close(c.done)
+			}
+			c.mu.Unlock()
 		}
-		return results
 	}
 
 	select {
@@ -307,6 +321,25 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 }
 
 // kafkaHeaders is the record's headers, then its id as spillway-id.
+// byTopic splits msgs by topic, keeping their order within a topic.
+func byTopic(msgs []kafka.Message) [][]kafka.Message {
+	if len(msgs) == 0 || !slices.ContainsFunc(msgs, func(m kafka.Message) bool { return m.Topic != msgs[0].Topic }) {
+		return [][]kafka.Message{msgs}
+	}
+	index := map[string]int{}
+	var groups [][]kafka.Message
+	for _, m := range msgs {
+		i, ok := index[m.Topic]
+		if !ok {
+			i = len(groups)
+			index[m.Topic] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], m)
+	}
+	return groups
+}
+
 func kafkaHeaders(id string, hs []record.Header) []kafka.Header {
 	if len(hs) == 0 && id == "" {
 		return nil
@@ -337,6 +370,14 @@ func classify(err error) error {
 		return &record.Error{Reason: record.ReasonNotAuthorized, Message: "Kafka refused Spillway's credentials for this topic", Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &record.Error{Reason: record.ReasonTimeout, Message: "Kafka did not acknowledge the record in time; it may still arrive", Err: err}
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) && !ke.Temporary() {
+		// Kafka refused this record for good (invalid record or timestamp,
+		// policy violation...): trying again, or buffering it, cannot help.
+		return &record.Error{Reason: record.ReasonInvalid, Message: "Kafka refused the record: " + ke.Title() + ": " + ke.Description()}
+	}
+	switch {
 	default:
 		return &record.Error{Reason: record.ReasonUnavailable, Message: "Kafka cannot take the record now", Err: err}
 	}

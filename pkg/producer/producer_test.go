@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -110,12 +111,12 @@ func TestRecordOverLimitFailsAlone(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t)
 	p := newProducer(t, addr, "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=100")
 	res := p.Produce(t.Context(), []record.Record{
-		{Topic: "t", Value: make([]byte, 101), Partition: record.AnyPartition},
+		{Topic: "t", Value: make([]byte, 101+ownHeadersAllowance), Partition: record.AnyPartition},
 		{Topic: "t", Value: []byte("small"), Partition: record.AnyPartition},
 	})
 	assert.Equal(t, record.Failed, res[0].Outcome)
 	assert.Equal(t, record.ReasonTooLarge, record.ReasonOf(res[0].Err))
-	assert.Contains(t, res[0].Err.Error(), "record of 101 bytes is over the limit of 100 bytes")
+	assert.Contains(t, res[0].Err.Error(), "record of 1125 bytes is over the limit of 100 bytes")
 	assert.Equal(t, record.Delivered, res[1].Outcome, res[1].Err)
 }
 
@@ -152,4 +153,39 @@ func TestTopics(t *testing.T) {
 	topics, err := p.Topics(t.Context())
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a", "b"}, topics)
+}
+
+func TestBadTopicFailsOnlyItsRecords(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "exists"))
+	p := newProducer(t, addr, "SPILLWAY_KAFKA_ALLOW_AUTO_CREATE_TOPICS=false")
+	res := p.Produce(t.Context(), []record.Record{
+		{Topic: "missing", Value: []byte("a"), Partition: record.AnyPartition},
+		{Topic: "exists", Value: []byte("b"), Partition: record.AnyPartition},
+		{Topic: "missing", Value: []byte("c"), Partition: record.AnyPartition},
+	})
+	assert.Equal(t, record.ReasonUnknownTopic, record.ReasonOf(res[0].Err))
+	assert.Equal(t, record.Delivered, res[1].Outcome, res[1].Err)
+	assert.Equal(t, record.ReasonUnknownTopic, record.ReasonOf(res[2].Err))
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		err  error
+		want record.Reason
+	}{
+		{kafka.MessageSizeTooLarge, record.ReasonTooLarge},
+		{kafka.InvalidTopic, record.ReasonInvalid},
+		{kafka.UnknownTopicOrPartition, record.ReasonUnknownTopic},
+		{kafka.TopicAuthorizationFailed, record.ReasonNotAuthorized},
+		{kafka.InvalidRecord, record.ReasonInvalid},
+		{kafka.PolicyViolation, record.ReasonInvalid},
+		{kafka.InvalidTimestamp, record.ReasonInvalid},
+		{kafka.NotEnoughReplicas, record.ReasonUnavailable},
+		{kafka.LeaderNotAvailable, record.ReasonUnavailable},
+		{context.DeadlineExceeded, record.ReasonTimeout},
+		{io.ErrUnexpectedEOF, record.ReasonUnavailable},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, record.ReasonOf(classify(tt.err)), "%v", tt.err)
+	}
 }

@@ -128,6 +128,7 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 			continue
 		}
 		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}}}
+		copyTraceContext(r, msg.Header)
 		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(r.ID))
 		if err != nil {
 			results[i] = record.Fail(r.Topic, classify(err))
@@ -177,11 +178,30 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 	return results
 }
 
+// traceHeaders are the W3C trace context headers a record carries.
+var traceHeaders = []string{"traceparent", "tracestate", "baggage"}
+
+// copyTraceContext puts the record's trace context headers on the NATS
+// message too, so that a consumer of the stream continues the trace
+// without decoding the record.
+func copyTraceContext(r *record.Record, h nats.Header) {
+	for _, h2 := range r.Headers {
+		for _, name := range traceHeaders {
+			if strings.EqualFold(h2.Key, name) {
+				h.Set(name, string(h2.Value))
+			}
+		}
+	}
+}
+
 // classify turns a JetStream publish error into a record.Error.
 func classify(err error) error {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && strings.Contains(strings.ToLower(apiErr.Description), "maximum") {
 		return &record.Error{Reason: record.ReasonBufferFull, Message: "the buffer is full (producer.wal.max_bytes): the record was not stored", Err: err}
+	}
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return &record.Error{Reason: record.ReasonTooLarge, Message: "the record is over the NATS server's max_payload and cannot be buffered", Err: err}
 	}
 	if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 		return &record.Error{Reason: record.ReasonUnavailable, Message: "the buffer is overloaded: retry later", Err: err}

@@ -42,7 +42,7 @@ func StartEmbedded(c config.WAL, logger *slog.Logger) (*server.Server, error) {
 		JetStreamMaxStore:  -1,
 		NoSigs:             true,
 		NoLog:              true,
-		MaxPayload:         8 << 20,
+		MaxPayload:         64 << 20, // NATS's largest: records are limited by kafka.message.max.bytes first
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

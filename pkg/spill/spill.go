@@ -48,8 +48,16 @@ type Subjects struct{ Prefix string }
 // make extra subject tokens, so they are written as "%2E"; the record
 // itself keeps the real topic.
 func (s Subjects) For(kind Kind, topic string) string {
+	if topic == "" {
+		topic = NoTopic
+	}
 	return s.Prefix + "." + string(kind) + "." + strings.ReplaceAll(topic, ".", "%2E")
 }
+
+// NoTopic is the last subject token of a message whose topic is unknown
+// (a dead letter that could not be decoded): an empty token is not a valid
+// subject.
+const NoTopic = "_unknown"
 
 // All is the filter of every subject of kind.
 func (s Subjects) All(kind Kind) string { return s.Prefix + "." + string(kind) + ".>" }
@@ -69,7 +77,11 @@ func StreamConfig(c config.WAL) jetstream.StreamConfig {
 		MaxBytes:    c.MaxBytes,
 		MaxAge:      c.MaxAge,
 		Discard:     jetstream.DiscardNew, // a full stream refuses new records; it never drops stored ones
-		Retention:   jetstream.LimitsPolicy,
+		// A work queue removes a record once the forwarder or resender
+		// acknowledged it (after Kafka did), so that the limits count only
+		// records still on their way. Dead letters stay until a person
+		// removes them, or max_age.
+		Retention: jetstream.WorkQueuePolicy,
 		Duplicates:  2 * time.Minute,
 	}
 }
@@ -79,6 +91,9 @@ func Encode(r *record.Record, reason string) ([]byte, error) {
 	sr := &spillv1.StoredRecord{Id: r.ID, Topic: r.Topic, Key: r.Key, Value: r.Value, Reason: reason}
 	if r.Key != nil && len(r.Key) == 0 {
 		sr.Key = []byte{} // an empty key is not a null key
+	}
+	if r.Value != nil && len(r.Value) == 0 {
+		sr.Value = []byte{} // an empty value is not a tombstone
 	}
 	if r.Partition != record.AnyPartition {
 		p := r.Partition
@@ -99,7 +114,7 @@ func Decode(b []byte) (record.Record, error) {
 	if err := proto.Unmarshal(b, &sr); err != nil {
 		return record.Record{}, fmt.Errorf("decode stored record: %w", err)
 	}
-	r := record.Record{ID: sr.GetId(), Topic: sr.GetTopic(), Key: sr.Key, Value: sr.GetValue(), Partition: record.AnyPartition}
+	r := record.Record{ID: sr.GetId(), Topic: sr.GetTopic(), Key: sr.Key, Value: sr.Value, Partition: record.AnyPartition}
 	if sr.Partition != nil {
 		r.Partition = *sr.Partition
 	}

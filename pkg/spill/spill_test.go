@@ -13,6 +13,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -41,29 +42,30 @@ func TestPublishAndDecode(t *testing.T) {
 	ts := time.UnixMilli(1700000000789).UTC()
 	recs := []record.Record{
 		{ID: "id-1", Topic: "orders.eu", Key: []byte("k"), Value: []byte{0, 1}, Headers: []record.Header{{Key: "h", Value: []byte("v")}}, Partition: 2, Timestamp: ts},
-		{ID: "id-2", Topic: "orders.eu", Key: []byte{}, Value: []byte("v2"), Partition: record.AnyPartition},
+		{ID: "id-2", Topic: "orders.eu", Key: []byte{}, Value: []byte{}, Partition: record.AnyPartition},
+		{ID: "id-3", Topic: "orders.eu", Value: nil, Partition: record.AnyPartition},
 	}
 	res := b.Publish(t.Context(), Spilled, recs, "unavailable")
 	for _, r := range res {
 		require.Equal(t, record.Buffered, r.Outcome, r.Err)
 	}
 
-	cons, err := js.CreateOrUpdateConsumer(t.Context(), c.Stream, jetstream.ConsumerConfig{FilterSubject: Subjects{c.SubjectPrefix}.All(Spilled), AckPolicy: jetstream.AckNonePolicy})
-	require.NoError(t, err)
-	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
-	require.NoError(t, err)
 	var got []record.Record
-	for m := range batch.Messages() {
-		assert.Equal(t, "spillway.spill.orders%2Eeu", m.Subject())
-		r, err := Decode(m.Data())
+	for _, m := range spilltest.Messages(t, js, c.Stream, Subjects{c.SubjectPrefix}.All(Spilled), 3) {
+		assert.Equal(t, "spillway.spill.orders%2Eeu", m.Subject)
+		r, err := Decode(m.Data)
 		require.NoError(t, err)
 		got = append(got, r)
 	}
-	require.Len(t, got, 2)
+	require.Len(t, got, 3)
 	assert.Equal(t, recs[0], got[0])
-	assert.Equal(t, recs[1].Key, got[1].Key, "an empty key stays empty, not null")
-	assert.NotNil(t, got[1].Key)
+	assert.NotNil(t, got[1].Key, "an empty key stays empty, not null")
+	assert.Empty(t, got[1].Key)
+	assert.NotNil(t, got[1].Value, "an empty value stays empty, not a tombstone")
+	assert.Empty(t, got[1].Value)
 	assert.Equal(t, record.AnyPartition, got[1].Partition)
+	assert.Nil(t, got[2].Key)
+	assert.Nil(t, got[2].Value, "a tombstone stays a tombstone")
 }
 
 func TestDuplicateIDIsStoredOnce(t *testing.T) {

@@ -6,9 +6,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/telemetry"
@@ -50,7 +52,13 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	a, err := app.New(app.Options{Config: cfg, Logger: logger.With("service", "ingest", "version", version)})
+	tracing, err := telemetry.NewTracing(ctx, "spillway-ingest", version, nil)
+	if err != nil {
+		logger.Error("tracing", "error", err)
+		return 2
+	}
+	defer flushTraces(tracing, logger)
+	a, err := app.New(app.Options{Config: cfg, Logger: logger.With("service", "ingest", "version", version), Tracing: tracing})
 	if err != nil {
 		logger.Error("ingest failed to start", "error", err)
 		return 1
@@ -60,4 +68,13 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// flushTraces exports the spans not yet sent, for at most 5 seconds.
+func flushTraces(t *telemetry.Tracing, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := t.Shutdown(ctx); err != nil {
+		logger.Warn("flushing traces", "error", err)
+	}
 }

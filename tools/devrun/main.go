@@ -24,6 +24,9 @@ import (
 	"github.com/spillway/spillway/pkg/config"
 )
 
+// jaegerOTLP is where make jaeger-run takes OTLP over HTTP.
+const jaegerOTLP = "127.0.0.1:4318"
+
 func main() { os.Exit(run()) }
 
 // child is a process devrun started.
@@ -73,6 +76,13 @@ func run() int {
 	defer stopSignals()
 
 	env := os.Environ()
+	tracingNote := "off (start Jaeger with make jaeger-run to see traces)"
+	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && dial(jaegerOTLP) == nil {
+		env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://"+jaegerOTLP, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")
+		tracingNote = "to Jaeger: http://127.0.0.1:16686/api/traces?service=spillway-ingest"
+	} else if e := os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); e != "" {
+		tracingNote = "to " + e
+	}
 	var children []*child
 	defer func() {
 		for i := len(children) - 1; i >= 0; i-- {
@@ -148,6 +158,7 @@ Spillway is running.
   gRPC API     %s
   monitoring   %s/metrics  %s/readyz  (forwarder %s, resender %s)
   Kafka        %s%s
+  traces       %s
 
 Try:
   curl -X POST -H 'Content-Type: text/plain' -H 'X-Kafka-Key: k1' --data 'hello' %s/topics/demo/messages
@@ -155,7 +166,7 @@ Try:
 
 Ctrl-C stops everything.
 `, httpURL, loopback(cfg.Server.GRPC.Listen), monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
-		brokers, devNote(cfg.Kafka.UsingDevBroker), httpURL, brokers)
+		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, httpURL, brokers)
 
 	exited := make(chan *child, len(children))
 	for _, c := range children {

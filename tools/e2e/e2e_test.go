@@ -190,8 +190,8 @@ func TestMakeRun(t *testing.T) {
 	if r.Key == nil || *r.Key != "k-e2e" || r.Payload == nil || *r.Payload != "hello from e2e" {
 		t.Errorf("record in Kafka: %+v", r)
 	}
-	if len(r.Headers) != 4 || r.Headers[0] != "origin" || r.Headers[1] != "e2e-test" || r.Headers[2] != "spillway-id" || !strings.Contains(string(body), r.Headers[3]) {
-		t.Errorf("headers in Kafka: %v; want origin and the spillway-id of the answer %s", r.Headers, body)
+	if header(r, "origin") != "e2e-test" || header(r, "spillway-id") == "" || !strings.Contains(string(body), header(r, "spillway-id")) || header(r, "traceparent") == "" {
+		t.Errorf("headers in Kafka: %v; want origin, traceparent and the spillway-id of the answer %s", r.Headers, body)
 	}
 
 	// Ctrl-C stops everything it started.

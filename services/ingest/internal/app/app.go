@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -22,6 +24,7 @@ import (
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/telemetry"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
@@ -36,6 +39,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Registry receives the service's metrics; a new one when nil.
 	Registry *prometheus.Registry
+	// Tracing traces requests and records; none when nil.
+	Tracing *telemetry.Tracing
 }
 
 // App is a running ingest service.
@@ -58,14 +63,14 @@ type App struct {
 
 // New builds the service and binds its listeners, so that Addr answers at
 // once; Run serves.
-func New(o Options) (a *App, err error) {
+func New(o Options) (_ *App, err error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	a = &App{opts: o, draining: make(chan struct{})}
+	a := &App{opts: o, draining: make(chan struct{})}
 	a.stopWaiting, a.cancelWaiting = context.WithCancel(context.Background())
-	defer func() {
+	defer func() { // a, not the named result, which a failed return sets to nil
 		if err != nil {
 			a.close()
 			if a.monitor != nil {
@@ -105,14 +110,17 @@ func New(o Options) (a *App, err error) {
 		return nil, err
 	}
 	d := delivery.New(delivery.Options{
-		Producer:    a.producer,
-		Buffer:      buffer,
-		WAL:         cfg.Producer.WAL,
-		Breaker:     cfg.Producer.CB,
-		Registry:    o.Registry,
-		MaxTopics:   cfg.Server.Monitoring.MaxTopicLabels,
-		Logger:      o.Logger,
-		StopWaiting: a.stopWaiting,
+		Producer:       a.producer,
+		Buffer:         buffer,
+		WAL:            cfg.Producer.WAL,
+		Breaker:        cfg.Producer.CB,
+		MaxRecordBytes: cfg.Kafka.MaxMessageBytes,
+		Registry:       o.Registry,
+		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
+		Logger:         o.Logger,
+		StopWaiting:    a.stopWaiting,
+		TracerProvider: tracerProvider(o.Tracing),
+		Propagators:    propagators(o.Tracing),
 	})
 	handler := httpapi.New(httpapi.Options{
 		Sender:         d,
@@ -121,6 +129,8 @@ func New(o Options) (a *App, err error) {
 		Registry:       o.Registry,
 		Logger:         o.Logger,
 		LatencyBuckets: delivery.LatencyBuckets,
+		TracerProvider: tracerProvider(o.Tracing),
+		Propagators:    propagators(o.Tracing),
 	})
 	a.grpcSrv = grpcapi.New(grpcapi.Options{
 		Sender:         d,
@@ -130,6 +140,8 @@ func New(o Options) (a *App, err error) {
 		Logger:         o.Logger,
 		LatencyBuckets: delivery.LatencyBuckets,
 		Draining:       a.draining,
+		TracerProvider: tracerProvider(o.Tracing),
+		Propagators:    propagators(o.Tracing),
 	})
 	a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPC.Listen)
 	if err != nil {
@@ -185,6 +197,20 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 		}
 	})
 	return spill.NewBuffer(js, wal), nil
+}
+
+func tracerProvider(t *telemetry.Tracing) trace.TracerProvider {
+	if t == nil {
+		return nil
+	}
+	return t.Provider
+}
+
+func propagators(t *telemetry.Tracing) propagation.TextMapPropagator {
+	if t == nil {
+		return nil
+	}
+	return t.Propagators
 }
 
 // NATSAddr is the embedded JetStream's client address, "" without one.

@@ -2,6 +2,8 @@ package app_test
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -13,7 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/services/ingest/internal/app"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
 
@@ -108,4 +112,20 @@ func TestShutdownSpillsWhatKafkaHasNotAcknowledged(t *testing.T) {
 	}
 	assert.Less(t, time.Since(start), 2*time.Second, "answered before the shutdown deadline")
 	require.NoError(t, <-stopped)
+}
+
+// TestStartErrorIsReturned: a listener that cannot bind is an error that
+// names the key, not a crash, and what New had started is stopped.
+func TestStartErrorIsReturned(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	cfg, err := config.Parse(nil, []string{
+		"SPILLWAY_SERVER_HTTP_LISTEN=" + busy.Addr().String(), "SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:0", "SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(), "SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0",
+	})
+	require.NoError(t, err)
+	_, err = app.New(app.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "server.http.listen")
 }

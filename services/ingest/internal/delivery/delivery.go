@@ -15,6 +15,10 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
@@ -37,12 +41,20 @@ type Options struct {
 	Producer Producer
 	// Buffer is the JetStream buffer; nil when producer.wal.mode is
 	// disable.
-	Buffer    Buffer
-	WAL       config.WAL
-	Breaker   config.Breaker
-	Registry  prometheus.Registerer
-	MaxTopics int
-	Logger    *slog.Logger
+	Buffer  Buffer
+	WAL     config.WAL
+	Breaker config.Breaker
+	// MaxRecordBytes is Kafka's record size limit (kafka.message.max.bytes):
+	// a larger record (key, value and the client's headers) is refused
+	// before it is sent or buffered.
+	MaxRecordBytes int
+	Registry       prometheus.Registerer
+	MaxTopics      int
+	Logger         *slog.Logger
+	// Tracer provider and propagators for the producer spans; no tracing
+	// when nil.
+	TracerProvider trace.TracerProvider
+	Propagators    propagation.TextMapPropagator
 	// StopWaiting ends near the shutdown deadline: waits for Kafka end,
 	// and the records still waiting are spilled. Nil: never.
 	StopWaiting context.Context
@@ -51,6 +63,7 @@ type Options struct {
 // Delivery sends records on their way and measures what becomes of them.
 type Delivery struct {
 	opts    Options
+	tracer  trace.Tracer
 	always  map[string]bool
 	never   map[string]bool
 	breaker *gobreaker.CircuitBreaker[[]record.Result]
@@ -67,8 +80,15 @@ func New(o Options) *Delivery {
 	if o.StopWaiting == nil {
 		o.StopWaiting = context.Background()
 	}
+	if o.TracerProvider == nil {
+		o.TracerProvider = noop.NewTracerProvider()
+	}
+	if o.Propagators == nil {
+		o.Propagators = propagation.TraceContext{}
+	}
 	d := &Delivery{
 		opts:   o,
+		tracer: o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
 		always: toSet(o.WAL.AlwaysTopics),
 		never:  toSet(o.WAL.DisableTopics),
 		topics: monitor.NewBoundedLabels(o.MaxTopics),
@@ -114,31 +134,39 @@ func (d *Delivery) spills(topic string) bool {
 // Send delivers recs, received through api ("http" or "grpc"), and returns
 // one result per record in order.
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
+	sizes := make([]int, len(recs)) // as the client sent them, before our headers
 	for i := range recs {
+		sizes[i] = recs[i].Size()
 		if recs[i].ID == "" {
 			recs[i].ID = ulid.Make().String()
 		}
 		topic := d.topics.Value(recs[i].Topic)
 		d.m.received.WithLabelValues(api, topic).Inc()
-		d.m.receivedBytes.WithLabelValues(api, topic).Add(float64(recs[i].Size()))
+		d.m.receivedBytes.WithLabelValues(api, topic).Add(float64(sizes[i]))
 	}
 	d.m.inFlight.Add(float64(len(recs)))
 	defer d.m.inFlight.Sub(float64(len(recs)))
 
 	results := make([]record.Result, len(recs))
+	parents := d.parents(ctx, recs)
 	var ahead, direct []int
 	for i := range recs {
-		if d.writesAhead(recs[i].Topic) {
+		switch {
+		case sizes[i] > d.opts.MaxRecordBytes:
+			// Kafka would refuse it: no use sending or buffering it.
+			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonTooLarge,
+				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", sizes[i], d.opts.MaxRecordBytes))
+		case d.writesAhead(recs[i].Topic):
 			ahead = append(ahead, i)
-		} else {
+		default:
 			direct = append(direct, i)
 		}
 	}
 	if len(ahead) > 0 {
-		d.scatter(results, ahead, d.buffer(ctx, spill.WriteAhead, pick(recs, ahead), "write_ahead"))
+		d.scatter(results, ahead, d.buffer(ctx, spill.WriteAhead, pick(recs, ahead), pick(parents, ahead), "write_ahead"))
 	}
 	if len(direct) > 0 {
-		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct)))
+		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(parents, direct)))
 	}
 
 	for i, r := range results {
@@ -156,7 +184,8 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 
 // toKafka produces recs behind the breaker and spills those Kafka could
 // not take, where their topic allows it.
-func (d *Delivery) toKafka(ctx context.Context, recs []record.Record) []record.Result {
+func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, parents []parent) []record.Result {
+	sp := d.startSpans(parents, "send "+recs[0].Topic, recs, kafkaAttrs(recs[0].Topic, len(recs))...)
 	results, err := d.breaker.Execute(func() ([]record.Result, error) {
 		pctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -165,6 +194,9 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record) []record.R
 		start := time.Now()
 		res := d.opts.Producer.Produce(pctx, recs)
 		d.m.produceTime.Observe(time.Since(start).Seconds())
+		if ctx.Err() != nil {
+			return res, nil // the client gave up (or shutdown came): not Kafka's failure
+		}
 		if slices.ContainsFunc(res, func(r record.Result) bool {
 			return r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable()
 		}) {
@@ -174,6 +206,9 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record) []record.R
 	})
 	spillReason := ""
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		for _, s := range sp.byParent {
+			s.AddEvent("circuit breaker open: Kafka not tried")
+		}
 		spillReason = "breaker_open"
 		results = make([]record.Result, len(recs))
 		for i := range recs {
@@ -183,6 +218,8 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record) []record.R
 			})
 		}
 	}
+
+	sp.end(recs, results)
 
 	byReason := map[string][]int{}
 	for i, r := range results {
@@ -195,14 +232,17 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record) []record.R
 		}
 	}
 	for reason, idx := range byReason {
-		d.scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), reason))
+		d.scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(parents, idx), reason))
 	}
 	return results
 }
 
 // buffer publishes recs to the buffer and counts the buffered ones.
-func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, reason string) []record.Result {
+func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, parents []parent, reason string) []record.Result {
+	subject := spill.Subjects{Prefix: d.opts.WAL.SubjectPrefix}.For(kind, recs[0].Topic)
+	sp := d.startSpans(parents, "publish "+subject, recs, append(bufferAttrs(subject, len(recs)), attribute.String("spillway.buffer.reason", reason))...)
 	res := d.opts.Buffer.Publish(ctx, kind, recs, reason)
+	sp.end(recs, res)
 	for i, r := range res {
 		if r.Outcome == record.Buffered {
 			d.m.buffered.WithLabelValues(d.topics.Value(recs[i].Topic), reason).Inc()
@@ -211,10 +251,10 @@ func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Re
 	return res
 }
 
-func pick(recs []record.Record, idx []int) []record.Record {
-	out := make([]record.Record, len(idx))
+func pick[T any](all []T, idx []int) []T {
+	out := make([]T, len(idx))
 	for j, i := range idx {
-		out[j] = recs[i]
+		out[j] = all[i]
 	}
 	return out
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/spilltest"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
 
@@ -40,27 +41,15 @@ func post(t *testing.T, in *ingesttest.Ingest, topic, value string) (int, answer
 	return status, a
 }
 
-// stored reads every message of the buffer's stream on subjects matching
-// filter.
-func stored(t *testing.T, natsAddr, filter string, want int) []jetstream.Msg {
+// stored reads the buffer's messages on subjects matching filter.
+func stored(t *testing.T, natsAddr, filter string, want int) []*jetstream.RawStreamMsg {
 	t.Helper()
 	nc, err := nats.Connect("nats://" + natsAddr)
 	require.NoError(t, err)
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	cons, err := js.OrderedConsumer(t.Context(), "SPILLWAY", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
-	require.NoError(t, err)
-	var out []jetstream.Msg
-	deadline := time.Now().Add(5 * time.Second)
-	for len(out) < want && time.Now().Before(deadline) {
-		batch, err := cons.Fetch(want-len(out), jetstream.FetchMaxWait(200*time.Millisecond))
-		require.NoError(t, err)
-		for m := range batch.Messages() {
-			out = append(out, m)
-		}
-	}
-	return out
+	return spilltest.Messages(t, js, "SPILLWAY", filter, want)
 }
 
 func TestKafkaDownSpills(t *testing.T) {
@@ -72,9 +61,9 @@ func TestKafkaDownSpills(t *testing.T) {
 
 	msgs := stored(t, in.App.NATSAddr(), "spillway.spill.>", 1)
 	require.Len(t, msgs, 1)
-	assert.Equal(t, "spillway.spill.orders", msgs[0].Subject())
-	assert.Equal(t, a.ID, msgs[0].Headers().Get(nats.MsgIdHdr))
-	rec, err := spill.Decode(msgs[0].Data())
+	assert.Equal(t, "spillway.spill.orders", msgs[0].Subject)
+	assert.Equal(t, a.ID, msgs[0].Header.Get(nats.MsgIdHdr))
+	rec, err := spill.Decode(msgs[0].Data)
 	require.NoError(t, err)
 	assert.Equal(t, "v1", string(rec.Value))
 	assert.Equal(t, "k-v1", string(rec.Key))
@@ -114,7 +103,10 @@ func TestWriteAhead(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, status, a)
 	msgs := stored(t, in.App.NATSAddr(), "spillway.wal.>", 1)
 	require.Len(t, msgs, 1)
-	assert.Equal(t, "spillway.wal.audit", msgs[0].Subject())
+	assert.Equal(t, "spillway.wal.audit", msgs[0].Subject)
+
+	status, a = post(t, in, "audit", strings.Repeat("x", 1_000_001))
+	require.Equal(t, http.StatusRequestEntityTooLarge, status, "a record Kafka would refuse is not written ahead: %+v", a)
 
 	status, a = post(t, in, "other", "direct")
 	require.Equal(t, http.StatusOK, status, a)

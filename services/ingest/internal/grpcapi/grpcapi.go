@@ -12,6 +12,10 @@ import (
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -48,6 +52,10 @@ type Options struct {
 	Registry       prometheus.Registerer
 	Logger         *slog.Logger
 	LatencyBuckets []float64
+	// TracerProvider and Propagators trace calls (not health checks); none
+	// when nil.
+	TracerProvider trace.TracerProvider
+	Propagators    propagation.TextMapPropagator
 	// Draining closes when shutdown begins: streams stop taking requests,
 	// acknowledge the ones they took, and end.
 	Draining <-chan struct{}
@@ -64,13 +72,21 @@ type Server struct {
 func New(o Options) *Server {
 	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(o.LatencyBuckets)))
 	o.Registry.MustRegister(metrics)
-	s := grpc.NewServer(
+	serverOpts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor()),
-	)
+	}
+	if o.TracerProvider != nil {
+		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(o.TracerProvider),
+			otelgrpc.WithPropagators(o.Propagators),
+			otelgrpc.WithFilter(filters.Not(filters.HealthCheck())),
+		)))
+	}
+	s := grpc.NewServer(serverOpts...)
 	ingestv1.RegisterIngestServiceServer(s, &ingestServer{opts: o})
 	kafkaambassador.RegisterKafkaAmbassadorServer(s, &ambassadorServer{opts: o})
 	hs := health.NewServer()

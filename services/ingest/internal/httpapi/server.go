@@ -17,6 +17,9 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.opentelemetry.io/contrib/instrumentation/github.com/labstack/echo/otelecho"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/spillway/spillway/pkg/record"
 )
@@ -44,6 +47,9 @@ type Options struct {
 	Logger       *slog.Logger
 	// LatencyBuckets are the request latency histogram's buckets, in seconds.
 	LatencyBuckets []float64
+	// TracerProvider and Propagators trace requests; none when nil.
+	TracerProvider trace.TracerProvider
+	Propagators    propagation.TextMapPropagator
 }
 
 type handler struct {
@@ -65,7 +71,11 @@ func New(o Options) http.Handler {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = errorHandler
-	e.Use(middleware.Recover(), h.observe)
+	mw := []echo.MiddlewareFunc{middleware.Recover()}
+	if o.TracerProvider != nil {
+		mw = append(mw, otelecho.Middleware("spillway-ingest", otelecho.WithTracerProvider(o.TracerProvider), otelecho.WithPropagators(o.Propagators)))
+	}
+	e.Use(append(mw, h.observe)...)
 
 	e.POST("/topics/:topic/messages", h.postMessages)
 	e.POST("/topics/:topic", h.postV2)
@@ -96,6 +106,9 @@ func (h *handler) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if h.Logger.Enabled(c.Request().Context(), level) {
 			attrs := []any{"method", c.Request().Method, "path", c.Request().URL.Path, "status", status, "duration", elapsed}
+			if sc := trace.SpanContextFromContext(c.Request().Context()); sc.IsValid() {
+				attrs = append(attrs, "trace_id", sc.TraceID().String(), "span_id", sc.SpanID().String())
+			}
 			if err != nil {
 				attrs = append(attrs, "error", err.Error())
 			}

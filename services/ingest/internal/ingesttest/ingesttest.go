@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/telemetry"
 	"github.com/spillway/spillway/services/ingest/internal/app"
 )
 
@@ -53,7 +54,11 @@ func Start(tb testing.TB, addr string, env ...string) *Ingest {
 	}
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()
-	a, err := app.New(app.Options{Config: cfg, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: reg})
+	tracing, err := telemetry.NewTracing(context.Background(), "spillway-ingest", "test", func(string) string { return "" })
+	if err != nil {
+		tb.Fatalf("tracing: %v", err)
+	}
+	a, err := app.New(app.Options{Config: cfg, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: reg, Tracing: tracing})
 	if err != nil {
 		tb.Fatalf("start ingest: %v", err)
 	}

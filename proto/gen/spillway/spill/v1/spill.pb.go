@@ -33,8 +33,9 @@ type StoredRecord struct {
 	Id    string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
 	// Absent: no key (null).
-	Key     []byte    `protobuf:"bytes,3,opt,name=key,proto3,oneof" json:"key,omitempty"`
-	Value   []byte    `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	Key []byte `protobuf:"bytes,3,opt,name=key,proto3,oneof" json:"key,omitempty"`
+	// Absent: a null value (a tombstone), which differs from an empty one.
+	Value   []byte    `protobuf:"bytes,4,opt,name=value,proto3,oneof" json:"value,omitempty"`
 	Headers []*Header `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
 	// Absent: the partitioner chooses.
 	Partition *int32                 `protobuf:"varint,6,opt,name=partition,proto3,oneof" json:"partition,omitempty"`
@@ -189,17 +190,18 @@ var File_spillway_spill_v1_spill_proto protoreflect.FileDescriptor
 
 const file_spillway_spill_v1_spill_proto_rawDesc = "" +
 	"\n" +
-	"\x1dspillway/spill/v1/spill.proto\x12\x11spillway.spill.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n" +
+	"\x1dspillway/spill/v1/spill.proto\x12\x11spillway.spill.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n" +
 	"\fStoredRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x15\n" +
-	"\x03key\x18\x03 \x01(\fH\x00R\x03key\x88\x01\x01\x12\x14\n" +
-	"\x05value\x18\x04 \x01(\fR\x05value\x123\n" +
+	"\x03key\x18\x03 \x01(\fH\x00R\x03key\x88\x01\x01\x12\x19\n" +
+	"\x05value\x18\x04 \x01(\fH\x01R\x05value\x88\x01\x01\x123\n" +
 	"\aheaders\x18\x05 \x03(\v2\x19.spillway.spill.v1.HeaderR\aheaders\x12!\n" +
-	"\tpartition\x18\x06 \x01(\x05H\x01R\tpartition\x88\x01\x01\x128\n" +
+	"\tpartition\x18\x06 \x01(\x05H\x02R\tpartition\x88\x01\x01\x128\n" +
 	"\ttimestamp\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x16\n" +
 	"\x06reason\x18\b \x01(\tR\x06reasonB\x06\n" +
-	"\x04_keyB\f\n" +
+	"\x04_keyB\b\n" +
+	"\x06_valueB\f\n" +
 	"\n" +
 	"_partition\"0\n" +
 	"\x06Header\x12\x10\n" +

@@ -1,0 +1,111 @@
+package delivery
+
+import (
+	"context"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/telemetry"
+)
+
+// parent is the trace context a record continues: the request's, or the
+// one its client gave in the record's own traceparent header.
+type parent struct {
+	ctx  context.Context
+	key  string // "" for the request's context
+	link trace.SpanContext
+}
+
+// parents reads each record's parent context, before any hop overwrites
+// the record's trace headers.
+func (d *Delivery) parents(ctx context.Context, recs []record.Record) []parent {
+	out := make([]parent, len(recs))
+	request := trace.SpanFromContext(ctx).SpanContext()
+	for i := range recs {
+		out[i] = parent{ctx: ctx}
+		carrier := telemetry.RecordCarrier{Record: &recs[i]}
+		if tp := carrier.Get("traceparent"); tp != "" {
+			pctx := d.opts.Propagators.Extract(ctx, carrier)
+			if trace.SpanContextFromContext(pctx).IsValid() {
+				out[i] = parent{ctx: pctx, key: tp, link: request}
+			}
+		}
+	}
+	return out
+}
+
+// spans are the producer spans of one hand-off (to Kafka or to the
+// buffer) of a batch: one per distinct parent context. Each record's
+// headers get its span's context, so that the next hop continues the
+// trace.
+type spans struct {
+	byParent map[string]trace.Span
+	of       []trace.Span // the span of each record
+	keys     []string     // the parent key of each record
+}
+
+func (d *Delivery) startSpans(parents []parent, name string, recs []record.Record, attrs ...attribute.KeyValue) *spans {
+	s := &spans{byParent: map[string]trace.Span{}, of: make([]trace.Span, len(recs)), keys: make([]string, len(recs))}
+	for i := range recs {
+		p := parents[i]
+		s.keys[i] = p.key
+		span, ok := s.byParent[p.key]
+		if !ok {
+			opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...)}
+			if p.link.IsValid() {
+				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: p.link}))
+			}
+			_, span = d.tracer.Start(p.ctx, name, opts...)
+			s.byParent[p.key] = span
+		}
+		s.of[i] = span
+		d.opts.Propagators.Inject(trace.ContextWithSpan(p.ctx, span), telemetry.RecordCarrier{Record: &recs[i]})
+	}
+	return s
+}
+
+// end records each record's outcome on its span and ends the spans.
+func (s *spans) end(recs []record.Record, results []record.Result) {
+	counts := map[string]int{}
+	for _, k := range s.keys {
+		counts[k]++
+	}
+	for i, r := range results {
+		sp := s.of[i]
+		if counts[s.keys[i]] == 1 { // a span of one record names it
+			sp.SetAttributes(semconv.MessagingMessageID(recs[i].ID))
+			if r.Outcome == record.Delivered {
+				sp.SetAttributes(semconv.MessagingDestinationPartitionID(strconv.Itoa(int(r.Partition))), semconv.MessagingKafkaOffset(int(r.Offset)))
+			}
+		}
+		if r.Outcome == record.Failed && r.Err != nil {
+			sp.RecordError(r.Err, trace.WithAttributes(attribute.String("spillway.record.id", recs[i].ID)))
+			sp.SetStatus(codes.Error, string(record.ReasonOf(r.Err)))
+		}
+	}
+	for _, sp := range s.byParent {
+		sp.End()
+	}
+}
+
+var _ propagation.TextMapCarrier = telemetry.RecordCarrier{}
+
+func kafkaAttrs(topic string, n int) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		semconv.MessagingSystemKafka, semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("send"),
+		semconv.MessagingDestinationName(topic), semconv.MessagingBatchMessageCount(n),
+	}
+}
+
+func bufferAttrs(subject string, n int) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		semconv.MessagingSystemKey.String("nats"), semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("publish"),
+		semconv.MessagingDestinationName(subject), semconv.MessagingBatchMessageCount(n),
+	}
+}
