@@ -81,8 +81,8 @@ func StreamConfig(c config.WAL) jetstream.StreamConfig {
 		// acknowledged it (after Kafka did), so that the limits count only
 		// records still on their way. Dead letters stay until a person
 		// removes them, or max_age.
-		Retention: jetstream.WorkQueuePolicy,
-		Duplicates:  2 * time.Minute,
+		Retention:  jetstream.WorkQueuePolicy,
+		Duplicates: 2 * time.Minute,
 	}
 }
 
