@@ -69,6 +69,11 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(c)); err != nil {
 		nc.Close()
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "retention policy") {
+			return nil, nil, fmt.Errorf("stream %s exists with another retention policy, and Spillway needs a work queue: "+
+				"let the forwarder and resender empty it, then delete it, or set producer.wal.stream to a new name: %w", c.Stream, err)
+		}
 		return nil, nil, fmt.Errorf("create or update stream %s: %w", c.Stream, err)
 	}
 	return nc, js, nil

@@ -37,8 +37,18 @@ type Ingest struct {
 }
 
 // Start runs an ingest against the broker at addr, with env as extra
-// SPILLWAY_* settings, until the test ends.
+// SPILLWAY_* settings, until the test ends. It traces without exporting.
 func Start(tb testing.TB, addr string, env ...string) *Ingest {
+	tb.Helper()
+	tracing, err := telemetry.NewTracing(context.Background(), "spillway-ingest", "test", func(string) string { return "" })
+	if err != nil {
+		tb.Fatalf("tracing: %v", err)
+	}
+	return StartTraced(tb, addr, tracing, env...)
+}
+
+// StartTraced is Start with the given tracing.
+func StartTraced(tb testing.TB, addr string, tracing *telemetry.Tracing, env ...string) *Ingest {
 	tb.Helper()
 	cfg, err := config.Parse(nil, append([]string{
 		"SPILLWAY_KAFKA_BROKERS=" + addr,
@@ -54,10 +64,6 @@ func Start(tb testing.TB, addr string, env ...string) *Ingest {
 	}
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()
-	tracing, err := telemetry.NewTracing(context.Background(), "spillway-ingest", "test", func(string) string { return "" })
-	if err != nil {
-		tb.Fatalf("tracing: %v", err)
-	}
 	a, err := app.New(app.Options{Config: cfg, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: reg, Tracing: tracing})
 	if err != nil {
 		tb.Fatalf("start ingest: %v", err)
