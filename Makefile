@@ -44,7 +44,7 @@ run: build
 	$(BIN)/devrun -bin $(BIN) $(if $(CONFIG),-config $(CONFIG))
 
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
-test: proto-check unit fuzz
+test: proto-check lint unit fuzz
 
 unit: build tools jaeger
 	E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) $(GO) test -race -count=1 -timeout 15m work

@@ -38,7 +38,7 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 			logger.Warn("NATS connection error", "error", err)
 		}),
 	}
-	url := c.Listen
+	var url string
 	switch {
 	case embedded != nil:
 		url = embedded.ClientURL()
