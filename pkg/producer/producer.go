@@ -6,13 +6,10 @@ package producer
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -85,9 +82,9 @@ func newTransport(cfg config.Kafka) (*kafka.Transport, error) {
 		ClientID:    cfg.ClientID,
 	}
 	if cfg.UsesTLS() {
-		tc, err := tlsConfig(cfg.TLS)
+		tc, err := cfg.TLS.ClientConfig()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("kafka TLS (ssl.*): %w", err)
 		}
 		t.TLS = tc
 	}
@@ -99,29 +96,6 @@ func newTransport(cfg config.Kafka) (*kafka.Transport, error) {
 		t.SASL = m
 	}
 	return t, nil
-}
-
-func tlsConfig(c config.TLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // only when enable.ssl.certificate.verification is false
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.ssl.ca.location: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("kafka.ssl.ca.location: %s holds no PEM certificate", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.ssl.certificate.location: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }
 
 func saslMechanism(c config.SASL) (sasl.Mechanism, error) {

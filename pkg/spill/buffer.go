@@ -2,12 +2,9 @@ package spill
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -49,9 +46,9 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 			opts = append(opts, nats.UserCredentials(c.NATS.Credentials))
 		}
 		if c.NATS.TLS.CAFile != "" || c.NATS.TLS.CertFile != "" {
-			tc, err := natsTLS(c.NATS.TLS)
+			tc, err := c.NATS.TLS.ClientConfig()
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, fmt.Errorf("producer.wal.nats.tls: %w", err)
 			}
 			opts = append(opts, nats.Secure(tc))
 		}
@@ -77,29 +74,6 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 		return nil, nil, fmt.Errorf("create or update stream %s: %w", c.Stream, err)
 	}
 	return nc, js, nil
-}
-
-func natsTLS(c config.TLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("producer.wal.nats.tls.ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("producer.wal.nats.tls.ca: %s holds no PEM certificate", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("producer.wal.nats.tls.cert: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }
 
 // Buffer publishes records to the stream and answers each once JetStream

@@ -149,7 +149,9 @@ func TestMakeRun(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		t.Logf("devrun output:\n%s", out.String())
+		if t.Failed() {
+			t.Logf("devrun output:\n%s", out.String())
+		}
 	})
 
 	eventually(t, 60*time.Second, "devrun to say Spillway is running", func() bool {

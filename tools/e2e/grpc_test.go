@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,14 +56,7 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 			t.Logf("ingest output:\n%s", p.out.String())
 		}
 	})
-	eventually(t, 30*time.Second, "the ingest to be ready", func() bool {
-		resp, err := http.Get("http://" + p.monitorAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitOK(t, "http://"+p.monitorAddr+"/readyz", "the ingest to be ready")
 	return p
 }
 

@@ -39,14 +39,7 @@ func startResender(t *testing.T, broker, natsAddr string, env ...string) {
 			t.Logf("resender output:\n%s", out.String())
 		}
 	})
-	eventually(t, 30*time.Second, "the resender to be ready", func() bool {
-		resp, err := http.Get("http://" + monitor + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitOK(t, "http://"+monitor+"/readyz", "the resender to be ready")
 }
 
 // TestKafkaDownThenBack posts records while Kafka is down: each is
@@ -86,29 +79,7 @@ func TestKafkaDownThenBack(t *testing.T) {
 	}
 	defer c.Close()
 
-	var recs []kcatRecord
-	eventually(t, 60*time.Second, "every acknowledged record in Kafka", func() bool {
-		recs = kcatConsumeMaybe(broker, "spilled")
-		found := map[string]bool{}
-		for _, r := range recs {
-			found[header(r, "spillway-id")] = true
-		}
-		for id := range acked {
-			if !found[id] {
-				return false
-			}
-		}
-		return true
-	})
-	seen := map[string]int{}
-	for _, r := range recs {
-		seen[header(r, "spillway-id")]++
-	}
-	dups := 0
-	for _, c := range seen {
-		dups += c - 1
-	}
-	t.Logf("sent %d, acknowledged %d (buffered), found in Kafka %d distinct, %d duplicates", n, len(acked), len(seen), dups)
+	waitAllInKafka(t, broker, "spilled", &load{sent: n, buffered: acked}, 60*time.Second)
 }
 
 func header(r kcatRecord, key string) string {
@@ -207,28 +178,19 @@ func TestIngestKilledMidLoad(t *testing.T) {
 	startIngest(t, broker, env...) // the same store: the buffered records are still there
 	startResender(t, broker, natsAddr)
 
-	var recs []kcatRecord
-	eventually(t, 60*time.Second, "every acknowledged record in Kafka", func() bool {
-		recs = kcatConsumeMaybe(broker, "killed")
-		found := map[string]bool{}
-		for _, r := range recs {
-			found[header(r, "spillway-id")] = true
+	t.Logf("kill -9 after %d records sent, %d acknowledged", sent, len(ids))
+	waitAllInKafka(t, broker, "killed", &load{sent: sent, buffered: ids}, 60*time.Second)
+}
+
+// waitOK polls url until it answers 200, for at most 30 seconds.
+func waitOK(t *testing.T, url, what string) {
+	t.Helper()
+	eventually(t, 30*time.Second, what, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
 		}
-		for id := range ids {
-			if !found[id] {
-				return false
-			}
-		}
-		return true
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	})
-	seen := map[string]int{}
-	for _, r := range recs {
-		seen[header(r, "spillway-id")]++
-	}
-	dups := 0
-	for _, n := range seen {
-		dups += n - 1
-	}
-	t.Logf("sent %d, acknowledged %d before kill -9, found in Kafka %d distinct (%d not acknowledged, delivered anyway), %d duplicates",
-		sent, len(ids), len(seen), len(seen)-len(ids), dups)
 }

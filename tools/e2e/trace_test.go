@@ -86,14 +86,7 @@ func startJaeger(t *testing.T) (query, otlpHTTP string) {
 			t.Logf("jaeger output:\n%s", out.String())
 		}
 	})
-	eventually(t, 30*time.Second, "Jaeger's query API", func() bool {
-		resp, err := http.Get("http://" + query + "/api/services")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitOK(t, "http://"+query+"/api/services", "Jaeger's query API")
 	return query, otlpHTTP
 }
 
