@@ -5,7 +5,7 @@ GO       ?= go
 BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
-FUZZTIME ?= 5s
+FUZZTIME ?= 5000x
 TOOLS    := $(CURDIR)/.tools/bin
 # Pinned in tools/protogen/go.mod, a module outside go.work.
 TOOL_PKGS := github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go \
@@ -26,7 +26,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./pkg/config:FuzzParse
 
-.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run
+.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images
 
 all: build
 
@@ -93,6 +93,10 @@ $(JAEGER_BIN):
 ## jaeger-run: Jaeger on 127.0.0.1 (query API and UI placeholder :16686, OTLP :4317 and :4318); make run exports to it
 jaeger-run: jaeger
 	OTEL_TRACES_SAMPLER=always_off $(JAEGER_BIN) --config tools/jaeger/config.yaml
+
+## images: the container image with the three services (needs a Docker engine)
+images:
+	docker build --build-arg VERSION=$(VERSION) -t spillway:$(VERSION) -t spillway:dev .
 
 clean:
 	rm -rf $(BIN)

@@ -110,6 +110,14 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 		subjects: subjects,
 		limiter:  rate.NewLimiter(limit, burst),
 	}
+	// Every series a dashboard or alert reads exists from the start, at 0.
+	o.Metrics.breakerState.WithLabelValues(o.Consumer).Set(0)
+	for _, r := range []record.Reason{record.ReasonInvalid, record.ReasonTooLarge, record.ReasonUnknownTopic, record.ReasonNotAuthorized} {
+		o.Metrics.deadLettered.WithLabelValues(o.Consumer, string(r))
+	}
+	for _, r := range []record.Reason{record.ReasonUnavailable, record.ReasonTimeout} {
+		o.Metrics.retried.WithLabelValues(o.Consumer, string(r))
+	}
 	d.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "kafka",
 		MaxRequests: o.Breaker.Requests,

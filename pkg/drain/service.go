@@ -160,7 +160,11 @@ func (s *Service) close() {
 func Main(role Role, version string) int {
 	configPath := flag.String("config", "", "YAML configuration file, shared with the ingest")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	probe := flag.String("probe", "", "check URL answers 200 and exit 0, else 1 (a container health check)")
 	flag.Parse()
+	if *probe != "" {
+		return monitor.Probe(*probe)
+	}
 	name := "spillway-" + role.Name
 	if *showVersion {
 		fmt.Println(name, version)

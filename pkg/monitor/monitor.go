@@ -99,3 +99,19 @@ func (s *Server) Close() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	return s.srv.Shutdown(ctx)
 }
+
+// Probe gets url and returns 0 when it answers 200, 1 otherwise: a health
+// check for container images that have no shell or curl
+// (`spillway-ingest -probe http://127.0.0.1:28080/readyz`).
+func Probe(url string) int {
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
+}

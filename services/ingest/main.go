@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/telemetry"
 	"github.com/spillway/spillway/services/ingest/internal/app"
 )
@@ -26,7 +27,11 @@ func run() int {
 	configPath := flag.String("config", "", "YAML configuration file (kafka-ambassador's format); defaults and SPILLWAY_* variables apply without one")
 	devBroker := flag.String("dev-broker", config.DevBroker, "the development broker to use when no kafka.brokers are configured (make run sets it)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	probe := flag.String("probe", "", "check URL answers 200 and exit 0, else 1 (a container health check)")
 	flag.Parse()
+	if *probe != "" {
+		return monitor.Probe(*probe)
+	}
 	if *showVersion {
 		fmt.Println("spillway-ingest", version)
 		return 0

@@ -94,6 +94,7 @@ func New(o Options) *Delivery {
 		topics: monitor.NewBoundedLabels(o.MaxTopics),
 		m:      newMetrics(o.Registry),
 	}
+	d.m.breakerState.Set(0) // closed; the series exists from the start
 	d.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
 		Name:        "kafka",
 		MaxRequests: o.Breaker.Requests,

@@ -1,0 +1,237 @@
+// Package deploy checks the deployment files with the real parsers, since
+// no container engine or cluster runs here: the compose file with the
+// Compose specification's library, the Kubernetes overlays with kustomize
+// and the k8s.io/api types (strictly), against what the services read.
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+
+	"github.com/spillway/spillway/pkg/config"
+)
+
+// monitoringPorts are the ports each service serves /metrics, /healthz and
+// /readyz on, by default.
+var monitoringPorts = map[string]string{"ingest": "28080", "forwarder": "28081", "resender": "28082"}
+
+// envOf turns a container's environment into KEY=VALUE lines.
+func envOf(m map[string]*string) []string {
+	var out []string
+	for k, v := range m {
+		if v != nil {
+			out = append(out, k+"="+*v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// checkConfig loads the services' configuration file with environment
+// variables as a service would: it must load without error, and every
+// SPILLWAY_ variable must be a key (no warnings).
+func checkConfig(t *testing.T, file string, env []string) *config.Config {
+	t.Helper()
+	c, err := config.Load(file, env)
+	require.NoError(t, err, "the configuration %s with %v", file, env)
+	assert.Empty(t, c.Warnings, "every SPILLWAY_ variable is a configuration key")
+	return c
+}
+
+func TestCompose(t *testing.T) {
+	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yaml"}, cli.WithWorkingDirectory(".."), cli.WithOsEnv)
+	require.NoError(t, err)
+	p, err := opts.LoadProject(context.Background())
+	require.NoError(t, err)
+
+	for _, name := range []string{"kafka", "nats", "ingest", "forwarder", "resender", "jaeger", "prometheus", "grafana"} {
+		_, err := p.GetService(name)
+		require.NoError(t, err, "service %s", name)
+	}
+	for _, name := range []string{"ingest", "forwarder", "resender"} {
+		s, _ := p.GetService(name)
+		// The configuration file the service mounts, with its environment.
+		var file string
+		for _, v := range s.Volumes {
+			if v.Target == "/etc/spillway/config.yaml" {
+				file = v.Source
+			}
+		}
+		require.NotEmpty(t, file, "%s mounts the configuration", name)
+		require.True(t, slices.Contains(s.Entrypoint, "/etc/spillway/config.yaml"), "%s reads the mounted configuration: %v", name, s.Entrypoint)
+		c := checkConfig(t, file, envOf(s.Environment))
+		assert.Equal(t, []string{"kafka:9092"}, c.Kafka.Brokers)
+		assert.Equal(t, []string{"nats://nats:4222"}, c.Producer.WAL.NATS.URLs, "the ingest uses the external JetStream")
+
+		listen := map[string]string{"ingest": c.Server.Monitoring.Listen, "forwarder": c.Forward.MonitoringListen, "resender": c.Resend.MonitoringListen}[name]
+		assert.Equal(t, ":"+monitoringPorts[name], listen, "%s monitoring port", name)
+		require.NotNil(t, s.HealthCheck, "%s has a health check", name)
+		assert.Contains(t, strings.Join(s.HealthCheck.Test, " "), "http://127.0.0.1:"+monitoringPorts[name]+"/readyz")
+		published := map[string]bool{}
+		for _, port := range s.Ports {
+			published[fmt.Sprint(port.Target)] = true
+		}
+		assert.True(t, published[monitoringPorts[name]], "%s publishes its monitoring port", name)
+		if name == "ingest" {
+			assert.True(t, published["18080"] && published["18282"], "the ingest publishes HTTP and gRPC")
+			assert.Equal(t, ":18080", c.Server.HTTP.Listen)
+			assert.Equal(t, ":18282", c.Server.GRPC.Listen)
+		}
+		for dep, d := range s.DependsOn {
+			if dep == "kafka" || dep == "nats" || dep == "ingest" {
+				assert.Equal(t, types.ServiceConditionHealthy, d.Condition, "%s waits for %s to be healthy", name, dep)
+			}
+		}
+	}
+	for _, name := range []string{"kafka", "nats"} {
+		s, _ := p.GetService(name)
+		assert.NotNil(t, s.HealthCheck, "%s has a health check", name)
+	}
+
+	// Prometheus scrapes each service's monitoring port.
+	prom, err := os.ReadFile("prometheus/prometheus.yml")
+	require.NoError(t, err)
+	for name, port := range monitoringPorts {
+		assert.Contains(t, string(prom), fmt.Sprintf("%q", name+":"+port))
+	}
+}
+
+// object is one rendered Kubernetes object.
+type object struct {
+	Kind string
+	Name string
+	YAML []byte
+}
+
+func build(t *testing.T, overlay string) []object {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	res, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("k8s", "overlays", overlay))
+	require.NoError(t, err)
+	var out []object
+	for _, r := range res.Resources() {
+		y, err := r.AsYAML()
+		require.NoError(t, err)
+		out = append(out, object{Kind: r.GetKind(), Name: r.GetName(), YAML: y})
+	}
+	return out
+}
+
+func TestKustomizeOverlays(t *testing.T) {
+	for _, overlay := range []string{"dev", "prod"} {
+		t.Run(overlay, func(t *testing.T) {
+			objects := build(t, overlay)
+			deployments := map[string]*appsv1.Deployment{}
+			var configYAML string
+			kinds := map[string]int{}
+			for _, o := range objects {
+				kinds[o.Kind]++
+				var target any
+				switch o.Kind {
+				case "Deployment":
+					d := &appsv1.Deployment{}
+					deployments[o.Name] = d
+					target = d
+				case "StatefulSet":
+					target = &appsv1.StatefulSet{}
+				case "Service":
+					target = &corev1.Service{}
+				case "ConfigMap":
+					cm := &corev1.ConfigMap{}
+					require.NoError(t, yaml.UnmarshalStrict(o.YAML, cm))
+					if strings.HasPrefix(o.Name, "spillway-config") {
+						configYAML = cm.Data["config.yaml"]
+					}
+					continue
+				case "PodDisruptionBudget":
+					target = &policyv1.PodDisruptionBudget{}
+				case "HorizontalPodAutoscaler":
+					target = &autoscalingv2.HorizontalPodAutoscaler{}
+				case "ServiceMonitor":
+					// A Prometheus Operator type, not in k8s.io/api: check the
+					// fields that matter.
+					var sm struct {
+						Spec struct {
+							Selector  struct{ MatchLabels map[string]string } `json:"selector"`
+							Endpoints []struct{ Port, Path string }           `json:"endpoints"`
+						} `json:"spec"`
+					}
+					require.NoError(t, yaml.Unmarshal(o.YAML, &sm))
+					require.Len(t, sm.Spec.Endpoints, 1)
+					assert.Equal(t, "monitoring", sm.Spec.Endpoints[0].Port)
+					assert.Equal(t, "/metrics", sm.Spec.Endpoints[0].Path)
+					continue
+				default:
+					t.Fatalf("unexpected kind %s (%s)", o.Kind, o.Name)
+				}
+				require.NoError(t, yaml.UnmarshalStrict(o.YAML, target), "%s %s decodes strictly", o.Kind, o.Name)
+			}
+			for _, k := range []string{"Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor"} {
+				assert.Positive(t, kinds[k], "the %s overlay has a %s", overlay, k)
+			}
+			require.NotEmpty(t, configYAML, "the configuration is in a ConfigMap")
+			file := filepath.Join(t.TempDir(), "config.yaml")
+			require.NoError(t, os.WriteFile(file, []byte(configYAML), 0o600))
+
+			ingest := deployments["spillway-ingest"]
+			require.NotNil(t, ingest)
+			assert.GreaterOrEqual(t, *ingest.Spec.Replicas, int32(2), "at least 2 ingest replicas")
+			assert.NotEmpty(t, ingest.Spec.Template.Spec.TopologySpreadConstraints)
+			for name, port := range monitoringPorts {
+				d := deployments["spillway-"+name]
+				require.NotNil(t, d, name)
+				spec := d.Spec.Template.Spec
+				require.NotNil(t, spec.SecurityContext)
+				assert.True(t, *spec.SecurityContext.RunAsNonRoot, "%s runs as non-root", name)
+				c := spec.Containers[0]
+				assert.True(t, *c.SecurityContext.ReadOnlyRootFilesystem, "%s has a read-only root", name)
+				assert.False(t, *c.SecurityContext.AllowPrivilegeEscalation, name)
+				assert.NotEmpty(t, c.Resources.Requests, name)
+
+				// The probes name the real monitoring paths and port.
+				ports := map[string]int32{}
+				for _, p := range c.Ports {
+					ports[p.Name] = p.ContainerPort
+				}
+				for probe, path := range map[*corev1.Probe]string{c.ReadinessProbe: "/readyz", c.LivenessProbe: "/healthz"} {
+					require.NotNil(t, probe, name)
+					assert.Equal(t, path, probe.HTTPGet.Path, name)
+					assert.Equal(t, port, fmt.Sprint(ports[probe.HTTPGet.Port.StrVal]), "%s probes its monitoring port", name)
+				}
+
+				// The container's configuration and environment load as the
+				// service would read them.
+				env := []string{}
+				for _, e := range c.Env {
+					if e.ValueFrom == nil {
+						env = append(env, e.Name+"="+e.Value)
+					}
+				}
+				cfg := checkConfig(t, file, env)
+				listen := map[string]string{"ingest": cfg.Server.Monitoring.Listen, "forwarder": cfg.Forward.MonitoringListen, "resender": cfg.Resend.MonitoringListen}[name]
+				assert.Equal(t, ":"+port, listen, "%s listens where its probes look", name)
+				assert.NotEmpty(t, cfg.Producer.WAL.NATS.URLs, "%s uses the NATS cluster", name)
+				if overlay == "prod" {
+					assert.Equal(t, 3, cfg.Producer.WAL.Replicas, "%s keeps the buffer on 3 nodes", name)
+				}
+			}
+		})
+	}
+}
