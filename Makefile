@@ -38,6 +38,7 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/spillway-resender ./services/resender
 	$(GO) build -trimpath -o $(BIN)/devkafka ./tools/devkafka
 	$(GO) build -trimpath -o $(BIN)/devrun ./tools/devrun
+	$(GO) build -trimpath -o $(BIN)/loadgen ./tools/loadgen
 
 ## run: the services, with a development Kafka broker when no brokers are configured (CONFIG=file.yaml to use one)
 run: build

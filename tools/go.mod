@@ -3,10 +3,14 @@ module github.com/spillway/spillway/tools
 go 1.26.0
 
 require (
+	github.com/HdrHistogram/hdrhistogram-go v1.2.0
 	github.com/Shopify/toxiproxy/v2 v2.5.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/rs/zerolog v1.28.0
+	github.com/segmentio/kafka-go v0.4.51
 	github.com/spillway/spillway/pkg v0.0.0
+	github.com/spillway/spillway/proto v0.0.0
+	github.com/twmb/franz-go v1.22.2
 	github.com/twmb/franz-go/pkg/kfake v0.0.0-20260918054303-01f206a7e32c
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
@@ -41,7 +45,6 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/rs/xid v1.4.0 // indirect
-	github.com/twmb/franz-go v1.22.2 // indirect
 	github.com/twmb/franz-go/pkg/kmsg v1.15.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
@@ -58,6 +61,9 @@ require (
 	honnef.co/go/tools v0.8.2 // indirect
 )
 
-replace github.com/spillway/spillway/pkg => ../pkg
+replace (
+	github.com/spillway/spillway/pkg => ../pkg
+	github.com/spillway/spillway/proto => ../proto
+)
 
 tool honnef.co/go/tools/cmd/staticcheck

@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		for name, pkg := range map[string]string{
 			"spillway-ingest": "../../services/ingest", "spillway-forwarder": "../../services/forwarder",
-			"spillway-resender": "../../services/resender", "devkafka": "../devkafka", "devrun": "../devrun",
+			"spillway-resender": "../../services/resender", "devkafka": "../devkafka", "devrun": "../devrun", "loadgen": "../loadgen",
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

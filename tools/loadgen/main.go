@@ -1,0 +1,108 @@
+// Command loadgen sends records to Spillway and reports throughput,
+// latency percentiles (HDR histogram) and outcomes, so that users can size
+// Spillway and we can hold it against the limits of the machine.
+//
+//	loadgen -target http -addr http://127.0.0.1:18080 -concurrency 64 -duration 10s
+//	loadgen -target grpc-stream -addr 127.0.0.1:18282 -batch 100 -window 16 -rate 50000
+//	loadgen -target ndjson -batch 500 -count 100000 -verify 127.0.0.1:9092
+//
+// Each record's value starts with a unique id, so that -verify can consume
+// the topics afterwards and report missing and duplicate records.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() { os.Exit(run()) }
+
+// Options are the load's shape.
+type Options struct {
+	Target      string
+	Addr        string
+	Topic       string
+	Topics      int
+	Size        int
+	Keys        int
+	Batch       int
+	Concurrency int
+	Window      int
+	Rate        float64
+	Duration    time.Duration
+	Count       int64
+	Verify      string
+	JSON        bool
+	Brokers     string
+}
+
+func run() int {
+	var o Options
+	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), kafka (kafka-go straight into -brokers: the limit), answer (HTTP to a server that only answers: the HTTP limit)")
+	flag.StringVar(&o.Addr, "addr", "", "address: http://127.0.0.1:18080 for HTTP targets, 127.0.0.1:18282 for gRPC (default by target)")
+	flag.StringVar(&o.Topic, "topic", "load", "topic (or prefix, with -topics > 1)")
+	flag.IntVar(&o.Topics, "topics", 1, "number of topics, records spread evenly: TOPIC-0 … TOPIC-(n-1)")
+	flag.IntVar(&o.Size, "size", 100, "record value size in bytes (at least the id's length)")
+	flag.IntVar(&o.Keys, "keys", 0, "distinct keys, uniformly chosen; 0: no key")
+	flag.IntVar(&o.Batch, "batch", 1, "records per request (ndjson, v2, grpc, grpc-stream, kafka)")
+	flag.IntVar(&o.Concurrency, "concurrency", 64, "concurrent connections or streams")
+	flag.IntVar(&o.Window, "window", 16, "grpc-stream: requests in flight per stream")
+	flag.Float64Var(&o.Rate, "rate", 0, "target records/s (open loop, latency measured from each request's scheduled time); 0: as fast as possible (closed loop)")
+	flag.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to send")
+	flag.Int64Var(&o.Count, "count", 0, "stop after this many records (0: after -duration)")
+	flag.StringVar(&o.Verify, "verify", "", "Kafka broker: after the run, consume the topics and report missing and duplicate records")
+	flag.StringVar(&o.Brokers, "brokers", "127.0.0.1:9092", "kafka target: the brokers")
+	flag.BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	flag.Parse()
+
+	if o.Addr == "" {
+		switch o.Target {
+		case "grpc", "grpc-stream":
+			o.Addr = "127.0.0.1:18282"
+		default:
+			o.Addr = "http://127.0.0.1:18080"
+		}
+	}
+	if o.Target == "http" || o.Target == "answer" {
+		o.Batch = 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	sender, err := newSender(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		return 2
+	}
+	defer sender.Close()
+	rep, err := Run(ctx, o, sender, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		return 1
+	}
+	if o.Verify != "" {
+		v, err := verify(ctx, o, rep.RunID, rep.Acknowledged())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen: verify:", err)
+			return 1
+		}
+		rep.Verify = v
+	}
+	if o.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(rep)
+	} else {
+		rep.Print(os.Stdout)
+	}
+	if rep.Verify != nil && rep.Verify.Missing > 0 {
+		return 1
+	}
+	return 0
+}
