@@ -40,19 +40,19 @@ type Sender interface {
 
 // Report is the final report.
 type Report struct {
-	Target        string          `json:"target"`
-	RunID         string          `json:"run_id"`
-	Records       int64           `json:"records"`
-	Requests      int64           `json:"requests"`
-	Delivered     int64           `json:"delivered"`
-	Buffered      int64           `json:"buffered"`
-	Failed        int64           `json:"failed"`
-	Errors        map[string]int  `json:"errors,omitempty"`
-	Seconds       float64         `json:"seconds"`
-	RecordsPerSec float64         `json:"records_per_second"`
-	MBPerSec      float64         `json:"mb_per_second"`
-	LatencyMs     Latency         `json:"latency_ms"`
-	Verify        *Verification   `json:"verify,omitempty"`
+	Target        string         `json:"target"`
+	RunID         string         `json:"run_id"`
+	Records       int64          `json:"records"`
+	Requests      int64          `json:"requests"`
+	Delivered     int64          `json:"delivered"`
+	Buffered      int64          `json:"buffered"`
+	Failed        int64          `json:"failed"`
+	Errors        map[string]int `json:"errors,omitempty"`
+	Seconds       float64        `json:"seconds"`
+	RecordsPerSec float64        `json:"records_per_second"`
+	MBPerSec      float64        `json:"mb_per_second"`
+	LatencyMs     Latency        `json:"latency_ms"`
+	Verify        *Verification  `json:"verify,omitempty"`
 	acked         []int64
 	ackedSet      map[int64]bool
 }
