@@ -56,7 +56,7 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		WriteBackoffMax:        cfg.RetryBackoffMax,
 		BatchSize:              cfg.BatchSize,
 		BatchBytes:             cfg.BatchBytes + 64<<10, // room for kafka-go's per-record overhead; our own limit is checked first
-		BatchTimeout:           cfg.Linger,
+		BatchTimeout:           max(cfg.Linger, time.Microsecond), // kafka-go reads 0 as its default, 1s
 		ReadTimeout:            cfg.SocketTimeout,
 		WriteTimeout:           cfg.SocketTimeout,
 		RequiredAcks:           kafka.RequiredAcks(cfg.RequiredAcks),
