@@ -52,6 +52,10 @@ type Server struct {
 	GRPC            GRPC
 	Monitoring      Monitoring
 	ShutdownTimeout time.Duration
+	// MaxInFlightRecords bounds the records received and not yet answered;
+	// beyond it requests are refused (503 with Retry-After), so that a slow
+	// Kafka cannot grow the ingest's memory without bound.
+	MaxInFlightRecords int
 }
 
 // HTTP configures the HTTP produce API.
@@ -167,6 +171,7 @@ var defaults = map[string]any{
 	"server.monitoring.listen":                ":28080",
 	"server.monitoring.max_topic_labels":      100,
 	"server.shutdown_timeout":                 "30s",
+	"server.max_in_flight_records":            100000,
 	"producer.cb.interval":                    "0s",
 	"producer.cb.timeout":                     "20s",
 	"producer.cb.fails":                       5,
@@ -266,7 +271,8 @@ func Parse(file []byte, environ []string) (*Config, error) {
 				Listen:         g.address("server.monitoring.listen"),
 				MaxTopicLabels: g.positiveInt("server.monitoring.max_topic_labels"),
 			},
-			ShutdownTimeout: g.duration("server.shutdown_timeout"),
+			ShutdownTimeout:    g.duration("server.shutdown_timeout"),
+			MaxInFlightRecords: g.positiveInt("server.max_in_flight_records"),
 		},
 		Producer: Producer{
 			CB: Breaker{

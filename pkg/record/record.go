@@ -95,6 +95,7 @@ const (
 	ReasonUnavailable   Reason = "unavailable"    // Kafka could not take the record now
 	ReasonTimeout       Reason = "timeout"        // Kafka did not answer in time
 	ReasonBufferFull    Reason = "buffer_full"    // the JetStream buffer is at its size limit
+	ReasonOverloaded    Reason = "overloaded"     // too many records in flight in this ingest: retry later
 )
 
 // Retriable says whether trying again later may succeed: Kafka was

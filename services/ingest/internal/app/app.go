@@ -115,6 +115,7 @@ func New(o Options) (_ *App, err error) {
 		WAL:            cfg.Producer.WAL,
 		Breaker:        cfg.Producer.CB,
 		MaxRecordBytes: cfg.Kafka.MaxMessageBytes,
+		MaxInFlight:    cfg.Server.MaxInFlightRecords,
 		Registry:       o.Registry,
 		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
 		Logger:         o.Logger,

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -44,6 +45,9 @@ type Options struct {
 	Buffer  Buffer
 	WAL     config.WAL
 	Breaker config.Breaker
+	// MaxInFlight bounds the records received and not yet answered; 0: no
+	// bound.
+	MaxInFlight int
 	// MaxRecordBytes is Kafka's record size limit (kafka.message.max.bytes):
 	// a larger record (key, value and the client's headers) is refused
 	// before it is sent or buffered.
@@ -62,8 +66,9 @@ type Options struct {
 
 // Delivery sends records on their way and measures what becomes of them.
 type Delivery struct {
-	opts    Options
-	tracer  trace.Tracer
+	opts     Options
+	tracer   trace.Tracer
+	inFlight atomic.Int64
 	always  map[string]bool
 	never   map[string]bool
 	breaker *gobreaker.CircuitBreaker[[]record.Result]
@@ -145,6 +150,20 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		d.m.received.WithLabelValues(api, topic).Inc()
 		d.m.receivedBytes.WithLabelValues(api, topic).Add(float64(sizes[i]))
 	}
+	if n := d.inFlight.Add(int64(len(recs))); d.opts.MaxInFlight > 0 && n > int64(d.opts.MaxInFlight) && n > int64(len(recs)) {
+		// Overloaded: refuse rather than grow memory. A single request larger
+		// than the bound still goes through when nothing else is in flight.
+		d.inFlight.Add(-int64(len(recs)))
+		results := make([]record.Result, len(recs))
+		for i := range recs {
+			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonOverloaded,
+				"the ingest has %d records in flight (server.max_in_flight_records): retry later", n-int64(len(recs))))
+			results[i].ID = recs[i].ID
+			d.m.failed.WithLabelValues(d.topics.Value(recs[i].Topic), string(record.ReasonOverloaded)).Inc()
+		}
+		return results
+	}
+	defer d.inFlight.Add(-int64(len(recs)))
 	d.m.inFlight.Add(float64(len(recs)))
 	defer d.m.inFlight.Sub(float64(len(recs)))
 

@@ -121,6 +121,8 @@ func codeOf(reason record.Reason) codes.Code {
 		return codes.PermissionDenied
 	case record.ReasonTimeout:
 		return codes.DeadlineExceeded
+	case record.ReasonOverloaded:
+		return codes.Unavailable
 	default:
 		return codes.Unavailable
 	}

@@ -91,6 +91,7 @@ func (h *handler) postV2(c echo.Context) error {
 	if first != nil {
 		out.ErrorCode, out.Message = first.body.ErrorCode, first.body.Message
 	}
+	setRetryAfter(c, first)
 	c.Response().Header().Set(echo.HeaderContentType, mediaV2Response)
 	c.Response().WriteHeader(status)
 	return json.NewEncoder(c.Response()).Encode(out)
@@ -193,6 +194,9 @@ func (h *handler) postV3(c echo.Context) error {
 	clusterID := c.Param("cluster_id")
 	if len(parsed) == 1 {
 		status, out := newV3Result(clusterID, parsed[0], results[0])
+		if results[0].Outcome == record.Failed {
+			setRetryAfter(c, fromError(results[0].Err))
+		}
 		return c.JSON(status, out)
 	}
 	c.Response().Header().Set(echo.HeaderContentType, mediaJSON)

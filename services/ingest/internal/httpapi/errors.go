@@ -41,6 +41,8 @@ func statusOf(reason record.Reason) (status, code int) {
 		return http.StatusGatewayTimeout, 50401
 	case record.ReasonBufferFull:
 		return http.StatusInsufficientStorage, 50701
+	case record.ReasonOverloaded:
+		return http.StatusServiceUnavailable, 50303
 	default:
 		return http.StatusServiceUnavailable, 50301
 	}
@@ -89,6 +91,7 @@ func errorHandler(err error, c echo.Context) {
 		return
 	}
 	he := fromError(err)
+	setRetryAfter(c, he)
 	var ee *echo.HTTPError
 	if errors.As(err, &ee) {
 		msg := http.StatusText(ee.Code)
@@ -105,4 +108,11 @@ func errorHandler(err error, c echo.Context) {
 		}
 	}
 	_ = c.JSON(he.status, he.body)
+}
+
+// setRetryAfter tells a client refused for overload when to come back.
+func setRetryAfter(c echo.Context, he *httpError) {
+	if he != nil && he.body.ErrorCode == 50303 {
+		c.Response().Header().Set("Retry-After", "1")
+	}
 }

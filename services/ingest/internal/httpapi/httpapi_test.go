@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
@@ -455,4 +456,48 @@ func TestBadInput(t *testing.T) {
 	_, err := http.Get(in.URL + "/topics")
 	require.NoError(t, err, "the ingest still answers after every bad request")
 	assert.Regexp(t, `"msg":"http request".*"trace_id":"[0-9a-f]{32}","span_id":"[0-9a-f]{16}"`, in.LogText(), "request logs carry the trace")
+}
+
+// TestOverloadIsRefusedWithRetryAfter: with records in flight at the
+// bound, a new request is refused with 503 and Retry-After instead of
+// growing memory; the ones in flight are still delivered.
+func TestOverloadIsRefusedWithRetryAfter(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_MAX_IN_FLIGHT_RECORDS=2", "SPILLWAY_PRODUCER_WAL_MODE=disable")
+	status, body := ingesttest.Post(t, in.URL+"/topics/busy/messages", "text/plain", "warm-up")
+	require.Equal(t, http.StatusOK, status, body)
+
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		<-release
+		return nil, nil, false
+	})
+	done := make(chan int, 2)
+	for range 2 {
+		go func() {
+			s, _ := ingesttest.Post(t, in.URL+"/topics/busy/messages", "text/plain", "slow")
+			done <- s
+		}()
+	}
+	require.Eventually(t, func() bool {
+		return ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight") == 2
+	}, 5*time.Second, 10*time.Millisecond)
+
+	req, _ := http.NewRequest(http.MethodPost, in.URL+"/topics/busy/messages", strings.NewReader("one too many"))
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, string(b))
+	assert.Equal(t, "1", resp.Header.Get("Retry-After"))
+	assert.Contains(t, string(b), `"error_code":50303`)
+	assert.Contains(t, string(b), "records in flight (server.max_in_flight_records)")
+	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="overloaded",topic="busy"}`))
+
+	close(release)
+	for range 2 {
+		assert.Equal(t, http.StatusOK, <-done)
+	}
 }

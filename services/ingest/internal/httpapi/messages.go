@@ -114,6 +114,7 @@ func (h *handler) postMessages(c echo.Context) error {
 	if first != nil {
 		out.ErrorCode, out.Message = first.body.ErrorCode, first.body.Message
 	}
+	setRetryAfter(c, first)
 	return c.JSON(status, out)
 }
 
