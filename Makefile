@@ -26,7 +26,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./pkg/config:FuzzParse
 
-.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images
+.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
 
 all: build
 
@@ -39,6 +39,7 @@ build:
 	$(GO) build -trimpath -o $(BIN)/devkafka ./tools/devkafka
 	$(GO) build -trimpath -o $(BIN)/devrun ./tools/devrun
 	$(GO) build -trimpath -o $(BIN)/loadgen ./tools/loadgen
+	$(GO) build -trimpath -o $(BIN)/bench ./tools/bench
 
 ## run: the services, with a development Kafka broker when no brokers are configured (CONFIG=file.yaml to use one)
 run: build
@@ -94,6 +95,10 @@ $(JAEGER_BIN):
 ## jaeger-run: Jaeger on 127.0.0.1 (query API and UI placeholder :16686, OTLP :4317 and :4318); make run exports to it
 jaeger-run: jaeger
 	OTEL_TRACES_SAMPLER=always_off $(JAEGER_BIN) --config tools/jaeger/config.yaml
+
+## bench: throughput and latency through each API against the limits on this machine (about 3 minutes); the table goes into docs/benchmarks.md
+bench: build
+	$(BIN)/bench -bin $(BIN)
 
 ## images: the container image with the three services (needs a Docker engine)
 images:

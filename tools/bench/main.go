@@ -1,0 +1,232 @@
+// Command bench is `make bench`: on one machine, in one run, it starts a
+// Kafka broker (kfake, in its own process) and the ingest, measures the
+// ingest through each API form with tools/loadgen, measures the limits the
+// same way (kafka-go straight into the broker; an HTTP server that only
+// answers 200), and writes the table, with the machine and the date, to
+// docs/benchmarks.md. Every figure is the median of -runs runs.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+func main() { os.Exit(run()) }
+
+type report struct {
+	RecordsPerSec float64 `json:"records_per_second"`
+	Failed        int64   `json:"failed"`
+	LatencyMs     struct {
+		P99 float64 `json:"p99"`
+	} `json:"latency_ms"`
+}
+
+type row struct {
+	name, against string
+	rps, p99      float64
+	limit         float64 // records/s of what it is compared to; 0: none
+	rssMB         float64
+}
+
+var (
+	binDir   = flag.String("bin", "bin", "folder with the built binaries")
+	runs     = flag.Int("runs", 3, "runs of each measurement; the median is reported")
+	duration = flag.Duration("duration", 5*time.Second, "length of each run")
+	size     = flag.Int("size", 100, "record size in bytes")
+	out      = flag.String("out", "docs/benchmarks.md", "where the results go")
+)
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func start(name string, env []string, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(*binDir, name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	return cmd
+}
+
+func waitOK(url string) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, "bench: not ready:", url)
+	os.Exit(1)
+}
+
+// measure runs loadgen -runs times and returns the median records/s and
+// p99 latency.
+func measure(args ...string) (rps, p99 float64) {
+	var rs, ps []float64
+	for i := range *runs {
+		a := append([]string{"-json", "-duration", duration.String(), "-size", fmt.Sprint(*size), "-topic", fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i)}, args...)
+		outb, err := exec.Command(filepath.Join(*binDir, "loadgen"), a...).Output()
+		var r report
+		if err != nil || json.Unmarshal(outb, &r) != nil {
+			fmt.Fprintf(os.Stderr, "bench: loadgen %v: %v\n%s\n", a, err, outb)
+			os.Exit(1)
+		}
+		rs, ps = append(rs, r.RecordsPerSec), append(ps, r.LatencyMs.P99)
+		fmt.Fprintf(os.Stderr, "  %v: %.0f records/s, p99 %.1f ms, failed %d\n", args, r.RecordsPerSec, r.LatencyMs.P99, r.Failed)
+	}
+	return median(rs), median(ps)
+}
+
+func median(v []float64) float64 {
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// peakRSS is a process's peak resident memory in MB (VmHWM).
+func peakRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb float64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func run() int {
+	flag.Parse()
+	broker := freeAddr()
+	_, port, _ := net.SplitHostPort(broker)
+	kafka := start("devkafka", nil, "-port", port)
+	defer kafka.Process.Kill()
+
+	// The answer-only HTTP server: the limit of HTTP on this machine.
+	answer := freeAddr()
+	go http.ListenAndServe(answer, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = r.Body.Read(make([]byte, 4096))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"outcome":"delivered"}`))
+	}))
+
+	ingestEnv := func(mode string) ([]string, string, string, string) {
+		h, g, m, n := freeAddr(), freeAddr(), freeAddr(), freeAddr()
+		dir, _ := os.MkdirTemp("", "spillway-bench")
+		return []string{
+			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + h, "SPILLWAY_SERVER_GRPC_LISTEN=" + g,
+			"SPILLWAY_SERVER_MONITORING_LISTEN=" + m, "SPILLWAY_PRODUCER_WAL_LISTEN=" + n, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
+			"SPILLWAY_PRODUCER_WAL_MODE=" + mode, "SPILLWAY_GLOBAL_LOG_LEVEL=warn",
+		}, h, g, m
+	}
+	env, httpAddr, grpcAddr, mon := ingestEnv("fallback")
+	ingest := start("spillway-ingest", env)
+	waitOK("http://" + mon + "/readyz")
+
+	var rows []row
+	add := func(name, against string, limit float64, args ...string) float64 {
+		fmt.Fprintln(os.Stderr, name)
+		rps, p99 := measure(args...)
+		rows = append(rows, row{name: name, against: against, rps: rps, p99: p99, limit: limit})
+		return rps
+	}
+	batchedLimit := add("kafka-go Writer straight into the broker, batches of 500, 8 callers", "", 0, "-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8")
+	add("ingest, HTTP NDJSON, batches of 500, 8 connections", "the kafka-go limit", batchedLimit, "-target", "ndjson", "-addr", "http://"+httpAddr, "-batch", "500", "-concurrency", "8")
+	add("ingest, Confluent v2, batches of 500, 8 connections", "the kafka-go limit", batchedLimit, "-target", "v2", "-addr", "http://"+httpAddr, "-batch", "500", "-concurrency", "8")
+	add("ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", "the kafka-go limit", batchedLimit, "-target", "grpc-stream", "-addr", grpcAddr, "-batch", "500", "-concurrency", "4", "-window", "4")
+	for _, c := range []string{"64", "256"} {
+		httpLimit := add("answer-only HTTP server, single records, "+c+" connections", "", 0, "-target", "http", "-addr", "http://"+answer, "-concurrency", c)
+		add("ingest, HTTP single records, "+c+" connections", "the answer-only server", httpLimit, "-target", "http", "-addr", "http://"+httpAddr, "-concurrency", c)
+	}
+	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
+	_ = ingest.Process.Signal(os.Interrupt)
+	_ = ingest.Wait()
+
+	env, httpAddr, _, mon = ingestEnv("always")
+	ingest = start("spillway-ingest", env)
+	waitOK("http://" + mon + "/readyz")
+	add("ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", "", 0, "-target", "ndjson", "-addr", "http://"+httpAddr, "-batch", "500", "-concurrency", "8")
+	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
+	_ = ingest.Process.Signal(os.Interrupt)
+	_ = ingest.Wait()
+
+	var b bytes.Buffer
+	host, _ := os.Hostname()
+	goVersion, _ := exec.Command("go", "version").Output()
+	fmt.Fprintf(&b, "Measured by `make bench` (`bin/bench -runs %d -duration %v -size %d`) on %s, %s: %d cores, %s, %s.\n",
+		*runs, *duration, *size, time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), memTotal(), strings.TrimSpace(string(goVersion)))
+	fmt.Fprintf(&b, "The broker (kfake), the services and the load generator share the cores. Each figure is the median of %d runs; figures drift 10–20%% between runs on these shared machines, so compare within one table.\n\n", *runs)
+	fmt.Fprintln(&b, "| measurement | records/s | p99 ms | ratio | peak RSS MB |")
+	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: |")
+	for _, r := range rows {
+		ratio := ""
+		if r.limit > 0 {
+			ratio = fmt.Sprintf("%.2f of %s", r.rps/r.limit, r.against)
+		}
+		rss := ""
+		if r.rssMB > 0 {
+			rss = fmt.Sprintf("%.0f", r.rssMB)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.1f | %s | %s |\n", r.name, r.rps, r.p99, ratio, rss)
+	}
+	if err := writeTable(*out, b.Bytes()); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	os.Stdout.Write(b.Bytes())
+	return 0
+}
+
+func memTotal() string {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kb float64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			return fmt.Sprintf("%.0f GiB memory", kb/1024/1024)
+		}
+	}
+	return "memory unknown"
+}
+
+// The table goes between these markers in the output file; the prose
+// around it is kept.
+const (
+	startMarker = "<!-- bench:start -->"
+	endMarker   = "<!-- bench:end -->"
+)
+
+func writeTable(path string, table []byte) error {
+	doc, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	before, after := "# Benchmarks\n\n", "\n"
+	if i, j := bytes.Index(doc, []byte(startMarker)), bytes.Index(doc, []byte(endMarker)); i >= 0 && j > i {
+		before, after = string(doc[:i]), string(doc[j+len(endMarker):])
+	}
+	return os.WriteFile(path, []byte(before+startMarker+"\n"+string(table)+endMarker+after), 0o644)
+}
