@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,8 +47,10 @@ type Options struct {
 	// half-open breaker lets one record probe.
 	Breaker   config.Breaker
 	BatchSize int
-	Metrics   *Metrics
-	Logger    *slog.Logger
+	// Workers is how many batches are in flight at once (default 4).
+	Workers int
+	Metrics *Metrics
+	Logger  *slog.Logger
 	// TracerProvider and Propagators trace each record's hop; none when nil.
 	TracerProvider trace.TracerProvider
 	Propagators    propagation.TextMapPropagator
@@ -73,6 +76,9 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	if o.BatchSize <= 0 {
 		o.BatchSize = 500
 	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
 	if o.TracerProvider == nil {
 		o.TracerProvider = noop.NewTracerProvider()
 	}
@@ -91,7 +97,7 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       o.WAL.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: 4 * o.BatchSize,
+		MaxAckPending: 2 * o.Workers * o.BatchSize,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
@@ -137,7 +143,7 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 func (d *Drainer) Run(ctx context.Context) error {
 	go d.observe(ctx)
 	if d.opts.Period == 0 {
-		d.drain(ctx)
+		d.drainConcurrently(ctx)
 		return nil
 	}
 	ticker := time.NewTicker(d.opts.Period)
@@ -146,7 +152,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 		if d.breaker.State() == gobreaker.StateOpen {
 			d.opts.Logger.Debug("round skipped: the Kafka breaker is open")
 		} else {
-			d.drain(ctx)
+			d.drainConcurrently(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -154,6 +160,21 @@ func (d *Drainer) Run(ctx context.Context) error {
 		case <-ticker.C:
 		}
 	}
+}
+
+// drainConcurrently runs Workers drain loops at once, so that fetching,
+// producing and acknowledging overlap; they share the rate limit and the
+// breaker. Buffered records have no order to keep.
+func (d *Drainer) drainConcurrently(ctx context.Context) {
+	var wg sync.WaitGroup
+	for range d.opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.drain(ctx)
+		}()
+	}
+	wg.Wait()
 }
 
 // drain fetches and delivers batches until ctx ends; in periodic mode also

@@ -133,16 +133,16 @@ func run() int {
 		_, _ = w.Write([]byte(`{"outcome":"delivered"}`))
 	}))
 
-	ingestEnv := func(mode string) ([]string, string, string, string) {
+	ingestEnv := func(mode string) (env []string, httpAddr, grpcAddr, monAddr, natsAddr string) {
 		h, g, m, n := freeAddr(), freeAddr(), freeAddr(), freeAddr()
 		dir, _ := os.MkdirTemp("", "spillway-bench")
 		return []string{
 			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + h, "SPILLWAY_SERVER_GRPC_LISTEN=" + g,
 			"SPILLWAY_SERVER_MONITORING_LISTEN=" + m, "SPILLWAY_PRODUCER_WAL_LISTEN=" + n, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
 			"SPILLWAY_PRODUCER_WAL_MODE=" + mode, "SPILLWAY_GLOBAL_LOG_LEVEL=warn",
-		}, h, g, m
+		}, h, g, m, n
 	}
-	env, httpAddr, grpcAddr, mon := ingestEnv("fallback")
+	env, httpAddr, grpcAddr, mon, _ := ingestEnv("fallback")
 	ingest := start("spillway-ingest", env)
 	waitOK("http://" + mon + "/readyz")
 
@@ -165,7 +165,30 @@ func run() int {
 	_ = ingest.Process.Signal(os.Interrupt)
 	_ = ingest.Wait()
 
-	env, httpAddr, _, mon = ingestEnv("always")
+	// The spill path: Kafka unreachable for the ingest and its breaker
+	// open, every record is published to JetStream; against a direct
+	// JetStream async publish into the same server.
+	deadKafka := freeAddr()
+	env, httpAddr, _, mon, natsAddr := ingestEnv("fallback")
+	env = append(env, "SPILLWAY_KAFKA_BROKERS="+deadKafka, "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1h",
+		"SPILLWAY_PRODUCER_WAL_MAX_BYTES=8589934592")
+	ingest = start("spillway-ingest", env)
+	waitOK("http://" + mon + "/readyz")
+	jsLimit := add("JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", "", 0, "-target", "jetstream", "-addr", "nats://"+natsAddr, "-batch", "500", "-concurrency", "8")
+	add("ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", "direct JetStream publish", jsLimit, "-target", "ndjson", "-addr", "http://"+httpAddr, "-batch", "500", "-concurrency", "8")
+	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
+
+	// The resender, draining what was spilled into the broker: at a
+	// configured rate, then without a limit.
+	const rate = 20000
+	achieved := drainRate(broker, natsAddr, rate)
+	rows = append(rows, row{name: fmt.Sprintf("resender at a configured %d records/s (achieved over 4 s)", rate), against: "the configured rate", rps: achieved, limit: rate})
+	unlimited := drainRate(broker, natsAddr, 0)
+	rows = append(rows, row{name: "resender without a rate limit (over 4 s)", against: "the kafka-go limit", rps: unlimited, limit: batchedLimit})
+	_ = ingest.Process.Signal(os.Interrupt)
+	_ = ingest.Wait()
+
+	env, httpAddr, _, mon, _ = ingestEnv("always")
 	ingest = start("spillway-ingest", env)
 	waitOK("http://" + mon + "/readyz")
 	add("ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", "", 0, "-target", "ndjson", "-addr", "http://"+httpAddr, "-batch", "500", "-concurrency", "8")
@@ -190,7 +213,11 @@ func run() int {
 		if r.rssMB > 0 {
 			rss = fmt.Sprintf("%.0f", r.rssMB)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %.1f | %s | %s |\n", r.name, r.rps, r.p99, ratio, rss)
+		p99 := ""
+		if r.p99 > 0 {
+			p99 = fmt.Sprintf("%.1f", r.p99)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s |\n", r.name, r.rps, p99, ratio, rss)
 	}
 	if err := writeTable(*out, b.Bytes()); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -198,6 +225,44 @@ func run() int {
 	}
 	os.Stdout.Write(b.Bytes())
 	return 0
+}
+
+// drainRate runs a resender against the spilled records in the JetStream at
+// natsAddr, and returns the records it delivered per second between its
+// first and fifth second. rate 0 is no limit.
+func drainRate(broker, natsAddr string, rate int) float64 {
+	mon := freeAddr()
+	r := start("spillway-resender", []string{"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr,
+		"SPILLWAY_RESEND_MONITORING_LISTEN=" + mon, "SPILLWAY_PRODUCER_RESEND_PERIOD=100ms",
+		fmt.Sprintf("SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=%d", rate), "SPILLWAY_GLOBAL_LOG_LEVEL=warn"})
+	defer func() { _ = r.Process.Signal(os.Interrupt); _ = r.Wait() }()
+	waitOK("http://" + mon + "/readyz")
+	time.Sleep(time.Second) // past the first round's start
+	c1, t1 := drained(mon), time.Now()
+	time.Sleep(4 * time.Second)
+	c2, t2 := drained(mon), time.Now()
+	fmt.Fprintf(os.Stderr, "resender (rate %d): %.0f records in %.1fs\n", rate, c2-c1, t2.Sub(t1).Seconds())
+	return (c2 - c1) / t2.Sub(t1).Seconds()
+}
+
+// drained sums spillway_records_drained_total from a monitoring port.
+func drained(mon string) float64 {
+	resp, err := http.Get("http://" + mon + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	total := 0.0
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(line, "spillway_records_drained_total{") {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			total += v
+		}
+	}
+	return total
 }
 
 func memTotal() string {

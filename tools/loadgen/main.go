@@ -44,7 +44,7 @@ type Options struct {
 
 func run() int {
 	var o Options
-	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), kafka (kafka-go straight into -brokers: the limit), answer (HTTP to a server that only answers: the HTTP limit)")
+	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), kafka (kafka-go straight into -brokers: the limit), jetstream (async publish straight into JetStream at -addr nats://…: the spill limit)")
 	flag.StringVar(&o.Addr, "addr", "", "address: http://127.0.0.1:18080 for HTTP targets, 127.0.0.1:18282 for gRPC (default by target)")
 	flag.StringVar(&o.Topic, "topic", "load", "topic (or prefix, with -topics > 1)")
 	flag.IntVar(&o.Topics, "topics", 1, "number of topics, records spread evenly: TOPIC-0 … TOPIC-(n-1)")

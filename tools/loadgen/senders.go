@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,8 +29,10 @@ func newSender(o Options) (Sender, error) {
 		return newGRPCSender(o)
 	case "kafka":
 		return newKafkaSender(o), nil
+	case "jetstream":
+		return newJetStreamSender(o)
 	default:
-		return nil, fmt.Errorf("unknown -target %q; want http, ndjson, v2, grpc, grpc-stream or kafka", o.Target)
+		return nil, fmt.Errorf("unknown -target %q; want http, ndjson, v2, grpc, grpc-stream, kafka or jetstream", o.Target)
 	}
 }
 
@@ -299,4 +303,54 @@ func (s *kafkaSender) Send(ctx context.Context, _ int, recs []Rec) Result {
 		return Result{Failed: len(recs), Err: "kafka " + err.Error()}
 	}
 	return Result{Delivered: seqs(recs)}
+}
+
+// jetStreamSender publishes straight into a JetStream stream with async
+// publish, each record with a message id: the limit the spill path is
+// compared to.
+type jetStreamSender struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+func newJetStreamSender(o Options) (*jetStreamSender, error) {
+	nc, err := nats.Connect(o.Addr)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_, err = js.CreateOrUpdateStream(context.Background(), jetstream.StreamConfig{Name: "LOADGEN", Subjects: []string{"loadgen.>"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return &jetStreamSender{nc: nc, js: js}, nil
+}
+
+func (s *jetStreamSender) Close() { s.nc.Close() }
+
+func (s *jetStreamSender) Send(_ context.Context, _ int, recs []Rec) Result {
+	futures := make([]jetstream.PubAckFuture, len(recs))
+	for i, r := range recs {
+		f, err := s.js.PublishAsync("loadgen."+r.Topic, r.Value, jetstream.WithMsgID(string(r.Value[:bytes.IndexByte(r.Value, ' ')])))
+		if err != nil {
+			return Result{Failed: len(recs), Err: "jetstream publish"}
+		}
+		futures[i] = f
+	}
+	var res Result
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+			res.Buffered = append(res.Buffered, recs[i].Seq)
+		case <-f.Err():
+			res.Failed++
+			res.Err = "jetstream ack"
+		}
+	}
+	return res
 }
