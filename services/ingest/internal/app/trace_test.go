@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -44,10 +45,21 @@ func TestServerSpans(t *testing.T) {
 	_, err = healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
 	require.NoError(t, err)
 
+	// The gRPC server span ends just after the client has its answer.
 	byTrace := map[string][]sdktrace.ReadOnlySpan{}
+	require.Eventually(t, func() bool {
+		byTrace = map[string][]sdktrace.ReadOnlySpan{}
+		servers := 0
+		for _, s := range spans.Ended() {
+			byTrace[s.SpanContext().TraceID().String()] = append(byTrace[s.SpanContext().TraceID().String()], s)
+			if s.SpanKind() == trace.SpanKindServer {
+				servers++
+			}
+		}
+		return servers >= 2
+	}, 5*time.Second, 10*time.Millisecond, "both server spans ended")
 	for _, s := range spans.Ended() {
 		assert.False(t, strings.Contains(s.Name(), "Health"), "health checks are not traced: %s", s.Name())
-		byTrace[s.SpanContext().TraceID().String()] = append(byTrace[s.SpanContext().TraceID().String()], s)
 	}
 	for _, tc := range []struct{ trace, server string }{
 		{httpTrace, "/topics/:topic/messages"},
