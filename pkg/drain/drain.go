@@ -290,14 +290,15 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 	return !errors.Is(err, errKafkaFailing)
 }
 
-// retryDelay backs off with the number of deliveries: 1s, 2s, 4s … 1m.
+// retryDelay backs off with the number of deliveries: 1s, 2s, 4s, 8s,
+// then every 10s, so that a record is tried again soon after Kafka is back.
 func retryDelay(msg jetstream.Msg) time.Duration {
 	n := uint64(1)
-	if md, err := msg.Metadata(); err == nil {
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 0 {
 		n = md.NumDelivered
 	}
-	d := time.Second << min(n-1, 6)
-	return min(d, time.Minute)
+	d := time.Second << min(n-1, 4)
+	return min(d, 10*time.Second)
 }
 
 // deadLetter moves msg to the dead-letter subject with its reason in a
