@@ -16,7 +16,7 @@ AMBASSADOR_PROTO := testdata/kafka-ambassador
 JAEGER_VERSION := v1.76.0
 JAEGER_BIN := $(HOME)/.cache/spillway/jaeger-$(JAEGER_VERSION)/jaeger
 # Packages of every module in go.work (./... does not cross modules).
-PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./services/forwarder/... ./services/resender/... ./tools/...
+PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./services/forwarder/... ./services/resender/... ./tools/... ./deploy/...
 
 # Fuzz targets, as package:Target; `make test` runs each for FUZZTIME.
 FUZZ_TARGETS := \
@@ -77,8 +77,10 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
 
-## lint: go vet and staticcheck (pinned in tools/go.mod)
+## lint: gofmt, go vet and staticcheck (pinned in tools/go.mod)
 lint:
+	@unformatted=$$(git ls-files '*.go' | grep -v '\.pb\.go$$' | xargs gofmt -l); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet $(PACKAGES)
 	$(GO) tool staticcheck $(PACKAGES)
 

@@ -55,7 +55,7 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		WriteBackoffMin:        cfg.RetryBackoff,
 		WriteBackoffMax:        cfg.RetryBackoffMax,
 		BatchSize:              cfg.BatchSize,
-		BatchBytes:             cfg.BatchBytes + 64<<10, // room for kafka-go's per-record overhead; our own limit is checked first
+		BatchBytes:             cfg.BatchBytes + 64<<10,           // room for kafka-go's per-record overhead; our own limit is checked first
 		BatchTimeout:           max(cfg.Linger, time.Microsecond), // kafka-go reads 0 as its default, 1s
 		ReadTimeout:            cfg.SocketTimeout,
 		WriteTimeout:           cfg.SocketTimeout,

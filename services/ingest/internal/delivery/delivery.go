@@ -69,11 +69,11 @@ type Delivery struct {
 	opts     Options
 	tracer   trace.Tracer
 	inFlight atomic.Int64
-	always  map[string]bool
-	never   map[string]bool
-	breaker *gobreaker.CircuitBreaker[[]record.Result]
-	topics  *monitor.BoundedLabels
-	m       metrics
+	always   map[string]bool
+	never    map[string]bool
+	breaker  *gobreaker.CircuitBreaker[[]record.Result]
+	topics   *monitor.BoundedLabels
+	m        metrics
 }
 
 // errKafkaFailing tells the breaker that a produce had records Kafka could
