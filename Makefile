@@ -24,7 +24,9 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseV2 \
 	./services/ingest/internal/httpapi:FuzzDecodeV3 \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
-	./pkg/config:FuzzParse
+	./pkg/config:FuzzParse \
+	./services/ingest/internal/identity:FuzzParseUserAgent \
+	./services/ingest/internal/identity:FuzzClientID
 
 .PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
 

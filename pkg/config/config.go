@@ -80,8 +80,10 @@ type GRPC struct {
 
 // Monitoring configures the port with /metrics, health and pprof.
 type Monitoring struct {
-	Listen         string
-	MaxTopicLabels int
+	Listen             string
+	MaxTopicLabels     int
+	MaxPrincipalLabels int
+	MaxLibraryLabels   int
 }
 
 // Producer holds kafka-ambassador's producer section: the breaker, the
@@ -170,6 +172,8 @@ var defaults = map[string]any{
 	"server.grpc.monitoring.histogram.enable": true, // kafka-ambassador's; histograms are always on
 	"server.monitoring.listen":                ":28080",
 	"server.monitoring.max_topic_labels":      100,
+	"server.monitoring.max_principal_labels":  100,
+	"server.monitoring.max_library_labels":    50,
 	"server.shutdown_timeout":                 "30s",
 	"server.max_in_flight_records":            100000,
 	"producer.cb.interval":                    "0s",
@@ -268,8 +272,10 @@ func Parse(file []byte, environ []string) (*Config, error) {
 				StreamWindow:     g.positiveInt("server.grpc.stream_window"),
 			},
 			Monitoring: Monitoring{
-				Listen:         g.address("server.monitoring.listen"),
-				MaxTopicLabels: g.positiveInt("server.monitoring.max_topic_labels"),
+				Listen:             g.address("server.monitoring.listen"),
+				MaxTopicLabels:     g.positiveInt("server.monitoring.max_topic_labels"),
+				MaxPrincipalLabels: g.positiveInt("server.monitoring.max_principal_labels"),
+				MaxLibraryLabels:   g.positiveInt("server.monitoring.max_library_labels"),
 			},
 			ShutdownTimeout:    g.duration("server.shutdown_timeout"),
 			MaxInFlightRecords: g.positiveInt("server.max_in_flight_records"),

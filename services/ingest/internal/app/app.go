@@ -118,6 +118,8 @@ func New(o Options) (_ *App, err error) {
 		MaxInFlight:    cfg.Server.MaxInFlightRecords,
 		Registry:       o.Registry,
 		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
+		MaxPrincipals:  cfg.Server.Monitoring.MaxPrincipalLabels,
+		MaxLibraries:   cfg.Server.Monitoring.MaxLibraryLabels,
 		Logger:         o.Logger,
 		StopWaiting:    a.stopWaiting,
 		TracerProvider: tracerProvider(o.Tracing),

@@ -25,6 +25,7 @@ import (
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // Producer writes records to Kafka and reports each one's outcome.
@@ -54,7 +55,11 @@ type Options struct {
 	MaxRecordBytes int
 	Registry       prometheus.Registerer
 	MaxTopics      int
-	Logger         *slog.Logger
+	// MaxPrincipals and MaxLibraries cap the distinct principals and
+	// library versions in the per-client metrics; later ones are "other".
+	MaxPrincipals int
+	MaxLibraries  int
+	Logger        *slog.Logger
 	// Tracer provider and propagators for the producer spans; no tracing
 	// when nil.
 	TracerProvider trace.TracerProvider
@@ -66,14 +71,16 @@ type Options struct {
 
 // Delivery sends records on their way and measures what becomes of them.
 type Delivery struct {
-	opts     Options
-	tracer   trace.Tracer
-	inFlight atomic.Int64
-	always   map[string]bool
-	never    map[string]bool
-	breaker  *gobreaker.CircuitBreaker[[]record.Result]
-	topics   *monitor.BoundedLabels
-	m        metrics
+	opts       Options
+	tracer     trace.Tracer
+	inFlight   atomic.Int64
+	always     map[string]bool
+	never      map[string]bool
+	breaker    *gobreaker.CircuitBreaker[[]record.Result]
+	topics     *monitor.BoundedLabels
+	principals *monitor.BoundedLabels
+	libraries  *monitor.BoundedLabels
+	m          metrics
 }
 
 // errKafkaFailing tells the breaker that a produce had records Kafka could
@@ -92,12 +99,14 @@ func New(o Options) *Delivery {
 		o.Propagators = propagation.TraceContext{}
 	}
 	d := &Delivery{
-		opts:   o,
-		tracer: o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
-		always: toSet(o.WAL.AlwaysTopics),
-		never:  toSet(o.WAL.DisableTopics),
-		topics: monitor.NewBoundedLabels(o.MaxTopics),
-		m:      newMetrics(o.Registry),
+		opts:       o,
+		tracer:     o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
+		always:     toSet(o.WAL.AlwaysTopics),
+		never:      toSet(o.WAL.DisableTopics),
+		topics:     monitor.NewBoundedLabels(o.MaxTopics),
+		principals: monitor.NewBoundedLabels(max(o.MaxPrincipals, 1)),
+		libraries:  monitor.NewBoundedLabels(max(o.MaxLibraries, 1)),
+		m:          newMetrics(o.Registry),
 	}
 	d.m.breakerState.Set(0) // closed; the series exists from the start
 	d.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
@@ -189,6 +198,7 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(parents, direct)))
 	}
 
+	d.countClient(ctx, recs, sizes, results)
 	for i, r := range results {
 		results[i].ID = recs[i].ID
 		topic := d.topics.Value(recs[i].Topic)
@@ -200,6 +210,23 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		}
 	}
 	return results
+}
+
+// countClient counts the request, its records by outcome and their bytes
+// per client.
+func (d *Delivery) countClient(ctx context.Context, recs []record.Record, sizes []int, results []record.Result) {
+	c := identity.From(ctx)
+	principal := d.principals.Value(c.Principal)
+	library, version := c.Library, c.Version
+	if d.libraries.Value(library+"/"+version) == monitor.OtherLabel {
+		library, version = monitor.OtherLabel, ""
+	}
+	d.m.clientRequests.WithLabelValues(principal, library, version).Inc()
+	for i, r := range results {
+		topic := d.topics.Value(recs[i].Topic)
+		d.m.clientRecords.WithLabelValues(principal, topic, r.Outcome.String()).Inc()
+		d.m.clientBytes.WithLabelValues(principal, topic).Add(float64(sizes[i]))
+	}
 }
 
 // toKafka produces recs behind the breaker and spills those Kafka could

@@ -19,6 +19,9 @@ type metrics struct {
 	produceTime    prometheus.Histogram
 	breakerState   prometheus.Gauge
 	breakerChanges *prometheus.CounterVec
+	clientRecords  *prometheus.CounterVec
+	clientBytes    *prometheus.CounterVec
+	clientRequests *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
@@ -61,5 +64,17 @@ func newMetrics(reg prometheus.Registerer) metrics {
 			Name: "spillway_breaker_transitions_total",
 			Help: "Changes of the Kafka circuit breaker's state, per state entered.",
 		}, []string{"to"}),
+		clientRecords: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_client_records_total",
+			Help: "Records per client principal, topic and outcome (delivered, buffered, failed).",
+		}, []string{"principal", "topic", "outcome"}),
+		clientBytes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_client_bytes_total",
+			Help: "Bytes of records (key, value and headers) per client principal and topic.",
+		}, []string{"principal", "topic"}),
+		clientRequests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_client_requests_total",
+			Help: "Requests (HTTP requests, gRPC calls and stream messages) per client principal, library and library version.",
+		}, []string{"principal", "library", "version"}),
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/proto/gen/kafkaambassador"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // API is the label of records received over gRPC.
@@ -76,8 +78,8 @@ func New(o Options) *Server {
 		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), identifyUnary),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), identifyStream),
 	}
 	if o.TracerProvider != nil {
 		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
@@ -214,3 +216,22 @@ func send(ctx context.Context, o Options, topic string, in []*ingestv1.Record) [
 	}
 	return results
 }
+
+// identifyUnary and identifyStream put the caller's client (principal,
+// library and version) in the call's context, for the per-client metrics.
+func identifyUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return handler(identity.With(ctx, identity.FromGRPC(md)), req)
+}
+
+func identifyStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	return handler(srv, identifiedStream{ServerStream: ss, ctx: identity.With(ss.Context(), identity.FromGRPC(md))})
+}
+
+type identifiedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s identifiedStream) Context() context.Context { return s.ctx }

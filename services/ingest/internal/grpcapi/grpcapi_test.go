@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -339,4 +340,28 @@ func TestShutdownEndsStreams(t *testing.T) {
 	_, err = stream.Recv()
 	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
 	require.NoError(t, <-stopped)
+}
+
+func TestPerClientMetrics(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr)
+	conn, err := grpc.NewClient(in.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUserAgent("acme-grpc/3.0"))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(ctx(t), "client-id", "ingestor-7")
+	stream, err := ingestv1.NewIngestServiceClient(conn).ProduceStream(ctx)
+	require.NoError(t, err)
+	for seq := range uint64(2) {
+		require.NoError(t, stream.Send(&ingestv1.ProduceStreamRequest{Sequence: seq, Topic: "clicks", Records: []*ingestv1.Record{{Value: []byte("abc")}, {Value: []byte("de")}}}))
+	}
+	require.NoError(t, stream.CloseSend())
+	for {
+		if _, err := stream.Recv(); err != nil {
+			require.ErrorIs(t, err, io.EOF)
+			break
+		}
+	}
+	assert.Equal(t, 4.0, ingesttest.Metric(t, in.Monitor, `spillway_client_records_total{outcome="delivered",principal="ingestor-7",topic="clicks"}`))
+	assert.Equal(t, 10.0, ingesttest.Metric(t, in.Monitor, `spillway_client_bytes_total{principal="ingestor-7",topic="clicks"}`))
+	assert.Equal(t, 2.0, ingesttest.Metric(t, in.Monitor, `spillway_client_requests_total{library="acme-grpc",principal="ingestor-7",version="3.0"}`), "one per stream message")
 }

@@ -501,3 +501,24 @@ func TestOverloadIsRefusedWithRetryAfter(t *testing.T) {
 		assert.Equal(t, http.StatusOK, <-done)
 	}
 }
+
+// TestPerClientMetrics: after a known load from two clients, the
+// per-client metrics answer "who writes to this topic, at what byte rate"
+// and "who runs library version X".
+func TestPerClientMetrics(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr)
+	for range 3 {
+		status, body := ingesttest.Post(t, in.URL+"/topics/orders/messages", "text/plain", "12345", "X-Client-Id", "billing", "User-Agent", "acme-sdk/2.1.0 (linux)")
+		require.Equal(t, http.StatusOK, status, body)
+	}
+	status, body := ingesttest.Post(t, in.URL+"/topics/orders/messages", "application/x-ndjson", "1\n2\n", "User-Agent", "curl/8.5.0")
+	require.Equal(t, http.StatusOK, status, body)
+
+	m := func(series string) float64 { return ingesttest.Metric(t, in.Monitor, series) }
+	assert.Equal(t, 3.0, m(`spillway_client_records_total{outcome="delivered",principal="billing",topic="orders"}`))
+	assert.Equal(t, 15.0, m(`spillway_client_bytes_total{principal="billing",topic="orders"}`))
+	assert.Equal(t, 3.0, m(`spillway_client_requests_total{library="acme-sdk",principal="billing",version="2.1.0"}`))
+	assert.Equal(t, 2.0, m(`spillway_client_records_total{outcome="delivered",principal="anonymous",topic="orders"}`))
+	assert.Equal(t, 1.0, m(`spillway_client_requests_total{library="curl",principal="anonymous",version="8.5.0"}`))
+}

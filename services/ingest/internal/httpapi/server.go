@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // API is the label of records received over HTTP.
@@ -75,7 +76,7 @@ func New(o Options) http.Handler {
 	if o.TracerProvider != nil {
 		mw = append(mw, otelecho.Middleware("spillway-ingest", otelecho.WithTracerProvider(o.TracerProvider), otelecho.WithPropagators(o.Propagators)))
 	}
-	e.Use(append(mw, h.observe)...)
+	e.Use(append(mw, h.observe, identify)...)
 
 	e.POST("/topics/:topic/messages", h.postMessages)
 	e.POST("/topics/:topic", h.postV2)
@@ -115,6 +116,16 @@ func (h *handler) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			h.Logger.Log(c.Request().Context(), level, "http request", attrs...)
 		}
 		return nil
+	}
+}
+
+// identify puts the request's client (principal, library and version) in
+// its context, for the per-client metrics.
+func identify(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		c.SetRequest(r.WithContext(identity.With(r.Context(), identity.FromHTTP(r.Header))))
+		return next(c)
 	}
 }
 
