@@ -26,7 +26,8 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
-	./services/ingest/internal/identity:FuzzClientID
+	./services/ingest/internal/identity:FuzzClientID \
+	./services/ingest/internal/identity:FuzzAuthenticate
 
 .PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
 

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +42,7 @@ type Config struct {
 	Log      Log
 	Forward  Forward
 	Resend   ResendService
+	Security Security
 	// Warnings are problems that do not stop the service, such as a
 	// SPILLWAY_* variable that matches no key; the service logs them.
 	Warnings []string
@@ -147,6 +149,19 @@ type ResendService struct {
 	MonitoringListen string
 }
 
+// Security configures who may produce, and to which topics.
+type Security struct {
+	// APIKeys map the SHA-256 (hex) of an API key to its principal.
+	APIKeys map[string]string
+	// RequireCredentials refuses requests without an API key (401).
+	RequireCredentials bool
+	// AllowTopics is the global topic allow-list (globs); empty: any.
+	AllowTopics []string
+	// ACL maps a principal to the topic globs it may produce to; a
+	// principal without an entry may produce to any allowed topic.
+	ACL map[string][]string
+}
+
 // Log configures the process's logs.
 type Log struct {
 	Level    string // debug, info, warn, error
@@ -201,6 +216,9 @@ var defaults = map[string]any{
 	"producer.wal.publish_timeout":            "5s",
 	"producer.wal.ack_wait":                   "60s",
 	"producer.old_producer_kill_timeout":      "0s",
+	"security.api_keys":                       []any{},
+	"security.require_credentials":            false,
+	"security.allow_topics":                   []string{},
 	"forward.rate_limit":                      0,
 	"forward.monitoring.listen":               ":28081",
 	"resend.monitoring.listen":                ":28082",
@@ -246,7 +264,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 
 	var errs []error
 	for _, key := range k.Keys() {
-		if _, ok := defaults[key]; ok || strings.HasPrefix(key, "kafka.") || strings.HasPrefix(key, "global.log.") {
+		if _, ok := defaults[key]; ok || strings.HasPrefix(key, "kafka.") || strings.HasPrefix(key, "global.log.") || strings.HasPrefix(key, "security.acl.") {
 			continue
 		}
 		errs = append(errs, fmt.Errorf("unknown configuration key %q", key))
@@ -342,6 +360,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))
 		}
 	}
+	c.Security = parseSecurity(k, &g)
 	c.Kafka = parseKafka(k, &g)
 	c.Warnings = warnings
 	errs = append(errs, g.errs...)
@@ -567,4 +586,46 @@ func (g *getter) topics(key string) []string {
 		}
 	}
 	return ts
+}
+
+// parseSecurity reads security.*: api_keys is a list of {principal,
+// sha256}; acl maps principals to topic globs.
+func parseSecurity(k *koanf.Koanf, g *getter) Security {
+	sec := Security{
+		APIKeys:            map[string]string{},
+		RequireCredentials: g.boolean("security.require_credentials"),
+		AllowTopics:        g.globs("security.allow_topics"),
+		ACL:                map[string][]string{},
+	}
+	keys, ok := k.Get("security.api_keys").([]any)
+	if !ok && k.Get("security.api_keys") != nil {
+		g.fail("security.api_keys", fmt.Errorf("want a list of {principal, sha256}"))
+	}
+	for i, e := range keys {
+		m, ok := e.(map[string]any)
+		principal, _ := m["principal"].(string)
+		hash, _ := m["sha256"].(string)
+		hash = strings.ToLower(hash)
+		if !ok || principal == "" || len(hash) != 64 || strings.Trim(hash, "0123456789abcdef") != "" {
+			g.fail(fmt.Sprintf("security.api_keys[%d]", i), fmt.Errorf("want {principal: NAME, sha256: the 64 hex digits of the key's SHA-256}"))
+			continue
+		}
+		sec.APIKeys[hash] = principal
+	}
+	for _, key := range k.Keys() {
+		if principal, ok := strings.CutPrefix(key, "security.acl."); ok {
+			sec.ACL[principal] = g.globs(key)
+		}
+	}
+	return sec
+}
+
+func (g *getter) globs(key string) []string {
+	gs := g.strings(key)
+	for _, p := range gs {
+		if _, err := path.Match(p, ""); err != nil {
+			g.fail(key, fmt.Errorf("%q is not a valid topic pattern: %v", p, err))
+		}
+	}
+	return gs
 }

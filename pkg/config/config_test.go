@@ -102,6 +102,8 @@ func TestInvalidConfiguration(t *testing.T) {
 		{"bad env value", "", []string{"SPILLWAY_PRODUCER_CB_TIMEOUT=forever"}, []string{`producer.cb.timeout: "forever" is not a duration`}},
 		{"two errors at once", "producer:\n  cb:\n    timeout: x\n    fails: -1\n", nil, []string{"producer.cb.timeout", "producer.cb.fails"}},
 		{"malformed yaml", "server: [\n", nil, []string{"parse configuration file"}},
+		{"api key not hashed", "security:\n  api_keys:\n    - {principal: a, sha256: plaintext-key}\n", nil, []string{"security.api_keys[0]: want {principal: NAME, sha256: the 64 hex digits"}},
+		{"bad topic glob", "security:\n  allow_topics: [\"[\"]\n", nil, []string{`security.allow_topics: "[" is not a valid topic pattern`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,4 +155,22 @@ func TestREADMEDocumentsEveryKey(t *testing.T) {
 			assert.True(t, strings.Contains(string(readme), "`"+name+"`"), "README lacks kafka property %s", name)
 		}
 	}
+}
+
+func TestSecurity(t *testing.T) {
+	c, err := Parse([]byte(`
+security:
+  require_credentials: true
+  api_keys:
+    - {principal: billing, sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08}
+  allow_topics: [orders, "logs.*"]
+  acl:
+    billing: [orders]
+    ops: ["logs.*"]
+`), nil)
+	require.NoError(t, err)
+	assert.True(t, c.Security.RequireCredentials)
+	assert.Equal(t, map[string]string{"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08": "billing"}, c.Security.APIKeys)
+	assert.Equal(t, []string{"orders", "logs.*"}, c.Security.AllowTopics)
+	assert.Equal(t, map[string][]string{"billing": {"orders"}, "ops": {"logs.*"}}, c.Security.ACL)
 }

@@ -96,6 +96,7 @@ const (
 	ReasonTimeout       Reason = "timeout"        // Kafka did not answer in time
 	ReasonBufferFull    Reason = "buffer_full"    // the JetStream buffer is at its size limit
 	ReasonOverloaded    Reason = "overloaded"     // too many records in flight in this ingest: retry later
+	ReasonForbidden     Reason = "forbidden"      // the client may not produce to the topic
 )
 
 // Retriable says whether trying again later may succeed: Kafka was

@@ -28,6 +28,7 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // producerCloseTimeout bounds the Kafka producer's flush at shutdown.
@@ -105,6 +106,7 @@ func New(o Options) (_ *App, err error) {
 		return nil, fmt.Errorf("server.monitoring.listen: %w", err)
 	}
 
+	auth := identity.NewAuthenticator(cfg.Security)
 	buffer, err := a.startBuffer()
 	if err != nil {
 		return nil, err
@@ -118,6 +120,7 @@ func New(o Options) (_ *App, err error) {
 		MaxInFlight:    cfg.Server.MaxInFlightRecords,
 		Registry:       o.Registry,
 		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
+		Auth:           auth,
 		MaxPrincipals:  cfg.Server.Monitoring.MaxPrincipalLabels,
 		MaxLibraries:   cfg.Server.Monitoring.MaxLibraryLabels,
 		Logger:         o.Logger,
@@ -129,6 +132,7 @@ func New(o Options) (_ *App, err error) {
 		Sender:         d,
 		Topics:         a.producer,
 		MaxBodyBytes:   cfg.Server.HTTP.MaxBodyBytes,
+		Auth:           auth,
 		Registry:       o.Registry,
 		Logger:         o.Logger,
 		LatencyBuckets: delivery.LatencyBuckets,
@@ -143,6 +147,7 @@ func New(o Options) (_ *App, err error) {
 		Logger:         o.Logger,
 		LatencyBuckets: delivery.LatencyBuckets,
 		Draining:       a.draining,
+		Auth:           auth,
 		TracerProvider: tracerProvider(o.Tracing),
 		Propagators:    propagators(o.Tracing),
 	})

@@ -55,6 +55,8 @@ type Options struct {
 	MaxRecordBytes int
 	Registry       prometheus.Registerer
 	MaxTopics      int
+	// Auth says which topics a principal may produce to; nil: any.
+	Auth *identity.Authenticator
 	// MaxPrincipals and MaxLibraries cap the distinct principals and
 	// library versions in the per-client metrics; later ones are "other".
 	MaxPrincipals int
@@ -149,6 +151,7 @@ func (d *Delivery) spills(topic string) bool {
 // Send delivers recs, received through api ("http" or "grpc"), and returns
 // one result per record in order.
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
+	client := identity.From(ctx)
 	sizes := make([]int, len(recs)) // as the client sent them, before our headers
 	for i := range recs {
 		sizes[i] = recs[i].Size()
@@ -181,6 +184,10 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	var ahead, direct []int
 	for i := range recs {
 		switch {
+		case d.opts.Auth != nil && !d.opts.Auth.Allowed(client.Principal, recs[i].Topic):
+			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonForbidden,
+				"%s may not produce to topic %q (security.allow_topics, security.acl)", client.Principal, recs[i].Topic))
+			d.Denied(client.Principal, string(record.ReasonForbidden))
 		case sizes[i] > d.opts.MaxRecordBytes:
 			// Kafka would refuse it: no use sending or buffering it.
 			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonTooLarge,
@@ -210,6 +217,12 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		}
 	}
 	return results
+}
+
+// Denied counts a refused request or record, per principal and reason
+// (unauthenticated, forbidden).
+func (d *Delivery) Denied(principal, reason string) {
+	d.m.denied.WithLabelValues(d.principals.Value(principal), reason).Inc()
 }
 
 // countClient counts the request, its records by outcome and their bytes

@@ -22,6 +22,7 @@ type metrics struct {
 	clientRecords  *prometheus.CounterVec
 	clientBytes    *prometheus.CounterVec
 	clientRequests *prometheus.CounterVec
+	denied         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
@@ -76,5 +77,9 @@ func newMetrics(reg prometheus.Registerer) metrics {
 			Name: "spillway_client_requests_total",
 			Help: "Requests (HTTP requests, gRPC calls and stream messages) per client principal, library and library version.",
 		}, []string{"principal", "library", "version"}),
+		denied: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_denied_total",
+			Help: "Requests refused for bad or missing credentials (unauthenticated) and records refused for their topic (forbidden), per principal.",
+		}, []string{"principal", "reason"}),
 	}
 }

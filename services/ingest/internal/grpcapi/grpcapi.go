@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -39,6 +40,7 @@ const API = "grpc"
 type Sender interface {
 	Send(ctx context.Context, api string, recs []record.Record) []record.Result
 	Reject(api, topic string, n int, reason record.Reason)
+	Denied(principal, reason string)
 }
 
 // TopicLister lists Kafka's topics.
@@ -54,6 +56,8 @@ type Options struct {
 	Registry       prometheus.Registerer
 	Logger         *slog.Logger
 	LatencyBuckets []float64
+	// Auth authenticates calls; nil: the client id is the principal.
+	Auth *identity.Authenticator
 	// TracerProvider and Propagators trace calls (not health checks); none
 	// when nil.
 	TracerProvider trace.TracerProvider
@@ -78,8 +82,8 @@ func New(o Options) *Server {
 		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), identifyUnary),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), identifyStream),
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), o.identifyUnary),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), o.identifyStream),
 	}
 	if o.TracerProvider != nil {
 		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
@@ -119,7 +123,7 @@ func codeOf(reason record.Reason) codes.Code {
 		return codes.ResourceExhausted
 	case record.ReasonUnknownTopic:
 		return codes.NotFound
-	case record.ReasonNotAuthorized:
+	case record.ReasonNotAuthorized, record.ReasonForbidden:
 		return codes.PermissionDenied
 	case record.ReasonTimeout:
 		return codes.DeadlineExceeded
@@ -217,16 +221,36 @@ func send(ctx context.Context, o Options, topic string, in []*ingestv1.Record) [
 	return results
 }
 
-// identifyUnary and identifyStream put the caller's client (principal,
-// library and version) in the call's context, for the per-client metrics.
-func identifyUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// identify authenticates a call, except health checks and reflection.
+func (o Options) identify(ctx context.Context, method string) (context.Context, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	return handler(identity.With(ctx, identity.FromGRPC(md)), req)
+	if strings.HasPrefix(method, "/grpc.health.") || strings.HasPrefix(method, "/grpc.reflection.") {
+		return ctx, nil
+	}
+	client, err := identity.FromGRPC(md, o.Auth)
+	if err != nil {
+		o.Sender.Denied(client.Principal, "unauthenticated")
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return identity.With(ctx, client), nil
 }
 
-func identifyStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	return handler(srv, identifiedStream{ServerStream: ss, ctx: identity.With(ss.Context(), identity.FromGRPC(md))})
+// identifyUnary and identifyStream authenticate the caller and put its
+// client (principal, library and version) in the call's context.
+func (o Options) identifyUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := o.identify(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (o Options) identifyStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := o.identify(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, identifiedStream{ServerStream: ss, ctx: ctx})
 }
 
 type identifiedStream struct {

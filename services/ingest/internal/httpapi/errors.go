@@ -37,6 +37,8 @@ func statusOf(reason record.Reason) (status, code int) {
 		return http.StatusNotFound, 40401
 	case record.ReasonNotAuthorized:
 		return http.StatusForbidden, 40301
+	case record.ReasonForbidden:
+		return http.StatusForbidden, 40302
 	case record.ReasonTimeout:
 		return http.StatusGatewayTimeout, 50401
 	case record.ReasonBufferFull:

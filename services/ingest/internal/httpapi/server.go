@@ -32,6 +32,7 @@ const API = "http"
 type Sender interface {
 	Send(ctx context.Context, api string, recs []record.Record) []record.Result
 	Reject(api, topic string, n int, reason record.Reason)
+	Denied(principal, reason string)
 }
 
 // TopicLister lists Kafka's topics.
@@ -48,6 +49,8 @@ type Options struct {
 	Logger       *slog.Logger
 	// LatencyBuckets are the request latency histogram's buckets, in seconds.
 	LatencyBuckets []float64
+	// Auth authenticates requests; nil: the client id is the principal.
+	Auth *identity.Authenticator
 	// TracerProvider and Propagators trace requests; none when nil.
 	TracerProvider trace.TracerProvider
 	Propagators    propagation.TextMapPropagator
@@ -76,7 +79,7 @@ func New(o Options) http.Handler {
 	if o.TracerProvider != nil {
 		mw = append(mw, otelecho.Middleware("spillway-ingest", otelecho.WithTracerProvider(o.TracerProvider), otelecho.WithPropagators(o.Propagators)))
 	}
-	e.Use(append(mw, h.observe, identify)...)
+	e.Use(append(mw, h.observe, h.identify)...)
 
 	e.POST("/topics/:topic/messages", h.postMessages)
 	e.POST("/topics/:topic", h.postV2)
@@ -119,12 +122,18 @@ func (h *handler) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// identify puts the request's client (principal, library and version) in
-// its context, for the per-client metrics.
-func identify(next echo.HandlerFunc) echo.HandlerFunc {
+// identify authenticates the request and puts its client (principal,
+// library and version) in its context; bad or missing credentials are 401.
+func (h *handler) identify(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		r := c.Request()
-		c.SetRequest(r.WithContext(identity.With(r.Context(), identity.FromHTTP(r.Header))))
+		client, err := identity.FromHTTP(r.Header, h.Auth)
+		if err != nil {
+			h.Sender.Denied(client.Principal, "unauthenticated")
+			c.Response().Header().Set("WWW-Authenticate", "Bearer")
+			return newHTTPError(http.StatusUnauthorized, 40101, err.Error())
+		}
+		c.SetRequest(r.WithContext(identity.With(r.Context(), client)))
 		return next(c)
 	}
 }

@@ -44,25 +44,42 @@ func From(ctx context.Context) Client {
 	return Client{Principal: Anonymous, Library: Unknown}
 }
 
-// FromHTTP reads the client of an HTTP request.
-func FromHTTP(h http.Header) Client {
+// FromHTTP reads the client of an HTTP request. With credentials, the
+// principal is the authenticated one; without, the client id it gives.
+func FromHTTP(h http.Header, auth *Authenticator) (Client, error) {
 	c := Client{Principal: clientID(h.Get(ClientIDHeader))}
 	c.Library, c.Version = ParseUserAgent(h.Get("User-Agent"))
-	return c
+	if auth != nil {
+		p, err := auth.Authenticate(h.Get("Authorization"), c.Principal)
+		if err != nil {
+			return c, err
+		}
+		c.Principal = p
+	}
+	return c, nil
 }
 
-// FromGRPC reads the client of a gRPC call from its metadata.
-func FromGRPC(md metadata.MD) Client {
+// FromGRPC reads the client of a gRPC call from its metadata, as FromHTTP.
+func FromGRPC(md metadata.MD, auth *Authenticator) (Client, error) {
 	c := Client{Principal: Anonymous}
 	if v := md.Get(ClientIDMetadata); len(v) > 0 {
 		c.Principal = clientID(v[0])
 	}
-	ua := ""
-	if v := md.Get("user-agent"); len(v) > 0 {
-		ua = v[0]
+	first := func(key string) string {
+		if v := md.Get(key); len(v) > 0 {
+			return v[0]
+		}
+		return ""
 	}
-	c.Library, c.Version = ParseUserAgent(ua)
-	return c
+	c.Library, c.Version = ParseUserAgent(first("user-agent"))
+	if auth != nil {
+		p, err := auth.Authenticate(first("authorization"), c.Principal)
+		if err != nil {
+			return c, err
+		}
+		c.Principal = p
+	}
+	return c, nil
 }
 
 // clientID keeps an id that is safe as a metric label: at most 64

@@ -1,12 +1,17 @@
 package identity
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/spillway/spillway/pkg/config"
 )
 
 func TestParseUserAgent(t *testing.T) {
@@ -31,13 +36,17 @@ func TestClients(t *testing.T) {
 	h := http.Header{}
 	h.Set(ClientIDHeader, "billing-service")
 	h.Set("User-Agent", "acme-sdk/2.1")
-	assert.Equal(t, Client{Principal: "billing-service", Library: "acme-sdk", Version: "2.1"}, FromHTTP(h))
-	assert.Equal(t, Anonymous, FromHTTP(http.Header{}).Principal)
+	c, _ := FromHTTP(h, nil)
+	assert.Equal(t, Client{Principal: "billing-service", Library: "acme-sdk", Version: "2.1"}, c)
+	c, _ = FromHTTP(http.Header{}, nil)
+	assert.Equal(t, Anonymous, c.Principal)
 	h.Set(ClientIDHeader, "bad id{}")
-	assert.Equal(t, "invalid", FromHTTP(h).Principal)
+	c, _ = FromHTTP(h, nil)
+	assert.Equal(t, "invalid", c.Principal)
 
 	md := metadata.Pairs(ClientIDMetadata, "ingestor-7", "user-agent", "grpcurl/1.9.4 grpc-go/1.85.0")
-	assert.Equal(t, Client{Principal: "ingestor-7", Library: "grpcurl", Version: "1.9.4"}, FromGRPC(md))
+	c, _ = FromGRPC(md, nil)
+	assert.Equal(t, Client{Principal: "ingestor-7", Library: "grpcurl", Version: "1.9.4"}, c)
 }
 
 func FuzzParseUserAgent(f *testing.F) {
@@ -60,6 +69,49 @@ func FuzzClientID(f *testing.F) {
 		p := clientID(id)
 		if p == "" || len(p) > 64 {
 			t.Fatalf("%q: principal %q", id, p)
+		}
+	})
+}
+
+func TestAuthenticator(t *testing.T) {
+	sum := sha256.Sum256([]byte("s3cret-key"))
+	a := NewAuthenticator(config.Security{
+		APIKeys:     map[string]string{hex.EncodeToString(sum[:]): "billing"},
+		AllowTopics: []string{"orders", "logs.*"},
+		ACL:         map[string][]string{"billing": {"orders"}},
+	})
+	p, err := a.Authenticate("Bearer s3cret-key", Anonymous)
+	require.NoError(t, err)
+	assert.Equal(t, "billing", p)
+	_, err = a.Authenticate("Bearer wrong", Anonymous)
+	assert.ErrorIs(t, err, ErrInvalidCredentials)
+	assert.NotContains(t, err.Error(), "wrong", "the error never repeats the credential")
+	_, err = a.Authenticate("Basic czNjcmV0", Anonymous)
+	assert.ErrorIs(t, err, ErrInvalidCredentials)
+	p, err = a.Authenticate("", "client-1")
+	require.NoError(t, err)
+	assert.Equal(t, "client-1", p, "without credentials, the client id")
+
+	assert.True(t, a.Allowed("billing", "orders"))
+	assert.False(t, a.Allowed("billing", "logs.app"), "outside billing's ACL")
+	assert.True(t, a.Allowed("other", "logs.app"), "no ACL: the global allow-list")
+	assert.False(t, a.Allowed("other", "secrets"), "outside the global allow-list")
+
+	strict := NewAuthenticator(config.Security{RequireCredentials: true})
+	_, err = strict.Authenticate("", Anonymous)
+	assert.ErrorIs(t, err, ErrMissingCredentials)
+}
+
+func FuzzAuthenticate(f *testing.F) {
+	sum := sha256.Sum256([]byte("k"))
+	a := NewAuthenticator(config.Security{APIKeys: map[string]string{hex.EncodeToString(sum[:]): "p"}})
+	for _, s := range []string{"Bearer k", "bearer  k ", "Bearer", "", "Basic x", "Bearer \x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, authorization string) {
+		p, err := a.Authenticate(authorization, Anonymous)
+		if err == nil && p != "p" && p != Anonymous {
+			t.Fatalf("%q: principal %q", authorization, p)
 		}
 	})
 }

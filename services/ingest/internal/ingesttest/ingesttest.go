@@ -50,7 +50,22 @@ func Start(tb testing.TB, addr string, env ...string) *Ingest {
 // StartTraced is Start with the given tracing.
 func StartTraced(tb testing.TB, addr string, tracing *telemetry.Tracing, env ...string) *Ingest {
 	tb.Helper()
-	cfg, err := config.Parse(nil, append([]string{
+	return start(tb, addr, nil, tracing, env)
+}
+
+// StartYAML is Start with a configuration file's content too.
+func StartYAML(tb testing.TB, addr, yaml string, env ...string) *Ingest {
+	tb.Helper()
+	tracing, err := telemetry.NewTracing(context.Background(), "spillway-ingest", "test", func(string) string { return "" })
+	if err != nil {
+		tb.Fatalf("tracing: %v", err)
+	}
+	return start(tb, addr, []byte(yaml), tracing, env)
+}
+
+func start(tb testing.TB, addr string, yaml []byte, tracing *telemetry.Tracing, env []string) *Ingest {
+	tb.Helper()
+	cfg, err := config.Parse(yaml, append([]string{
 		"SPILLWAY_KAFKA_BROKERS=" + addr,
 		"SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",

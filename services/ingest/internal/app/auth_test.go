@@ -1,0 +1,114 @@
+package app_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/spillway/spillway/pkg/kafkatest"
+	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
+	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
+)
+
+const testKey = "sk-test-0123456789" // a test secret: it must never appear in a log
+
+func authYAML() string {
+	sum := sha256.Sum256([]byte(testKey))
+	return `
+security:
+  require_credentials: true
+  api_keys:
+    - principal: billing
+      sha256: ` + hex.EncodeToString(sum[:]) + `
+  allow_topics: ["orders", "logs.*"]
+  acl:
+    billing: ["orders"]
+`
+}
+
+func postAuth(t *testing.T, url, authorization string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader("x"))
+	req.Header.Set("Content-Type", "text/plain")
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestAuthenticationAndTopicACL(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.StartYAML(t, addr, authYAML())
+
+	tests := []struct {
+		name, auth, topic string
+		status, code      int
+		message           string
+	}{
+		{"no credentials", "", "orders", 401, 40101, "credentials required"},
+		{"wrong key", "Bearer sk-wrong", "orders", 401, 40101, "invalid credentials"},
+		{"not bearer", "Basic Zm9vOmJhcg==", "orders", 401, 40101, "invalid credentials"},
+		{"topic outside the ACL", "Bearer " + testKey, "logs.app", 403, 40302, `billing may not produce to topic "logs.app"`},
+		{"topic outside the allow-list", "Bearer " + testKey, "secrets", 403, 40302, `billing may not produce to topic "secrets"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body, h := postAuth(t, in.URL+"/topics/"+tt.topic+"/messages", tt.auth)
+			assert.Equal(t, tt.status, code, body)
+			var e struct {
+				ErrorCode int    `json:"error_code"`
+				Message   string `json:"message"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(body), &e), body)
+			assert.Equal(t, tt.code, e.ErrorCode)
+			assert.Contains(t, e.Message, tt.message)
+			if code == 401 {
+				assert.Equal(t, "Bearer", h.Get("WWW-Authenticate"))
+			}
+		})
+	}
+	code, body, _ := postAuth(t, in.URL+"/topics/orders/messages", "Bearer "+testKey)
+	require.Equal(t, http.StatusOK, code, body)
+
+	// gRPC, the same rules.
+	conn, err := grpc.NewClient(in.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := ingestv1.NewIngestServiceClient(conn)
+	produce := func(auth, topic string) error {
+		ctx := t.Context()
+		if auth != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
+		}
+		_, err := client.Produce(ctx, &ingestv1.ProduceRequest{Topic: topic, Records: []*ingestv1.Record{{Value: []byte("y")}}})
+		return err
+	}
+	assert.Equal(t, codes.Unauthenticated, status.Code(produce("", "orders")))
+	assert.Equal(t, codes.Unauthenticated, status.Code(produce("Bearer nope", "orders")))
+	err = produce("Bearer "+testKey, "logs.app")
+	assert.Equal(t, codes.PermissionDenied, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), `billing may not produce to topic "logs.app"`)
+	require.NoError(t, produce("Bearer "+testKey, "orders"))
+
+	m := func(series string) float64 { return ingesttest.Metric(t, in.Monitor, series) }
+	assert.Equal(t, 5.0, m(`spillway_denied_total{principal="anonymous",reason="unauthenticated"}`), "3 over HTTP, 2 over gRPC")
+	assert.Equal(t, 3.0, m(`spillway_denied_total{principal="billing",reason="forbidden"}`))
+	assert.Equal(t, 2.0, m(`spillway_client_records_total{outcome="delivered",principal="billing",topic="orders"}`))
+	assert.NotContains(t, in.LogText(), testKey, "no secret in the logs")
+}
