@@ -160,6 +160,17 @@ type Security struct {
 	// ACL maps a principal to the topic globs it may produce to; a
 	// principal without an entry may produce to any allowed topic.
 	ACL map[string][]string
+	// RateLimit bounds records/s and bytes/s per principal and for all
+	// clients together; 0: no limit.
+	RateLimit RateLimit
+}
+
+// RateLimit is a set of token-bucket limits, one second deep.
+type RateLimit struct {
+	RecordsPerSecond       float64
+	BytesPerSecond         float64
+	GlobalRecordsPerSecond float64
+	GlobalBytesPerSecond   float64
 }
 
 // Log configures the process's logs.
@@ -171,60 +182,64 @@ type Log struct {
 // defaults holds every key Spillway reads, other than kafka.*, with its
 // default. A key missing here is unknown and rejected.
 var defaults = map[string]any{
-	"server.http.listen":                      ":18080",
-	"server.http.read_header_timeout":         "5s",
-	"server.http.read_timeout":                "60s",
-	"server.http.write_timeout":               "60s",
-	"server.http.idle_timeout":                "120s",
-	"server.http.max_body_bytes":              16 << 20,
-	"server.grpc.listen":                      ":18282",
-	"server.grpc.max.request.size":            4 << 20,
-	"server.grpc.keepalive.time":              "30s",
-	"server.grpc.keepalive.timeout":           "10s",
-	"server.grpc.keepalive.min_time":          "5s",
-	"server.grpc.stream_window":               64,
-	"server.grpc.monitoring.enable":           true, // kafka-ambassador's; metrics are always on
-	"server.grpc.monitoring.histogram.enable": true, // kafka-ambassador's; histograms are always on
-	"server.monitoring.listen":                ":28080",
-	"server.monitoring.max_topic_labels":      100,
-	"server.monitoring.max_principal_labels":  100,
-	"server.monitoring.max_library_labels":    50,
-	"server.shutdown_timeout":                 "30s",
-	"server.max_in_flight_records":            100000,
-	"producer.cb.interval":                    "0s",
-	"producer.cb.timeout":                     "20s",
-	"producer.cb.fails":                       5,
-	"producer.cb.requests":                    3,
-	"producer.resend.period":                  "33s",
-	"producer.resend.rate_limit":              10000,
-	"producer.wal.mode":                       ModeFallback,
-	"producer.wal.in_memory":                  false,
-	"producer.wal.path":                       "data/wal",
-	"producer.wal.always_topics":              []string{},
-	"producer.wal.disable_topics":             []string{},
-	"producer.wal.stream":                     "SPILLWAY",
-	"producer.wal.subject_prefix":             "spillway",
-	"producer.wal.listen":                     "127.0.0.1:4222",
-	"producer.wal.nats.urls":                  []string{},
-	"producer.wal.nats.credentials":           "",
-	"producer.wal.nats.tls.ca":                "",
-	"producer.wal.nats.tls.cert":              "",
-	"producer.wal.nats.tls.key":               "",
-	"producer.wal.replicas":                   1,
-	"producer.wal.max_bytes":                  1 << 30,
-	"producer.wal.max_age":                    "0s",
-	"producer.wal.publish_timeout":            "5s",
-	"producer.wal.ack_wait":                   "60s",
-	"producer.old_producer_kill_timeout":      "0s",
-	"security.api_keys":                       []any{},
-	"security.require_credentials":            false,
-	"security.allow_topics":                   []string{},
-	"forward.rate_limit":                      0,
-	"forward.monitoring.listen":               ":28081",
-	"resend.monitoring.listen":                ":28082",
-	"kafka.brokers":                           []string{},
-	"global.log.level":                        "info",
-	"global.log.encoding":                     "json",
+	"server.http.listen":                            ":18080",
+	"server.http.read_header_timeout":               "5s",
+	"server.http.read_timeout":                      "60s",
+	"server.http.write_timeout":                     "60s",
+	"server.http.idle_timeout":                      "120s",
+	"server.http.max_body_bytes":                    16 << 20,
+	"server.grpc.listen":                            ":18282",
+	"server.grpc.max.request.size":                  4 << 20,
+	"server.grpc.keepalive.time":                    "30s",
+	"server.grpc.keepalive.timeout":                 "10s",
+	"server.grpc.keepalive.min_time":                "5s",
+	"server.grpc.stream_window":                     64,
+	"server.grpc.monitoring.enable":                 true, // kafka-ambassador's; metrics are always on
+	"server.grpc.monitoring.histogram.enable":       true, // kafka-ambassador's; histograms are always on
+	"server.monitoring.listen":                      ":28080",
+	"server.monitoring.max_topic_labels":            100,
+	"server.monitoring.max_principal_labels":        100,
+	"server.monitoring.max_library_labels":          50,
+	"server.shutdown_timeout":                       "30s",
+	"server.max_in_flight_records":                  100000,
+	"producer.cb.interval":                          "0s",
+	"producer.cb.timeout":                           "20s",
+	"producer.cb.fails":                             5,
+	"producer.cb.requests":                          3,
+	"producer.resend.period":                        "33s",
+	"producer.resend.rate_limit":                    10000,
+	"producer.wal.mode":                             ModeFallback,
+	"producer.wal.in_memory":                        false,
+	"producer.wal.path":                             "data/wal",
+	"producer.wal.always_topics":                    []string{},
+	"producer.wal.disable_topics":                   []string{},
+	"producer.wal.stream":                           "SPILLWAY",
+	"producer.wal.subject_prefix":                   "spillway",
+	"producer.wal.listen":                           "127.0.0.1:4222",
+	"producer.wal.nats.urls":                        []string{},
+	"producer.wal.nats.credentials":                 "",
+	"producer.wal.nats.tls.ca":                      "",
+	"producer.wal.nats.tls.cert":                    "",
+	"producer.wal.nats.tls.key":                     "",
+	"producer.wal.replicas":                         1,
+	"producer.wal.max_bytes":                        1 << 30,
+	"producer.wal.max_age":                          "0s",
+	"producer.wal.publish_timeout":                  "5s",
+	"producer.wal.ack_wait":                         "60s",
+	"producer.old_producer_kill_timeout":            "0s",
+	"security.api_keys":                             []any{},
+	"security.require_credentials":                  false,
+	"security.allow_topics":                         []string{},
+	"security.rate_limit.records_per_second":        0,
+	"security.rate_limit.bytes_per_second":          0,
+	"security.rate_limit.global_records_per_second": 0,
+	"security.rate_limit.global_bytes_per_second":   0,
+	"forward.rate_limit":                            0,
+	"forward.monitoring.listen":                     ":28081",
+	"resend.monitoring.listen":                      ":28082",
+	"kafka.brokers":                                 []string{},
+	"global.log.level":                              "info",
+	"global.log.encoding":                           "json",
 }
 
 // Keys returns every configuration key other than the kafka.* properties,
@@ -596,6 +611,12 @@ func parseSecurity(k *koanf.Koanf, g *getter) Security {
 		RequireCredentials: g.boolean("security.require_credentials"),
 		AllowTopics:        g.globs("security.allow_topics"),
 		ACL:                map[string][]string{},
+		RateLimit: RateLimit{
+			RecordsPerSecond:       g.rate("security.rate_limit.records_per_second"),
+			BytesPerSecond:         g.rate("security.rate_limit.bytes_per_second"),
+			GlobalRecordsPerSecond: g.rate("security.rate_limit.global_records_per_second"),
+			GlobalBytesPerSecond:   g.rate("security.rate_limit.global_bytes_per_second"),
+		},
 	}
 	keys, ok := k.Get("security.api_keys").([]any)
 	if !ok && k.Get("security.api_keys") != nil {

@@ -97,6 +97,7 @@ const (
 	ReasonBufferFull    Reason = "buffer_full"    // the JetStream buffer is at its size limit
 	ReasonOverloaded    Reason = "overloaded"     // too many records in flight in this ingest: retry later
 	ReasonForbidden     Reason = "forbidden"      // the client may not produce to the topic
+	ReasonRateLimited   Reason = "rate_limited"   // the client (or all clients) are over their rate limit
 )
 
 // Retriable says whether trying again later may succeed: Kafka was

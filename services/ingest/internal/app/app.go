@@ -121,6 +121,7 @@ func New(o Options) (_ *App, err error) {
 		Registry:       o.Registry,
 		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
 		Auth:           auth,
+		RateLimit:      cfg.Security.RateLimit,
 		MaxPrincipals:  cfg.Server.Monitoring.MaxPrincipalLabels,
 		MaxLibraries:   cfg.Server.Monitoring.MaxLibraryLabels,
 		Logger:         o.Logger,

@@ -112,3 +112,52 @@ func TestAuthenticationAndTopicACL(t *testing.T) {
 	assert.Equal(t, 2.0, m(`spillway_client_records_total{outcome="delivered",principal="billing",topic="orders"}`))
 	assert.NotContains(t, in.LogText(), testKey, "no secret in the logs")
 }
+
+// TestRateLimits: a burst over a principal's records/s limit is refused
+// with 429 and Retry-After (gRPC RESOURCE_EXHAUSTED), counted; another
+// principal has its own bucket. The limits are slow enough (one record per
+// 100 s) that the test does not depend on the machine's speed.
+func TestRateLimits(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.StartYAML(t, addr, `
+security:
+  rate_limit:
+    records_per_second: 0.01
+    global_bytes_per_second: 50
+`)
+	post := func(client, value string) (int, string, http.Header) {
+		req, _ := http.NewRequest(http.MethodPost, in.URL+"/topics/limited/messages", strings.NewReader(value))
+		req.Header.Set("Content-Type", "text/plain")
+		req.Header.Set("X-Client-Id", client)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	statuses := map[int]int{}
+	for range 5 {
+		s, body, h := post("alice", "x")
+		statuses[s]++
+		if s == http.StatusTooManyRequests {
+			assert.Equal(t, "1", h.Get("Retry-After"))
+			assert.Contains(t, body, `"error_code":42901`)
+			assert.Contains(t, body, "alice is over its rate limit (records per second, security.rate_limit)")
+		}
+	}
+	assert.Equal(t, map[int]int{200: 1, 429: 4}, statuses, "one record per 100 s: the first passes, the burst is refused")
+	s, body, _ := post("bob", "y")
+	assert.Equal(t, http.StatusOK, s, "bob has his own bucket: %s", body)
+	s, body, _ = post("carol", strings.Repeat("z", 60))
+	assert.Equal(t, http.StatusTooManyRequests, s)
+	assert.Contains(t, body, "all clients' bytes per second: one request of 60 is more than a second's worth")
+
+	conn, err := grpc.NewClient(in.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "client-id", "alice")
+	_, err = ingestv1.NewIngestServiceClient(conn).Produce(ctx, &ingestv1.ProduceRequest{Topic: "limited", Records: []*ingestv1.Record{{Value: []byte("x")}}})
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+
+	assert.Equal(t, 5.0, ingesttest.Metric(t, in.Monitor, `spillway_denied_total{principal="alice",reason="rate_limited"}`))
+}

@@ -57,6 +57,9 @@ type Options struct {
 	MaxTopics      int
 	// Auth says which topics a principal may produce to; nil: any.
 	Auth *identity.Authenticator
+	// RateLimit bounds each principal's and all clients' records/s and
+	// bytes/s.
+	RateLimit config.RateLimit
 	// MaxPrincipals and MaxLibraries cap the distinct principals and
 	// library versions in the per-client metrics; later ones are "other".
 	MaxPrincipals int
@@ -76,6 +79,7 @@ type Delivery struct {
 	opts       Options
 	tracer     trace.Tracer
 	inFlight   atomic.Int64
+	limits     *limits
 	always     map[string]bool
 	never      map[string]bool
 	breaker    *gobreaker.CircuitBreaker[[]record.Result]
@@ -110,6 +114,7 @@ func New(o Options) *Delivery {
 		libraries:  monitor.NewBoundedLabels(max(o.MaxLibraries, 1)),
 		m:          newMetrics(o.Registry),
 	}
+	d.limits = newLimits(o.RateLimit)
 	d.m.breakerState.Set(0) // closed; the series exists from the start
 	d.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
 		Name:        "kafka",
@@ -180,6 +185,20 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	defer d.m.inFlight.Sub(float64(len(recs)))
 
 	results := make([]record.Result, len(recs))
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	if err := d.limits.take(d.principals.Value(client.Principal), len(recs), total); err != nil {
+		d.Denied(client.Principal, string(record.ReasonRateLimited))
+		for i := range recs {
+			results[i] = record.Fail(recs[i].Topic, err)
+			results[i].ID = recs[i].ID
+			d.m.failed.WithLabelValues(d.topics.Value(recs[i].Topic), string(record.ReasonRateLimited)).Inc()
+		}
+		d.countClient(ctx, recs, sizes, results)
+		return results
+	}
 	parents := d.parents(ctx, recs)
 	var ahead, direct []int
 	for i := range recs {

@@ -119,7 +119,7 @@ func codeOf(reason record.Reason) codes.Code {
 	switch reason {
 	case record.ReasonInvalid:
 		return codes.InvalidArgument
-	case record.ReasonTooLarge, record.ReasonBufferFull:
+	case record.ReasonTooLarge, record.ReasonBufferFull, record.ReasonRateLimited:
 		return codes.ResourceExhausted
 	case record.ReasonUnknownTopic:
 		return codes.NotFound

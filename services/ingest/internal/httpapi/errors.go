@@ -45,6 +45,8 @@ func statusOf(reason record.Reason) (status, code int) {
 		return http.StatusInsufficientStorage, 50701
 	case record.ReasonOverloaded:
 		return http.StatusServiceUnavailable, 50303
+	case record.ReasonRateLimited:
+		return http.StatusTooManyRequests, 42901
 	default:
 		return http.StatusServiceUnavailable, 50301
 	}
@@ -114,7 +116,7 @@ func errorHandler(err error, c echo.Context) {
 
 // setRetryAfter tells a client refused for overload when to come back.
 func setRetryAfter(c echo.Context, he *httpError) {
-	if he != nil && he.body.ErrorCode == 50303 {
+	if he != nil && (he.body.ErrorCode == 50303 || he.body.ErrorCode == 42901) {
 		c.Response().Header().Set("Retry-After", "1")
 	}
 }
