@@ -122,6 +122,20 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// ClientMessage is the text a client reads for a failed record: an Error's
+// message, with the underlying error where it helps (not for invalid input,
+// where the message says it all).
+func ClientMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		if e.Err != nil && e.Reason != ReasonInvalid {
+			return e.Message + ": " + e.Err.Error()
+		}
+		return e.Message
+	}
+	return err.Error()
+}
+
 // Errorf returns an *Error with the reason and a formatted message.
 func Errorf(reason Reason, format string, args ...any) *Error {
 	return &Error{Reason: reason, Message: fmt.Sprintf(format, args...)}

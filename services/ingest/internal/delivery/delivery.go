@@ -196,7 +196,7 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 			results[i].ID = recs[i].ID
 			d.m.failed.WithLabelValues(d.topics.Value(recs[i].Topic), string(record.ReasonRateLimited)).Inc()
 		}
-		d.countClient(ctx, recs, sizes, results)
+		d.countClient(client, recs, sizes, results)
 		return results
 	}
 	parents := d.parents(ctx, recs)
@@ -224,7 +224,7 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(parents, direct)))
 	}
 
-	d.countClient(ctx, recs, sizes, results)
+	d.countClient(client, recs, sizes, results)
 	for i, r := range results {
 		results[i].ID = recs[i].ID
 		topic := d.topics.Value(recs[i].Topic)
@@ -246,8 +246,7 @@ func (d *Delivery) Denied(principal, reason string) {
 
 // countClient counts the request, its records by outcome and their bytes
 // per client.
-func (d *Delivery) countClient(ctx context.Context, recs []record.Record, sizes []int, results []record.Result) {
-	c := identity.From(ctx)
+func (d *Delivery) countClient(c identity.Client, recs []record.Record, sizes []int, results []record.Result) {
 	principal := d.principals.Value(c.Principal)
 	library, version := c.Library, c.Version
 	if d.libraries.Value(library+"/"+version) == monitor.OtherLabel {

@@ -6,7 +6,6 @@ package grpcapi
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -134,21 +133,9 @@ func codeOf(reason record.Reason) codes.Code {
 	}
 }
 
-// message is the failure's text for the client.
-func message(err error) string {
-	var re *record.Error
-	if errors.As(err, &re) {
-		if re.Err != nil && re.Reason != record.ReasonInvalid {
-			return re.Message + ": " + re.Err.Error()
-		}
-		return re.Message
-	}
-	return err.Error()
-}
-
 // statusOf is the gRPC status for a failed record.
 func statusOf(err error) *status.Status {
-	return status.New(codeOf(record.ReasonOf(err)), message(err))
+	return status.New(codeOf(record.ReasonOf(err)), record.ClientMessage(err))
 }
 
 // toRecords converts and checks a request's records. A bad topic fails
@@ -167,7 +154,7 @@ func toRecords(topic string, in []*ingestv1.Record) ([]record.Record, []int, []r
 	for i, r := range in {
 		rec, err := toRecord(topic, r)
 		if err != nil {
-			results[i] = record.Fail(topic, record.Errorf(record.ReasonInvalid, "records[%d]: %s", i, message(err)))
+			results[i] = record.Fail(topic, record.Errorf(record.ReasonInvalid, "records[%d]: %s", i, record.ClientMessage(err)))
 			continue
 		}
 		recs = append(recs, rec)

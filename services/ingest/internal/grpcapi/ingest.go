@@ -35,7 +35,7 @@ func toResults(results []record.Result) []*ingestv1.RecordResult {
 			pr.Outcome = ingestv1.Outcome_OUTCOME_FAILED
 			pr.ErrorCode = int32(codeOf(record.ReasonOf(r.Err)))
 			pr.ErrorReason = string(record.ReasonOf(r.Err))
-			pr.ErrorMessage = message(r.Err)
+			pr.ErrorMessage = record.ClientMessage(r.Err)
 		}
 		if !r.Timestamp.IsZero() {
 			pr.Timestamp = timestamppb.New(r.Timestamp)

@@ -176,7 +176,7 @@ func (h *handler) postV3(c echo.Context) error {
 		if err != nil {
 			h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
 			if len(parsed) > 0 {
-				return invalid("record %d: %s", len(parsed), message(err))
+				return invalid("record %d: %s", len(parsed), record.ClientMessage(err))
 			}
 			return err
 		}

@@ -72,20 +72,7 @@ func fromError(err error) *httpError {
 		return he
 	}
 	status, code := statusOf(record.ReasonOf(err))
-	return newHTTPError(status, code, message(err))
-}
-
-// message is what the client reads: the record.Error's message, and the
-// underlying error where it helps.
-func message(err error) string {
-	var re *record.Error
-	if errors.As(err, &re) {
-		if re.Err != nil && re.Reason != record.ReasonInvalid {
-			return re.Message + ": " + re.Err.Error()
-		}
-		return re.Message
-	}
-	return err.Error()
+	return newHTTPError(status, code, record.ClientMessage(err))
 }
 
 // errorHandler answers echo's own errors (no route, wrong method) and any
