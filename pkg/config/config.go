@@ -53,6 +53,7 @@ type Server struct {
 	HTTP            HTTP
 	GRPC            GRPC
 	Monitoring      Monitoring
+	TLS             ServerTLS
 	ShutdownTimeout time.Duration
 	// MaxInFlightRecords bounds the records received and not yet answered;
 	// beyond it requests are refused (503 with Retry-After), so that a slow
@@ -79,6 +80,35 @@ type GRPC struct {
 	KeepaliveMinTime time.Duration // refuse clients that ping more often than this
 	StreamWindow     int           // requests of one stream that may wait for Kafka at once
 }
+
+// The server.tls.client_auth values.
+const (
+	ClientAuthNone     = "none"     // no client certificate asked for
+	ClientAuthOptional = "optional" // a client certificate is verified when given
+	ClientAuthRequire  = "require"  // a verified client certificate is required
+)
+
+// The server.tls.principal_from values: which part of a client
+// certificate names its principal.
+const (
+	PrincipalFromCN       = "cn"
+	PrincipalFromSANDNS   = "san_dns"
+	PrincipalFromSANEmail = "san_email"
+	PrincipalFromSANURI   = "san_uri"
+)
+
+// ServerTLS configures TLS on the HTTP and gRPC listeners. The files are
+// reloaded when they change.
+type ServerTLS struct {
+	CertFile      string
+	KeyFile       string
+	ClientCAFile  string // verifies client certificates (mTLS)
+	ClientAuth    string // none, optional or require
+	PrincipalFrom string // cn, san_dns, san_email or san_uri
+}
+
+// Enabled says whether the listeners speak TLS.
+func (t ServerTLS) Enabled() bool { return t.CertFile != "" }
 
 // Monitoring configures the port with /metrics, health and pprof.
 type Monitoring struct {
@@ -163,7 +193,23 @@ type Security struct {
 	// RateLimit bounds records/s and bytes/s per principal and for all
 	// clients together; 0: no limit.
 	RateLimit RateLimit
+	// JWT verifies bearer tokens; off unless a JWKS is configured.
+	JWT JWT
 }
+
+// JWT configures the verification of JWT bearer tokens.
+type JWT struct {
+	JWKSFile        string        // a JWK Set file, reloaded when it changes
+	JWKSURL         string        // or a JWK Set URL, fetched again every RefreshInterval
+	RefreshInterval time.Duration // how often JWKSURL is fetched again
+	Issuer          string        // the iss every token must have
+	Audience        string        // a value the aud of every token must hold
+	PrincipalClaim  string        // the claim that names the principal
+	Leeway          time.Duration // clock skew allowed on exp, nbf and iat
+}
+
+// Enabled says whether bearer tokens that look like JWTs are verified.
+func (j JWT) Enabled() bool { return j.JWKSFile != "" || j.JWKSURL != "" }
 
 // RateLimit is a set of token-bucket limits, one second deep.
 type RateLimit struct {
@@ -200,6 +246,11 @@ var defaults = map[string]any{
 	"server.monitoring.max_topic_labels":            100,
 	"server.monitoring.max_principal_labels":        100,
 	"server.monitoring.max_library_labels":          50,
+	"server.tls.cert":                               "",
+	"server.tls.key":                                "",
+	"server.tls.client_ca":                          "",
+	"server.tls.client_auth":                        ClientAuthNone,
+	"server.tls.principal_from":                     PrincipalFromCN,
 	"server.shutdown_timeout":                       "30s",
 	"server.max_in_flight_records":                  100000,
 	"producer.cb.interval":                          "0s",
@@ -234,6 +285,13 @@ var defaults = map[string]any{
 	"security.rate_limit.bytes_per_second":          0,
 	"security.rate_limit.global_records_per_second": 0,
 	"security.rate_limit.global_bytes_per_second":   0,
+	"security.jwt.jwks_file":                        "",
+	"security.jwt.jwks_url":                         "",
+	"security.jwt.refresh_interval":                 "5m",
+	"security.jwt.issuer":                           "",
+	"security.jwt.audience":                         "",
+	"security.jwt.principal_claim":                  "sub",
+	"security.jwt.leeway":                           "30s",
 	"forward.rate_limit":                            0,
 	"forward.monitoring.listen":                     ":28081",
 	"resend.monitoring.listen":                      ":28082",
@@ -277,7 +335,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 		return nil, fmt.Errorf("load environment: %w", err)
 	}
 
-	var errs []error
+	k, errs := resolveSecrets(k, environ)
 	for _, key := range k.Keys() {
 		if _, ok := defaults[key]; ok || strings.HasPrefix(key, "kafka.") || strings.HasPrefix(key, "global.log.") || strings.HasPrefix(key, "security.acl.") {
 			continue
@@ -309,6 +367,13 @@ func Parse(file []byte, environ []string) (*Config, error) {
 				MaxTopicLabels:     g.positiveInt("server.monitoring.max_topic_labels"),
 				MaxPrincipalLabels: g.positiveInt("server.monitoring.max_principal_labels"),
 				MaxLibraryLabels:   g.positiveInt("server.monitoring.max_library_labels"),
+			},
+			TLS: ServerTLS{
+				CertFile:      g.str("server.tls.cert"),
+				KeyFile:       g.str("server.tls.key"),
+				ClientCAFile:  g.str("server.tls.client_ca"),
+				ClientAuth:    g.oneOf("server.tls.client_auth", ClientAuthNone, ClientAuthOptional, ClientAuthRequire),
+				PrincipalFrom: g.oneOf("server.tls.principal_from", PrincipalFromCN, PrincipalFromSANDNS, PrincipalFromSANEmail, PrincipalFromSANURI),
 			},
 			ShutdownTimeout:    g.duration("server.shutdown_timeout"),
 			MaxInFlightRecords: g.positiveInt("server.max_in_flight_records"),
@@ -375,6 +440,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))
 		}
 	}
+	checkServerTLS(c.Server.TLS, &g)
 	c.Security = parseSecurity(k, &g)
 	c.Kafka = parseKafka(k, &g)
 	c.Warnings = warnings
@@ -383,6 +449,56 @@ func Parse(file []byte, environ []string) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// resolveSecrets replaces every value that is a whole "${file:PATH}" or
+// "${env:NAME}" with the file's content (without its trailing newline) or
+// the variable's value, so that passwords and keys need not be written in
+// the configuration. The errors name the key and the file or variable,
+// never a value.
+func resolveSecrets(k *koanf.Koanf, environ []string) (*koanf.Koanf, []error) {
+	var errs []error
+	flat := k.All()
+	for key, v := range flat {
+		s, ok := v.(string)
+		if !ok || !strings.HasPrefix(s, "${") || !strings.HasSuffix(s, "}") {
+			continue
+		}
+		source, name, _ := strings.Cut(s[2:len(s)-1], ":")
+		var value string
+		switch source {
+		case "file":
+			b, err := os.ReadFile(name)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: reading the secret from %s: %w", key, name, errors.Unwrap(err)))
+				continue
+			}
+			value = strings.TrimRight(string(b), "\r\n")
+		case "env":
+			found := false
+			for _, kv := range environ {
+				if n, v, _ := strings.Cut(kv, "="); n == name {
+					value, found = v, true
+				}
+			}
+			if !found {
+				errs = append(errs, fmt.Errorf("%s: the secret's environment variable %s is not set", key, name))
+				continue
+			}
+		default:
+			errs = append(errs, fmt.Errorf("%s: %q is not a secret reference; want ${file:PATH} or ${env:NAME}", key, s))
+			continue
+		}
+		flat[key] = value
+	}
+	// A fresh load rather than Set: a YAML key with dots in it (kafka:
+	// {sasl.password: ...}) and the nested map Set would make are two
+	// entries for one flat key.
+	resolved := koanf.New(".")
+	if err := resolved.Load(confmap.Provider(flat, "."), nil); err != nil {
+		return k, append(errs, fmt.Errorf("resolve secrets: %w", err))
+	}
+	return resolved, errs
 }
 
 // EnvName returns the environment variable that overrides key.
@@ -618,6 +734,35 @@ func parseSecurity(k *koanf.Koanf, g *getter) Security {
 			GlobalBytesPerSecond:   g.rate("security.rate_limit.global_bytes_per_second"),
 		},
 	}
+	sec.JWT = JWT{
+		JWKSFile:        g.str("security.jwt.jwks_file"),
+		JWKSURL:         g.str("security.jwt.jwks_url"),
+		RefreshInterval: g.duration("security.jwt.refresh_interval"),
+		Issuer:          g.str("security.jwt.issuer"),
+		Audience:        g.str("security.jwt.audience"),
+		PrincipalClaim:  g.str("security.jwt.principal_claim"),
+		Leeway:          g.duration("security.jwt.leeway"),
+	}
+	if j := sec.JWT; j.Enabled() {
+		if j.JWKSFile != "" && j.JWKSURL != "" {
+			g.fail("security.jwt.jwks_file", errors.New("and security.jwt.jwks_url are both set; set one"))
+		}
+		if j.JWKSURL != "" && !strings.HasPrefix(j.JWKSURL, "https://") && !strings.HasPrefix(j.JWKSURL, "http://") {
+			g.fail("security.jwt.jwks_url", fmt.Errorf("%q is not an http or https URL", j.JWKSURL))
+		}
+		if j.Issuer == "" {
+			g.fail("security.jwt.issuer", errors.New("is empty; with a JWKS set, every token's issuer is checked: set the issuer"))
+		}
+		if j.Audience == "" {
+			g.fail("security.jwt.audience", errors.New("is empty; with a JWKS set, every token's audience is checked: set the audience"))
+		}
+		if j.PrincipalClaim == "" {
+			g.fail("security.jwt.principal_claim", errors.New("is empty; set the claim that names the principal, such as sub"))
+		}
+		if j.RefreshInterval < time.Second {
+			g.fail("security.jwt.refresh_interval", fmt.Errorf("%v is too short; want 1s or more", j.RefreshInterval))
+		}
+	}
 	keys, ok := k.Get("security.api_keys").([]any)
 	if !ok && k.Get("security.api_keys") != nil {
 		g.fail("security.api_keys", fmt.Errorf("want a list of {principal, sha256}"))
@@ -639,6 +784,22 @@ func parseSecurity(k *koanf.Koanf, g *getter) Security {
 		}
 	}
 	return sec
+}
+
+// checkServerTLS checks that the server.tls.* files come as a set.
+func checkServerTLS(t ServerTLS, g *getter) {
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		g.fail("server.tls.cert", errors.New("and server.tls.key go together; set both or neither"))
+	}
+	if !t.Enabled() && (t.ClientCAFile != "" || t.ClientAuth != ClientAuthNone) {
+		g.fail("server.tls.client_ca", errors.New("and server.tls.client_auth need TLS on the listeners; set server.tls.cert and server.tls.key"))
+	}
+	if t.ClientAuth != ClientAuthNone && t.ClientCAFile == "" {
+		g.fail("server.tls.client_auth", fmt.Errorf("%s needs server.tls.client_ca, the CA that signs client certificates", t.ClientAuth))
+	}
+	if t.ClientCAFile != "" && t.ClientAuth == ClientAuthNone {
+		g.fail("server.tls.client_ca", errors.New("is set but server.tls.client_auth is none; set it to optional or require"))
+	}
 }
 
 func (g *getter) globs(key string) []string {

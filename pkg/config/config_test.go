@@ -174,3 +174,64 @@ security:
 	assert.Equal(t, []string{"orders", "logs.*"}, c.Security.AllowTopics)
 	assert.Equal(t, map[string][]string{"billing": {"orders"}, "ops": {"logs.*"}}, c.Security.ACL)
 }
+
+func TestServerTLSAndJWT(t *testing.T) {
+	c, err := Parse([]byte(`
+server:
+  tls: {cert: /tls/tls.crt, key: /tls/tls.key, client_ca: /tls/ca.crt, client_auth: require, principal_from: san_uri}
+security:
+  jwt: {jwks_url: "https://auth.example.com/jwks.json", issuer: "https://auth.example.com/", audience: spillway}
+`), nil)
+	require.NoError(t, err)
+	assert.Equal(t, ServerTLS{CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key", ClientCAFile: "/tls/ca.crt", ClientAuth: ClientAuthRequire, PrincipalFrom: PrincipalFromSANURI}, c.Server.TLS)
+	assert.Equal(t, JWT{JWKSURL: "https://auth.example.com/jwks.json", RefreshInterval: 5 * time.Minute, Issuer: "https://auth.example.com/", Audience: "spillway", PrincipalClaim: "sub", Leeway: 30 * time.Second}, c.Security.JWT)
+	assert.True(t, c.Security.JWT.Enabled())
+	assert.True(t, c.Server.TLS.Enabled())
+}
+
+func TestServerTLSAndJWTErrors(t *testing.T) {
+	for _, tc := range []struct {
+		yaml, want string
+	}{
+		{`server: {tls: {cert: a.crt}}`, "server.tls.cert: and server.tls.key go together"},
+		{`server: {tls: {client_ca: ca.crt, client_auth: require}}`, "server.tls.client_ca: and server.tls.client_auth need TLS on the listeners"},
+		{`server: {tls: {cert: a, key: b, client_auth: require}}`, "server.tls.client_auth: require needs server.tls.client_ca"},
+		{`server: {tls: {cert: a, key: b, client_ca: c}}`, "server.tls.client_ca: is set but server.tls.client_auth is none"},
+		{`server: {tls: {cert: a, key: b, client_ca: c, client_auth: maybe}}`, `server.tls.client_auth: "maybe" is not allowed; want one of none, optional, require`},
+		{`server: {tls: {principal_from: dn}}`, `server.tls.principal_from: "dn" is not allowed; want one of cn, san_dns, san_email, san_uri`},
+		{`security: {jwt: {jwks_file: j.json}}`, "security.jwt.issuer: is empty"},
+		{`security: {jwt: {jwks_file: j.json, issuer: i}}`, "security.jwt.audience: is empty"},
+		{`security: {jwt: {jwks_file: j.json, jwks_url: "https://x", issuer: i, audience: a}}`, "security.jwt.jwks_file: and security.jwt.jwks_url are both set"},
+		{`security: {jwt: {jwks_url: "ftp://x", issuer: i, audience: a}}`, `security.jwt.jwks_url: "ftp://x" is not an http or https URL`},
+	} {
+		_, err := Parse([]byte(tc.yaml), nil)
+		require.Error(t, err, tc.yaml)
+		assert.Contains(t, err.Error(), tc.want, tc.yaml)
+	}
+}
+
+func TestSecretsFromFilesAndEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(dir+"/password", []byte("s3cret-from-file\n"), 0o600))
+	c, err := Parse([]byte(`
+kafka:
+  brokers: [k:9092]
+  security.protocol: sasl_plaintext
+  sasl.mechanism: PLAIN
+  sasl.username: "${env:KAFKA_USER}"
+  sasl.password: "${file:`+dir+`/password}"
+`), []string{"KAFKA_USER=spill"})
+	require.NoError(t, err)
+	assert.Equal(t, "spill", c.Kafka.SASL.Username)
+	assert.Equal(t, "s3cret-from-file", c.Kafka.SASL.Password)
+
+	_, err = Parse([]byte(`kafka: {sasl.password: "${file:`+dir+`/missing}"}`), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "kafka.sasl.password: reading the secret from "+dir+"/missing: no such file or directory")
+	_, err = Parse([]byte(`kafka: {sasl.password: "${env:NOPE}"}`), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "kafka.sasl.password: the secret's environment variable NOPE is not set")
+	_, err = Parse([]byte(`kafka: {sasl.password: "${vault:x}"}`), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "want ${file:PATH} or ${env:NAME}")
+}
