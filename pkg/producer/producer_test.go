@@ -17,13 +17,14 @@ import (
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/securitytest"
 )
 
 func newProducer(t *testing.T, addr string, env ...string) *Producer {
 	t.Helper()
 	c, err := config.Parse(nil, append([]string{"SPILLWAY_KAFKA_BROKERS=" + addr}, env...))
 	require.NoError(t, err)
-	p, err := New(c.Kafka, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p, err := New(c.Kafka, slog.New(slog.NewJSONHandler(securitytest.LogWriter(t, "producer"), &slog.HandlerOptions{Level: slog.LevelDebug})))
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	return p

@@ -21,6 +21,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/securitytest"
 )
 
 // selfSignedCert makes a certificate for 127.0.0.1 and writes it, as the
@@ -68,14 +69,15 @@ func TestTLS(t *testing.T) {
 func TestSASL(t *testing.T) {
 	for _, mech := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
 		t.Run(mech, func(t *testing.T) {
-			_, addr := kafkatest.NewCluster(t, kfake.EnableSASL(), kfake.Superuser(mech, "spill", "way"))
+			password := securitytest.Secret(t, "sasl-pw-"+mech)
+			_, addr := kafkatest.NewCluster(t, kfake.EnableSASL(), kfake.Superuser(mech, "spill", password))
 			p := newProducer(t, addr, "SPILLWAY_KAFKA_SECURITY_PROTOCOL=sasl_plaintext",
-				"SPILLWAY_KAFKA_SASL_MECHANISM="+mech, "SPILLWAY_KAFKA_SASL_USERNAME=spill", "SPILLWAY_KAFKA_SASL_PASSWORD=way")
+				"SPILLWAY_KAFKA_SASL_MECHANISM="+mech, "SPILLWAY_KAFKA_SASL_USERNAME=spill", "SPILLWAY_KAFKA_SASL_PASSWORD="+password)
 			res := produceOne(t, p, "sasl")
 			require.Equal(t, record.Delivered, res.Outcome, res.Err)
 
 			wrong := newProducer(t, addr, "SPILLWAY_KAFKA_SECURITY_PROTOCOL=sasl_plaintext",
-				"SPILLWAY_KAFKA_SASL_MECHANISM="+mech, "SPILLWAY_KAFKA_SASL_USERNAME=spill", "SPILLWAY_KAFKA_SASL_PASSWORD=wrong",
+				"SPILLWAY_KAFKA_SASL_MECHANISM="+mech, "SPILLWAY_KAFKA_SASL_USERNAME=spill", "SPILLWAY_KAFKA_SASL_PASSWORD="+securitytest.Secret(t, "sasl-wrong-pw-"+mech),
 				"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=2000")
 			res = produceOne(t, wrong, "sasl")
 			// kfake drops the connection on a failed login, where Kafka

@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/pkg/telemetry"
+	"github.com/spillway/spillway/services/ingest/internal/certs"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
@@ -106,7 +108,18 @@ func New(o Options) (_ *App, err error) {
 		return nil, fmt.Errorf("server.monitoring.listen: %w", err)
 	}
 
-	auth := identity.NewAuthenticator(cfg.Security)
+	authCtx, stopAuth := context.WithCancel(context.Background())
+	a.cleanups = append(a.cleanups, stopAuth) // ends the JWKS refresh
+	auth, err := identity.NewAuthenticator(authCtx, cfg.Security, cfg.Server.TLS, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	var tlsFiles *certs.Reloader
+	if cfg.Server.TLS.Enabled() {
+		if tlsFiles, err = certs.New(cfg.Server.TLS, o.Logger); err != nil {
+			return nil, err
+		}
+	}
 	buffer, err := a.startBuffer()
 	if err != nil {
 		return nil, err
@@ -149,6 +162,7 @@ func New(o Options) (_ *App, err error) {
 		LatencyBuckets: delivery.LatencyBuckets,
 		Draining:       a.draining,
 		Auth:           auth,
+		TLS:            grpcTLS(tlsFiles),
 		TracerProvider: tracerProvider(o.Tracing),
 		Propagators:    propagators(o.Tracing),
 	})
@@ -162,6 +176,9 @@ func New(o Options) (_ *App, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("server.http.listen: %w", err)
 	}
+	if tlsFiles != nil {
+		a.httpLn = tls.NewListener(a.httpLn, tlsFiles.ServerConfig("h2", "http/1.1"))
+	}
 	a.httpSrv = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: cfg.Server.HTTP.ReadHeaderTimeout,
@@ -171,6 +188,14 @@ func New(o Options) (_ *App, err error) {
 		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 	}
 	return a, nil
+}
+
+// grpcTLS is the gRPC listener's TLS configuration; nil: plaintext.
+func grpcTLS(files *certs.Reloader) *tls.Config {
+	if files == nil {
+		return nil
+	}
+	return files.ServerConfig("h2")
 }
 
 // startBuffer connects to the JetStream buffer, starting the embedded

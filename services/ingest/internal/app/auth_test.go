@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,13 +20,21 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/pkg/securitytest"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
 
-const testKey = "sk-test-0123456789" // a test secret: it must never appear in a log
+// Test secrets: no log may contain them (make test checks the logs of the
+// whole suite).
+const (
+	testKey  = "sk-test-0123456789"
+	wrongKey = "sk-wrong-9876543210"
+)
 
-func authYAML() string {
+func authYAML(t *testing.T) string {
+	securitytest.Secret(t, testKey)
+	securitytest.Secret(t, wrongKey)
 	sum := sha256.Sum256([]byte(testKey))
 	return `
 security:
@@ -54,7 +64,7 @@ func postAuth(t *testing.T, url, authorization string) (int, string, http.Header
 
 func TestAuthenticationAndTopicACL(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t)
-	in := ingesttest.StartYAML(t, addr, authYAML())
+	in := ingesttest.StartYAML(t, addr, authYAML(t))
 
 	tests := []struct {
 		name, auth, topic string
@@ -62,8 +72,8 @@ func TestAuthenticationAndTopicACL(t *testing.T) {
 		message           string
 	}{
 		{"no credentials", "", "orders", 401, 40101, "credentials required"},
-		{"wrong key", "Bearer sk-wrong", "orders", 401, 40101, "invalid credentials"},
-		{"not bearer", "Basic Zm9vOmJhcg==", "orders", 401, 40101, "invalid credentials"},
+		{"wrong key", "Bearer " + wrongKey, "orders", 401, 40101, "invalid credentials: the API key is not known"},
+		{"not bearer", "Basic Zm9vOmJhcg==", "orders", 401, 40101, "invalid credentials: want Authorization: Bearer TOKEN"},
 		{"topic outside the ACL", "Bearer " + testKey, "logs.app", 403, 40302, `billing may not produce to topic "logs.app"`},
 		{"topic outside the allow-list", "Bearer " + testKey, "secrets", 403, 40302, `billing may not produce to topic "secrets"`},
 	}
@@ -100,7 +110,7 @@ func TestAuthenticationAndTopicACL(t *testing.T) {
 		return err
 	}
 	assert.Equal(t, codes.Unauthenticated, status.Code(produce("", "orders")))
-	assert.Equal(t, codes.Unauthenticated, status.Code(produce("Bearer nope", "orders")))
+	assert.Equal(t, codes.Unauthenticated, status.Code(produce("Bearer "+wrongKey, "orders")))
 	err = produce("Bearer "+testKey, "logs.app")
 	assert.Equal(t, codes.PermissionDenied, status.Code(err))
 	assert.Contains(t, status.Convert(err).Message(), `billing may not produce to topic "logs.app"`)
@@ -160,4 +170,105 @@ security:
 	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
 
 	assert.Equal(t, 5.0, ingesttest.Metric(t, in.Monitor, `spillway_denied_total{principal="alice",reason="rate_limited"}`))
+}
+
+func jwtYAML(jwks string) string {
+	return `
+security:
+  require_credentials: true
+  jwt:
+    ` + jwks + `
+    issuer: https://auth.example.test/
+    audience: spillway
+    principal_claim: client_name
+  acl:
+    billing: ["orders"]
+`
+}
+
+// TestJWT: bearer JWTs verified against a JWK Set file: the principal is
+// the configured claim and its ACL applies; an expired token, one for
+// another audience, one signed by another key and one without the claim
+// are 401 with a message that says which; gRPC alike. A new key in the
+// file is taken without a restart.
+func TestJWT(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	iss := securitytest.NewIssuer(t, "https://auth.example.test/")
+	forger := securitytest.NewIssuer(t, "https://auth.example.test/")
+	dir := t.TempDir()
+	copyFile(t, iss.JWKSFile, dir+"/jwks.json")
+	in := ingesttest.StartYAML(t, addr, jwtYAML("jwks_file: "+dir+"/jwks.json"))
+	named := map[string]any{"client_name": "billing"}
+
+	tests := []struct {
+		name, token string
+		status      int
+		message     string
+	}{
+		{"valid", iss.Token(t, "svc-1", "spillway", time.Hour, named), 200, ""},
+		{"expired", iss.Token(t, "svc-1", "spillway", -time.Hour, named), 401, "invalid credentials: the token has expired"},
+		{"wrong audience", iss.Token(t, "svc-1", "another-service", time.Hour, named), 401, "invalid credentials: the token is not for this audience"},
+		{"another key", forger.Token(t, "svc-1", "spillway", time.Hour, named), 401, "invalid credentials: the token's signature cannot be verified"},
+		{"no principal claim", iss.Token(t, "svc-1", "spillway", time.Hour, nil), 401, "invalid credentials: the token has no client_name claim"},
+		{"not a JWT", securitytest.Secret(t, "eyJhbGciOi.not-a.jwt"), 401, "invalid credentials: the token is not a well-formed JWT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body, _ := postAuth(t, in.URL+"/topics/orders/messages", "Bearer "+tt.token)
+			assert.Equal(t, tt.status, code, body)
+			assert.Contains(t, body, tt.message)
+			assert.NotContains(t, body, tt.token)
+		})
+	}
+	valid := tests[0].token
+	code, body, _ := postAuth(t, in.URL+"/topics/logs/messages", "Bearer "+valid)
+	assert.Equal(t, http.StatusForbidden, code, "the ACL of the token's principal: %s", body)
+
+	conn, err := grpc.NewClient(in.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	produce := func(token string) error {
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+token)
+		_, err := ingestv1.NewIngestServiceClient(conn).Produce(ctx, &ingestv1.ProduceRequest{Topic: "orders", Records: []*ingestv1.Record{{Value: []byte("y")}}})
+		return err
+	}
+	require.NoError(t, produce(valid))
+	err = produce(tests[1].token)
+	assert.Equal(t, codes.Unauthenticated, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "the token has expired")
+	err = produce(tests[2].token)
+	assert.Equal(t, codes.Unauthenticated, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "the token is not for this audience")
+
+	m := func(series string) float64 { return ingesttest.Metric(t, in.Monitor, series) }
+	const delivered = `spillway_client_records_total{outcome="delivered",principal="billing",topic="orders"}`
+	assert.Equal(t, 2.0, m(delivered), "one over HTTP, one over gRPC")
+	assert.Equal(t, 7.0, m(`spillway_denied_total{principal="anonymous",reason="unauthenticated"}`), "5 over HTTP, 2 over gRPC")
+
+	// The issuer rotates to the forger's key: its tokens pass, once the
+	// file is read again (at most a second after it changes).
+	copyFile(t, forger.JWKSFile, dir+"/jwks.json")
+	rotated := forger.Token(t, "svc-1", "spillway", time.Hour, named)
+	require.Eventually(t, func() bool {
+		code, _, _ := postAuth(t, in.URL+"/topics/orders/messages", "Bearer "+rotated)
+		return code == http.StatusOK
+	}, 10*time.Second, 100*time.Millisecond)
+
+	assert.Equal(t, 3.0, m(delivered), "after the rotation")
+}
+
+// TestJWKSURL: the JWK Set fetched from a URL.
+func TestJWKSURL(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	iss := securitytest.NewIssuer(t, "https://auth.example.test/")
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(iss.JWKS)
+	}))
+	defer jwks.Close()
+	in := ingesttest.StartYAML(t, addr, jwtYAML("jwks_url: "+jwks.URL))
+	code, body, _ := postAuth(t, in.URL+"/topics/orders/messages", "Bearer "+iss.Token(t, "s", "spillway", time.Hour, map[string]any{"client_name": "billing"}))
+	assert.Equal(t, http.StatusOK, code, body)
+	code, body, _ = postAuth(t, in.URL+"/topics/orders/messages", "Bearer "+iss.Token(t, "s", "elsewhere", time.Hour, map[string]any{"client_name": "billing"}))
+	assert.Equal(t, http.StatusUnauthorized, code, body)
 }

@@ -6,6 +6,7 @@ package grpcapi
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"strings"
 	"time"
@@ -18,10 +19,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -57,6 +58,8 @@ type Options struct {
 	LatencyBuckets []float64
 	// Auth authenticates calls; nil: the client id is the principal.
 	Auth *identity.Authenticator
+	// TLS is the listener's TLS; nil: plaintext.
+	TLS *tls.Config
 	// TracerProvider and Propagators trace calls (not health checks); none
 	// when nil.
 	TracerProvider trace.TracerProvider
@@ -83,6 +86,9 @@ func New(o Options) *Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), o.identifyUnary),
 		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), o.identifyStream),
+	}
+	if o.TLS != nil {
+		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(o.TLS)))
 	}
 	if o.TracerProvider != nil {
 		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
@@ -210,11 +216,10 @@ func send(ctx context.Context, o Options, topic string, in []*ingestv1.Record) [
 
 // identify authenticates a call, except health checks and reflection.
 func (o Options) identify(ctx context.Context, method string) (context.Context, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
 	if strings.HasPrefix(method, "/grpc.health.") || strings.HasPrefix(method, "/grpc.reflection.") {
 		return ctx, nil
 	}
-	client, err := identity.FromGRPC(md, o.Auth)
+	client, err := identity.FromGRPC(ctx, o.Auth)
 	if err != nil {
 		o.Sender.Denied(client.Principal, "unauthenticated")
 		return nil, status.Error(codes.Unauthenticated, err.Error())

@@ -127,7 +127,7 @@ func (h *handler) observe(next echo.HandlerFunc) echo.HandlerFunc {
 func (h *handler) identify(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		r := c.Request()
-		client, err := identity.FromHTTP(r.Header, h.Auth)
+		client, err := identity.FromHTTP(r, h.Auth)
 		if err != nil {
 			h.Sender.Denied(client.Principal, "unauthenticated")
 			c.Response().Header().Set("WWW-Authenticate", "Bearer")

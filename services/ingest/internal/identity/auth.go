@@ -1,10 +1,14 @@
 package identity
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"log/slog"
 	"path"
 	"strings"
 
@@ -14,47 +18,82 @@ import (
 // Errors of authentication. Their text is what the client reads: it never
 // repeats the credential.
 var (
-	ErrMissingCredentials = errors.New("credentials required: send Authorization: Bearer API_KEY (gRPC: authorization metadata)")
-	ErrInvalidCredentials = errors.New("invalid credentials: the API key is not known")
+	ErrMissingCredentials = errors.New("credentials required: send Authorization: Bearer with an API key or a JWT (gRPC: authorization metadata), or a client certificate")
+	ErrInvalidCredentials = errors.New("invalid credentials")
+	errUnknownKey         = fmt.Errorf("%w: the API key is not known", ErrInvalidCredentials)
+	errNotBearer          = fmt.Errorf("%w: want Authorization: Bearer TOKEN", ErrInvalidCredentials)
 )
 
 // Authenticator turns a request's credentials into its principal, and
 // says which topics a principal may produce to.
 type Authenticator struct {
-	keys    [][]byte // SHA-256 of each API key
-	owners  []string // the principal of each key
-	require bool
-	allow   []string
-	acl     map[string][]string
+	keys          [][]byte // SHA-256 of each API key
+	owners        []string // the principal of each key
+	jwt           *jwtVerifier
+	principalFrom string // which name of a client certificate is its principal
+	require       bool
+	allow         []string
+	acl           map[string][]string
 }
 
-// NewAuthenticator builds the authenticator of the security settings.
-func NewAuthenticator(s config.Security) *Authenticator {
-	a := &Authenticator{require: s.RequireCredentials, allow: s.AllowTopics, acl: s.ACL}
+// NewAuthenticator builds the authenticator of the security settings and
+// the listeners' TLS. With a JWKS URL, the keys are fetched again until
+// ctx ends.
+func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS, logger *slog.Logger) (*Authenticator, error) {
+	a := &Authenticator{require: s.RequireCredentials, allow: s.AllowTopics, acl: s.ACL, principalFrom: t.PrincipalFrom}
 	for hash, principal := range s.APIKeys {
 		b, _ := hex.DecodeString(hash)
 		a.keys = append(a.keys, b)
 		a.owners = append(a.owners, principal)
 	}
-	return a
+	if s.JWT.Enabled() {
+		v, err := newJWTVerifier(ctx, s.JWT, logger)
+		if err != nil {
+			return nil, err
+		}
+		a.jwt = v
+	}
+	return a, nil
 }
 
-// Authenticate checks the Authorization value ("Bearer KEY") and returns
-// the principal of a known key. Without credentials it returns
-// anonymousPrincipal, unless credentials are required. Keys are compared
-// in constant time, all of them, whatever matches.
-func (a *Authenticator) Authenticate(authorization, anonymousPrincipal string) (string, error) {
-	if authorization == "" {
-		if a.require {
-			return "", ErrMissingCredentials
+// Authenticate returns the principal of a request. A bearer credential in
+// authorization ("Bearer TOKEN") wins: a JWT when JWTs are configured and
+// the token has a JWT's three parts, else an API key. Then a verified
+// client certificate (cert, nil without one). Without either it returns
+// anonymousPrincipal, unless credentials are required.
+func (a *Authenticator) Authenticate(authorization string, cert *x509.Certificate, anonymousPrincipal string) (string, error) {
+	if authorization != "" {
+		return a.bearer(authorization)
+	}
+	if cert != nil {
+		if p := a.certificatePrincipal(cert); p != "" {
+			return p, nil
 		}
-		return anonymousPrincipal, nil
+		return "", fmt.Errorf("%w: the client certificate has no %s to name its principal (server.tls.principal_from)", ErrInvalidCredentials, a.principalFrom)
 	}
-	scheme, key, ok := strings.Cut(strings.TrimSpace(authorization), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(key) == "" {
-		return "", ErrInvalidCredentials
+	if a.require {
+		return "", ErrMissingCredentials
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(key)))
+	return anonymousPrincipal, nil
+}
+
+// bearer checks a bearer token: a JWT or an API key.
+func (a *Authenticator) bearer(authorization string) (string, error) {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(authorization), " ")
+	token = strings.TrimSpace(token)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return "", errNotBearer
+	}
+	if a.jwt != nil && strings.Count(token, ".") == 2 {
+		return a.jwt.principal(token)
+	}
+	return a.apiKey(token)
+}
+
+// apiKey returns the principal of a known key. Keys are compared in
+// constant time, all of them, whatever matches.
+func (a *Authenticator) apiKey(key string) (string, error) {
+	sum := sha256.Sum256([]byte(key))
 	found := -1
 	for i, k := range a.keys {
 		if subtle.ConstantTimeCompare(sum[:], k) == 1 {
@@ -62,9 +101,31 @@ func (a *Authenticator) Authenticate(authorization, anonymousPrincipal string) (
 		}
 	}
 	if found < 0 {
-		return "", ErrInvalidCredentials
+		return "", errUnknownKey
 	}
 	return a.owners[found], nil
+}
+
+// certificatePrincipal names the principal of a verified client
+// certificate: its subject CN or its first SAN of the configured kind.
+func (a *Authenticator) certificatePrincipal(cert *x509.Certificate) string {
+	switch a.principalFrom {
+	case config.PrincipalFromSANDNS:
+		if len(cert.DNSNames) > 0 {
+			return cert.DNSNames[0]
+		}
+	case config.PrincipalFromSANEmail:
+		if len(cert.EmailAddresses) > 0 {
+			return cert.EmailAddresses[0]
+		}
+	case config.PrincipalFromSANURI:
+		if len(cert.URIs) > 0 {
+			return cert.URIs[0].String()
+		}
+	default:
+		return cert.Subject.CommonName
+	}
+	return ""
 }
 
 // Allowed says whether principal may produce to topic: the topic is in the

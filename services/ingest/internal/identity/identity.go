@@ -5,10 +5,14 @@ package identity
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net/http"
 	"strings"
 
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 )
 
 // The request headers and gRPC metadata keys that carry a client's id.
@@ -44,13 +48,15 @@ func From(ctx context.Context) Client {
 	return Client{Principal: Anonymous, Library: Unknown}
 }
 
-// FromHTTP reads the client of an HTTP request. With credentials, the
-// principal is the authenticated one; without, the client id it gives.
-func FromHTTP(h http.Header, auth *Authenticator) (Client, error) {
+// FromHTTP reads the client of an HTTP request. With credentials (a
+// bearer token or a client certificate), the principal is the
+// authenticated one; without, the client id it gives.
+func FromHTTP(r *http.Request, auth *Authenticator) (Client, error) {
+	h := r.Header
 	c := Client{Principal: clientID(h.Get(ClientIDHeader))}
 	c.Library, c.Version = ParseUserAgent(h.Get("User-Agent"))
 	if auth != nil {
-		p, err := auth.Authenticate(h.Get("Authorization"), c.Principal)
+		p, err := auth.Authenticate(h.Get("Authorization"), verifiedCertificate(r.TLS), c.Principal)
 		if err != nil {
 			return c, err
 		}
@@ -59,8 +65,10 @@ func FromHTTP(h http.Header, auth *Authenticator) (Client, error) {
 	return c, nil
 }
 
-// FromGRPC reads the client of a gRPC call from its metadata, as FromHTTP.
-func FromGRPC(md metadata.MD, auth *Authenticator) (Client, error) {
+// FromGRPC reads the client of a gRPC call from its metadata and its
+// peer's TLS state, as FromHTTP.
+func FromGRPC(ctx context.Context, auth *Authenticator) (Client, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
 	c := Client{Principal: Anonymous}
 	if v := md.Get(ClientIDMetadata); len(v) > 0 {
 		c.Principal = clientID(v[0])
@@ -73,13 +81,28 @@ func FromGRPC(md metadata.MD, auth *Authenticator) (Client, error) {
 	}
 	c.Library, c.Version = ParseUserAgent(first("user-agent"))
 	if auth != nil {
-		p, err := auth.Authenticate(first("authorization"), c.Principal)
+		var state *tls.ConnectionState
+		if p, ok := peer.FromContext(ctx); ok {
+			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+				state = &info.State
+			}
+		}
+		p, err := auth.Authenticate(first("authorization"), verifiedCertificate(state), c.Principal)
 		if err != nil {
 			return c, err
 		}
 		c.Principal = p
 	}
 	return c, nil
+}
+
+// verifiedCertificate is the client's certificate when it was verified
+// against the client CA, else nil.
+func verifiedCertificate(state *tls.ConnectionState) *x509.Certificate {
+	if state == nil || len(state.VerifiedChains) == 0 || len(state.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return state.VerifiedChains[0][0]
 }
 
 // clientID keeps an id that is safe as a metric label: at most 64

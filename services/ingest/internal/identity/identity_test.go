@@ -1,17 +1,22 @@
 package identity
 
 import (
+	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/securitytest"
 )
 
 func TestParseUserAgent(t *testing.T) {
@@ -36,16 +41,16 @@ func TestClients(t *testing.T) {
 	h := http.Header{}
 	h.Set(ClientIDHeader, "billing-service")
 	h.Set("User-Agent", "acme-sdk/2.1")
-	c, _ := FromHTTP(h, nil)
+	c, _ := FromHTTP(&http.Request{Header: h}, nil)
 	assert.Equal(t, Client{Principal: "billing-service", Library: "acme-sdk", Version: "2.1"}, c)
-	c, _ = FromHTTP(http.Header{}, nil)
+	c, _ = FromHTTP(&http.Request{Header: http.Header{}}, nil)
 	assert.Equal(t, Anonymous, c.Principal)
 	h.Set(ClientIDHeader, "bad id{}")
-	c, _ = FromHTTP(h, nil)
+	c, _ = FromHTTP(&http.Request{Header: h}, nil)
 	assert.Equal(t, "invalid", c.Principal)
 
 	md := metadata.Pairs(ClientIDMetadata, "ingestor-7", "user-agent", "grpcurl/1.9.4 grpc-go/1.85.0")
-	c, _ = FromGRPC(md, nil)
+	c, _ = FromGRPC(metadata.NewIncomingContext(t.Context(), md), nil)
 	assert.Equal(t, Client{Principal: "ingestor-7", Library: "grpcurl", Version: "1.9.4"}, c)
 }
 
@@ -75,20 +80,20 @@ func FuzzClientID(f *testing.F) {
 
 func TestAuthenticator(t *testing.T) {
 	sum := sha256.Sum256([]byte("s3cret-key"))
-	a := NewAuthenticator(config.Security{
+	a := newAuthenticator(t, config.Security{
 		APIKeys:     map[string]string{hex.EncodeToString(sum[:]): "billing"},
 		AllowTopics: []string{"orders", "logs.*"},
 		ACL:         map[string][]string{"billing": {"orders"}},
 	})
-	p, err := a.Authenticate("Bearer s3cret-key", Anonymous)
+	p, err := a.Authenticate("Bearer s3cret-key", nil, Anonymous)
 	require.NoError(t, err)
 	assert.Equal(t, "billing", p)
-	_, err = a.Authenticate("Bearer wrong", Anonymous)
+	_, err = a.Authenticate("Bearer wrong", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrInvalidCredentials)
 	assert.NotContains(t, err.Error(), "wrong", "the error never repeats the credential")
-	_, err = a.Authenticate("Basic czNjcmV0", Anonymous)
+	_, err = a.Authenticate("Basic czNjcmV0", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrInvalidCredentials)
-	p, err = a.Authenticate("", "client-1")
+	p, err = a.Authenticate("", nil, "client-1")
 	require.NoError(t, err)
 	assert.Equal(t, "client-1", p, "without credentials, the client id")
 
@@ -97,21 +102,79 @@ func TestAuthenticator(t *testing.T) {
 	assert.True(t, a.Allowed("other", "logs.app"), "no ACL: the global allow-list")
 	assert.False(t, a.Allowed("other", "secrets"), "outside the global allow-list")
 
-	strict := NewAuthenticator(config.Security{RequireCredentials: true})
-	_, err = strict.Authenticate("", Anonymous)
+	strict := newAuthenticator(t, config.Security{RequireCredentials: true})
+	_, err = strict.Authenticate("", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrMissingCredentials)
 }
 
 func FuzzAuthenticate(f *testing.F) {
 	sum := sha256.Sum256([]byte("k"))
-	a := NewAuthenticator(config.Security{APIKeys: map[string]string{hex.EncodeToString(sum[:]): "p"}})
+	a := newAuthenticator(f, config.Security{APIKeys: map[string]string{hex.EncodeToString(sum[:]): "p"}})
 	for _, s := range []string{"Bearer k", "bearer  k ", "Bearer", "", "Basic x", "Bearer \x00"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, authorization string) {
-		p, err := a.Authenticate(authorization, Anonymous)
+		p, err := a.Authenticate(authorization, nil, Anonymous)
 		if err == nil && p != "p" && p != Anonymous {
 			t.Fatalf("%q: principal %q", authorization, p)
+		}
+	})
+}
+
+func newAuthenticator(tb testing.TB, s config.Security) *Authenticator {
+	tb.Helper()
+	a, err := NewAuthenticator(context.Background(), s, config.ServerTLS{PrincipalFrom: config.PrincipalFromCN}, slog.New(slog.DiscardHandler))
+	require.NoError(tb, err)
+	return a
+}
+
+func TestCertificatePrincipal(t *testing.T) {
+	ca := securitytest.NewCA(t, "test CA")
+	leaf := ca.Issue(t, "device-1", securitytest.LeafOptions{
+		DNSNames: []string{"device-1.example.test"},
+		Emails:   []string{"ops@example.test"},
+		URIs:     []string{"spiffe://example.test/ns/prod/sa/billing"},
+	})
+	cert, err := x509.ParseCertificate(leaf.TLS.Certificate[0])
+	require.NoError(t, err)
+	for from, want := range map[string]string{
+		config.PrincipalFromCN:       "device-1",
+		config.PrincipalFromSANDNS:   "localhost", // the first DNS name
+		config.PrincipalFromSANEmail: "ops@example.test",
+		config.PrincipalFromSANURI:   "spiffe://example.test/ns/prod/sa/billing",
+	} {
+		a, err := NewAuthenticator(t.Context(), config.Security{}, config.ServerTLS{PrincipalFrom: from}, slog.New(slog.DiscardHandler))
+		require.NoError(t, err)
+		p, err := a.Authenticate("", cert, Anonymous)
+		require.NoError(t, err, from)
+		assert.Equal(t, want, p, from)
+	}
+	bare := securitytest.NewCA(t, "other").Issue(t, "x", securitytest.LeafOptions{})
+	bareCert, _ := x509.ParseCertificate(bare.TLS.Certificate[0])
+	a, _ := NewAuthenticator(t.Context(), config.Security{}, config.ServerTLS{PrincipalFrom: config.PrincipalFromSANURI}, slog.New(slog.DiscardHandler))
+	_, err = a.Authenticate("", bareCert, Anonymous)
+	assert.ErrorContains(t, err, "the client certificate has no san_uri to name its principal")
+}
+
+// FuzzBearerToken: whatever the Authorization value, the authenticator
+// answers (no panic), and only the one valid token is accepted.
+func FuzzBearerToken(f *testing.F) {
+	iss := securitytest.NewIssuer(f, "https://issuer.test/")
+	valid := iss.Token(f, "svc", "aud", time.Hour, nil)
+	a, err := NewAuthenticator(context.Background(), config.Security{JWT: config.JWT{
+		JWKSFile: iss.JWKSFile, Issuer: iss.Name, Audience: "aud", PrincipalClaim: "sub", Leeway: time.Second, RefreshInterval: time.Minute,
+	}}, config.ServerTLS{PrincipalFrom: config.PrincipalFromCN}, slog.New(slog.DiscardHandler))
+	require.NoError(f, err)
+	for _, s := range []string{"Bearer " + valid, "Bearer a.b.c", "Bearer ..", "Bearer eyJhbGciOiJub25lIn0.e30.", "Bearer " + valid[:len(valid)-2], "bearer " + valid + "x", "Bearer .e30."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, authorization string) {
+		p, err := a.Authenticate(authorization, nil, Anonymous)
+		if err == nil && p != "svc" && !(authorization == "" && p == Anonymous) {
+			t.Fatalf("%q: accepted as %q", authorization, p)
+		}
+		if err != nil && strings.Contains(err.Error(), strings.TrimPrefix(authorization, "Bearer ")) && len(authorization) > 12 {
+			t.Fatalf("the error repeats the credential: %v", err)
 		}
 	})
 }

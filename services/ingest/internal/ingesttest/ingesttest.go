@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/securitytest"
 	"github.com/spillway/spillway/pkg/telemetry"
 	"github.com/spillway/spillway/services/ingest/internal/app"
 )
@@ -79,14 +80,19 @@ func start(tb testing.TB, addr string, yaml []byte, tracing *telemetry.Tracing, 
 	}
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()
-	a, err := app.New(app.Options{Config: cfg, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: reg, Tracing: tracing})
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, securitytest.LogWriter(tb, "ingest")), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, err := app.New(app.Options{Config: cfg, Logger: logger, Registry: reg, Tracing: tracing})
 	if err != nil {
 		tb.Fatalf("start ingest: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	in := &Ingest{App: a, URL: "http://" + a.HTTPAddr(), GRPC: a.GRPCAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
+	scheme := "http://"
+	if cfg.Server.TLS.Enabled() {
+		scheme = "https://"
+	}
+	in := &Ingest{App: a, URL: scheme + a.HTTPAddr(), GRPC: a.GRPCAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
 	tb.Cleanup(func() {
 		if err := in.Stop(); err != nil {
 			tb.Errorf("ingest stop: %v", err)
