@@ -1,6 +1,7 @@
 # Spillway's development commands. `make run` and `make test` are the two a
 # new user needs; the rest are for working on Spillway.
 
+SHELL    := /bin/bash
 GO       ?= go
 BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -16,6 +17,8 @@ AMBASSADOR_PROTO := testdata/kafka-ambassador
 JAEGER_VERSION := v1.76.0
 JAEGER_BIN := $(HOME)/.cache/spillway/jaeger-$(JAEGER_VERSION)/jaeger
 # Packages of every module in go.work (./... does not cross modules).
+# The suite's service logs and registered test secrets, scanned after it.
+TEST_LOGS := $(CURDIR)/.test-logs
 PACKAGES := ./pkg/... ./proto/... ./services/ingest/... ./services/forwarder/... ./services/resender/... ./tools/... ./deploy/...
 
 # Fuzz targets, as package:Target; `make test` runs each for FUZZTIME.
@@ -27,7 +30,8 @@ FUZZ_TARGETS := \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \
-	./services/ingest/internal/identity:FuzzAuthenticate
+	./services/ingest/internal/identity:FuzzAuthenticate \
+	./services/ingest/internal/identity:FuzzBearerToken
 
 .PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
 
@@ -51,8 +55,13 @@ run: build
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
 test: proto-check lint unit fuzz
 
+# The logs of every service the tests start are copied to TEST_LOGS with
+# the secrets the tests use; secretscan fails if any log holds one.
 unit: build tools jaeger
-	E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) $(GO) test -race -count=1 -timeout 15m work
+	rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)
+	set -o pipefail; SPILLWAY_TEST_LOGS=$(TEST_LOGS) E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) \
+	  $(GO) test -race -count=1 -timeout 15m work 2>&1 | tee $(TEST_LOGS)/go-test.log
+	$(GO) run ./tools/secretscan $(TEST_LOGS)
 
 ## tools: buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl at their pinned versions, into .tools/bin
 tools:
@@ -110,4 +119,4 @@ images:
 	docker build --build-arg VERSION=$(VERSION) -t spillway:$(VERSION) -t spillway:dev .
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(TEST_LOGS)

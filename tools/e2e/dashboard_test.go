@@ -73,6 +73,8 @@ func TestDashboardMetricsExist(t *testing.T) {
 	forwarder := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cmd := exec.Command(filepath.Join(binDir, "spillway-forwarder"))
 	cmd.Env = append(os.Environ(), "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_FORWARD_MONITORING_LISTEN="+forwarder)
+	cmd.Stdout = captured(t, cmd, io.Discard)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

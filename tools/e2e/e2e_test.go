@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spillway/spillway/pkg/securitytest"
 )
 
 // binDir holds the binaries under test: $E2E_BIN_DIR (set by make), or a
@@ -141,7 +143,8 @@ func TestMakeRun(t *testing.T) {
 		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
 	)
 	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Stdout = captured(t, cmd, out)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -239,4 +242,11 @@ func TestInvalidConfigurationExits(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// captured is where a started binary's output goes: to out, and to the
+// suite's log folder, which make test scans for test secrets.
+func captured(t *testing.T, cmd *exec.Cmd, out io.Writer) io.Writer {
+	t.Helper()
+	return io.MultiWriter(out, securitytest.LogWriter(t, filepath.Base(cmd.Path)))
 }

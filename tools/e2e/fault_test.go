@@ -282,6 +282,8 @@ func TestFaultResenderKilledMidDrain(t *testing.T) {
 	cmd.Env = append(os.Environ(), "SPILLWAY_KAFKA_BROKERS="+k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,
 		"SPILLWAY_RESEND_MONITORING_LISTEN="+monitor, "SPILLWAY_PRODUCER_RESEND_PERIOD=100ms", "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=100",
 		"SPILLWAY_PRODUCER_WAL_ACK_WAIT=3s", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
+	cmd.Stdout = captured(t, cmd, io.Discard)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -295,6 +297,8 @@ func TestFaultResenderKilledMidDrain(t *testing.T) {
 
 	// The records the killed resender held come back after the ack wait.
 	startResender(t, k.addr, natsAddr, "SPILLWAY_PRODUCER_WAL_ACK_WAIT=3s", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
+	cmd.Stdout = captured(t, cmd, io.Discard)
+	cmd.Stderr = cmd.Stdout
 	waitAllInKafka(t, k.addr, "drained", l, 60*time.Second)
 }
 

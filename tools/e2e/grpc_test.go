@@ -44,7 +44,8 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
 		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
 	), env...)
-	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.Stdout = captured(t, cmd, p.out)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,8 @@ func startResender(t *testing.T, broker, natsAddr string, env ...string) {
 		"SPILLWAY_PRODUCER_CB_TIMEOUT=500ms",
 	), env...)
 	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Stdout = captured(t, cmd, out)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

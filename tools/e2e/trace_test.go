@@ -75,7 +75,8 @@ func startJaeger(t *testing.T) (query, otlpHTTP string) {
 	cmd := exec.Command(bin, "--config", path)
 	cmd.Env = append(os.Environ(), "OTEL_TRACES_SAMPLER=always_off") // Jaeger does not trace itself, so it stops at once
 	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Stdout = captured(t, cmd, out)
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
