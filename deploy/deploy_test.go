@@ -231,7 +231,40 @@ func TestKustomizeOverlays(t *testing.T) {
 				if overlay == "prod" {
 					assert.Equal(t, 3, cfg.Producer.WAL.Replicas, "%s keeps the buffer on 3 nodes", name)
 				}
+				if name == "ingest" {
+					checkSecurity(t, overlay, cfg, spec)
+				}
 			}
 		})
+	}
+}
+
+// checkSecurity: security is off in the dev overlay (as in make run) and
+// on in prod: TLS with the files of a mounted Secret, client certificates
+// verified, credentials required.
+func checkSecurity(t *testing.T, overlay string, cfg *config.Config, spec corev1.PodSpec) {
+	t.Helper()
+	if overlay != "prod" {
+		assert.False(t, cfg.Server.TLS.Enabled(), "no TLS in %s", overlay)
+		assert.False(t, cfg.Security.RequireCredentials, "no credentials required in %s", overlay)
+		return
+	}
+	assert.True(t, cfg.Security.RequireCredentials, "prod requires credentials")
+	require.True(t, cfg.Server.TLS.Enabled(), "prod listeners speak TLS")
+	assert.NotEqual(t, config.ClientAuthNone, cfg.Server.TLS.ClientAuth, "prod verifies client certificates")
+	secrets := map[string]string{}
+	for _, v := range spec.Volumes {
+		if v.Secret != nil {
+			secrets[v.Name] = v.Secret.SecretName
+		}
+	}
+	for _, file := range []string{cfg.Server.TLS.CertFile, cfg.Server.TLS.KeyFile, cfg.Server.TLS.ClientCAFile} {
+		mounted := false
+		for _, m := range spec.Containers[0].VolumeMounts {
+			if secrets[m.Name] != "" && strings.HasPrefix(file, m.MountPath+"/") {
+				mounted = true
+			}
+		}
+		assert.True(t, mounted, "%s is in a mounted Secret", file)
 	}
 }
