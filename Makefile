@@ -31,7 +31,8 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \
 	./services/ingest/internal/identity:FuzzAuthenticate \
-	./services/ingest/internal/identity:FuzzBearerToken
+	./services/ingest/internal/identity:FuzzBearerToken \
+	./services/ingest/internal/policy:FuzzPolicy
 
 .PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
 

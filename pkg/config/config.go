@@ -43,6 +43,11 @@ type Config struct {
 	Forward  Forward
 	Resend   ResendService
 	Security Security
+	// Validation, TopicMapping and Mirrors govern records in flight;
+	// with Security's topics and rate limits, they reload on SIGHUP.
+	Validation   []ValidationRule
+	TopicMapping []TopicMapping
+	Mirrors      []Mirror
 	// Warnings are problems that do not stop the service, such as a
 	// SPILLWAY_* variable that matches no key; the service logs them.
 	Warnings []string
@@ -292,6 +297,9 @@ var defaults = map[string]any{
 	"security.jwt.audience":                         "",
 	"security.jwt.principal_claim":                  "sub",
 	"security.jwt.leeway":                           "30s",
+	"validation.rules":                              []any{},
+	"topic_mapping":                                 []any{},
+	"mirrors":                                       []any{},
 	"forward.rate_limit":                            0,
 	"forward.monitoring.listen":                     ":28081",
 	"resend.monitoring.listen":                      ":28082",
@@ -443,6 +451,7 @@ func Parse(file []byte, environ []string) (*Config, error) {
 	checkServerTLS(c.Server.TLS, &g)
 	c.Security = parseSecurity(k, &g)
 	c.Kafka = parseKafka(k, &g)
+	c.Validation, c.TopicMapping, c.Mirrors = parseGovernance(k, &g, environ)
 	c.Warnings = warnings
 	errs = append(errs, g.errs...)
 	if len(errs) > 0 {

@@ -235,3 +235,60 @@ kafka:
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "want ${file:PATH} or ${env:NAME}")
 }
+
+func TestGovernance(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(dir+"/pw", []byte("mirror-pw\n"), 0o600))
+	c, err := Parse([]byte(`
+validation:
+  rules:
+    - topics: ["orders", "orders.*"]
+      max_bytes: 1000
+      key_required: true
+      headers_required: [source]
+      json: true
+      schema: /schemas/order.json
+topic_mapping:
+  - {exact: legacy-orders, to: orders}
+  - {prefix: "team-a.", to: "a."}
+mirrors:
+  - name: dr
+    topics: ["orders"]
+    kafka:
+      brokers: ["dr-1:9092", "dr-2:9092"]
+      security.protocol: sasl_plaintext
+      sasl.mechanism: PLAIN
+      sasl.username: mirror
+      sasl.password: "${file:`+dir+`/pw}"
+`), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []ValidationRule{{Topics: []string{"orders", "orders.*"}, MaxBytes: 1000, KeyRequired: true, HeadersRequired: []string{"source"}, JSON: true, Schema: "/schemas/order.json"}}, c.Validation)
+	assert.Equal(t, []TopicMapping{{Exact: "legacy-orders", To: "orders"}, {Prefix: "team-a.", To: "a."}}, c.TopicMapping)
+	require.Len(t, c.Mirrors, 1)
+	assert.Equal(t, "dr", c.Mirrors[0].Name)
+	assert.Equal(t, []string{"dr-1:9092", "dr-2:9092"}, c.Mirrors[0].Kafka.Brokers)
+	assert.Equal(t, SASL{Mechanism: "PLAIN", Username: "mirror", Password: "mirror-pw"}, c.Mirrors[0].Kafka.SASL)
+}
+
+func TestGovernanceErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{`validation: {rules: [{topics: [orders]}]}`, "validation.rules[0]: has no check"},
+		{`validation: {rules: [{json: true}]}`, "validation.rules[0].topics: is empty"},
+		{`validation: {rules: [{topics: ["[x"], json: true}]}`, `validation.rules[0].topics: "[x" is not a valid topic pattern`},
+		{`validation: {rules: [{topics: [a], jsn: true}]}`, `validation.rules[0]: unknown field "jsn"; want topics, max_bytes, key_required, headers_required, json, schema`},
+		{`validation: {rules: [{topics: [a], max_bytes: -3}]}`, `validation.rules[0].max_bytes: -3 is not allowed`},
+		{`topic_mapping: [{to: x}]`, "topic_mapping[0]: want one of exact or prefix, and to"},
+		{`topic_mapping: [{exact: a, prefix: b, to: x}]`, "topic_mapping[0]: want one of exact or prefix"},
+		{`topic_mapping: [{exact: a, to: "b c"}]`, "topic_mapping[0].to:"},
+		{`topic_mapping: [{prefix: a., to: b.}, {prefix: a., to: c.}]`, "topic_mapping[1]: prefix a. is mapped twice"},
+		{`mirrors: [{name: DR, topics: [a], kafka: {brokers: [x:1]}}]`, `mirrors[0].name: "DR" is not allowed`},
+		{`mirrors: [{name: dr, topics: [a]}]`, "mirrors[0].kafka.brokers: is empty; a mirror needs its own brokers"},
+		{`mirrors: [{name: dr, topics: [a], kafka: {brokers: [x:1], compression.codec: rar}}]`, `mirrors[0].kafka.compression.codec: "rar" is not allowed`},
+		{`mirrors: [{name: dr, kafka: {brokers: [x:1]}}, {name: dr, topics: [b], kafka: {brokers: [x:1]}}]`, `mirrors[1].name: "dr" names two mirrors`},
+		{`mirrors: {name: dr}`, "mirrors: want a list"},
+	} {
+		_, err := Parse([]byte(tc.yaml), nil)
+		require.Error(t, err, tc.yaml)
+		assert.Contains(t, err.Error(), tc.want, tc.yaml)
+	}
+}

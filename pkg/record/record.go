@@ -98,6 +98,7 @@ const (
 	ReasonOverloaded    Reason = "overloaded"     // too many records in flight in this ingest: retry later
 	ReasonForbidden     Reason = "forbidden"      // the client may not produce to the topic
 	ReasonRateLimited   Reason = "rate_limited"   // the client (or all clients) are over their rate limit
+	ReasonRejected      Reason = "rejected"       // the record breaks a validation rule (validation.rules)
 )
 
 // Retriable says whether trying again later may succeed: Kafka was

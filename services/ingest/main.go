@@ -18,6 +18,10 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/app"
 )
 
+// configCheckEvery is how often the configuration file is looked at for
+// changes.
+const configCheckEvery = 2 * time.Second
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -63,7 +67,23 @@ func run() int {
 		return 2
 	}
 	defer flushTraces(tracing, logger)
-	a, err := app.New(app.Options{Config: cfg, Logger: logger.With("service", "ingest", "version", version), Tracing: tracing})
+	// SIGHUP reloads the configuration, as a change of the file does.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reloads := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reloads <- struct{}{}:
+			default: // one is already waiting
+			}
+		}
+	}()
+	a, err := app.New(app.Options{
+		Config: cfg, ConfigPath: *configPath, Environ: os.Environ(), Reloads: reloads, ConfigCheckEvery: configCheckEvery,
+		Logger: logger.With("service", "ingest", "version", version), Tracing: tracing,
+	})
 	if err != nil {
 		logger.Error("ingest failed to start", "error", err)
 		return 1

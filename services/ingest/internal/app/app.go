@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +33,7 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
+	"github.com/spillway/spillway/services/ingest/internal/policy"
 )
 
 // producerCloseTimeout bounds the Kafka producer's flush at shutdown.
@@ -44,6 +47,15 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Tracing traces requests and records; none when nil.
 	Tracing *telemetry.Tracing
+	// ConfigPath and Environ are where Config came from; Reload reads them
+	// again.
+	ConfigPath string
+	Environ    []string
+	// Reloads asks for a reload (main sends one on SIGHUP); nil: none.
+	Reloads <-chan struct{}
+	// ConfigCheckEvery is how often the configuration file is looked at
+	// for changes; 0: only on Reloads.
+	ConfigCheckEvery time.Duration
 }
 
 // App is a running ingest service.
@@ -57,6 +69,12 @@ type App struct {
 	grpcLn   net.Listener
 	draining chan struct{}
 	natsAddr string
+	// policy is what a reload replaces: topic ACLs, rate limits,
+	// validation and topic mapping.
+	policy   atomic.Pointer[policy.Policy]
+	reloadMu sync.Mutex
+	loaded   *config.Config // the configuration last loaded
+	reloadM  *reloadMetrics
 	// stopWaiting ends near the shutdown deadline: requests still waiting
 	// for Kafka stop waiting and their records are spilled.
 	stopWaiting   context.Context
@@ -114,6 +132,13 @@ func New(o Options) (_ *App, err error) {
 	if err != nil {
 		return nil, err
 	}
+	pol, err := policy.New(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.policy.Store(pol)
+	a.loaded = cfg
+	a.reloadM = newReloadMetrics(o.Registry)
 	var tlsFiles *certs.Reloader
 	if cfg.Server.TLS.Enabled() {
 		if tlsFiles, err = certs.New(cfg.Server.TLS, o.Logger); err != nil {
@@ -133,8 +158,7 @@ func New(o Options) (_ *App, err error) {
 		MaxInFlight:    cfg.Server.MaxInFlightRecords,
 		Registry:       o.Registry,
 		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
-		Auth:           auth,
-		RateLimit:      cfg.Security.RateLimit,
+		Policy:         &a.policy,
 		MaxPrincipals:  cfg.Server.Monitoring.MaxPrincipalLabels,
 		MaxLibraries:   cfg.Server.Monitoring.MaxLibraryLabels,
 		Logger:         o.Logger,
@@ -267,6 +291,10 @@ func (a *App) Run(ctx context.Context) error {
 	log := a.opts.Logger
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(a.monitor.Serve)
+	g.Go(func() error {
+		a.watchConfig(gctx)
+		return nil
+	})
 	g.Go(func() error {
 		if err := a.httpSrv.Serve(a.httpLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)

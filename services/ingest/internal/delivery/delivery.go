@@ -26,6 +26,7 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
+	"github.com/spillway/spillway/services/ingest/internal/policy"
 )
 
 // Producer writes records to Kafka and reports each one's outcome.
@@ -55,11 +56,9 @@ type Options struct {
 	MaxRecordBytes int
 	Registry       prometheus.Registerer
 	MaxTopics      int
-	// Auth says which topics a principal may produce to; nil: any.
-	Auth *identity.Authenticator
-	// RateLimit bounds each principal's and all clients' records/s and
-	// bytes/s.
-	RateLimit config.RateLimit
+	// Policy holds the rules a reload may replace: topic ACLs, rate
+	// limits, validation and topic mapping. Each request reads it once.
+	Policy *atomic.Pointer[policy.Policy]
 	// MaxPrincipals and MaxLibraries cap the distinct principals and
 	// library versions in the per-client metrics; later ones are "other".
 	MaxPrincipals int
@@ -79,7 +78,6 @@ type Delivery struct {
 	opts       Options
 	tracer     trace.Tracer
 	inFlight   atomic.Int64
-	limits     *limits
 	always     map[string]bool
 	never      map[string]bool
 	breaker    *gobreaker.CircuitBreaker[[]record.Result]
@@ -104,6 +102,11 @@ func New(o Options) *Delivery {
 	if o.Propagators == nil {
 		o.Propagators = propagation.TraceContext{}
 	}
+	if o.Policy == nil { // no ACLs, limits, rules or mapping
+		o.Policy = &atomic.Pointer[policy.Policy]{}
+		none, _ := policy.New(&config.Config{}, nil)
+		o.Policy.Store(none)
+	}
 	d := &Delivery{
 		opts:       o,
 		tracer:     o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
@@ -114,7 +117,6 @@ func New(o Options) *Delivery {
 		libraries:  monitor.NewBoundedLabels(max(o.MaxLibraries, 1)),
 		m:          newMetrics(o.Registry),
 	}
-	d.limits = newLimits(o.RateLimit)
 	d.m.breakerState.Set(0) // closed; the series exists from the start
 	d.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
 		Name:        "kafka",
@@ -189,24 +191,43 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	for _, n := range sizes {
 		total += n
 	}
-	if err := d.limits.take(d.principals.Value(client.Principal), len(recs), total); err != nil {
+	pol := d.opts.Policy.Load()
+	if err := pol.TakeRate(d.principals.Value(client.Principal), len(recs), total); err != nil {
 		d.Denied(client.Principal, string(record.ReasonRateLimited))
 		for i := range recs {
 			results[i] = record.Fail(recs[i].Topic, err)
 			results[i].ID = recs[i].ID
 			d.m.failed.WithLabelValues(d.topics.Value(recs[i].Topic), string(record.ReasonRateLimited)).Inc()
 		}
-		d.countClient(client, recs, sizes, results)
+		d.countClient(client, topicsOf(recs), sizes, results)
 		return results
+	}
+	// ACLs, validation and metrics use the topic the client named; the
+	// record goes on to its Kafka topic.
+	named := make([]string, len(recs))
+	for i := range recs {
+		named[i] = recs[i].Topic
 	}
 	parents := d.parents(ctx, recs)
 	var ahead, direct []int
 	for i := range recs {
-		switch {
-		case d.opts.Auth != nil && !d.opts.Auth.Allowed(client.Principal, recs[i].Topic):
-			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonForbidden,
-				"%s may not produce to topic %q (security.allow_topics, security.acl)", client.Principal, recs[i].Topic))
+		if !pol.Allowed(client.Principal, named[i]) {
+			results[i] = record.Fail(named[i], record.Errorf(record.ReasonForbidden,
+				"%s may not produce to topic %q (security.allow_topics, security.acl)", client.Principal, named[i]))
 			d.Denied(client.Principal, string(record.ReasonForbidden))
+			continue
+		}
+		if rule, err := pol.Validate(named[i], &recs[i]); err != nil {
+			results[i] = record.Fail(named[i], err)
+			d.m.rejected.WithLabelValues(d.topics.Value(named[i]), rule).Inc()
+			continue
+		}
+		recs[i].Topic = pol.Map(named[i])
+		if err := record.ValidateTopic(recs[i].Topic); err != nil { // a prefix rewrite can make one
+			results[i] = record.Fail(named[i], record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", named[i], record.ClientMessage(err)))
+			continue
+		}
+		switch {
 		case sizes[i] > d.opts.MaxRecordBytes:
 			// Kafka would refuse it: no use sending or buffering it.
 			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonTooLarge,
@@ -224,10 +245,10 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(parents, direct)))
 	}
 
-	d.countClient(client, recs, sizes, results)
+	d.countClient(client, named, sizes, results)
 	for i, r := range results {
 		results[i].ID = recs[i].ID
-		topic := d.topics.Value(recs[i].Topic)
+		topic := d.topics.Value(named[i])
 		switch r.Outcome {
 		case record.Delivered:
 			d.m.delivered.WithLabelValues(topic).Inc()
@@ -246,7 +267,7 @@ func (d *Delivery) Denied(principal, reason string) {
 
 // countClient counts the request, its records by outcome and their bytes
 // per client.
-func (d *Delivery) countClient(c identity.Client, recs []record.Record, sizes []int, results []record.Result) {
+func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, results []record.Result) {
 	principal := d.principals.Value(c.Principal)
 	library, version := c.Library, c.Version
 	if d.libraries.Value(library+"/"+version) == monitor.OtherLabel {
@@ -254,7 +275,7 @@ func (d *Delivery) countClient(c identity.Client, recs []record.Record, sizes []
 	}
 	d.m.clientRequests.WithLabelValues(principal, library, version).Inc()
 	for i, r := range results {
-		topic := d.topics.Value(recs[i].Topic)
+		topic := d.topics.Value(topics[i])
 		d.m.clientRecords.WithLabelValues(principal, topic, r.Outcome.String()).Inc()
 		d.m.clientBytes.WithLabelValues(principal, topic).Add(float64(sizes[i]))
 	}
@@ -327,6 +348,14 @@ func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Re
 		}
 	}
 	return res
+}
+
+func topicsOf(recs []record.Record) []string {
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.Topic
+	}
+	return out
 }
 
 func pick[T any](all []T, idx []int) []T {

@@ -23,6 +23,7 @@ type metrics struct {
 	clientBytes    *prometheus.CounterVec
 	clientRequests *prometheus.CounterVec
 	denied         *prometheus.CounterVec
+	rejected       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
@@ -77,6 +78,10 @@ func newMetrics(reg prometheus.Registerer) metrics {
 			Name: "spillway_client_requests_total",
 			Help: "Requests (HTTP requests, gRPC calls and stream messages) per client principal, library and library version.",
 		}, []string{"principal", "library", "version"}),
+		rejected: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_validation_failures_total",
+			Help: "Records refused (422) because they break a validation rule, per topic (as the client named it) and rule.",
+		}, []string{"topic", "rule"}),
 		denied: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_denied_total",
 			Help: "Requests refused for bad or missing credentials (unauthenticated) and records refused for their topic (forbidden), per principal.",

@@ -122,7 +122,7 @@ func (s *Server) SetServing(serving bool) {
 // codeOf maps a failure reason to its gRPC status code.
 func codeOf(reason record.Reason) codes.Code {
 	switch reason {
-	case record.ReasonInvalid:
+	case record.ReasonInvalid, record.ReasonRejected:
 		return codes.InvalidArgument
 	case record.ReasonTooLarge, record.ReasonBufferFull, record.ReasonRateLimited:
 		return codes.ResourceExhausted

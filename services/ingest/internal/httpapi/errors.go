@@ -47,6 +47,8 @@ func statusOf(reason record.Reason) (status, code int) {
 		return http.StatusServiceUnavailable, 50303
 	case record.ReasonRateLimited:
 		return http.StatusTooManyRequests, 42901
+	case record.ReasonRejected:
+		return http.StatusUnprocessableEntity, 42201
 	default:
 		return http.StatusServiceUnavailable, 50301
 	}

@@ -7,6 +7,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -198,7 +199,7 @@ func batchStatus(results []record.Result) (int, *httpError) {
 	var first *httpError
 	failed, buffered := 0, 0
 	same := true
-	for _, r := range results {
+	for i, r := range results {
 		switch r.Outcome {
 		case record.Buffered:
 			buffered++
@@ -207,6 +208,9 @@ func batchStatus(results []record.Result) (int, *httpError) {
 			he := fromError(r.Err)
 			if first == nil {
 				first = he
+				if len(results) > 1 { // which record, at the top
+					first = newHTTPError(he.status, he.body.ErrorCode, fmt.Sprintf("record %d: %s", i, he.body.Message))
+				}
 			} else if he.status != first.status {
 				same = false
 			}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"strings"
 
 	"github.com/spillway/spillway/pkg/config"
@@ -24,23 +23,20 @@ var (
 	errNotBearer          = fmt.Errorf("%w: want Authorization: Bearer TOKEN", ErrInvalidCredentials)
 )
 
-// Authenticator turns a request's credentials into its principal, and
-// says which topics a principal may produce to.
+// Authenticator turns a request's credentials into its principal.
 type Authenticator struct {
 	keys          [][]byte // SHA-256 of each API key
 	owners        []string // the principal of each key
 	jwt           *jwtVerifier
 	principalFrom string // which name of a client certificate is its principal
 	require       bool
-	allow         []string
-	acl           map[string][]string
 }
 
 // NewAuthenticator builds the authenticator of the security settings and
 // the listeners' TLS. With a JWKS URL, the keys are fetched again until
 // ctx ends.
 func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS, logger *slog.Logger) (*Authenticator, error) {
-	a := &Authenticator{require: s.RequireCredentials, allow: s.AllowTopics, acl: s.ACL, principalFrom: t.PrincipalFrom}
+	a := &Authenticator{require: s.RequireCredentials, principalFrom: t.PrincipalFrom}
 	for hash, principal := range s.APIKeys {
 		b, _ := hex.DecodeString(hash)
 		a.keys = append(a.keys, b)
@@ -126,26 +122,4 @@ func (a *Authenticator) certificatePrincipal(cert *x509.Certificate) string {
 		return cert.Subject.CommonName
 	}
 	return ""
-}
-
-// Allowed says whether principal may produce to topic: the topic is in the
-// global allow-list (when there is one) and in the principal's ACL (when
-// it has one).
-func (a *Authenticator) Allowed(principal, topic string) bool {
-	if len(a.allow) > 0 && !matchAny(a.allow, topic) {
-		return false
-	}
-	if patterns, ok := a.acl[principal]; ok {
-		return matchAny(patterns, topic)
-	}
-	return true
-}
-
-func matchAny(patterns []string, topic string) bool {
-	for _, p := range patterns {
-		if ok, _ := path.Match(p, topic); ok {
-			return true
-		}
-	}
-	return false
 }

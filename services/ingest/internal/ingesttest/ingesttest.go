@@ -64,9 +64,25 @@ func StartYAML(tb testing.TB, addr, yaml string, env ...string) *Ingest {
 	return start(tb, addr, []byte(yaml), tracing, env)
 }
 
+// StartFile is Start with the configuration file at path, which the
+// ingest reloads when it changes (looked at every 50 ms) or on Reload.
+func StartFile(tb testing.TB, addr, path string, env ...string) *Ingest {
+	tb.Helper()
+	tracing, err := telemetry.NewTracing(context.Background(), "spillway-ingest", "test", func(string) string { return "" })
+	if err != nil {
+		tb.Fatalf("tracing: %v", err)
+	}
+	return startWith(tb, addr, path, nil, tracing, env)
+}
+
 func start(tb testing.TB, addr string, yaml []byte, tracing *telemetry.Tracing, env []string) *Ingest {
 	tb.Helper()
-	cfg, err := config.Parse(yaml, append([]string{
+	return startWith(tb, addr, "", yaml, tracing, env)
+}
+
+func startWith(tb testing.TB, addr, path string, yaml []byte, tracing *telemetry.Tracing, env []string) *Ingest {
+	tb.Helper()
+	environ := append([]string{
 		"SPILLWAY_KAFKA_BROKERS=" + addr,
 		"SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
@@ -74,14 +90,25 @@ func start(tb testing.TB, addr string, yaml []byte, tracing *telemetry.Tracing, 
 		"SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=5s",
 		"SPILLWAY_PRODUCER_WAL_PATH=" + tb.TempDir(),
 		"SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0",
-	}, env...))
+	}, env...)
+	var cfg *config.Config
+	var err error
+	if path != "" {
+		cfg, err = config.Load(path, environ)
+	} else {
+		cfg, err = config.Parse(yaml, environ)
+	}
 	if err != nil {
 		tb.Fatalf("config: %v", err)
 	}
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()
 	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, securitytest.LogWriter(tb, "ingest")), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := app.New(app.Options{Config: cfg, Logger: logger, Registry: reg, Tracing: tracing})
+	opts := app.Options{Config: cfg, Logger: logger, Registry: reg, Tracing: tracing}
+	if path != "" {
+		opts.ConfigPath, opts.Environ, opts.ConfigCheckEvery = path, environ, 50*time.Millisecond
+	}
+	a, err := app.New(opts)
 	if err != nil {
 		tb.Fatalf("start ingest: %v", err)
 	}
