@@ -47,11 +47,11 @@ type ServiceOptions struct {
 
 // Service is a running forwarder or resender.
 type Service struct {
-	opts     ServiceOptions
-	monitor  *monitor.Server
-	nc       *nats.Conn
-	producer *producer.Producer
-	drainer  *Drainer
+	opts      ServiceOptions
+	monitor   *monitor.Server
+	nc        *nats.Conn
+	producers []*producer.Producer
+	drainers  []*Drainer
 }
 
 // NewService connects to JetStream and Kafka, creates the durable consumer
@@ -78,9 +78,11 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if s.monitor, err = monitor.New(listen, o.Registry); err != nil {
 		return nil, fmt.Errorf("monitoring listen %s: %w", listen, err)
 	}
-	if s.producer, err = producer.New(cfg.Kafka, o.Logger); err != nil {
+	primary, err := producer.New(cfg.Kafka, o.Logger)
+	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
+	s.producers = append(s.producers, primary)
 	nc, js, err := spill.Connect(ctx, cfg.Producer.WAL, nil, "spillway-"+o.Role.Name, o.Logger)
 	if err != nil {
 		return nil, err
@@ -91,7 +93,7 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 		WAL:       cfg.Producer.WAL,
 		Kind:      o.Role.Kind,
 		Consumer:  o.Role.Name,
-		Producer:  s.producer,
+		Producer:  primary,
 		RateLimit: rateLimit,
 		Period:    period,
 		Breaker:   cfg.Producer.CB,
@@ -101,9 +103,29 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if o.Tracing != nil {
 		opts.TracerProvider, opts.Propagators = o.Tracing.Provider, o.Tracing.Propagators
 	}
-	s.drainer, err = New(ctx, opts)
+	d, err := New(ctx, opts)
 	if err != nil {
 		return nil, err
+	}
+	s.drainers = append(s.drainers, d)
+	if o.Role == Resender {
+		// Each mirror's spilled copies go to the mirror, through a consumer
+		// of their own, at the same rate limit.
+		for _, m := range cfg.Mirrors {
+			logger := o.Logger.With("mirror", m.Name)
+			p, err := producer.New(m.Kafka, logger)
+			if err != nil {
+				return nil, fmt.Errorf("mirrors %s: kafka producer: %w", m.Name, err)
+			}
+			s.producers = append(s.producers, p)
+			mo := opts
+			mo.Kind, mo.Consumer, mo.Producer, mo.Logger = spill.Mirror(m.Name), "mirror-"+m.Name, p, logger
+			d, err := New(ctx, mo)
+			if err != nil {
+				return nil, err
+			}
+			s.drainers = append(s.drainers, d)
+		}
 	}
 	s.monitor.AddReadinessCheck(func() error {
 		if !nc.IsConnected() {
@@ -125,7 +147,11 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		s.monitor.SetReady(true)
 		s.opts.Logger.Info(s.opts.Role.Name+" started", "monitoring", s.MonitorAddr(), "brokers", s.opts.Config.Kafka.Brokers)
-		err := s.drainer.Run(gctx)
+		var dg errgroup.Group
+		for _, d := range s.drainers {
+			dg.Go(func() error { return d.Run(gctx) })
+		}
+		err := dg.Wait()
 		s.monitor.SetReady(false)
 		s.close()
 		sctx, cancel := context.WithTimeout(context.Background(), s.opts.Config.Server.ShutdownTimeout)
@@ -136,12 +162,12 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 func (s *Service) close() {
-	if s.producer != nil {
-		if err := s.producer.Close(); err != nil {
+	for _, p := range s.producers {
+		if err := p.Close(); err != nil {
 			s.opts.Logger.Warn("closing the kafka producer", "error", err)
 		}
-		s.producer = nil
 	}
+	s.producers = nil
 	if s.nc != nil {
 		if err := s.nc.Drain(); err != nil {
 			s.opts.Logger.Warn("draining the NATS connection", "error", err)

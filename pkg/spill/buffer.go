@@ -108,7 +108,7 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 		}
 		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}}}
 		copyTraceContext(r, msg.Header)
-		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(r.ID))
+		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID(kind, r.ID)))
 		if err != nil {
 			results[i] = record.Fail(r.Topic, classify(err))
 			continue
@@ -155,6 +155,17 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 		}
 	}
 	return results
+}
+
+// msgID is the JetStream message id of a record of kind: its id, which
+// makes a publish retried within the stream's duplicate window count once.
+// A mirror's copy gets its own, or it would be taken for a duplicate of
+// the record spilled for the primary cluster and not stored.
+func msgID(kind Kind, id string) string {
+	if strings.HasPrefix(string(kind), "mirror.") {
+		return string(kind) + ":" + id
+	}
+	return id
 }
 
 // traceHeaders are the W3C trace context headers a record carries.

@@ -35,6 +35,11 @@ const (
 	DeadLetter Kind = "dlq"
 )
 
+// Mirror is the kind of the records a mirror (the cluster named name)
+// could not take when they came; the resender carries them to it. Their
+// subjects are PREFIX.mirror.NAME.TOPIC.
+func Mirror(name string) Kind { return Kind("mirror." + name) }
+
 // Headers of the JetStream messages.
 const (
 	HeaderReason = "Spillway-Reason" // why a record was dead-lettered

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -95,8 +96,33 @@ type load struct {
 	delivered map[string]bool
 	buffered  map[string]bool
 	statuses  map[int]int
+	samples   []sample // every answered request
 	stop      chan struct{}
 	done      sync.WaitGroup
+}
+
+// sample is one answered request: when it ended and how long it took.
+type sample struct {
+	end     time.Time
+	latency time.Duration
+}
+
+// stats are the requests answered between from and to: how many per
+// second, and their median and 99th percentile latency.
+func (l *load) stats(from, to time.Time) (perSecond float64, p50, p99 time.Duration) {
+	l.mu.Lock()
+	var lat []time.Duration
+	for _, s := range l.samples {
+		if !s.end.Before(from) && s.end.Before(to) {
+			lat = append(lat, s.latency)
+		}
+	}
+	l.mu.Unlock()
+	if len(lat) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(lat)
+	return float64(len(lat)) / to.Sub(from).Seconds(), lat[len(lat)/2], lat[len(lat)*99/100]
 }
 
 func startLoad(ingestAddr, topic string, workers int) *load {
@@ -114,6 +140,7 @@ func startLoad(ingestAddr, topic string, workers int) *load {
 				}
 				req, _ := http.NewRequest(http.MethodPost, "http://"+ingestAddr+"/topics/"+topic+"/messages", strings.NewReader(fmt.Sprintf("w%d-%d", w, i)))
 				req.Header.Set("Content-Type", "text/plain")
+				start := time.Now()
 				resp, err := client.Do(req)
 				l.mu.Lock()
 				l.sent++
@@ -126,6 +153,7 @@ func startLoad(ingestAddr, topic string, workers int) *load {
 				resp.Body.Close()
 				id := between(string(body), `"id":"`, `"`)
 				l.mu.Lock()
+				l.samples = append(l.samples, sample{end: time.Now(), latency: time.Since(start)})
 				l.statuses[resp.StatusCode]++
 				switch resp.StatusCode {
 				case http.StatusOK:

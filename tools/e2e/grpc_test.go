@@ -35,7 +35,8 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 		monitorAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		out:         &syncBuffer{},
 	}
-	cmd := exec.Command(filepath.Join(binDir, "spillway-ingest"))
+	args, env := splitArgs(env)
+	cmd := exec.Command(filepath.Join(binDir, "spillway-ingest"), args...)
 	cmd.Env = append(append(os.Environ(),
 		"SPILLWAY_KAFKA_BROKERS="+broker,
 		"SPILLWAY_SERVER_HTTP_LISTEN="+p.httpAddr,
@@ -59,6 +60,19 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 	})
 	waitOK(t, "http://"+p.monitorAddr+"/readyz", "the ingest to be ready")
 	return p
+}
+
+// splitArgs takes the command-line arguments (those starting with "-",
+// such as "-config=FILE") out of a list of environment settings.
+func splitArgs(list []string) (args, env []string) {
+	for _, e := range list {
+		if strings.HasPrefix(e, "-") {
+			args = append(args, e)
+		} else {
+			env = append(env, e)
+		}
+	}
+	return args, env
 }
 
 func newBroker(t *testing.T) string {

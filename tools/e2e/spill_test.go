@@ -19,7 +19,8 @@ import (
 func startResender(t *testing.T, broker, natsAddr string, env ...string) {
 	t.Helper()
 	monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(filepath.Join(binDir, "spillway-resender"))
+	args, env := splitArgs(env)
+	cmd := exec.Command(filepath.Join(binDir, "spillway-resender"), args...)
 	cmd.Env = append(append(os.Environ(),
 		"SPILLWAY_KAFKA_BROKERS="+broker,
 		"SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,

@@ -33,6 +33,7 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
+	"github.com/spillway/spillway/services/ingest/internal/mirror"
 	"github.com/spillway/spillway/services/ingest/internal/policy"
 )
 
@@ -149,6 +150,10 @@ func New(o Options) (_ *App, err error) {
 	if err != nil {
 		return nil, err
 	}
+	mirrors, err := a.startMirrors(buffer)
+	if err != nil {
+		return nil, err
+	}
 	d := delivery.New(delivery.Options{
 		Producer:       a.producer,
 		Buffer:         buffer,
@@ -159,6 +164,7 @@ func New(o Options) (_ *App, err error) {
 		Registry:       o.Registry,
 		MaxTopics:      cfg.Server.Monitoring.MaxTopicLabels,
 		Policy:         &a.policy,
+		Mirrors:        mirrors,
 		MaxPrincipals:  cfg.Server.Monitoring.MaxPrincipalLabels,
 		MaxLibraries:   cfg.Server.Monitoring.MaxLibraryLabels,
 		Logger:         o.Logger,
@@ -224,10 +230,11 @@ func grpcTLS(files *certs.Reloader) *tls.Config {
 
 // startBuffer connects to the JetStream buffer, starting the embedded
 // server unless an external one is configured. It returns nil (no buffer)
-// when mode is disable and no topic is always written ahead.
+// when mode is disable, no topic is always written ahead and there is no
+// mirror (whose failures spill).
 func (a *App) startBuffer() (delivery.Buffer, error) {
 	wal := a.opts.Config.Producer.WAL
-	if wal.Mode == config.ModeDisable && len(wal.AlwaysTopics) == 0 {
+	if wal.Mode == config.ModeDisable && len(wal.AlwaysTopics) == 0 && len(a.opts.Config.Mirrors) == 0 {
 		return nil, nil
 	}
 	var embedded *server.Server
@@ -255,6 +262,39 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 		}
 	})
 	return spill.NewBuffer(js, wal), nil
+}
+
+// startMirrors starts a producer and a mirror for each of mirrors; at
+// shutdown, after the servers stopped, each mirror sends or spills what it
+// holds.
+func (a *App) startMirrors(buffer delivery.Buffer) ([]delivery.Mirror, error) {
+	cfg := a.opts.Config
+	if len(cfg.Mirrors) == 0 {
+		return nil, nil
+	}
+	metrics := mirror.NewMetrics(a.opts.Registry)
+	var out []delivery.Mirror
+	for _, mc := range cfg.Mirrors {
+		logger := a.opts.Logger.With("mirror", mc.Name)
+		p, err := producer.New(mc.Kafka, logger)
+		if err != nil {
+			return nil, fmt.Errorf("mirrors %s: kafka producer: %w", mc.Name, err)
+		}
+		var spillTo mirror.Buffer
+		if buffer != nil {
+			spillTo = buffer
+		}
+		m := mirror.New(mc, p, spillTo, cfg.Producer.CB, metrics, a.opts.Logger)
+		a.cleanups = append(a.cleanups, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*producerCloseTimeout)
+			defer cancel()
+			if err := m.Close(ctx); err != nil {
+				logger.Warn("closing the mirror", "error", err)
+			}
+		})
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 func tracerProvider(t *telemetry.Tracing) trace.TracerProvider {

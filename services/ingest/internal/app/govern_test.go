@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -233,4 +234,46 @@ topic_mapping:
 	assert.Positive(t, sent.Load())
 	assert.Zero(t, failedReqs.Load(), "no request failed during the reloads (first failure: %v)", firstFailure.Load())
 	t.Logf("%d requests during 3 reloads and a rejected one", sent.Load())
+}
+
+// TestMirror: the acknowledged records of the mirrored topics (by their
+// Kafka name, after mapping) are also in the mirror cluster, with their
+// key, headers and value; other topics are not copied.
+func TestMirror(t *testing.T) {
+	_, primary := kafkatest.NewCluster(t)
+	_, mirrorAddr := kafkatest.NewCluster(t)
+	in := ingesttest.StartYAML(t, primary, `
+topic_mapping:
+  - {exact: legacy, to: orders}
+mirrors:
+  - name: dr
+    topics: ["orders", "audit.*"]
+    kafka: {brokers: ["`+mirrorAddr+`"]}
+`)
+	for i := range 5 {
+		code, body := ingesttest.Post(t, in.URL+"/topics/legacy/messages", "text/plain", fmt.Sprintf("order-%d", i), "X-Kafka-Key", "k", "X-Kafka-Header-Source", "shop")
+		require.Equal(t, http.StatusOK, code, body)
+	}
+	code, body := ingesttest.Post(t, in.URL+"/topics/audit.login/messages", "application/x-ndjson", "{\"a\":1}\n{\"a\":2}\n")
+	require.Equal(t, http.StatusOK, code, body)
+	code, body = ingesttest.Post(t, in.URL+"/topics/private/messages", "text/plain", "not mirrored")
+	require.Equal(t, http.StatusOK, code, body)
+
+	got := kafkatest.Consume(t, mirrorAddr, "orders", 5, 10*time.Second)
+	require.Len(t, got, 5)
+	assert.Equal(t, "k", string(got[0].Key))
+	source, _ := kafkatest.HeaderValue(got[0], "source")
+	assert.Equal(t, "shop", source)
+	primaryID, _ := kafkatest.HeaderValue(kafkatest.Consume(t, primary, "orders", 5, 10*time.Second)[0], "spillway-id")
+	mirrorIDs := map[string]bool{}
+	for _, r := range got {
+		id, _ := kafkatest.HeaderValue(r, "spillway-id")
+		mirrorIDs[id] = true
+	}
+	assert.True(t, mirrorIDs[primaryID], "the copy has the record's spillway-id")
+	assert.Len(t, kafkatest.Consume(t, mirrorAddr, "audit.login", 2, 10*time.Second), 2)
+	require.Eventually(t, func() bool {
+		return ingesttest.Metric(t, in.Monitor, `spillway_mirror_records_total{mirror="dr",outcome="mirrored"}`) == 7
+	}, 10*time.Second, 20*time.Millisecond, "5 orders and 2 audit records; private is not mirrored")
+	assert.Equal(t, 0.0, ingesttest.Metric(t, in.Monitor, `spillway_mirror_queued_records{mirror="dr"}`))
 }

@@ -39,6 +39,12 @@ type Buffer interface {
 	Publish(ctx context.Context, kind spill.Kind, recs []record.Record, reason string) []record.Result
 }
 
+// Mirror copies records to a second cluster without the client waiting.
+type Mirror interface {
+	Matches(topic string) bool
+	Offer(recs []record.Record)
+}
+
 // Options configure the delivery path.
 type Options struct {
 	Producer Producer
@@ -59,6 +65,8 @@ type Options struct {
 	// Policy holds the rules a reload may replace: topic ACLs, rate
 	// limits, validation and topic mapping. Each request reads it once.
 	Policy *atomic.Pointer[policy.Policy]
+	// Mirrors get a copy of each acknowledged record of their topics.
+	Mirrors []Mirror
 	// MaxPrincipals and MaxLibraries cap the distinct principals and
 	// library versions in the per-client metrics; later ones are "other".
 	MaxPrincipals int
@@ -245,6 +253,7 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(parents, direct)))
 	}
 
+	d.mirror(recs, results)
 	d.countClient(client, named, sizes, results)
 	for i, r := range results {
 		results[i].ID = recs[i].ID
@@ -257,6 +266,23 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		}
 	}
 	return results
+}
+
+// mirror hands each mirror a copy of the acknowledged records of its
+// topics. The copy lets the mirror's partitioner choose the partition: the
+// mirror's topic may have another partition count.
+func (d *Delivery) mirror(recs []record.Record, results []record.Result) {
+	for _, m := range d.opts.Mirrors {
+		var copies []record.Record
+		for i, r := range results {
+			if (r.Outcome == record.Delivered || r.Outcome == record.Buffered) && m.Matches(recs[i].Topic) {
+				c := recs[i]
+				c.Partition = record.AnyPartition
+				copies = append(copies, c)
+			}
+		}
+		m.Offer(copies)
+	}
 }
 
 // Denied counts a refused request or record, per principal and reason

@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestFaultMirrorCutOff: a mirror cluster behind the fault proxy is cut
+// off mid-load. Every request is still answered 200 by the primary
+// cluster (its rate and latency are reported before and during the cut),
+// the copies spill to the mirror's own subject, and once the mirror is
+// back the resender carries every acknowledged record to it.
+func TestFaultMirrorCutOff(t *testing.T) {
+	primary := newBroker(t)
+	mirror := newFaultyKafka(t)
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	config := filepath.Join(t.TempDir(), "spillway.yaml")
+	if err := os.WriteFile(config, []byte(`
+mirrors:
+  - name: dr
+    topics: ["mirrored"]
+    kafka:
+      brokers: ["`+mirror.addr+`"]
+      message.timeout.ms: 1000
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := startIngest(t, primary, "-config="+config, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_PRODUCER_CB_TIMEOUT=1s", "SPILLWAY_PRODUCER_CB_FAILS=2")
+	mirrored := func(outcome string) float64 {
+		return metricValue(t, in.monitorAddr, `spillway_mirror_records_total{mirror="dr",outcome="`+outcome+`"}`)
+	}
+
+	loadStart := time.Now()
+	l := startLoad(in.httpAddr, "mirrored", 4)
+	eventually(t, 30*time.Second, "records mirrored", func() bool { return mirrored("mirrored") >= 200 })
+	upFrom, cutAt := loadStart, time.Now()
+	mirror.cut()
+	before := l.count()
+	eventually(t, 30*time.Second, "copies spilled while the mirror is cut off", func() bool {
+		return mirrored("spilled") >= 300 && l.count() >= before+300
+	})
+	restoreAt := time.Now()
+	mirror.restore()
+	l.finish()
+
+	upRate, upP50, upP99 := l.stats(upFrom, cutAt)
+	cutRate, cutP50, cutP99 := l.stats(cutAt, restoreAt)
+	t.Logf("primary with the mirror up: %.0f records/s, p50 %v, p99 %v; with the mirror cut off: %.0f records/s, p50 %v, p99 %v",
+		upRate, upP50, upP99, cutRate, cutP50, cutP99)
+	if len(l.delivered) != l.count() || l.statuses[200] != l.count() {
+		t.Fatalf("the primary must answer every request 200 whatever the mirror: statuses %v", l.statuses)
+	}
+	waitAllInKafka(t, primary, "mirrored", l, 30*time.Second)
+
+	// The resender, with the same configuration, carries the spilled copies.
+	startResender(t, primary, natsAddr, "-config="+config)
+	waitAllInKafka(t, mirror.addr, "mirrored", l, 90*time.Second)
+	t.Logf("mirror outcomes: mirrored %v, spilled %v, dead-lettered %v, dropped %v",
+		mirrored("mirrored"), mirrored("spilled"), mirrored("dead_lettered"), mirrored("dropped"))
+	if d := mirrored("dropped"); d != 0 {
+		t.Fatalf("%v copies dropped", d)
+	}
+}
+
+// TestReloadOnSIGHUP: the binary reloads its file on SIGHUP, and keeps
+// the rules in force when the new file is bad.
+func TestReloadOnSIGHUP(t *testing.T) {
+	broker := newBroker(t)
+	config := filepath.Join(t.TempDir(), "spillway.yaml")
+	write := func(s string) {
+		t.Helper()
+		// The file is also watched: make the change invisible to the
+		// watcher by keeping the size and the modification time, so that
+		// only SIGHUP reloads it.
+		fi, err := os.Stat(config)
+		if err := os.WriteFile(config, []byte(fmt.Sprintf("%-60s\n", s)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err == nil {
+			_ = os.Chtimes(config, fi.ModTime(), fi.ModTime())
+		}
+	}
+	write("security: {allow_topics: [a]}")
+	in := startIngest(t, broker, "-config="+config)
+	if s, _ := postStatus(t, in.httpAddr, "b", "x"); s != 403 {
+		t.Fatalf("topic b before the reload: %d, want 403", s)
+	}
+	write("security: {allow_topics: [a, b]}")
+	if err := in.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the reload", func() bool {
+		return metricValue(t, in.monitorAddr, `spillway_config_reloads_total{result="applied"}`) == 1
+	})
+	if s, _ := postStatus(t, in.httpAddr, "b", "x"); s != 200 {
+		t.Fatalf("topic b after the reload: %d, want 200", s)
+	}
+	write(`security: {allow_topics: ["["]}`)
+	if err := in.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the rejected reload", func() bool {
+		return metricValue(t, in.monitorAddr, `spillway_config_reloads_total{result="rejected"}`) == 1
+	})
+	if s, _ := postStatus(t, in.httpAddr, "b", "x"); s != 200 {
+		t.Fatalf("topic b after a rejected reload: %d, want 200 (the rules before it)", s)
+	}
+}
