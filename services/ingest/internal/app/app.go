@@ -76,6 +76,7 @@ type App struct {
 	reloadMu sync.Mutex
 	loaded   *config.Config // the configuration last loaded
 	reloadM  *reloadMetrics
+	fresh    freshConns
 	// stopWaiting ends near the shutdown deadline: requests still waiting
 	// for Kafka stop waiting and their records are spilled.
 	stopWaiting   context.Context
@@ -216,8 +217,39 @@ func New(o Options) (_ *App, err error) {
 		WriteTimeout:      cfg.Server.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.Server.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
+		ConnState:         a.fresh.track,
 	}
 	return a, nil
+}
+
+// freshConns are the HTTP connections accepted that have not sent a
+// request yet. http.Server.Shutdown waits 5 seconds before it counts
+// those as idle; clients open them ahead of need (Go's transport does), so
+// shutdown closes them at once: they hold no request.
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (f *freshConns) track(c net.Conn, state http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conns == nil {
+		f.conns = map[net.Conn]struct{}{}
+	}
+	if state == http.StateNew {
+		f.conns[c] = struct{}{}
+	} else {
+		delete(f.conns, c)
+	}
+}
+
+func (f *freshConns) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		_ = c.Close()
+	}
 }
 
 // grpcTLS is the gRPC listener's TLS configuration; nil: plaintext.
@@ -378,7 +410,22 @@ func (a *App) shutdown() error {
 		a.grpcSrv.GracefulStop()
 		close(grpcStopped)
 	}()
-	if err := a.httpSrv.Shutdown(ctx); err != nil {
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- a.httpSrv.Shutdown(ctx) }()
+	// The connections that never sent a request go at once, and any that
+	// the listener accepted before Shutdown closed it.
+	var shutdownErr error
+	for closing := time.NewTicker(50 * time.Millisecond); ; {
+		a.fresh.close()
+		select {
+		case shutdownErr = <-shutdownDone:
+			closing.Stop()
+		case <-closing.C:
+			continue
+		}
+		break
+	}
+	if err := shutdownErr; err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
 	select {

@@ -131,10 +131,17 @@ topic_mapping:
 	assert.Equal(t, int32(codes.InvalidArgument), resp.Results[1].ErrorCode)
 	assert.Contains(t, resp.Results[1].ErrorMessage, "validation rule json (validation.rules[1]) failed")
 
+	// Confluent v2: the bad record's offset carries the error.
+	code, body := ingesttest.Post(t, in.URL+"/topics/logs.app", "application/vnd.kafka.binary.v2+json",
+		`{"records":[{"value":"eyJvayI6MX0="},{"value":"bm90IGpzb24="}]}`) // {"ok":1} and "not json"
+	assert.Equal(t, http.StatusMultiStatus, code, body)
+	assert.Contains(t, body, `"error":"validation rule json (validation.rules[1]) failed: the value is not valid JSON"`)
+	assert.Contains(t, body, `"message":"record 1: validation rule json`)
+
 	m := func(series string) float64 { return ingesttest.Metric(t, in.Monitor, series) }
 	assert.Equal(t, 1.0, m(`spillway_validation_failures_total{rule="key_required",topic="orders"}`))
 	assert.Equal(t, 1.0, m(`spillway_validation_failures_total{rule="schema",topic="orders"}`))
-	assert.Equal(t, 2.0, m(`spillway_validation_failures_total{rule="json",topic="logs.app"}`), "one over HTTP, one over gRPC")
+	assert.Equal(t, 3.0, m(`spillway_validation_failures_total{rule="json",topic="logs.app"}`), "one over HTTP, one over v2, one over gRPC")
 	assert.Equal(t, 2.0, m(`spillway_validation_failures_total{rule="max_bytes",topic="logs.app"}`))
 	assert.Equal(t, 1.0, m(`spillway_records_delivered_total{topic="legacy-orders"}`), "metrics use the name the client gave")
 }

@@ -247,10 +247,10 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 		}
 	}
 	if len(ahead) > 0 {
-		d.scatter(results, ahead, d.buffer(ctx, spill.WriteAhead, pick(recs, ahead), pick(parents, ahead), "write_ahead"))
+		d.scatter(results, ahead, d.buffer(ctx, spill.WriteAhead, pick(recs, ahead), pick(named, ahead), pick(parents, ahead), "write_ahead"))
 	}
 	if len(direct) > 0 {
-		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(parents, direct)))
+		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(named, direct), pick(parents, direct)))
 	}
 
 	d.mirror(recs, results)
@@ -308,8 +308,9 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 }
 
 // toKafka produces recs behind the breaker and spills those Kafka could
-// not take, where their topic allows it.
-func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, parents []parent) []record.Result {
+// not take, where their topic allows it. named are the topics the client
+// gave, for the metrics.
+func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
 	sp := d.startSpans(parents, "send "+recs[0].Topic, recs, kafkaAttrs(recs[0].Topic, len(recs))...)
 	results, err := d.breaker.Execute(func() ([]record.Result, error) {
 		pctx, cancel := context.WithCancel(ctx)
@@ -357,20 +358,21 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, parents []
 		}
 	}
 	for reason, idx := range byReason {
-		d.scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(parents, idx), reason))
+		d.scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
 	}
 	return results
 }
 
-// buffer publishes recs to the buffer and counts the buffered ones.
-func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, parents []parent, reason string) []record.Result {
+// buffer publishes recs to the buffer and counts the buffered ones under
+// the topics the client named.
+func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, named []string, parents []parent, reason string) []record.Result {
 	subject := spill.Subjects{Prefix: d.opts.WAL.SubjectPrefix}.For(kind, recs[0].Topic)
 	sp := d.startSpans(parents, "publish "+subject, recs, append(bufferAttrs(subject, len(recs)), attribute.String("spillway.buffer.reason", reason))...)
 	res := d.opts.Buffer.Publish(ctx, kind, recs, reason)
 	sp.end(recs, res)
 	for i, r := range res {
 		if r.Outcome == record.Buffered {
-			d.m.buffered.WithLabelValues(d.topics.Value(recs[i].Topic), reason).Inc()
+			d.m.buffered.WithLabelValues(d.topics.Value(named[i]), reason).Inc()
 		}
 	}
 	return res

@@ -146,3 +146,18 @@ func TestFullBufferAnswers507(t *testing.T) {
 	assert.Equal(t, 50701, a.ErrorCode)
 	assert.Contains(t, a.Message, "the buffer is full")
 }
+
+// TestSpillKeepsMappedTopic: a record for a mapped topic is spilled under
+// the Kafka topic it maps to, so that the resender delivers it there.
+func TestSpillKeepsMappedTopic(t *testing.T) {
+	in := ingesttest.StartYAML(t, downBroker(t), "topic_mapping: [{exact: legacy, to: orders}]", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
+	status, a := post(t, in, "legacy", "v1")
+	require.Equal(t, http.StatusAccepted, status, a)
+	msgs := stored(t, in.App.NATSAddr(), "spillway.spill.>", 1)
+	require.Len(t, msgs, 1)
+	assert.Equal(t, "spillway.spill.orders", msgs[0].Subject)
+	rec, err := spill.Decode(msgs[0].Data)
+	require.NoError(t, err)
+	assert.Equal(t, "orders", rec.Topic)
+	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_records_buffered_total{reason="unavailable",topic="legacy"}`), "metrics keep the client's name")
+}
