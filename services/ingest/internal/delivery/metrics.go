@@ -1,6 +1,8 @@
 package delivery
 
 import (
+	"iter"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -86,5 +88,38 @@ func newMetrics(reg prometheus.Registerer) metrics {
 			Name: "spillway_denied_total",
 			Help: "Requests refused for bad or missing credentials (unauthenticated) and records refused for their topic (forbidden), per principal.",
 		}, []string{"principal", "reason"}),
+	}
+}
+
+// tallyKey is a set of up to two label values.
+type tallyKey [2]string
+
+// tally adds up values per label set, so that a batch costs one metric
+// update per distinct label set rather than one per record. A batch has
+// few distinct sets: a linear search beats a map.
+type tally struct {
+	keys []tallyKey
+	vals []float64
+}
+
+func (t *tally) add(k tallyKey, v float64) {
+	for i := range t.keys {
+		if t.keys[i] == k {
+			t.vals[i] += v
+			return
+		}
+	}
+	t.keys = append(t.keys, k)
+	t.vals = append(t.vals, v)
+}
+
+// all yields each label set with its sum.
+func (t *tally) all() iter.Seq2[tallyKey, float64] {
+	return func(yield func(tallyKey, float64) bool) {
+		for i, k := range t.keys {
+			if !yield(k, t.vals[i]) {
+				return
+			}
+		}
 	}
 }
