@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"path"
 	"slices"
@@ -450,8 +451,11 @@ func Parse(file []byte, environ []string) (*Config, error) {
 	}
 	checkServerTLS(c.Server.TLS, &g)
 	c.Security = parseSecurity(k, &g)
+	if len(c.Security.ACL) > 0 && !c.Security.RequireCredentials {
+		warnings = append(warnings, "security.acl is set but security.require_credentials is false: a client that sends no credential is held only to security.allow_topics, not to any principal's ACL")
+	}
 	c.Kafka = parseKafka(k, &g)
-	c.Validation, c.TopicMapping, c.Mirrors = parseGovernance(k, &g, environ)
+	c.Validation, c.TopicMapping, c.Mirrors = parseGovernance(&g)
 	c.Warnings = warnings
 	errs = append(errs, g.errs...)
 	if len(errs) > 0 {
@@ -469,36 +473,7 @@ func resolveSecrets(k *koanf.Koanf, environ []string) (*koanf.Koanf, []error) {
 	var errs []error
 	flat := k.All()
 	for key, v := range flat {
-		s, ok := v.(string)
-		if !ok || !strings.HasPrefix(s, "${") || !strings.HasSuffix(s, "}") {
-			continue
-		}
-		source, name, _ := strings.Cut(s[2:len(s)-1], ":")
-		var value string
-		switch source {
-		case "file":
-			b, err := os.ReadFile(name)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: reading the secret from %s: %w", key, name, errors.Unwrap(err)))
-				continue
-			}
-			value = strings.TrimRight(string(b), "\r\n")
-		case "env":
-			found := false
-			for _, kv := range environ {
-				if n, v, _ := strings.Cut(kv, "="); n == name {
-					value, found = v, true
-				}
-			}
-			if !found {
-				errs = append(errs, fmt.Errorf("%s: the secret's environment variable %s is not set", key, name))
-				continue
-			}
-		default:
-			errs = append(errs, fmt.Errorf("%s: %q is not a secret reference; want ${file:PATH} or ${env:NAME}", key, s))
-			continue
-		}
-		flat[key] = value
+		flat[key] = resolveValue(key, v, environ, &errs)
 	}
 	// A fresh load rather than Set: a YAML key with dots in it (kafka:
 	// {sasl.password: ...}) and the nested map Set would make are two
@@ -508,6 +483,69 @@ func resolveSecrets(k *koanf.Koanf, environ []string) (*koanf.Koanf, []error) {
 		return k, append(errs, fmt.Errorf("resolve secrets: %w", err))
 	}
 	return resolved, errs
+}
+
+// resolveValue resolves v and, inside lists and maps, every string in it;
+// key names it in errors.
+func resolveValue(key string, v any, environ []string, errs *[]error) any {
+	switch v := v.(type) {
+	case string:
+		s, err := resolveSecret(v, environ)
+		if err != nil {
+			*errs = append(*errs, fmt.Errorf("%s: %w", key, err))
+		}
+		return s
+	case []string:
+		out := make([]string, len(v))
+		for i, e := range v {
+			out[i] = resolveValue(fmt.Sprintf("%s[%d]", key, i), e, environ, errs).(string)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = resolveValue(fmt.Sprintf("%s[%d]", key, i), e, environ, errs)
+		}
+		return out
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for f, e := range v {
+			out[f] = resolveValue(key+"."+f, e, environ, errs)
+		}
+		return out
+	default:
+		return v
+	}
+}
+
+// resolveSecret returns s, or the secret it refers to when it is a whole
+// "${file:PATH}" or "${env:NAME}". "$${" at the start stands for a
+// literal "${". Errors never repeat the value.
+func resolveSecret(s string, environ []string) (string, error) {
+	if rest, ok := strings.CutPrefix(s, "$${"); ok {
+		return "${" + rest, nil
+	}
+	if !strings.HasPrefix(s, "${") || !strings.HasSuffix(s, "}") {
+		return s, nil
+	}
+	source, name, _ := strings.Cut(s[2:len(s)-1], ":")
+	switch source {
+	case "file":
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return "", fmt.Errorf("reading the secret from %s: %w", name, errors.Unwrap(err))
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case "env":
+		for _, kv := range environ {
+			if n, v, _ := strings.Cut(kv, "="); n == name {
+				return v, nil
+			}
+		}
+		return "", fmt.Errorf("the secret's environment variable %s is not set", name)
+	default:
+		return "", errors.New("the value starts with ${ but is not a secret reference; want ${file:PATH} or ${env:NAME}, or $${ for a literal ${")
+	}
 }
 
 // EnvName returns the environment variable that overrides key.
@@ -756,8 +794,10 @@ func parseSecurity(k *koanf.Koanf, g *getter) Security {
 		if j.JWKSFile != "" && j.JWKSURL != "" {
 			g.fail("security.jwt.jwks_file", errors.New("and security.jwt.jwks_url are both set; set one"))
 		}
-		if j.JWKSURL != "" && !strings.HasPrefix(j.JWKSURL, "https://") && !strings.HasPrefix(j.JWKSURL, "http://") {
-			g.fail("security.jwt.jwks_url", fmt.Errorf("%q is not an http or https URL", j.JWKSURL))
+		if j.JWKSURL != "" {
+			if err := checkJWKSURL(j.JWKSURL); err != nil {
+				g.fail("security.jwt.jwks_url", err)
+			}
 		}
 		if j.Issuer == "" {
 			g.fail("security.jwt.issuer", errors.New("is empty; with a JWKS set, every token's issuer is checked: set the issuer"))
@@ -793,6 +833,25 @@ func parseSecurity(k *koanf.Koanf, g *getter) Security {
 		}
 	}
 	return sec
+}
+
+// checkJWKSURL accepts https, and http only to this host: keys fetched
+// in the clear could be swapped on the way, and tokens forged with them.
+func checkJWKSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return errors.New("is not a URL; want https://HOST/PATH")
+	}
+	switch {
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && (u.Hostname() == "localhost" || net.ParseIP(u.Hostname()).IsLoopback()):
+		return nil
+	case u.Scheme == "http":
+		return errors.New("is http to another host: the keys could be swapped on the way; use https (http only to localhost)")
+	default:
+		return fmt.Errorf("has scheme %q; want https", u.Scheme)
+	}
 }
 
 // checkServerTLS checks that the server.tls.* files come as a set.

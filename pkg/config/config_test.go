@@ -202,7 +202,8 @@ func TestServerTLSAndJWTErrors(t *testing.T) {
 		{`security: {jwt: {jwks_file: j.json}}`, "security.jwt.issuer: is empty"},
 		{`security: {jwt: {jwks_file: j.json, issuer: i}}`, "security.jwt.audience: is empty"},
 		{`security: {jwt: {jwks_file: j.json, jwks_url: "https://x", issuer: i, audience: a}}`, "security.jwt.jwks_file: and security.jwt.jwks_url are both set"},
-		{`security: {jwt: {jwks_url: "ftp://x", issuer: i, audience: a}}`, `security.jwt.jwks_url: "ftp://x" is not an http or https URL`},
+		{`security: {jwt: {jwks_url: "ftp://x", issuer: i, audience: a}}`, `security.jwt.jwks_url: has scheme "ftp"; want https`},
+		{`security: {jwt: {jwks_url: "http://auth.example.com/jwks", issuer: i, audience: a}}`, `security.jwt.jwks_url: is http to another host`},
 	} {
 		_, err := Parse([]byte(tc.yaml), nil)
 		require.Error(t, err, tc.yaml)
@@ -231,9 +232,21 @@ kafka:
 	_, err = Parse([]byte(`kafka: {sasl.password: "${env:NOPE}"}`), nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "kafka.sasl.password: the secret's environment variable NOPE is not set")
-	_, err = Parse([]byte(`kafka: {sasl.password: "${vault:x}"}`), nil)
+	_, err = Parse([]byte(`kafka: {sasl.password: "${hunter2-Pa55}"}`), nil)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "want ${file:PATH} or ${env:NAME}")
+	assert.Contains(t, err.Error(), "kafka.sasl.password: the value starts with ${ but is not a secret reference")
+	assert.NotContains(t, err.Error(), "hunter2", "the error never repeats the value")
+
+	c, err = Parse([]byte(`
+kafka: {brokers: ["${env:BROKER}"], sasl.password: "$${literal}"}
+mirrors: [{name: dr, topics: [a], kafka: {brokers: ["${env:BROKER}"]}}]
+security: {api_keys: [{principal: p, sha256: "${env:HASH}"}]}
+`), []string{"BROKER=k:9092", "HASH=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"k:9092"}, c.Kafka.Brokers, "inside a list")
+	assert.Equal(t, []string{"k:9092"}, c.Mirrors[0].Kafka.Brokers, "inside a mirror")
+	assert.Equal(t, "p", c.Security.APIKeys["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], "inside a list of maps")
+	assert.Equal(t, "${literal}", c.Kafka.SASL.Password, "$${ is a literal ${")
 }
 
 func TestGovernance(t *testing.T) {

@@ -42,7 +42,7 @@ type Mirror struct {
 }
 
 // parseGovernance reads validation.rules, topic_mapping and mirrors.
-func parseGovernance(k *koanf.Koanf, g *getter, environ []string) ([]ValidationRule, []TopicMapping, []Mirror) {
+func parseGovernance(g *getter) ([]ValidationRule, []TopicMapping, []Mirror) {
 	var rules []ValidationRule
 	for i, m := range g.maps("validation.rules") {
 		key := fmt.Sprintf("validation.rules[%d]", i)
@@ -129,7 +129,7 @@ func parseGovernance(k *koanf.Koanf, g *getter, environ []string) ([]ValidationR
 			g.fail(key+".topics", errors.New("is empty; name the topics (globs) to mirror"))
 		}
 		kafkaMap, _ := m["kafka"].(map[string]any)
-		mr.Kafka = parseMirrorKafka(g, key, kafkaMap, environ)
+		mr.Kafka = parseMirrorKafka(g, key, kafkaMap)
 		if mr.Kafka.UsingDevBroker {
 			g.fail(key+".kafka.brokers", errors.New("is empty; a mirror needs its own brokers"))
 		}
@@ -140,16 +140,15 @@ func parseGovernance(k *koanf.Koanf, g *getter, environ []string) ([]ValidationR
 
 // parseMirrorKafka reads a mirror's kafka section as kafka.* is read, with
 // its errors named under the mirror's key.
-func parseMirrorKafka(g *getter, key string, m map[string]any, environ []string) Kafka {
+func parseMirrorKafka(g *getter, key string, m map[string]any) Kafka {
 	k := koanf.New(".")
 	if err := k.Load(confmap.Provider(map[string]any{"kafka": m}, ""), nil); err != nil {
 		g.fail(key+".kafka", err)
 		return Kafka{}
 	}
-	k, errs := resolveSecrets(k, environ)
-	sub := getter{k: k}
+	sub := getter{k: k} // its secrets were resolved with the whole file's
 	kc := parseKafka(k, &sub)
-	for _, err := range append(errs, sub.errs...) {
+	for _, err := range sub.errs {
 		g.errs = append(g.errs, fmt.Errorf("%s.%w", key, err))
 	}
 	return kc

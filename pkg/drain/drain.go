@@ -34,11 +34,15 @@ type Producer interface {
 
 // Options configure a Drainer.
 type Options struct {
-	JS       jetstream.JetStream
-	WAL      config.WAL
-	Kind     spill.Kind // spill.WriteAhead (forwarder) or spill.Spilled (resender)
-	Consumer string     // the durable consumer's name, shared by the replicas
-	Producer Producer
+	JS   jetstream.JetStream
+	WAL  config.WAL
+	Kind spill.Kind // spill.WriteAhead (forwarder) or spill.Spilled (resender)
+	// DeadLetter is where records Kafka will never accept go; default
+	// spill.DeadLetter. ReasonPrefix starts their Spillway-Reason.
+	DeadLetter   spill.Kind
+	ReasonPrefix string
+	Consumer     string // the durable consumer's name, shared by the replicas
+	Producer     Producer
 	// RateLimit is records per second to Kafka; 0 is no limit.
 	RateLimit float64
 	// Period is the time between drain rounds; 0 drains continuously.
@@ -78,6 +82,9 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	}
 	if o.Workers <= 0 {
 		o.Workers = 4
+	}
+	if o.DeadLetter == "" {
+		o.DeadLetter = spill.DeadLetter
 	}
 	if o.TracerProvider == nil {
 		o.TracerProvider = noop.NewTracerProvider()
@@ -306,10 +313,10 @@ func retryDelay(msg jetstream.Msg) time.Duration {
 // message is sent again later: nothing is dropped.
 func (d *Drainer) deadLetter(ctx context.Context, msg jetstream.Msg, topic string, reason record.Reason, detail string) {
 	dl := &nats.Msg{
-		Subject: d.subjects.For(spill.DeadLetter, topic),
+		Subject: d.subjects.For(d.opts.DeadLetter, topic),
 		Data:    msg.Data(),
 		Header: nats.Header{
-			spill.HeaderReason: []string{string(reason) + ": " + detail},
+			spill.HeaderReason: []string{d.opts.ReasonPrefix + string(reason) + ": " + detail},
 			spill.HeaderTopic:  []string{topic},
 		},
 	}

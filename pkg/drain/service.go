@@ -120,6 +120,7 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 			s.producers = append(s.producers, p)
 			mo := opts
 			mo.Kind, mo.Consumer, mo.Producer, mo.Logger = spill.Mirror(m.Name), "mirror-"+m.Name, p, logger
+			mo.DeadLetter, mo.ReasonPrefix = spill.MirrorDeadLetter(m.Name), "mirror "+m.Name+": "
 			d, err := New(ctx, mo)
 			if err != nil {
 				return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -80,13 +81,36 @@ func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name st
 // acknowledged it.
 type Buffer struct {
 	js       jetstream.JetStream
+	stream   string
 	subjects Subjects
 	timeout  time.Duration
+
+	fillMu      sync.Mutex
+	fill        float64
+	fillChecked time.Time
 }
 
 // NewBuffer returns a Buffer publishing through js.
 func NewBuffer(js jetstream.JetStream, c config.WAL) *Buffer {
-	return &Buffer{js: js, subjects: Subjects{Prefix: c.SubjectPrefix}, timeout: c.PublishTimeout}
+	return &Buffer{js: js, stream: c.Stream, subjects: Subjects{Prefix: c.SubjectPrefix}, timeout: c.PublishTimeout}
+}
+
+// Fill is how full the stream is, from 0 to 1 of its byte limit, as
+// JetStream said at most a second ago; 0 when it cannot say.
+func (b *Buffer) Fill(ctx context.Context) float64 {
+	b.fillMu.Lock()
+	defer b.fillMu.Unlock()
+	if time.Since(b.fillChecked) < time.Second {
+		return b.fill
+	}
+	b.fillChecked = time.Now()
+	b.fill = 0
+	if s, err := b.js.Stream(ctx, b.stream); err == nil {
+		if info, err := s.Info(ctx); err == nil && info.Config.MaxBytes > 0 {
+			b.fill = float64(info.State.Bytes) / float64(info.Config.MaxBytes)
+		}
+	}
+	return b.fill
 }
 
 // Subjects is the buffer's subject naming.
@@ -106,7 +130,7 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 			results[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonInvalid, Message: "cannot encode the record for the buffer", Err: err})
 			continue
 		}
-		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}}}
+		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}, HeaderReason: []string{reason}}}
 		copyTraceContext(r, msg.Header)
 		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID(kind, r.ID)))
 		if err != nil {
@@ -157,15 +181,17 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 	return results
 }
 
-// msgID is the JetStream message id of a record of kind: its id, which
-// makes a publish retried within the stream's duplicate window count once.
-// A mirror's copy gets its own, or it would be taken for a duplicate of
-// the record spilled for the primary cluster and not stored.
+// msgID is the JetStream message id of a record of kind: for a record
+// written ahead or spilled, its id, which makes a publish retried within
+// the stream's duplicate window count once (a record is either written
+// ahead or spilled, never both). Any other kind (a mirror's copy, a dead
+// letter) is another message for the same record and gets its own id, or
+// JetStream would take it for a duplicate and not store it.
 func msgID(kind Kind, id string) string {
-	if strings.HasPrefix(string(kind), "mirror.") {
-		return string(kind) + ":" + id
+	if kind == WriteAhead || kind == Spilled {
+		return id
 	}
-	return id
+	return string(kind) + ":" + id
 }
 
 // traceHeaders are the W3C trace context headers a record carries.

@@ -40,6 +40,12 @@ const (
 // subjects are PREFIX.mirror.NAME.TOPIC.
 func Mirror(name string) Kind { return Kind("mirror." + name) }
 
+// MirrorDeadLetter is the kind of the copies a mirror will never accept:
+// PREFIX.dlq.mirror.NAME.TOPIC, among the dead letters, and apart from
+// the primary cluster's (replaying them to the primary would duplicate
+// records it has).
+func MirrorDeadLetter(name string) Kind { return Kind("dlq.mirror." + name) }
+
 // Headers of the JetStream messages.
 const (
 	HeaderReason = "Spillway-Reason" // why a record was dead-lettered

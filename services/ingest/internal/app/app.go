@@ -305,25 +305,34 @@ func (a *App) startMirrors(buffer delivery.Buffer) ([]delivery.Mirror, error) {
 		return nil, nil
 	}
 	metrics := mirror.NewMetrics(a.opts.Registry)
+	var spillTo mirror.Buffer
+	if b, ok := buffer.(mirror.Buffer); ok {
+		spillTo = b
+	}
 	var out []delivery.Mirror
+	var started []*mirror.Mirror
+	// At shutdown, after the servers stopped, all mirrors spill what they
+	// hold at once, within one deadline.
+	a.cleanups = append(a.cleanups, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*producerCloseTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, m := range started {
+			wg.Go(func() {
+				if err := m.Close(ctx); err != nil {
+					a.opts.Logger.Warn("closing a mirror", "mirror", m.Name(), "error", err)
+				}
+			})
+		}
+		wg.Wait()
+	})
 	for _, mc := range cfg.Mirrors {
-		logger := a.opts.Logger.With("mirror", mc.Name)
-		p, err := producer.New(mc.Kafka, logger)
+		p, err := producer.New(mc.Kafka, a.opts.Logger.With("mirror", mc.Name))
 		if err != nil {
 			return nil, fmt.Errorf("mirrors %s: kafka producer: %w", mc.Name, err)
 		}
-		var spillTo mirror.Buffer
-		if buffer != nil {
-			spillTo = buffer
-		}
 		m := mirror.New(mc, p, spillTo, cfg.Producer.CB, metrics, a.opts.Logger)
-		a.cleanups = append(a.cleanups, func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*producerCloseTimeout)
-			defer cancel()
-			if err := m.Close(ctx); err != nil {
-				logger.Warn("closing the mirror", "error", err)
-			}
-		})
+		started = append(started, m)
 		out = append(out, m)
 	}
 	return out, nil

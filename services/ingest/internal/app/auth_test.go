@@ -272,3 +272,34 @@ func TestJWKSURL(t *testing.T) {
 	code, body, _ = postAuth(t, in.URL+"/topics/orders/messages", "Bearer "+iss.Token(t, "s", "elsewhere", time.Hour, map[string]any{"client_name": "billing"}))
 	assert.Equal(t, http.StatusUnauthorized, code, body)
 }
+
+// TestStreamEndsWhenTokenExpires: a gRPC stream opened with a JWT ends
+// with UNAUTHENTICATED once the token expires.
+func TestStreamEndsWhenTokenExpires(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	iss := securitytest.NewIssuer(t, "https://auth.example.test/")
+	in := ingesttest.StartYAML(t, addr, strings.Replace(jwtYAML("jwks_file: "+iss.JWKSFile), "principal_claim: client_name", "principal_claim: client_name\n    leeway: 0s", 1))
+	token := iss.Token(t, "svc", "spillway", 2*time.Second, map[string]any{"client_name": "billing"})
+	conn, err := grpc.NewClient(in.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+token)
+	stream, err := ingestv1.NewIngestServiceClient(conn).ProduceStream(ctx)
+	require.NoError(t, err)
+	var last error
+	deadline := time.Now().Add(15 * time.Second)
+	for seq := uint64(1); time.Now().Before(deadline); seq++ {
+		if err := stream.Send(&ingestv1.ProduceStreamRequest{Sequence: seq, Topic: "orders", Records: []*ingestv1.Record{{Value: []byte("x")}}}); err != nil {
+			_, last = stream.Recv()
+			break
+		}
+		if _, err := stream.Recv(); err != nil {
+			last = err
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // pace the requests; the bound is the deadline above
+	}
+	require.Error(t, last, "the stream outlived its token")
+	assert.Equal(t, codes.Unauthenticated, status.Code(last))
+	assert.Contains(t, status.Convert(last).Message(), "the token has expired")
+}

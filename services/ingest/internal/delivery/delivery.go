@@ -168,14 +168,28 @@ func (d *Delivery) spills(topic string) bool {
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
 	client := identity.From(ctx)
 	sizes := make([]int, len(recs)) // as the client sent them, before our headers
+	now := time.Now()
 	for i := range recs {
 		sizes[i] = recs[i].Size()
 		if recs[i].ID == "" {
 			recs[i].ID = ulid.Make().String()
 		}
-		topic := d.topics.Value(recs[i].Topic)
-		d.m.received.WithLabelValues(api, topic).Inc()
-		d.m.receivedBytes.WithLabelValues(api, topic).Add(float64(sizes[i]))
+		if recs[i].Timestamp.IsZero() { // the receive time, wherever the record goes
+			recs[i].Timestamp = now
+		}
+	}
+	// One metric update per topic, not per record: a batch's records
+	// almost always share their topic.
+	var received, receivedBytes tally
+	for i := range recs {
+		received.add(tallyKey{recs[i].Topic}, 1)
+		receivedBytes.add(tallyKey{recs[i].Topic}, float64(sizes[i]))
+	}
+	for k, n := range received.all() {
+		d.m.received.WithLabelValues(api, d.topics.Value(k[0])).Add(n)
+	}
+	for k, n := range receivedBytes.all() {
+		d.m.receivedBytes.WithLabelValues(api, d.topics.Value(k[0])).Add(n)
 	}
 	if n := d.inFlight.Add(int64(len(recs))); d.opts.MaxInFlight > 0 && n > int64(d.opts.MaxInFlight) && n > int64(len(recs)) {
 		// Overloaded: refuse rather than grow memory. A single request larger
@@ -255,15 +269,21 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 
 	d.mirror(recs, results)
 	d.countClient(client, named, sizes, results)
+	var delivered, failed tally
 	for i, r := range results {
 		results[i].ID = recs[i].ID
-		topic := d.topics.Value(named[i])
 		switch r.Outcome {
 		case record.Delivered:
-			d.m.delivered.WithLabelValues(topic).Inc()
+			delivered.add(tallyKey{named[i]}, 1)
 		case record.Failed:
-			d.m.failed.WithLabelValues(topic, string(record.ReasonOf(r.Err))).Inc()
+			failed.add(tallyKey{named[i], string(record.ReasonOf(r.Err))}, 1)
 		}
+	}
+	for k, n := range delivered.all() {
+		d.m.delivered.WithLabelValues(d.topics.Value(k[0])).Add(n)
+	}
+	for k, n := range failed.all() {
+		d.m.failed.WithLabelValues(d.topics.Value(k[0]), k[1]).Add(n)
 	}
 	return results
 }
@@ -300,10 +320,16 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 		library, version = monitor.OtherLabel, ""
 	}
 	d.m.clientRequests.WithLabelValues(principal, library, version).Inc()
+	var records, bytes tally
 	for i, r := range results {
-		topic := d.topics.Value(topics[i])
-		d.m.clientRecords.WithLabelValues(principal, topic, r.Outcome.String()).Inc()
-		d.m.clientBytes.WithLabelValues(principal, topic).Add(float64(sizes[i]))
+		records.add(tallyKey{topics[i], r.Outcome.String()}, 1)
+		bytes.add(tallyKey{topics[i]}, float64(sizes[i]))
+	}
+	for k, n := range records.all() {
+		d.m.clientRecords.WithLabelValues(principal, d.topics.Value(k[0]), k[1]).Add(n)
+	}
+	for k, n := range bytes.all() {
+		d.m.clientBytes.WithLabelValues(principal, d.topics.Value(k[0])).Add(n)
 	}
 }
 

@@ -251,3 +251,12 @@ type identifiedStream struct {
 }
 
 func (s identifiedStream) Context() context.Context { return s.ctx }
+
+// RecvMsg ends the stream once the credential it opened with has expired
+// (a JWT's exp): a long stream must not outlive its token.
+func (s identifiedStream) RecvMsg(m any) error {
+	if until := identity.From(s.ctx).Until; !until.IsZero() && time.Now().After(until) {
+		return status.Error(codes.Unauthenticated, "invalid credentials: the token has expired; open a new stream with a new token")
+	}
+	return s.ServerStream.RecvMsg(m)
+}

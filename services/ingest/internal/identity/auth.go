@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spillway/spillway/pkg/config"
 )
@@ -30,13 +31,22 @@ type Authenticator struct {
 	jwt           *jwtVerifier
 	principalFrom string // which name of a client certificate is its principal
 	require       bool
+	// verifies is true when any credential can be checked (API keys, JWTs
+	// or client certificates): then a client id a request merely claims is
+	// marked unverified, so that it cannot pass for a principal.
+	verifies bool
 }
+
+// Unverified starts the principal of a request that gives a client id but
+// no credential, when credentials are configured.
+const Unverified = "unverified:"
 
 // NewAuthenticator builds the authenticator of the security settings and
 // the listeners' TLS. With a JWKS URL, the keys are fetched again until
 // ctx ends.
 func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS, logger *slog.Logger) (*Authenticator, error) {
-	a := &Authenticator{require: s.RequireCredentials, principalFrom: t.PrincipalFrom}
+	a := &Authenticator{require: s.RequireCredentials, principalFrom: t.PrincipalFrom,
+		verifies: len(s.APIKeys) > 0 || s.JWT.Enabled() || t.ClientCAFile != ""}
 	for hash, principal := range s.APIKeys {
 		b, _ := hex.DecodeString(hash)
 		a.keys = append(a.keys, b)
@@ -56,34 +66,40 @@ func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS
 // authorization ("Bearer TOKEN") wins: a JWT when JWTs are configured and
 // the token has a JWT's three parts, else an API key. Then a verified
 // client certificate (cert, nil without one). Without either it returns
-// anonymousPrincipal, unless credentials are required.
-func (a *Authenticator) Authenticate(authorization string, cert *x509.Certificate, anonymousPrincipal string) (string, error) {
+// anonymousPrincipal (marked Unverified when credentials are configured),
+// unless credentials are required. until is when the credential expires (a
+// JWT's exp plus the leeway); zero when it does not.
+func (a *Authenticator) Authenticate(authorization string, cert *x509.Certificate, anonymousPrincipal string) (principal string, until time.Time, err error) {
 	if authorization != "" {
 		return a.bearer(authorization)
 	}
 	if cert != nil {
 		if p := a.certificatePrincipal(cert); p != "" {
-			return p, nil
+			return p, time.Time{}, nil
 		}
-		return "", fmt.Errorf("%w: the client certificate has no %s to name its principal (server.tls.principal_from)", ErrInvalidCredentials, a.principalFrom)
+		return "", time.Time{}, fmt.Errorf("%w: the client certificate has no %s to name its principal (server.tls.principal_from)", ErrInvalidCredentials, a.principalFrom)
 	}
 	if a.require {
-		return "", ErrMissingCredentials
+		return "", time.Time{}, ErrMissingCredentials
 	}
-	return anonymousPrincipal, nil
+	if a.verifies && anonymousPrincipal != Anonymous {
+		return Unverified + anonymousPrincipal, time.Time{}, nil
+	}
+	return anonymousPrincipal, time.Time{}, nil
 }
 
 // bearer checks a bearer token: a JWT or an API key.
-func (a *Authenticator) bearer(authorization string) (string, error) {
+func (a *Authenticator) bearer(authorization string) (string, time.Time, error) {
 	scheme, token, ok := strings.Cut(strings.TrimSpace(authorization), " ")
 	token = strings.TrimSpace(token)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return "", errNotBearer
+		return "", time.Time{}, errNotBearer
 	}
 	if a.jwt != nil && strings.Count(token, ".") == 2 {
 		return a.jwt.principal(token)
 	}
-	return a.apiKey(token)
+	p, err := a.apiKey(token)
+	return p, time.Time{}, err
 }
 
 // apiKey returns the principal of a known key. Keys are compared in

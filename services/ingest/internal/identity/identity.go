@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"net/http"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -33,6 +34,9 @@ type Client struct {
 	Principal string
 	Library   string
 	Version   string
+	// Until is when the client's credential expires (a JWT's exp); zero
+	// when it does not. A gRPC stream ends then.
+	Until time.Time
 }
 
 type key struct{}
@@ -56,11 +60,11 @@ func FromHTTP(r *http.Request, auth *Authenticator) (Client, error) {
 	c := Client{Principal: clientID(h.Get(ClientIDHeader))}
 	c.Library, c.Version = ParseUserAgent(h.Get("User-Agent"))
 	if auth != nil {
-		p, err := auth.Authenticate(h.Get("Authorization"), verifiedCertificate(r.TLS), c.Principal)
+		p, until, err := auth.Authenticate(h.Get("Authorization"), verifiedCertificate(r.TLS), c.Principal)
 		if err != nil {
 			return c, err
 		}
-		c.Principal = p
+		c.Principal, c.Until = p, until
 	}
 	return c, nil
 }
@@ -87,11 +91,11 @@ func FromGRPC(ctx context.Context, auth *Authenticator) (Client, error) {
 				state = &info.State
 			}
 		}
-		p, err := auth.Authenticate(first("authorization"), verifiedCertificate(state), c.Principal)
+		p, until, err := auth.Authenticate(first("authorization"), verifiedCertificate(state), c.Principal)
 		if err != nil {
 			return c, err
 		}
-		c.Principal = p
+		c.Principal, c.Until = p, until
 	}
 	return c, nil
 }

@@ -85,20 +85,24 @@ func TestAuthenticator(t *testing.T) {
 		AllowTopics: []string{"orders", "logs.*"},
 		ACL:         map[string][]string{"billing": {"orders"}},
 	})
-	p, err := a.Authenticate("Bearer s3cret-key", nil, Anonymous)
+	p, _, err := a.Authenticate("Bearer s3cret-key", nil, Anonymous)
 	require.NoError(t, err)
 	assert.Equal(t, "billing", p)
-	_, err = a.Authenticate("Bearer wrong", nil, Anonymous)
+	_, _, err = a.Authenticate("Bearer wrong", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrInvalidCredentials)
 	assert.NotContains(t, err.Error(), "wrong", "the error never repeats the credential")
-	_, err = a.Authenticate("Basic czNjcmV0", nil, Anonymous)
+	_, _, err = a.Authenticate("Basic czNjcmV0", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrInvalidCredentials)
-	p, err = a.Authenticate("", nil, "client-1")
+	p, _, err = a.Authenticate("", nil, "client-1")
 	require.NoError(t, err)
-	assert.Equal(t, "client-1", p, "without credentials, the client id")
+	assert.Equal(t, "unverified:client-1", p, "without credentials, the client id it claims, marked: API keys are configured")
+	open := newAuthenticator(t, config.Security{})
+	p, _, err = open.Authenticate("", nil, "client-1")
+	require.NoError(t, err)
+	assert.Equal(t, "client-1", p, "no credential configured: the client id as it is")
 
 	strict := newAuthenticator(t, config.Security{RequireCredentials: true})
-	_, err = strict.Authenticate("", nil, Anonymous)
+	_, _, err = strict.Authenticate("", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrMissingCredentials)
 }
 
@@ -109,7 +113,7 @@ func FuzzAuthenticate(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, authorization string) {
-		p, err := a.Authenticate(authorization, nil, Anonymous)
+		p, _, err := a.Authenticate(authorization, nil, Anonymous)
 		if err == nil && p != "p" && p != Anonymous {
 			t.Fatalf("%q: principal %q", authorization, p)
 		}
@@ -140,14 +144,14 @@ func TestCertificatePrincipal(t *testing.T) {
 	} {
 		a, err := NewAuthenticator(t.Context(), config.Security{}, config.ServerTLS{PrincipalFrom: from}, slog.New(slog.DiscardHandler))
 		require.NoError(t, err)
-		p, err := a.Authenticate("", cert, Anonymous)
+		p, _, err := a.Authenticate("", cert, Anonymous)
 		require.NoError(t, err, from)
 		assert.Equal(t, want, p, from)
 	}
 	bare := securitytest.NewCA(t, "other").Issue(t, "x", securitytest.LeafOptions{})
 	bareCert, _ := x509.ParseCertificate(bare.TLS.Certificate[0])
 	a, _ := NewAuthenticator(t.Context(), config.Security{}, config.ServerTLS{PrincipalFrom: config.PrincipalFromSANURI}, slog.New(slog.DiscardHandler))
-	_, err = a.Authenticate("", bareCert, Anonymous)
+	_, _, err = a.Authenticate("", bareCert, Anonymous)
 	assert.ErrorContains(t, err, "the client certificate has no san_uri to name its principal")
 }
 
@@ -164,7 +168,7 @@ func FuzzBearerToken(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, authorization string) {
-		p, err := a.Authenticate(authorization, nil, Anonymous)
+		p, _, err := a.Authenticate(authorization, nil, Anonymous)
 		if err == nil && p != "svc" && !(authorization == "" && p == Anonymous) {
 			t.Fatalf("%q: accepted as %q", authorization, p)
 		}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +30,7 @@ const jwksFileCheckEvery = time.Second
 type jwtVerifier struct {
 	parser *jwt.Parser
 	claim  string
+	leeway time.Duration
 	keys   func() (jwt.Keyfunc, error)
 }
 
@@ -44,7 +47,8 @@ func newJWTVerifier(ctx context.Context, c config.JWT, logger *slog.Logger) (*jw
 			jwt.WithIssuedAt(),
 			jwt.WithLeeway(c.Leeway),
 		),
-		claim: c.PrincipalClaim,
+		claim:  c.PrincipalClaim,
+		leeway: c.Leeway,
 	}
 	if c.JWKSURL != "" {
 		kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{c.JWKSURL}, keyfunc.Override{
@@ -52,7 +56,7 @@ func newJWTVerifier(ctx context.Context, c config.JWT, logger *slog.Logger) (*jw
 			HTTPTimeout:     10 * time.Second,
 			RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
 				return func(_ context.Context, err error) {
-					logger.Warn("fetching the JWK Set failed; keeping the keys fetched before", "url", u, "error", err)
+					logger.Warn("fetching the JWK Set failed; keeping the keys fetched before", "url", safeURL(u))
 				}
 			},
 		})
@@ -70,22 +74,38 @@ func newJWTVerifier(ctx context.Context, c config.JWT, logger *slog.Logger) (*jw
 	return v, nil
 }
 
-// principal verifies token and returns the principal it names. The error
-// says what is wrong with the token, never the token.
-func (v *jwtVerifier) principal(token string) (string, error) {
+// safeURL is u without its user information and query, which may hold
+// credentials, for logs.
+func safeURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	parsed.User, parsed.RawQuery, parsed.Fragment = nil, "", ""
+	return parsed.String()
+}
+
+// principal verifies token and returns the principal it names, and until
+// when it holds (its exp plus the leeway). The error says what is wrong
+// with the token, never the token.
+func (v *jwtVerifier) principal(token string) (string, time.Time, error) {
 	kf, err := v.keys()
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	claims := jwt.MapClaims{}
 	if _, err := v.parser.ParseWithClaims(token, claims, kf); err != nil {
-		return "", tokenError(err)
+		return "", time.Time{}, tokenError(err)
 	}
 	p, ok := claims[v.claim].(string)
 	if !ok || p == "" {
-		return "", fmt.Errorf("%w: the token has no %s claim", ErrInvalidCredentials, v.claim)
+		return "", time.Time{}, fmt.Errorf("%w: the token has no %s claim", ErrInvalidCredentials, v.claim)
 	}
-	return p, nil
+	var until time.Time
+	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil {
+		until = exp.Add(v.leeway)
+	}
+	return p, until, nil
 }
 
 // tokenError turns a verification failure into what the client reads.
@@ -105,7 +125,13 @@ func tokenError(err error) error {
 	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
 		why = "the token is from another issuer"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		why = "the token lacks a required claim (exp)"
+		claim := "exp, iss or aud"
+		for _, c := range []string{"exp", "iss", "aud", "iat", "nbf"} {
+			if strings.Contains(err.Error(), c+" claim is required") {
+				claim = c
+			}
+		}
+		why = "the token lacks a required claim (" + claim + ")"
 	default:
 		why = "the token is not valid"
 	}

@@ -29,6 +29,10 @@ import (
 // slowing the primary path.
 const QueueBatches = 4096
 
+// closeGrace is how long Close lets a mirror take what is queued before
+// it spills the rest.
+const closeGrace = 2 * time.Second
+
 // workers is how many batches each mirror sends at once.
 const workers = 2
 
@@ -41,7 +45,15 @@ type Producer interface {
 // Buffer stores records in JetStream.
 type Buffer interface {
 	Publish(ctx context.Context, kind spill.Kind, recs []record.Record, reason string) []record.Result
+	// Fill is how full the stream is, from 0 to 1.
+	Fill(ctx context.Context) float64
 }
+
+// MaxStreamShare is how full the JetStream stream may be for a mirror to
+// spill into it: beyond it, copies are dropped and counted, so that a long
+// mirror outage cannot fill the stream the primary cluster's records need
+// (a full stream refuses them with 507).
+const MaxStreamShare = 0.5
 
 // The outcomes of mirrored records, as metric labels.
 const (
@@ -101,6 +113,10 @@ type Mirror struct {
 	closeMu sync.RWMutex
 	closed  bool
 	done    sync.WaitGroup
+	// stopping ends at Close: a produce in flight stops waiting for the
+	// mirror, and what is queued goes straight to JetStream.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 var errMirrorFailing = errors.New("the mirror failed records with a retriable error")
@@ -128,6 +144,7 @@ func New(cfg config.Mirror, producer Producer, buffer Buffer, cb config.Breaker,
 			mr.logger.Warn("mirror circuit breaker changed state", "from", from.String(), "to", to.String())
 		},
 	})
+	mr.stopping, mr.stop = context.WithCancel(context.Background())
 	for range workers {
 		mr.done.Add(1)
 		go mr.work()
@@ -171,7 +188,11 @@ func (mr *Mirror) work() {
 	for b := range mr.queue {
 		// The queue is first in, first out: the batch taken is the oldest.
 		mr.m.oldest.WithLabelValues(mr.cfg.Name).Set(time.Since(b.at).Seconds())
-		mr.send(b.recs)
+		if mr.stopping.Err() != nil {
+			mr.spill(spill.Mirror(mr.cfg.Name), b.recs, "shutdown")
+		} else {
+			mr.send(b.recs)
+		}
 		mr.m.queued.WithLabelValues(mr.cfg.Name).Sub(float64(len(b.recs)))
 		if len(mr.queue) == 0 {
 			mr.m.oldest.WithLabelValues(mr.cfg.Name).Set(0)
@@ -182,7 +203,7 @@ func (mr *Mirror) work() {
 // send produces recs to the mirror behind its breaker; what the mirror
 // could not take now is spilled, what it will never take dead-lettered.
 func (mr *Mirror) send(recs []record.Record) {
-	ctx, cancel := context.WithTimeout(context.Background(), mr.timeout+time.Second)
+	ctx, cancel := context.WithTimeout(mr.stopping, mr.timeout+time.Second)
 	defer cancel()
 	results, err := mr.breaker.Execute(func() ([]record.Result, error) {
 		res := mr.producer.Produce(ctx, recs)
@@ -197,18 +218,20 @@ func (mr *Mirror) send(recs []record.Record) {
 		mr.spill(spill.Mirror(mr.cfg.Name), recs, "mirror_breaker_open")
 		return
 	}
-	var retry, never []record.Record
+	var retry []record.Record
+	never := map[string][]record.Record{} // by reason
 	mirrored := 0
 	reason := ""
 	for i, r := range results {
 		switch {
 		case r.Outcome == record.Delivered:
 			mirrored++
-		case record.ReasonOf(r.Err).Retriable():
+		case record.ReasonOf(r.Err).Retriable() || mr.stopping.Err() != nil:
 			retry = append(retry, recs[i])
 			reason = string(record.ReasonOf(r.Err))
 		default:
-			never = append(never, recs[i])
+			why := fmt.Sprintf("mirror %s: %s: %s", mr.cfg.Name, record.ReasonOf(r.Err), record.ClientMessage(r.Err))
+			never[why] = append(never[why], recs[i])
 			mr.logger.Warn("the mirror will never take a record; dead-lettering it", "topic", recs[i].Topic, "id", recs[i].ID, "error", record.ClientMessage(r.Err))
 		}
 	}
@@ -216,15 +239,15 @@ func (mr *Mirror) send(recs []record.Record) {
 	if len(retry) > 0 {
 		mr.spill(spill.Mirror(mr.cfg.Name), retry, "mirror_"+reason)
 	}
-	if len(never) > 0 {
-		mr.spill(spill.DeadLetter, never, "mirror "+mr.cfg.Name+": never accepted")
+	for why, recs := range never {
+		mr.spill(spill.MirrorDeadLetter(mr.cfg.Name), recs, why)
 	}
 }
 
 // spill stores recs as kind in JetStream and counts them.
 func (mr *Mirror) spill(kind spill.Kind, recs []record.Record, reason string) {
 	outcome := OutcomeSpilled
-	if kind == spill.DeadLetter {
+	if kind == spill.MirrorDeadLetter(mr.cfg.Name) {
 		outcome = OutcomeDeadLettered
 	}
 	if mr.buffer == nil {
@@ -233,6 +256,10 @@ func (mr *Mirror) spill(kind spill.Kind, recs []record.Record, reason string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if fill := mr.buffer.Fill(ctx); outcome == OutcomeSpilled && fill >= MaxStreamShare {
+		mr.drop(len(recs), fmt.Sprintf("the JetStream stream is %.0f%% full: the rest is kept for the primary cluster's records", 100*fill))
+		return
+	}
 	stored := 0
 	for _, r := range mr.buffer.Publish(ctx, kind, recs, reason) {
 		if r.Outcome == record.Buffered {
@@ -245,8 +272,9 @@ func (mr *Mirror) spill(kind spill.Kind, recs []record.Record, reason string) {
 	}
 }
 
-// Close stops taking records and waits, until ctx ends, for the queued
-// ones to be mirrored or spilled; then it closes the producer.
+// Close stops taking records, stops waiting for the mirror, and spills
+// what is queued to JetStream, until ctx ends; the copies still queued
+// then are counted as dropped. It closes the producer.
 func (mr *Mirror) Close(ctx context.Context) error {
 	mr.closeMu.Lock()
 	if !mr.closed {
@@ -254,6 +282,15 @@ func (mr *Mirror) Close(ctx context.Context) error {
 		close(mr.queue)
 	}
 	mr.closeMu.Unlock()
+	// A healthy mirror gets a moment to take what is queued; then nothing
+	// waits for it any more, and the rest goes to JetStream.
+	grace := closeGrace
+	if deadline, ok := ctx.Deadline(); ok {
+		grace = min(grace, time.Until(deadline)/2)
+	}
+	stopAt := time.AfterFunc(grace, mr.stop)
+	defer stopAt.Stop()
+	defer mr.stop()
 	finished := make(chan struct{})
 	go func() {
 		mr.done.Wait()
@@ -262,7 +299,12 @@ func (mr *Mirror) Close(ctx context.Context) error {
 	select {
 	case <-finished:
 	case <-ctx.Done():
-		return fmt.Errorf("mirror %s: records still queued at the deadline: %w", mr.cfg.Name, ctx.Err())
+		left := 0
+		for b := range mr.queue { // closed: this ends, and the workers get no more
+			left += len(b.recs)
+		}
+		mr.drop(left, "the ingest stopped before they could be spilled")
+		return fmt.Errorf("mirror %s: %d copies still queued at the deadline: %w", mr.cfg.Name, left, ctx.Err())
 	}
 	return mr.producer.Close()
 }
