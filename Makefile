@@ -27,6 +27,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseV2 \
 	./services/ingest/internal/httpapi:FuzzDecodeV3 \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
+	./services/ingest/internal/httpapi:FuzzValidJSON \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \

@@ -42,7 +42,7 @@ func TestDefaults(t *testing.T) {
 	assert.Equal(t, []string{DevBroker}, c.Kafka.Brokers)
 	assert.True(t, c.Kafka.UsingDevBroker)
 	assert.Equal(t, -1, c.Kafka.RequiredAcks)
-	assert.Equal(t, 5*time.Millisecond, c.Kafka.Linger)
+	assert.Equal(t, time.Millisecond, c.Kafka.Linger)
 	assert.Equal(t, 3, c.Kafka.MaxAttempts)
 	assert.Equal(t, 1000000, c.Kafka.MaxMessageBytes)
 	assert.Equal(t, "none", c.Kafka.Compression)

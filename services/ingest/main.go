@@ -46,6 +46,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "spillway-ingest: invalid configuration:\n%v\n", err)
 		return 2
 	}
+	config.SetGCPercent(os.Environ())
 	logger := telemetry.NewLogger(os.Stderr, cfg.Log)
 	if cfg.Kafka.UsingDevBroker {
 		cfg.Kafka.Brokers = []string{*devBroker}

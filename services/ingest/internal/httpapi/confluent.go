@@ -3,7 +3,9 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+
 	"errors"
+	fastjson "github.com/segmentio/encoding/json"
 	"io"
 	"net/http"
 	"time"
@@ -94,7 +96,7 @@ func (h *handler) postV2(c echo.Context) error {
 	setRetryAfter(c, first)
 	c.Response().Header().Set(echo.HeaderContentType, mediaV2Response)
 	c.Response().WriteHeader(status)
-	return json.NewEncoder(c.Response()).Encode(out)
+	return fastjson.NewEncoder(c.Response()).Encode(out)
 }
 
 // v3Result answers one v3 record. error_code is the record's HTTP status.
@@ -201,7 +203,7 @@ func (h *handler) postV3(c echo.Context) error {
 	}
 	c.Response().Header().Set(echo.HeaderContentType, mediaJSON)
 	c.Response().WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(c.Response())
+	enc := fastjson.NewEncoder(c.Response())
 	for i := range parsed {
 		_, out := newV3Result(clusterID, parsed[i], results[i])
 		if err := enc.Encode(out); err != nil {
@@ -269,7 +271,7 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 
 	c.Response().Header().Set(echo.HeaderContentType, mediaJSON)
 	c.Response().WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(c.Response())
+	enc := fastjson.NewEncoder(c.Response())
 	clusterID := c.Param("cluster_id")
 	writing := true
 	for pending := range queue {

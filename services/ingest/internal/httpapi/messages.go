@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
 	"net/http"
 	"time"
@@ -81,7 +80,7 @@ func (h *handler) postMessages(c echo.Context) error {
 	}
 
 	if mt != mediaNDJSON {
-		if mt == mediaJSON && !json.Valid(body) {
+		if mt == mediaJSON && !validJSON(body) {
 			h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
 			return invalid("the body is not valid JSON (Content-Type application/json): %s", jsonError(body))
 		}

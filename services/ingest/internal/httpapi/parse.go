@@ -130,7 +130,7 @@ func ParseNDJSON(body []byte) ([][]byte, error) {
 		if len(bytes.TrimSpace(v)) == 0 {
 			continue
 		}
-		if !json.Valid(v) {
+		if !validJSON(v) {
 			return nil, invalid("line %d is not valid JSON: %s", line, jsonError(v))
 		}
 		values = append(values, v)

@@ -133,3 +133,15 @@ func FuzzParseMeta(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidJSON: the fast validator answers as encoding/json does.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `[1,2`, `"x"`, `1e5`, `nul`, "\"\xff\"", ` {} `, `{"a":1}{}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if validJSON(b) != json.Valid(b) {
+			t.Fatalf("%q: validJSON %v, encoding/json %v", b, validJSON(b), json.Valid(b))
+		}
+	})
+}

@@ -76,6 +76,7 @@ func New(o Options) http.Handler {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = errorHandler
+	e.JSONSerializer = jsonSerializer{}
 	mw := []echo.MiddlewareFunc{middleware.Recover()}
 	if o.TracerProvider != nil {
 		mw = append(mw, otelecho.Middleware("spillway-ingest", otelecho.WithTracerProvider(o.TracerProvider), otelecho.WithPropagators(o.Propagators)))
