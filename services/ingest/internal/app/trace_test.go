@@ -30,7 +30,7 @@ func TestServerSpans(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t)
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	in := ingesttest.StartTraced(t, addr, &telemetry.Tracing{Provider: tp, Propagators: propagation.TraceContext{}})
+	in := ingesttest.StartTraced(t, addr, &telemetry.Tracing{Provider: tp, Propagators: propagation.TraceContext{}, Exporting: true})
 
 	const httpTrace, grpcTrace = "11111111111111111111111111111111", "22222222222222222222222222222222"
 	status, body := ingesttest.Post(t, in.URL+"/topics/traced/messages", "text/plain", "x", "traceparent", "00-"+httpTrace+"-1111111111111111-01")
@@ -79,4 +79,18 @@ func TestServerSpans(t *testing.T) {
 		assert.Contains(t, server.Name(), tc.server)
 		assert.Equal(t, server.SpanContext().SpanID(), send.Parent().SpanID(), "the produce span is a child of the server span")
 	}
+}
+
+// TestTraceContextWithoutExporter: with no exporter (no per-record spans),
+// the record in Kafka still carries the client's trace in traceparent.
+func TestTraceContextWithoutExporter(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr)
+	const trace = "33333333333333333333333333333333"
+	code, body := ingesttest.Post(t, in.URL+"/topics/traced/messages", "text/plain", "x", "traceparent", "00-"+trace+"-3333333333333333-01")
+	require.Equal(t, 200, code, body)
+	got := kafkatest.Consume(t, addr, "traced", 1, 10*time.Second)
+	tp, ok := kafkatest.HeaderValue(got[0], "traceparent")
+	require.True(t, ok, "the record carries a traceparent")
+	assert.Contains(t, tp, trace)
 }
