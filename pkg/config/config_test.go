@@ -2,6 +2,7 @@ package config
 
 import (
 	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -304,4 +305,14 @@ func TestGovernanceErrors(t *testing.T) {
 		require.Error(t, err, tc.yaml)
 		assert.Contains(t, err.Error(), tc.want, tc.yaml)
 	}
+}
+
+func TestTuneRuntime(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(before)
+	TuneRuntime([]string{"GOGC=150"})
+	assert.Equal(t, 100, debug.SetGCPercent(100), "GOGC in the environment is left to Go")
+	limit := TuneRuntime(nil)
+	assert.Equal(t, DefaultGCPercent, debug.SetGCPercent(100))
+	assert.Positive(t, limit)
 }

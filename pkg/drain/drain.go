@@ -276,16 +276,21 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 		}
 		return false
 	}
+	drained := map[string]int{} // per topic: one metric update per topic, not per record
+	defer func() {
+		for topic, n := range drained {
+			m.drained.WithLabelValues(d.opts.Consumer, m.topics.Value(topic)).Add(float64(n))
+		}
+	}()
 	for i, r := range results {
 		msg := live[i]
 		spans.result(i, r)
-		topic := m.topics.Value(recs[i].Topic)
 		switch {
 		case r.Outcome == record.Delivered:
 			if err := msg.Ack(); err != nil {
 				d.opts.Logger.Warn("ack failed; the record will be sent again", "id", recs[i].ID, "error", err)
 			}
-			m.drained.WithLabelValues(d.opts.Consumer, topic).Inc()
+			drained[recs[i].Topic]++
 		case record.ReasonOf(r.Err).Retriable():
 			delay := retryDelay(msg)
 			_ = msg.NakWithDelay(delay)

@@ -203,7 +203,7 @@ func Main(role Role, version string) int {
 		fmt.Fprintf(os.Stderr, "%s: invalid configuration:\n%v\n", name, err)
 		return 2
 	}
-	config.SetGCPercent(os.Environ())
+	config.TuneRuntime(os.Environ())
 	logger := telemetry.NewLogger(os.Stderr, cfg.Log).With("service", role.Name, "version", version)
 	for _, w := range cfg.Warnings {
 		logger.Warn(w)

@@ -46,8 +46,9 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "spillway-ingest: invalid configuration:\n%v\n", err)
 		return 2
 	}
-	config.SetGCPercent(os.Environ())
+	memoryLimit := config.TuneRuntime(os.Environ())
 	logger := telemetry.NewLogger(os.Stderr, cfg.Log)
+	logger.Debug("go runtime", "memory_limit_bytes", memoryLimit)
 	if cfg.Kafka.UsingDevBroker {
 		cfg.Kafka.Brokers = []string{*devBroker}
 		logger.Warn("NO kafka.brokers CONFIGURED: using the development broker at " + *devBroker +
