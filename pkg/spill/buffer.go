@@ -130,7 +130,10 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 			results[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonInvalid, Message: "cannot encode the record for the buffer", Err: err})
 			continue
 		}
-		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}, HeaderReason: []string{reason}}}
+		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}}}
+		if kind.deadLetter() { // for a person reading the dead letters; the record holds it too
+			msg.Header[HeaderReason] = []string{reason}
+		}
 		copyTraceContext(r, msg.Header)
 		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID(kind, r.ID)))
 		if err != nil {
