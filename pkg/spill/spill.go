@@ -47,7 +47,9 @@ func Mirror(name string) Kind { return Kind("mirror." + name) }
 func MirrorDeadLetter(name string) Kind { return Kind("dlq.mirror." + name) }
 
 // deadLetter says whether k is a kind of dead letter.
-func (k Kind) deadLetter() bool { return k == DeadLetter || strings.HasPrefix(string(k), string(DeadLetter)+".") }
+func (k Kind) deadLetter() bool {
+	return k == DeadLetter || strings.HasPrefix(string(k), string(DeadLetter)+".")
+}
 
 // Headers of the JetStream messages.
 const (
