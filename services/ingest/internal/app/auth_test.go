@@ -287,18 +287,19 @@ func TestStreamEndsWhenTokenExpires(t *testing.T) {
 	stream, err := ingestv1.NewIngestServiceClient(conn).ProduceStream(ctx)
 	require.NoError(t, err)
 	var last error
-	deadline := time.Now().Add(15 * time.Second)
-	for seq := uint64(1); time.Now().Before(deadline); seq++ {
+	seq := uint64(0)
+	// Each poll sends a request on the stream: once the token has expired
+	// the stream answers with its end.
+	require.Eventually(t, func() bool {
+		seq++
 		if err := stream.Send(&ingestv1.ProduceStreamRequest{Sequence: seq, Topic: "orders", Records: []*ingestv1.Record{{Value: []byte("x")}}}); err != nil {
 			_, last = stream.Recv()
-			break
+			return true
 		}
-		if _, err := stream.Recv(); err != nil {
-			last = err
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // pace the requests; the bound is the deadline above
-	}
+		_, last = stream.Recv()
+		return last != nil
+	}, 15*time.Second, 100*time.Millisecond)
+	require.Greater(t, seq, uint64(2), "the stream carried requests before its token expired")
 	require.Error(t, last, "the stream outlived its token")
 	assert.Equal(t, codes.Unauthenticated, status.Code(last))
 	assert.Contains(t, status.Convert(last).Message(), "the token has expired")
