@@ -28,9 +28,6 @@ const (
 	RuleSchema          = "schema"
 )
 
-// Rules lists every rule name.
-var Rules = []string{RuleMaxBytes, RuleKeyRequired, RuleHeadersRequired, RuleJSON, RuleSchema}
-
 // Policy is one version of the rules.
 type Policy struct {
 	allow      []string
