@@ -112,10 +112,7 @@ type CA struct {
 // folder.
 func NewCA(tb testing.TB, name string) *CA {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	key := newKey(tb)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(tb),
 		Subject:               pkix.Name{CommonName: name},
@@ -162,10 +159,7 @@ type LeafOptions struct {
 // registered secret.
 func (ca *CA) Issue(tb testing.TB, cn string, opts LeafOptions) Leaf {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	key := newKey(tb)
 	tmpl := &x509.Certificate{
 		SerialNumber:   serial(tb),
 		Subject:        pkix.Name{CommonName: cn},
@@ -218,6 +212,15 @@ func writePEM(tb testing.TB, name, typ string, der []byte) {
 	}
 }
 
+func newKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return key
+}
+
 func serial(tb testing.TB) *big.Int {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	if err != nil {
@@ -238,10 +241,7 @@ type Issuer struct {
 // NewIssuer makes an issuer named name with a fresh key.
 func NewIssuer(tb testing.TB, name string) *Issuer {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	key := newKey(tb)
 	iss := &Issuer{Name: name, key: key, kid: serial(tb).String()}
 	iss.JWKS = jwksOf(tb, &key.PublicKey, iss.kid)
 	iss.JWKSFile = filepath.Join(tb.TempDir(), "jwks.json")

@@ -2,8 +2,6 @@ package app
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"reflect"
 	"time"
 
@@ -11,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/services/ingest/internal/filewatch"
 	"github.com/spillway/spillway/services/ingest/internal/policy"
 )
 
@@ -99,31 +98,25 @@ func reloadableOnly(prev, next *config.Config) bool {
 // looked at every ConfigCheckEvery), until ctx ends.
 func (a *App) watchConfig(ctx context.Context) {
 	var ticks <-chan time.Time
-	stamp := func() string { return "" }
+	var changes *filewatch.Poller
 	if a.opts.ConfigPath != "" && a.opts.ConfigCheckEvery > 0 {
 		t := time.NewTicker(a.opts.ConfigCheckEvery)
 		defer t.Stop()
 		ticks = t.C
-		stamp = func() string {
-			fi, err := os.Stat(a.opts.ConfigPath)
-			if err != nil {
-				return "missing"
-			}
-			return fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
-		}
+		changes = filewatch.NewPoller(0, a.opts.ConfigPath) // the ticker paces it
 	}
-	last := stamp()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.opts.Reloads:
 			a.opts.Logger.Info("reloading the configuration (SIGHUP)")
-			last = stamp()
+			if changes != nil {
+				changes.Changed() // this reload reads the file as it is now
+			}
 			_ = a.Reload()
 		case <-ticks:
-			if s := stamp(); s != last {
-				last = s
+			if changes.Changed() {
 				a.opts.Logger.Info("the configuration file changed; reloading it", "file", a.opts.ConfigPath)
 				_ = a.Reload()
 			}

@@ -6,12 +6,13 @@ package certs
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/spillway/spillway/services/ingest/internal/filewatch"
 
 	"github.com/spillway/spillway/pkg/config"
 )
@@ -27,10 +28,9 @@ type Reloader struct {
 	files      config.ServerTLS
 	clientAuth tls.ClientAuthType
 	logger     *slog.Logger
+	changes    *filewatch.Poller
 
 	mu      sync.Mutex
-	checked time.Time
-	stamp   string
 	cert    *tls.Certificate
 	clients *x509.CertPool
 }
@@ -48,14 +48,10 @@ func New(s config.ServerTLS, logger *slog.Logger) (*Reloader, error) {
 	default:
 		return nil, fmt.Errorf("server.tls.client_auth %q is not allowed", s.ClientAuth)
 	}
-	stamp, err := r.stampFiles()
-	if err != nil {
-		return nil, err
-	}
+	r.changes = filewatch.NewPoller(checkEvery, s.CertFile, s.KeyFile, s.ClientCAFile)
 	if err := r.load(); err != nil {
 		return nil, err
 	}
-	r.stamp, r.checked = stamp, time.Now()
 	return r, nil
 }
 
@@ -80,35 +76,24 @@ func (r *Reloader) ServerConfig(nextProtos ...string) *tls.Config {
 }
 
 // current returns the loaded material, first reloading it when a file has
-// changed since the last check.
+// changed since the last look. Files that changed into something unusable
+// (half-written, a key of another certificate) are logged once; the next
+// write is looked at again.
 func (r *Reloader) current() (*tls.Certificate, *x509.CertPool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if time.Since(r.checked) < checkEvery {
-		return r.cert, r.clients
-	}
-	r.checked = time.Now()
-	stamp, err := r.stampFiles()
-	if err != nil || stamp == r.stamp {
-		if err != nil && stamp != r.stamp {
-			r.logger.Warn("TLS files changed but cannot be read; keeping the loaded ones", "error", err)
-			r.stamp = stamp
+	if r.changes.Changed() {
+		if err := r.load(); err != nil {
+			r.logger.Warn("TLS files changed but are not usable; keeping the loaded ones", "error", err)
+		} else {
+			r.logger.Info("TLS files reloaded", "cert", r.files.CertFile, "not_after", r.cert.Leaf.NotAfter)
 		}
-		return r.cert, r.clients
 	}
-	if err := r.load(); err != nil {
-		// Not recorded as seen, so that the next check tries again: the
-		// files may be between two writes.
-		r.logger.Warn("TLS files changed but are not usable; keeping the loaded ones", "error", err)
-		return r.cert, r.clients
-	}
-	r.stamp = stamp
-	r.logger.Info("TLS files reloaded", "cert", r.files.CertFile, "not_after", r.cert.Leaf.NotAfter)
 	return r.cert, r.clients
 }
 
 // load reads the files into r; the caller holds r.mu, or r is not shared
-// yet.
+// yet. The errors name the file.
 func (r *Reloader) load() error {
 	cert, err := tls.LoadX509KeyPair(r.files.CertFile, r.files.KeyFile)
 	if err != nil {
@@ -127,23 +112,4 @@ func (r *Reloader) load() error {
 	}
 	r.cert, r.clients = &cert, clients
 	return nil
-}
-
-// stampFiles sums up the files' sizes and modification times.
-func (r *Reloader) stampFiles() (string, error) {
-	var stamp string
-	var errs []error
-	for _, name := range []string{r.files.CertFile, r.files.KeyFile, r.files.ClientCAFile} {
-		if name == "" {
-			continue
-		}
-		fi, err := os.Stat(name)
-		if err != nil {
-			errs = append(errs, err)
-			stamp += name + ":missing;"
-			continue
-		}
-		stamp += fmt.Sprintf("%s:%d:%d;", name, fi.Size(), fi.ModTime().UnixNano())
-	}
-	return stamp, errors.Join(errs...)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/services/ingest/internal/filewatch"
 )
 
 // Only asymmetric algorithms: a JWKS publishes public keys, and accepting
@@ -66,7 +67,7 @@ func newJWTVerifier(ctx context.Context, c config.JWT, logger *slog.Logger) (*jw
 		v.keys = func() (jwt.Keyfunc, error) { return kf.Keyfunc, nil }
 		return v, nil
 	}
-	f := &jwksFile{path: c.JWKSFile, logger: logger}
+	f := &jwksFile{path: c.JWKSFile, logger: logger, changes: filewatch.NewPoller(jwksFileCheckEvery, c.JWKSFile)}
 	if err := f.load(); err != nil {
 		return nil, fmt.Errorf("security.jwt.jwks_file: %w", err)
 	}
@@ -142,21 +143,15 @@ func tokenError(err error) error {
 // changes; a changed file that does not parse is logged and the old keys
 // kept.
 type jwksFile struct {
-	path   string
-	logger *slog.Logger
+	path    string
+	logger  *slog.Logger
+	changes *filewatch.Poller
 
-	mu      sync.Mutex
-	checked time.Time
-	modTime time.Time
-	size    int64
-	kf      keyfunc.Keyfunc
+	mu sync.Mutex
+	kf keyfunc.Keyfunc
 }
 
 func (f *jwksFile) load() error {
-	fi, err := os.Stat(f.path)
-	if err != nil {
-		return err
-	}
 	b, err := os.ReadFile(f.path)
 	if err != nil {
 		return err
@@ -165,23 +160,18 @@ func (f *jwksFile) load() error {
 	if err != nil {
 		return fmt.Errorf("%s is not a JWK Set: %w", f.path, err)
 	}
-	f.kf, f.modTime, f.size, f.checked = kf, fi.ModTime(), fi.Size(), time.Now()
+	f.kf = kf
 	return nil
 }
 
 func (f *jwksFile) keyfunc() (jwt.Keyfunc, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if time.Since(f.checked) >= jwksFileCheckEvery {
-		f.checked = time.Now()
-		if fi, err := os.Stat(f.path); err == nil && (!fi.ModTime().Equal(f.modTime) || fi.Size() != f.size) {
-			if err := f.load(); err != nil {
-				// Logged once per change, not at every check.
-				f.modTime, f.size = fi.ModTime(), fi.Size()
-				f.logger.Warn("the JWK Set file changed but cannot be used; keeping the old keys", "error", err)
-			} else {
-				f.logger.Info("JWK Set file reloaded", "path", f.path)
-			}
+	if f.changes.Changed() {
+		if err := f.load(); err != nil {
+			f.logger.Warn("the JWK Set file changed but cannot be used; keeping the old keys", "error", err)
+		} else {
+			f.logger.Info("JWK Set file reloaded", "path", f.path)
 		}
 	}
 	return f.kf.Keyfunc, nil
