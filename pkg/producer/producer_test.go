@@ -81,8 +81,12 @@ func TestKeyedRecordsKeepTheirPartition(t *testing.T) {
 	}
 }
 
+// TestConcurrentCallersShareBatches: records of concurrent Produce calls
+// go to Kafka together, in fewer produce requests and batches than there
+// were calls, and every record arrives once.
 func TestConcurrentCallersShareBatches(t *testing.T) {
-	_, addr := kafkatest.NewCluster(t)
+	c, addr := kafkatest.NewCluster(t)
+	produces := countProduces(c, "shared")
 	p := newProducer(t, addr)
 	const callers, each = 32, 20
 	var wg sync.WaitGroup
@@ -106,6 +110,11 @@ func TestConcurrentCallersShareBatches(t *testing.T) {
 	}
 	got := kafkatest.Consume(t, addr, "shared", callers*each, 10*time.Second)
 	assert.Len(t, got, callers*each)
+	requests, batches, records, largest := produces.snapshot()
+	t.Logf("%d calls of one record: %d produce requests, %d batches, %d records, at most %d in a batch", callers*each, requests, batches, records, largest)
+	assert.Equal(t, callers*each, records, "the broker saw every record once")
+	assert.Less(t, requests, callers*each/2, "calls share produce requests")
+	assert.Greater(t, largest, 1, "calls share batches")
 }
 
 func TestRecordOverLimitFailsAlone(t *testing.T) {
