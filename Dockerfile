@@ -5,7 +5,11 @@
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
+# Every module go.work names must be here, or the go command stops ("cannot
+# load module ... listed in go.work file"); deploy/ holds only tests, so its
+# go.mod and go.sum are enough. deploy/image_test.go runs this stage's build.
 COPY go.work ./
+COPY deploy/go.mod deploy/go.sum deploy/
 COPY pkg/ pkg/
 COPY proto/ proto/
 COPY services/ services/

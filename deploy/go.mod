@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/compose-spec/compose-go/v2 v2.16.2
+	github.com/moby/patternmatcher v0.6.1
 	github.com/spillway/spillway/pkg v0.0.0
 	github.com/stretchr/testify v1.12.1
 	k8s.io/api v0.37.2
