@@ -143,17 +143,18 @@ func TestLoadMissingFile(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
 
-// TestREADMEDocumentsEveryKey keeps the README's configuration reference
-// complete: every key and every mapped Kafka property is in it.
-func TestREADMEDocumentsEveryKey(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+// TestDocsDocumentEveryKey keeps the configuration reference
+// (docs/configuration.md) complete: every key and every mapped Kafka
+// property is in it.
+func TestDocsDocumentEveryKey(t *testing.T) {
+	readme, err := os.ReadFile("../../docs/configuration.md")
 	require.NoError(t, err)
 	for key := range Keys() {
-		assert.True(t, strings.Contains(string(readme), "| `"+key+"` |"), "README lacks key %s", key)
+		assert.True(t, strings.Contains(string(readme), "| `"+key+"` |"), "docs/configuration.md lacks key %s", key)
 	}
 	for _, p := range KafkaProperties() {
 		for _, name := range strings.Split(p[0], " / ") {
-			assert.True(t, strings.Contains(string(readme), "`"+name+"`"), "README lacks kafka property %s", name)
+			assert.True(t, strings.Contains(string(readme), "`"+name+"`"), "docs/configuration.md lacks kafka property %s", name)
 		}
 	}
 }
