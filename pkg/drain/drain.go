@@ -16,12 +16,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 
+	"github.com/spillway/spillway/pkg/breaker"
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
@@ -68,12 +68,8 @@ type Drainer struct {
 	stream   jetstream.Stream
 	subjects spill.Subjects
 	limiter  *rate.Limiter
-	breaker  *gobreaker.CircuitBreaker[struct{}]
+	kafka    *breaker.Producer // the producer, behind the drain's breaker
 }
-
-// errKafkaFailing tells the breaker a batch had records Kafka could not
-// take for a reason that may pass.
-var errKafkaFailing = errors.New("kafka failed records with a retriable error")
 
 // New creates or updates the durable consumer and returns its Drainer.
 func New(ctx context.Context, o Options) (*Drainer, error) {
@@ -131,15 +127,12 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	for _, r := range []record.Reason{record.ReasonUnavailable, record.ReasonTimeout} {
 		o.Metrics.retried.WithLabelValues(o.Consumer, string(r))
 	}
-	d.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        "kafka",
-		MaxRequests: o.Breaker.Requests,
-		Interval:    o.Breaker.Interval,
-		Timeout:     o.Breaker.Timeout,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= o.Breaker.Fails },
-		OnStateChange: func(_ string, from, to gobreaker.State) {
+	d.kafka = breaker.New(o.Producer, breaker.Options{
+		Name:     "kafka",
+		Settings: o.Breaker,
+		Logger:   o.Logger,
+		OnStateChange: func(_, to breaker.State) {
 			o.Metrics.breakerState.WithLabelValues(o.Consumer).Set(float64(to))
-			o.Logger.Warn("kafka circuit breaker changed state", "from", from.String(), "to", to.String())
 		},
 	})
 	return d, nil
@@ -156,7 +149,7 @@ func (d *Drainer) Run(ctx context.Context) error {
 	ticker := time.NewTicker(d.opts.Period)
 	defer ticker.Stop()
 	for {
-		if d.breaker.State() == gobreaker.StateOpen {
+		if d.kafka.State() == breaker.Open {
 			d.opts.Logger.Debug("round skipped: the Kafka breaker is open")
 		} else {
 			d.drainConcurrently(ctx)
@@ -191,7 +184,7 @@ func (d *Drainer) drain(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		n := d.limiter.Burst()
-		if d.breaker.State() == gobreaker.StateHalfOpen {
+		if d.kafka.State() == breaker.HalfOpen {
 			n = 1 // one record probes Kafka
 		}
 		wait := time.Second
@@ -260,17 +253,8 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 	}
 	spans := d.startSpans(ctx, live, recs)
 	defer spans.end()
-	var results []record.Result
-	_, err := d.breaker.Execute(func() (struct{}, error) {
-		results = d.opts.Producer.Produce(ctx, recs)
-		for _, r := range results {
-			if r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() {
-				return struct{}{}, errKafkaFailing
-			}
-		}
-		return struct{}{}, nil
-	})
-	if results == nil { // the breaker refused: Kafka was not tried
+	results, err := d.kafka.Produce(ctx, recs)
+	if errors.Is(err, breaker.ErrOpen) { // Kafka was not tried
 		for _, msg := range live {
 			_ = msg.NakWithDelay(time.Second)
 		}
@@ -299,7 +283,7 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 			d.deadLetter(ctx, msg, recs[i].Topic, record.ReasonOf(r.Err), r.Err.Error())
 		}
 	}
-	return !errors.Is(err, errKafkaFailing)
+	return !errors.Is(err, breaker.ErrFailing)
 }
 
 // retryDelay backs off with the number of deliveries: 1s, 2s, 4s, 8s,

@@ -99,6 +99,9 @@ const (
 	ReasonForbidden     Reason = "forbidden"      // the client may not produce to the topic
 	ReasonRateLimited   Reason = "rate_limited"   // the client (or all clients) are over their rate limit
 	ReasonRejected      Reason = "rejected"       // the record breaks a validation rule (validation.rules)
+	// ReasonUnauthenticated: the request's credentials are missing or
+	// invalid. It refuses requests, never a record of an accepted one.
+	ReasonUnauthenticated Reason = "unauthenticated"
 )
 
 // Retriable says whether trying again later may succeed: Kafka was

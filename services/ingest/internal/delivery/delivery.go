@@ -9,18 +9,17 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/spillway/spillway/pkg/breaker"
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/record"
@@ -88,16 +87,12 @@ type Delivery struct {
 	inFlight   atomic.Int64
 	always     map[string]bool
 	never      map[string]bool
-	breaker    *gobreaker.CircuitBreaker[[]record.Result]
+	kafka      *breaker.Producer
 	topics     *monitor.BoundedLabels
 	principals *monitor.BoundedLabels
 	libraries  *monitor.BoundedLabels
 	m          metrics
 }
-
-// errKafkaFailing tells the breaker that a produce had records Kafka could
-// not take for a reason that may pass (unavailable, timeout).
-var errKafkaFailing = errors.New("kafka failed records with a retriable error")
 
 // New returns the delivery path.
 func New(o Options) *Delivery {
@@ -109,6 +104,9 @@ func New(o Options) *Delivery {
 	}
 	if o.Propagators == nil {
 		o.Propagators = propagation.TraceContext{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Policy == nil { // no ACLs, limits, rules or mapping
 		o.Policy = &atomic.Pointer[policy.Policy]{}
@@ -126,16 +124,13 @@ func New(o Options) *Delivery {
 		m:          newMetrics(o.Registry),
 	}
 	d.m.breakerState.Set(0) // closed; the series exists from the start
-	d.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
-		Name:        "kafka",
-		MaxRequests: o.Breaker.Requests,
-		Interval:    o.Breaker.Interval,
-		Timeout:     o.Breaker.Timeout,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= o.Breaker.Fails },
-		OnStateChange: func(_ string, from, to gobreaker.State) {
+	d.kafka = breaker.New(o.Producer, breaker.Options{
+		Name:     "kafka",
+		Settings: o.Breaker,
+		Logger:   o.Logger,
+		OnStateChange: func(_, to breaker.State) {
 			d.m.breakerState.Set(float64(to))
 			d.m.breakerChanges.WithLabelValues(to.String()).Inc()
-			o.Logger.Warn("kafka circuit breaker changed state", "from", from.String(), "to", to.String())
 		},
 	})
 	return d
@@ -150,7 +145,7 @@ func toSet(list []string) map[string]bool {
 }
 
 // BreakerState is the Kafka breaker's state: closed, half-open or open.
-func (d *Delivery) BreakerState() string { return d.breaker.State().String() }
+func (d *Delivery) BreakerState() string { return d.kafka.State().String() }
 
 // writesAhead says whether topic's records go to the buffer first.
 func (d *Delivery) writesAhead(topic string) bool {
@@ -163,14 +158,63 @@ func (d *Delivery) spills(topic string) bool {
 	return d.opts.Buffer != nil && d.opts.WAL.Mode != config.ModeDisable && !d.never[topic]
 }
 
+// batch is one Send's records on their way through the stages. A stage
+// looks only at the records that are still open; the one that answers a
+// record closes it.
+type batch struct {
+	api     string
+	client  identity.Client
+	recs    []record.Record
+	named   []string // the topics the client named: ACLs, rules and metrics use them
+	sizes   []int    // as the client sent them, before our headers
+	parents []parent
+	results []record.Result
+	closed  []bool
+}
+
+// fail answers record i with err and closes it.
+func (b *batch) fail(i int, topic string, err error) {
+	b.results[i] = record.Fail(topic, err)
+	b.closed[i] = true
+}
+
 // Send delivers recs, received through api ("http" or "grpc"), and returns
-// one result per record in order.
+// one result per record in order. The stages: admit (ids, counts, the
+// in-flight bound), authorize (rate limits, ACLs), validate, map the
+// topics, route (write ahead, or Kafka behind the breaker and the buffer
+// when Kafka cannot take them), and account (mirrors and metrics).
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
-	client := identity.From(ctx)
-	sizes := make([]int, len(recs)) // as the client sent them, before our headers
+	b := d.admit(ctx, api, recs)
+	if !d.reserve(b) {
+		return b.results
+	}
+	defer d.release(len(recs))
+	pol := d.opts.Policy.Load()
+	if d.authorize(b, pol) {
+		d.validate(b, pol)
+		d.mapTopics(b, pol)
+		b.parents = d.parents(ctx, recs)
+		d.route(ctx, b)
+	}
+	d.account(b)
+	return b.results
+}
+
+// admit gives each record an id and a timestamp, and counts it received.
+func (d *Delivery) admit(ctx context.Context, api string, recs []record.Record) *batch {
+	b := &batch{
+		api:     api,
+		client:  identity.From(ctx),
+		recs:    recs,
+		named:   make([]string, len(recs)),
+		sizes:   make([]int, len(recs)),
+		results: make([]record.Result, len(recs)),
+		closed:  make([]bool, len(recs)),
+	}
 	now := time.Now()
 	for i := range recs {
-		sizes[i] = recs[i].Size()
+		b.named[i] = recs[i].Topic
+		b.sizes[i] = recs[i].Size()
 		if recs[i].ID == "" {
 			recs[i].ID = ulid.Make().String()
 		}
@@ -183,7 +227,7 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	var received, receivedBytes tally
 	for i := range recs {
 		received.add(tallyKey{recs[i].Topic}, 1)
-		receivedBytes.add(tallyKey{recs[i].Topic}, float64(sizes[i]))
+		receivedBytes.add(tallyKey{recs[i].Topic}, float64(b.sizes[i]))
 	}
 	for k, n := range received.all() {
 		d.m.received.WithLabelValues(api, d.topics.Value(k[0])).Add(n)
@@ -191,92 +235,128 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	for k, n := range receivedBytes.all() {
 		d.m.receivedBytes.WithLabelValues(api, d.topics.Value(k[0])).Add(n)
 	}
-	if n := d.inFlight.Add(int64(len(recs))); d.opts.MaxInFlight > 0 && n > int64(d.opts.MaxInFlight) && n > int64(len(recs)) {
-		// Overloaded: refuse rather than grow memory. A single request larger
-		// than the bound still goes through when nothing else is in flight.
-		d.inFlight.Add(-int64(len(recs)))
-		results := make([]record.Result, len(recs))
-		for i := range recs {
-			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonOverloaded,
-				"the ingest has %d records in flight (server.max_in_flight_records): retry later", n-int64(len(recs))))
-			results[i].ID = recs[i].ID
-			d.m.failed.WithLabelValues(d.topics.Value(recs[i].Topic), string(record.ReasonOverloaded)).Inc()
-		}
-		return results
-	}
-	defer d.inFlight.Add(-int64(len(recs)))
-	d.m.inFlight.Add(float64(len(recs)))
-	defer d.m.inFlight.Sub(float64(len(recs)))
+	return b
+}
 
-	results := make([]record.Result, len(recs))
+// reserve takes b's records into the in-flight bound, or refuses them all
+// when the ingest is overloaded: refusing is better than growing memory.
+// A single request larger than the bound still goes through when nothing
+// else is in flight.
+func (d *Delivery) reserve(b *batch) bool {
+	n := int64(len(b.recs))
+	if total := d.inFlight.Add(n); d.opts.MaxInFlight > 0 && total > int64(d.opts.MaxInFlight) && total > n {
+		d.inFlight.Add(-n)
+		for i := range b.recs {
+			b.results[i] = record.Fail(b.recs[i].Topic, record.Errorf(record.ReasonOverloaded,
+				"the ingest has %d records in flight (server.max_in_flight_records): retry later", total-n))
+			b.results[i].ID = b.recs[i].ID
+			d.m.failed.WithLabelValues(d.topics.Value(b.recs[i].Topic), string(record.ReasonOverloaded)).Inc()
+		}
+		return false
+	}
+	d.m.inFlight.Add(float64(n))
+	return true
+}
+
+// release gives n records back to the in-flight bound.
+func (d *Delivery) release(n int) {
+	d.inFlight.Add(-int64(n))
+	d.m.inFlight.Sub(float64(n))
+}
+
+// authorize takes the client's rate limit for the whole batch, and refuses
+// each record whose topic the client may not produce to. It returns false
+// when the rate limit refused the batch.
+func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 	total := 0
-	for _, n := range sizes {
+	for _, n := range b.sizes {
 		total += n
 	}
-	pol := d.opts.Policy.Load()
-	if err := pol.TakeRate(d.principals.Value(client.Principal), len(recs), total); err != nil {
-		d.Denied(client.Principal, string(record.ReasonRateLimited))
-		for i := range recs {
-			results[i] = record.Fail(recs[i].Topic, err)
-			results[i].ID = recs[i].ID
-			d.m.failed.WithLabelValues(d.topics.Value(recs[i].Topic), string(record.ReasonRateLimited)).Inc()
+	if err := pol.TakeRate(d.principals.Value(b.client.Principal), len(b.recs), total); err != nil {
+		d.denied(b.client.Principal, record.ReasonRateLimited)
+		for i := range b.recs {
+			b.fail(i, b.recs[i].Topic, err)
 		}
-		d.countClient(client, topicsOf(recs), sizes, results)
-		return results
+		return false
 	}
-	// ACLs, validation and metrics use the topic the client named; the
-	// record goes on to its Kafka topic.
-	named := make([]string, len(recs))
-	for i := range recs {
-		named[i] = recs[i].Topic
+	for i := range b.recs {
+		if !pol.Allowed(b.client.Principal, b.named[i]) {
+			b.fail(i, b.named[i], record.Errorf(record.ReasonForbidden,
+				"%s may not produce to topic %q (security.allow_topics, security.acl)", b.client.Principal, b.named[i]))
+			d.denied(b.client.Principal, record.ReasonForbidden)
+		}
 	}
-	parents := d.parents(ctx, recs)
+	return true
+}
+
+// validate refuses the records that break a validation rule of the topic
+// the client named.
+func (d *Delivery) validate(b *batch, pol *policy.Policy) {
+	for i := range b.recs {
+		if b.closed[i] {
+			continue
+		}
+		if rule, err := pol.Validate(b.named[i], &b.recs[i]); err != nil {
+			b.fail(i, b.named[i], err)
+			d.m.rejected.WithLabelValues(d.topics.Value(b.named[i]), rule).Inc()
+		}
+	}
+}
+
+// mapTopics gives each record its Kafka topic (topic_mapping), and refuses
+// those Kafka would refuse: a mapped topic that is not a topic, a record
+// over Kafka's size limit.
+func (d *Delivery) mapTopics(b *batch, pol *policy.Policy) {
+	for i := range b.recs {
+		if b.closed[i] {
+			continue
+		}
+		b.recs[i].Topic = pol.Map(b.named[i])
+		if err := record.ValidateTopic(b.recs[i].Topic); err != nil { // a prefix rewrite can make one
+			b.fail(i, b.named[i], record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", b.named[i], record.ClientMessage(err)))
+			continue
+		}
+		if b.sizes[i] > d.opts.MaxRecordBytes { // no use sending or buffering it
+			b.fail(i, b.recs[i].Topic, record.Errorf(record.ReasonTooLarge,
+				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", b.sizes[i], d.opts.MaxRecordBytes))
+		}
+	}
+}
+
+// route sends the open records on: to the buffer first for the topics
+// written ahead, to Kafka for the others.
+func (d *Delivery) route(ctx context.Context, b *batch) {
 	var ahead, direct []int
-	for i := range recs {
-		if !pol.Allowed(client.Principal, named[i]) {
-			results[i] = record.Fail(named[i], record.Errorf(record.ReasonForbidden,
-				"%s may not produce to topic %q (security.allow_topics, security.acl)", client.Principal, named[i]))
-			d.Denied(client.Principal, string(record.ReasonForbidden))
-			continue
-		}
-		if rule, err := pol.Validate(named[i], &recs[i]); err != nil {
-			results[i] = record.Fail(named[i], err)
-			d.m.rejected.WithLabelValues(d.topics.Value(named[i]), rule).Inc()
-			continue
-		}
-		recs[i].Topic = pol.Map(named[i])
-		if err := record.ValidateTopic(recs[i].Topic); err != nil { // a prefix rewrite can make one
-			results[i] = record.Fail(named[i], record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", named[i], record.ClientMessage(err)))
-			continue
-		}
+	for i := range b.recs {
 		switch {
-		case sizes[i] > d.opts.MaxRecordBytes:
-			// Kafka would refuse it: no use sending or buffering it.
-			results[i] = record.Fail(recs[i].Topic, record.Errorf(record.ReasonTooLarge,
-				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", sizes[i], d.opts.MaxRecordBytes))
-		case d.writesAhead(recs[i].Topic):
+		case b.closed[i]:
+		case d.writesAhead(b.recs[i].Topic):
 			ahead = append(ahead, i)
 		default:
 			direct = append(direct, i)
 		}
 	}
 	if len(ahead) > 0 {
-		d.scatter(results, ahead, d.buffer(ctx, spill.WriteAhead, pick(recs, ahead), pick(named, ahead), pick(parents, ahead), "write_ahead"))
+		scatter(b.results, ahead, d.buffer(ctx, spill.WriteAhead, pick(b.recs, ahead), pick(b.named, ahead), pick(b.parents, ahead), "write_ahead"))
 	}
 	if len(direct) > 0 {
-		d.scatter(results, direct, d.toKafka(ctx, pick(recs, direct), pick(named, direct), pick(parents, direct)))
+		scatter(b.results, direct, d.toKafka(ctx, pick(b.recs, direct), pick(b.named, direct), pick(b.parents, direct)))
 	}
+}
 
-	d.mirror(recs, results)
-	d.countClient(client, named, sizes, results)
+// account hands the acknowledged records to the mirrors, gives each result
+// its record's id, and counts the outcomes per topic and per client.
+func (d *Delivery) account(b *batch) {
+	d.mirror(b.recs, b.results)
+	d.countClient(b.client, b.named, b.sizes, b.results)
 	var delivered, failed tally
-	for i, r := range results {
-		results[i].ID = recs[i].ID
+	for i, r := range b.results {
+		b.results[i].ID = b.recs[i].ID
 		switch r.Outcome {
 		case record.Delivered:
-			delivered.add(tallyKey{named[i]}, 1)
+			delivered.add(tallyKey{b.named[i]}, 1)
 		case record.Failed:
-			failed.add(tallyKey{named[i], string(record.ReasonOf(r.Err))}, 1)
+			failed.add(tallyKey{b.named[i], string(record.ReasonOf(r.Err))}, 1)
 		}
 	}
 	for k, n := range delivered.all() {
@@ -285,7 +365,6 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	for k, n := range failed.all() {
 		d.m.failed.WithLabelValues(d.topics.Value(k[0]), k[1]).Add(n)
 	}
-	return results
 }
 
 // mirror hands each mirror a copy of the acknowledged records of its
@@ -305,10 +384,10 @@ func (d *Delivery) mirror(recs []record.Record, results []record.Result) {
 	}
 }
 
-// Denied counts a refused request or record, per principal and reason
-// (unauthenticated, forbidden).
-func (d *Delivery) Denied(principal, reason string) {
-	d.m.denied.WithLabelValues(d.principals.Value(principal), reason).Inc()
+// denied counts a refused request or record, per principal and reason
+// (unauthenticated, forbidden, rate_limited).
+func (d *Delivery) denied(principal string, reason record.Reason) {
+	d.m.denied.WithLabelValues(d.principals.Value(principal), string(reason)).Inc()
 }
 
 // countClient counts the request, its records by outcome and their bytes
@@ -338,37 +417,26 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 // gave, for the metrics.
 func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
 	sp := d.startSpans(parents, "send "+recs[0].Topic, recs, kafkaAttrs(recs[0].Topic, len(recs))...)
-	results, err := d.breaker.Execute(func() ([]record.Result, error) {
-		pctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		stop := context.AfterFunc(d.opts.StopWaiting, cancel)
-		defer stop()
-		start := time.Now()
-		res := d.opts.Producer.Produce(pctx, recs)
-		d.m.produceTime.Observe(time.Since(start).Seconds())
-		if ctx.Err() != nil {
-			return res, nil // the client gave up (or shutdown came): not Kafka's failure
-		}
-		if slices.ContainsFunc(res, func(r record.Result) bool {
-			return r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable()
-		}) {
-			return res, errKafkaFailing
-		}
-		return res, nil
-	})
+	pctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(d.opts.StopWaiting, cancel)
+	start := time.Now()
+	results, err := d.kafka.Produce(pctx, recs)
+	stop()
+	cancel()
 	spillReason := ""
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+	if errors.Is(err, breaker.ErrOpen) {
 		for _, s := range sp.byParent {
 			s.AddEvent("circuit breaker open: Kafka not tried")
 		}
 		spillReason = "breaker_open"
-		results = make([]record.Result, len(recs))
 		for i := range recs {
 			results[i] = record.Fail(recs[i].Topic, &record.Error{
 				Reason:  record.ReasonUnavailable,
 				Message: "Kafka is failing (circuit breaker open) and this topic is never buffered (producer.wal.disable_topics or mode disable)",
 			})
 		}
+	} else {
+		d.m.produceTime.Observe(time.Since(start).Seconds())
 	}
 
 	sp.end(recs, results)
@@ -384,7 +452,7 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 		}
 	}
 	for reason, idx := range byReason {
-		d.scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
+		scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
 	}
 	return results
 }
@@ -404,14 +472,6 @@ func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Re
 	return res
 }
 
-func topicsOf(recs []record.Record) []string {
-	out := make([]string, len(recs))
-	for i, r := range recs {
-		out[i] = r.Topic
-	}
-	return out
-}
-
 func pick[T any](all []T, idx []int) []T {
 	out := make([]T, len(idx))
 	for j, i := range idx {
@@ -420,16 +480,25 @@ func pick[T any](all []T, idx []int) []T {
 	return out
 }
 
-func (d *Delivery) scatter(results []record.Result, idx []int, res []record.Result) {
+func scatter(results []record.Result, idx []int, res []record.Result) {
 	for j, i := range idx {
 		results[i] = res[j]
 	}
 }
 
-// Reject counts records that failed before they could be sent (a bad
-// topic name, a malformed body) so that every failure is counted in one
-// place.
-func (d *Delivery) Reject(api, topic string, n int, reason record.Reason) {
+// Refuse counts n records that an API refused before it could send them
+// (a bad topic name, a malformed body: reason invalid, or too_large), so
+// that every failure is counted here. A request refused for its
+// credentials (reason unauthenticated, n 0) is counted per principal, the
+// one ctx holds.
+func (d *Delivery) Refuse(ctx context.Context, api, topic string, n int, reason record.Reason) {
+	if reason == record.ReasonUnauthenticated {
+		d.denied(identity.From(ctx).Principal, reason)
+		return
+	}
+	if record.ValidateTopic(topic) != nil {
+		topic = "" // not a topic: no label of the client's making
+	}
 	t := d.topics.Value(topic)
 	d.m.received.WithLabelValues(api, t).Add(float64(n))
 	d.m.failed.WithLabelValues(t, string(reason)).Add(float64(n))

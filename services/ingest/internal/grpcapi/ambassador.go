@@ -63,7 +63,7 @@ func (s *ambassadorServer) Produce(stream grpc.BidiStreamingServer[kafkaambassad
 			go func() {
 				defer close(p.done)
 				if err := record.ValidateTopic(req.GetTopic()); err != nil {
-					s.opts.Sender.Reject(API, "", 1, record.ReasonInvalid)
+					s.opts.Sender.Refuse(ctx, API, "", 1, record.ReasonInvalid)
 					p.res = record.Fail(req.GetTopic(), err)
 					return
 				}

@@ -39,8 +39,9 @@ const API = "grpc"
 // Sender delivers records and returns one result per record, in order.
 type Sender interface {
 	Send(ctx context.Context, api string, recs []record.Record) []record.Result
-	Reject(api, topic string, n int, reason record.Reason)
-	Denied(principal, reason string)
+	// Refuse counts n records refused before they could be sent, or
+	// (reason unauthenticated) a call refused for its credentials.
+	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
 }
 
 // TopicLister lists Kafka's topics.
@@ -199,11 +200,7 @@ func send(ctx context.Context, o Options, topic string, in []*ingestv1.Record) [
 	recs, idx, results := toRecords(topic, in)
 	failed := len(in) - len(recs)
 	if failed > 0 {
-		label := topic
-		if record.ValidateTopic(topic) != nil {
-			label = ""
-		}
-		o.Sender.Reject(API, label, failed, record.ReasonInvalid)
+		o.Sender.Refuse(ctx, API, topic, failed, record.ReasonInvalid)
 	}
 	if len(recs) == 0 {
 		return results
@@ -221,7 +218,7 @@ func (o Options) identify(ctx context.Context, method string) (context.Context, 
 	}
 	client, err := identity.FromGRPC(ctx, o.Auth)
 	if err != nil {
-		o.Sender.Denied(client.Principal, "unauthenticated")
+		o.Sender.Refuse(identity.With(ctx, client), API, "", 0, record.ReasonUnauthenticated)
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	return identity.With(ctx, client), nil

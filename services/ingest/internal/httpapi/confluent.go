@@ -58,18 +58,10 @@ func (h *handler) postV2(c echo.Context) error {
 	default:
 		return unsupportedMediaType(c, mediaV2JSON+" or "+mediaV2Binary+" (avro, protobuf and jsonschema need a schema registry, which Spillway does not use)")
 	}
-	topic, err := h.checkTopic(c, 1)
+	topic := c.Param("topic")
+	recs, err := h.parseV2(c, format, topic)
 	if err != nil {
-		return err
-	}
-	body, err := h.readBody(c)
-	if err != nil {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
-		return err
-	}
-	recs, err := ParseV2(body, format, topic)
-	if err != nil {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		h.Sender.Refuse(c.Request().Context(), API, topic, 1, record.ReasonInvalid)
 		return err
 	}
 	results := h.Sender.Send(c.Request().Context(), API, recs)
@@ -97,6 +89,18 @@ func (h *handler) postV2(c echo.Context) error {
 	c.Response().Header().Set(echo.HeaderContentType, mediaV2Response)
 	c.Response().WriteHeader(status)
 	return fastjson.NewEncoder(c.Response()).Encode(out)
+}
+
+// parseV2 reads the records of a v2 request.
+func (h *handler) parseV2(c echo.Context, format, topic string) ([]record.Record, error) {
+	if err := record.ValidateTopic(topic); err != nil {
+		return nil, err
+	}
+	body, err := h.readBody(c)
+	if err != nil {
+		return nil, err
+	}
+	return ParseV2(body, format, topic)
 }
 
 // v3Result answers one v3 record. error_code is the record's HTTP status.
@@ -154,39 +158,19 @@ func (h *handler) postV3(c echo.Context) error {
 	if mediaType(c) != mediaJSON {
 		return unsupportedMediaType(c, mediaJSON)
 	}
-	topic, err := h.checkTopic(c, 1)
-	if err != nil {
+	topic := c.Param("topic")
+	req := c.Request()
+	if err := record.ValidateTopic(topic); err != nil {
+		h.Sender.Refuse(req.Context(), API, topic, 1, record.ReasonInvalid)
 		return err
 	}
-	req := c.Request()
 	if req.ContentLength < 0 {
 		return h.streamV3(c, topic)
 	}
-	body, err := h.readBody(c)
+	parsed, err := h.parseV3(c, topic)
 	if err != nil {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		h.Sender.Refuse(req.Context(), API, topic, 1, record.ReasonInvalid)
 		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	var parsed []v3Parsed
-	for {
-		p, err := decodeV3(dec, topic)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
-			if len(parsed) > 0 {
-				return invalid("record %d: %s", len(parsed), record.ClientMessage(err))
-			}
-			return err
-		}
-		parsed = append(parsed, p)
-	}
-	if len(parsed) == 0 {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
-		return invalid("the body holds no record: want {\"value\":{\"type\":\"JSON\",\"data\":...}}")
 	}
 	recs := make([]record.Record, len(parsed))
 	for i, p := range parsed {
@@ -211,6 +195,35 @@ func (h *handler) postV3(c echo.Context) error {
 		}
 	}
 	return nil
+}
+
+// parseV3 reads the records of a v3 request whose length is known: one,
+// or several concatenated.
+func (h *handler) parseV3(c echo.Context, topic string) ([]v3Parsed, error) {
+	body, err := h.readBody(c)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var parsed []v3Parsed
+	for {
+		p, err := decodeV3(dec, topic)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if len(parsed) > 0 {
+				return nil, invalid("record %d: %s", len(parsed), record.ClientMessage(err))
+			}
+			return nil, err
+		}
+		parsed = append(parsed, p)
+	}
+	if len(parsed) == 0 {
+		return nil, invalid("the body holds no record: want {\"value\":{\"type\":\"JSON\",\"data\":...}}")
+	}
+	return parsed, nil
 }
 
 // streamWindow is how many records of one v3 stream may wait for Kafka at
@@ -255,7 +268,7 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 				if body.over {
 					err = record.Errorf(record.ReasonTooLarge, "a record in the stream is over the limit of %d bytes (server.http.max_body_bytes)", h.MaxBodyBytes)
 				}
-				h.Sender.Reject(API, topic, 1, record.ReasonOf(err))
+				h.Sender.Refuse(ctx, API, topic, 1, record.ReasonOf(err))
 				pending.err = err
 				close(pending.done)
 				queue <- pending

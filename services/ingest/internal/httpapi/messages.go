@@ -64,27 +64,16 @@ func (h *handler) postMessages(c echo.Context) error {
 	default:
 		return unsupportedMediaType(c, "text/plain, application/json, application/octet-stream, or application/x-ndjson for many records")
 	}
-	topic, err := h.checkTopic(c, 1)
+	topic := c.Param("topic")
+	recs, err := h.parseMessages(c, mt, topic)
 	if err != nil {
-		return err
-	}
-	meta, err := parseMeta(c.Request().Header)
-	if err != nil {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
-		return err
-	}
-	body, err := h.readBody(c)
-	if err != nil {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
+		h.Sender.Refuse(c.Request().Context(), API, topic, 1, record.ReasonInvalid)
 		return err
 	}
 
+	results := h.Sender.Send(c.Request().Context(), API, recs)
 	if mt != mediaNDJSON {
-		if mt == mediaJSON && !validJSON(body) {
-			h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
-			return invalid("the body is not valid JSON (Content-Type application/json): %s", jsonError(body))
-		}
-		res := h.Sender.Send(c.Request().Context(), API, []record.Record{meta.record(topic, body)})[0]
+		res := results[0]
 		if res.Outcome == record.Failed {
 			return fromError(res.Err)
 		}
@@ -94,17 +83,6 @@ func (h *handler) postMessages(c echo.Context) error {
 		}
 		return c.JSON(status, newResultBody(res))
 	}
-
-	values, err := ParseNDJSON(body)
-	if err != nil {
-		h.Sender.Reject(API, topic, 1, record.ReasonInvalid)
-		return err
-	}
-	recs := make([]record.Record, len(values))
-	for i, v := range values {
-		recs[i] = meta.record(topic, v)
-	}
-	results := h.Sender.Send(c.Request().Context(), API, recs)
 	status, first := batchStatus(results)
 	out := batchBody{Results: make([]resultBody, len(results))}
 	for i, r := range results {
@@ -115,6 +93,37 @@ func (h *handler) postMessages(c echo.Context) error {
 	}
 	setRetryAfter(c, first)
 	return c.JSON(status, out)
+}
+
+// parseMessages reads the records of a kafka-ambassador request: one, or
+// one per line of an NDJSON body.
+func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Record, error) {
+	if err := record.ValidateTopic(topic); err != nil {
+		return nil, err
+	}
+	meta, err := parseMeta(c.Request().Header)
+	if err != nil {
+		return nil, err
+	}
+	body, err := h.readBody(c)
+	if err != nil {
+		return nil, err
+	}
+	if mt != mediaNDJSON {
+		if mt == mediaJSON && !validJSON(body) {
+			return nil, invalid("the body is not valid JSON (Content-Type application/json): %s", jsonError(body))
+		}
+		return []record.Record{meta.record(topic, body)}, nil
+	}
+	values, err := ParseNDJSON(body)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]record.Record, len(values))
+	for i, v := range values {
+		recs[i] = meta.record(topic, v)
+	}
+	return recs, nil
 }
 
 // readAll reads r, sized by the request's Content-Length when known.

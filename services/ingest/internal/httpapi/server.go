@@ -32,8 +32,9 @@ const API = "http"
 // Sender delivers records and returns one result per record, in order.
 type Sender interface {
 	Send(ctx context.Context, api string, recs []record.Record) []record.Result
-	Reject(api, topic string, n int, reason record.Reason)
-	Denied(principal, reason string)
+	// Refuse counts n records refused before they could be sent, or
+	// (reason unauthenticated) a request refused for its credentials.
+	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
 }
 
 // TopicLister lists Kafka's topics.
@@ -131,7 +132,7 @@ func (h *handler) identify(next echo.HandlerFunc) echo.HandlerFunc {
 		r := c.Request()
 		client, err := identity.FromHTTP(r, h.Auth)
 		if err != nil {
-			h.Sender.Denied(client.Principal, "unauthenticated")
+			h.Sender.Refuse(identity.With(r.Context(), client), API, "", 0, record.ReasonUnauthenticated)
 			c.Response().Header().Set("WWW-Authenticate", "Bearer")
 			return newHTTPError(http.StatusUnauthorized, 40101, err.Error())
 		}
@@ -171,17 +172,6 @@ func (h *handler) readBody(c echo.Context) ([]byte, error) {
 		return nil, newHTTPError(http.StatusBadRequest, 40002, "reading the body: "+err.Error())
 	}
 	return b, nil
-}
-
-// checkTopic validates the topic in the path; an invalid one is counted
-// and answered 400 before anything is sent.
-func (h *handler) checkTopic(c echo.Context, n int) (string, error) {
-	topic := c.Param("topic")
-	if err := record.ValidateTopic(topic); err != nil {
-		h.Sender.Reject(API, "", n, record.ReasonInvalid)
-		return "", err
-	}
-	return topic, nil
 }
 
 func (h *handler) getTopics(c echo.Context) error {

@@ -11,14 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/sony/gobreaker/v2"
 
+	"github.com/spillway/spillway/pkg/breaker"
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
@@ -104,7 +103,7 @@ type Mirror struct {
 	cfg      config.Mirror
 	producer Producer
 	buffer   Buffer // nil: nothing to spill to
-	breaker  *gobreaker.CircuitBreaker[[]record.Result]
+	kafka    *breaker.Producer // the producer, behind the mirror's breaker
 	m        *Metrics
 	logger   *slog.Logger
 	timeout  time.Duration
@@ -119,8 +118,6 @@ type Mirror struct {
 	stop     context.CancelFunc
 }
 
-var errMirrorFailing = errors.New("the mirror failed records with a retriable error")
-
 // New starts a mirror's workers. The breaker settings are producer.cb's.
 func New(cfg config.Mirror, producer Producer, buffer Buffer, cb config.Breaker, m *Metrics, logger *slog.Logger) *Mirror {
 	mr := &Mirror{
@@ -133,15 +130,12 @@ func New(cfg config.Mirror, producer Producer, buffer Buffer, cb config.Breaker,
 	m.queued.WithLabelValues(cfg.Name).Set(0)
 	m.oldest.WithLabelValues(cfg.Name).Set(0)
 	m.breaker.WithLabelValues(cfg.Name).Set(0)
-	mr.breaker = gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
-		Name:        "mirror " + cfg.Name,
-		MaxRequests: cb.Requests,
-		Interval:    cb.Interval,
-		Timeout:     cb.Timeout,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cb.Fails },
-		OnStateChange: func(_ string, from, to gobreaker.State) {
+	mr.kafka = breaker.New(producer, breaker.Options{
+		Name:     "mirror",
+		Settings: cb,
+		Logger:   mr.logger,
+		OnStateChange: func(_, to breaker.State) {
 			m.breaker.WithLabelValues(cfg.Name).Set(float64(to))
-			mr.logger.Warn("mirror circuit breaker changed state", "from", from.String(), "to", to.String())
 		},
 	})
 	mr.stopping, mr.stop = context.WithCancel(context.Background())
@@ -205,16 +199,8 @@ func (mr *Mirror) work() {
 func (mr *Mirror) send(recs []record.Record) {
 	ctx, cancel := context.WithTimeout(mr.stopping, mr.timeout+time.Second)
 	defer cancel()
-	results, err := mr.breaker.Execute(func() ([]record.Result, error) {
-		res := mr.producer.Produce(ctx, recs)
-		if slices.ContainsFunc(res, func(r record.Result) bool {
-			return r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable()
-		}) {
-			return res, errMirrorFailing
-		}
-		return res, nil
-	})
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+	results, err := mr.kafka.Produce(ctx, recs)
+	if errors.Is(err, breaker.ErrOpen) {
 		mr.spill(spill.Mirror(mr.cfg.Name), recs, "mirror_breaker_open")
 		return
 	}
