@@ -18,21 +18,24 @@ import (
 
 // Server is the monitoring HTTP server. It starts not ready.
 type Server struct {
-	srv   *http.Server
-	ln    net.Listener
-	ready atomic.Bool
+	srv    *http.Server
+	ln     net.Listener
+	ready  atomic.Bool
+	served chan error // Serve's result, once the server stopped
 
 	mu     sync.Mutex
 	checks []func() error
 }
 
-// New binds addr and prepares the handlers; Serve serves them.
+// New binds addr and serves at once, so that while the service starts
+// /healthz answers 200 and /readyz 503 (not ready yet) instead of nothing;
+// Serve waits until the server stops.
 func New(addr string, reg *prometheus.Registry) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{ln: ln}
+	s := &Server{ln: ln, served: make(chan error, 1)}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -45,6 +48,7 @@ func New(addr string, reg *prometheus.Registry) (*Server, error) {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { s.served <- s.srv.Serve(ln) }()
 	return s, nil
 }
 
@@ -78,9 +82,10 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ready\n"))
 }
 
-// Serve serves until Shutdown.
+// Serve waits until Shutdown or Close stopped the server, which New
+// started.
 func (s *Server) Serve() error {
-	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+	if err := <-s.served; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
