@@ -417,4 +417,40 @@ func TestImageBuild(t *testing.T) {
 		require.NoError(t, err, "%s -version: %s", name, out)
 		assert.Equal(t, name+" dev\n", string(out), "the build argument VERSION's default is stamped in")
 	}
+	// What `go version -m` lists is what the binary links.
+	for _, name := range []string{"spillway-forwarder", "spillway-resender"} {
+		out, err := exec.Command("go", "version", "-m", binaries[name]).Output()
+		require.NoError(t, err)
+		assert.NotContains(t, string(out), natsServer, "%s links the NATS server", name)
+	}
+}
+
+// natsServer is the module of the NATS server, which only the ingest runs
+// (embedded, when no external JetStream is configured).
+const natsServer = "github.com/nats-io/nats-server/v2"
+
+// linkedModules returns the modules whose packages the binary built from
+// the package in dir links, as go list reports them.
+func linkedModules(t *testing.T, dir string) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{with .Module}}{{.Path}}{{end}}", dir).Output()
+	var stderr []byte
+	if ee, ok := err.(*exec.ExitError); ok {
+		stderr = ee.Stderr
+	}
+	require.NoError(t, err, "go list -deps %s: %s", dir, stderr)
+	mods := strings.Fields(string(out))
+	slices.Sort(mods)
+	return slices.Compact(mods)
+}
+
+// TestDrainsLinkNoNATSServer checks that the forwarder and resender, which
+// connect to JetStream as clients, do not carry the NATS server (it made
+// each of them 9 MB larger, stripped) while the ingest, which embeds it, does.
+func TestDrainsLinkNoNATSServer(t *testing.T) {
+	assert.Contains(t, linkedModules(t, "../services/ingest"), natsServer, "the ingest embeds the NATS server")
+	for _, s := range []string{"forwarder", "resender"} {
+		assert.NotContains(t, linkedModules(t, "../services/"+s), natsServer,
+			"spillway-%s links the NATS server: a package it imports imports %s (the embedded server belongs in pkg/spill/embeddednats)", s, natsServer)
+	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
@@ -48,7 +49,7 @@ func setup(t *testing.T, addr string, vars ...string) *env {
 		"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=2000",
 	}, vars...))
 	require.NoError(t, err)
-	srv, err := spill.StartEmbedded(cfg.Producer.WAL, discard)
+	srv, err := embeddednats.Start(cfg.Producer.WAL, discard)
 	require.NoError(t, err)
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	nc, js, err := spill.Connect(t.Context(), cfg.Producer.WAL, srv, "test", discard)

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -17,10 +16,19 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 )
 
+// InProcess is a NATS server running in this process, which clients reach
+// without a socket: the ingest's embedded one (package embeddednats, whose
+// *server.Server has these methods). An interface, so that this package,
+// which the forwarder and resender link, does not link the NATS server.
+type InProcess interface {
+	nats.InProcessConnProvider
+	ClientURL() string
+}
+
 // Connect connects to the embedded server (in-process, when embedded is
 // not nil) or to the external JetStream in c.NATS, and creates or updates
 // the stream. The connection reconnects forever.
-func Connect(ctx context.Context, c config.WAL, embedded *server.Server, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),

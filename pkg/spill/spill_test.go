@@ -13,6 +13,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
@@ -27,7 +28,7 @@ func walConfig(t *testing.T, env ...string) config.WAL {
 
 func startBuffer(t *testing.T, c config.WAL) (*Buffer, jetstream.JetStream, func()) {
 	t.Helper()
-	srv, err := StartEmbedded(c, discard)
+	srv, err := embeddednats.Start(c, discard)
 	require.NoError(t, err)
 	nc, js, err := Connect(t.Context(), c, srv, "test", discard)
 	require.NoError(t, err)

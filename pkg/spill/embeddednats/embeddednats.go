@@ -1,4 +1,9 @@
-package spill
+// Package embeddednats runs the ingest's JetStream buffer inside its
+// process when no external NATS is configured. It is apart from package
+// spill because it links the NATS server (9 MB of a stripped binary): the
+// ingest imports it, the forwarder and resender, which only connect, do
+// not.
+package embeddednats
 
 import (
 	"fmt"
@@ -13,10 +18,10 @@ import (
 	"github.com/spillway/spillway/pkg/config"
 )
 
-// StartEmbedded starts a NATS server with JetStream inside this process,
-// storing under c.Path, with a client listener on c.Listen for the
-// forwarder and resender.
-func StartEmbedded(c config.WAL, logger *slog.Logger) (*server.Server, error) {
+// Start starts a NATS server with JetStream inside this process, storing
+// under c.Path, with a client listener on c.Listen for the forwarder and
+// resender. spill.Connect reaches it in-process.
+func Start(c config.WAL, logger *slog.Logger) (*server.Server, error) {
 	host, port, err := net.SplitHostPort(c.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("producer.wal.listen: %w", err)

@@ -21,12 +21,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/telemetry"
 	"github.com/spillway/spillway/services/ingest/internal/certs"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
@@ -269,9 +268,9 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 	if wal.Mode == config.ModeDisable && len(wal.AlwaysTopics) == 0 && len(a.opts.Config.Mirrors) == 0 {
 		return nil, nil
 	}
-	var embedded *server.Server
+	var embedded spill.InProcess
 	if len(wal.NATS.URLs) == 0 {
-		srv, err := spill.StartEmbedded(wal, a.opts.Logger)
+		srv, err := embeddednats.Start(wal, a.opts.Logger)
 		if err != nil {
 			return nil, err
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 )
 
@@ -44,7 +45,7 @@ func newTraced(t *testing.T, addr string, env ...string) (*delivery.Delivery, *t
 	p, err := producer.New(cfg.Kafka, discard)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
-	srv, err := spill.StartEmbedded(cfg.Producer.WAL, discard)
+	srv, err := embeddednats.Start(cfg.Producer.WAL, discard)
 	require.NoError(t, err)
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	nc, js, err := spill.Connect(t.Context(), cfg.Producer.WAL, srv, "test", discard)

@@ -21,6 +21,7 @@ import (
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
@@ -30,7 +31,7 @@ func jetStream(t *testing.T, env ...string) (*spill.Buffer, jetstream.JetStream)
 	t.Helper()
 	cfg, err := config.Parse(nil, append([]string{"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(), "SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0"}, env...))
 	require.NoError(t, err)
-	srv, err := spill.StartEmbedded(cfg.Producer.WAL, slog.New(slog.DiscardHandler))
+	srv, err := embeddednats.Start(cfg.Producer.WAL, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	nc, js, err := spill.Connect(t.Context(), cfg.Producer.WAL, srv, "test", slog.New(slog.DiscardHandler))
