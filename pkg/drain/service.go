@@ -3,12 +3,8 @@ package drain
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -102,6 +98,12 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	}
 	if o.Tracing != nil {
 		opts.TracerProvider, opts.Propagators = o.Tracing.Provider, o.Tracing.Propagators
+		if !o.Tracing.Exporting {
+			// Nobody sees the spans: skip making two per record (a third of
+			// the drain's CPU). Trace context still travels from the buffer
+			// to Kafka unchanged.
+			opts.TracerProvider = noop.NewTracerProvider()
+		}
 	}
 	d, err := New(ctx, opts)
 	if err != nil {
@@ -181,62 +183,4 @@ func (s *Service) close() {
 		}
 		s.nc = nil
 	}
-}
-
-// Main is the whole main function of a drain service: flags, configuration,
-// signals, run. It returns the exit code.
-func Main(role Role, version string) int {
-	configPath := flag.String("config", "", "YAML configuration file, shared with the ingest")
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	probe := flag.String("probe", "", "check URL answers 200 and exit 0, else 1 (a container health check)")
-	flag.Parse()
-	if *probe != "" {
-		return monitor.Probe(*probe)
-	}
-	name := "spillway-" + role.Name
-	if *showVersion {
-		fmt.Println(name, version)
-		return 0
-	}
-	cfg, err := config.Load(*configPath, os.Environ())
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s: invalid configuration:\n%v\n", name, err)
-		return 2
-	}
-	config.TuneRuntime(os.Environ())
-	logger := telemetry.NewLogger(os.Stderr, cfg.Log).With("service", role.Name, "version", version)
-	for _, w := range cfg.Warnings {
-		logger.Warn(w)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	tracing, err := telemetry.NewTracing(ctx, name, version, nil)
-	if err != nil {
-		logger.Error("tracing", "error", err)
-		return 2
-	}
-	defer func() {
-		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := tracing.Shutdown(fctx); err != nil {
-			logger.Warn("flushing traces", "error", err)
-		}
-	}()
-	traced := tracing
-	if !tracing.Exporting {
-		// Nobody sees the spans: skip making two per record (a third of the
-		// drain's CPU). Trace context still travels from the buffer to
-		// Kafka unchanged.
-		traced = &telemetry.Tracing{Provider: noop.NewTracerProvider(), Propagators: tracing.Propagators}
-	}
-	s, err := NewService(ctx, ServiceOptions{Role: role, Config: cfg, Logger: logger, Tracing: traced})
-	if err != nil {
-		logger.Error(role.Name+" failed to start", "error", err)
-		return 1
-	}
-	if err := s.Run(ctx); err != nil {
-		logger.Error(role.Name+" stopped with an error", "error", err)
-		return 1
-	}
-	return 0
 }

@@ -4,12 +4,20 @@
 package main
 
 import (
+	"context"
 	"os"
 
 	"github.com/spillway/spillway/pkg/drain"
+	"github.com/spillway/spillway/pkg/startup"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func main() { os.Exit(drain.Main(drain.Forwarder, version)) }
+func main() { os.Exit(run()) }
+
+func run() int {
+	return startup.Run("forwarder", version, func(ctx context.Context, s *startup.Service) (*drain.Service, error) {
+		return drain.NewService(ctx, drain.ServiceOptions{Role: drain.Forwarder, Config: s.Config, Logger: s.Logger, Tracing: s.Tracing})
+	})
+}

@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -106,13 +105,14 @@ func run() int {
 		brokers = broker
 	}
 
-	var configArgs []string
+	// The three services take the same flags: the configuration, and the
+	// development broker's address when no brokers are configured.
+	var args []string
 	if *configPath != "" {
-		configArgs = append(configArgs, "-config", *configPath)
+		args = append(args, "-config", *configPath)
 	}
-	args := configArgs
 	if cfg.Kafka.UsingDevBroker {
-		args = append(slices.Clone(configArgs), "-dev-broker", brokers)
+		args = append(args, "-dev-broker", brokers)
 	}
 	ingest, err := start("ingest", filepath.Join(*binDir, "spillway-ingest"), env, args...)
 	if err != nil {
@@ -129,15 +129,11 @@ func run() int {
 	// The forwarder and resender drain the ingest's buffer: its embedded
 	// JetStream when no external one is configured.
 	if cfg.Producer.WAL.Mode != config.ModeDisable || len(cfg.Producer.WAL.AlwaysTopics) > 0 {
-		drainEnv := env
-		if cfg.Kafka.UsingDevBroker {
-			drainEnv = append(drainEnv, "SPILLWAY_KAFKA_BROKERS="+brokers)
-		}
 		for _, d := range []struct{ name, listen string }{
 			{"forwarder", cfg.Forward.MonitoringListen},
 			{"resender", cfg.Resend.MonitoringListen},
 		} {
-			c, err := start(d.name, filepath.Join(*binDir, "spillway-"+d.name), drainEnv, configArgs...)
+			c, err := start(d.name, filepath.Join(*binDir, "spillway-"+d.name), env, args...)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "devrun:", err)
 				return 1

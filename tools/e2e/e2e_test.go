@@ -168,6 +168,18 @@ func TestMakeRun(t *testing.T) {
 	if !strings.Contains(out.String(), "NO kafka.brokers CONFIGURED") {
 		t.Errorf("the ingest does not warn that it uses the development broker")
 	}
+	// devrun hands the development broker's address to the three services
+	// alike (-dev-broker): each says it started with it.
+	for _, s := range []string{"ingest", "forwarder", "resender"} {
+		eventually(t, 10*time.Second, "the "+s+" to start with the development broker", func() bool {
+			for _, line := range strings.Split(out.String(), "\n") {
+				if strings.Contains(line, `"msg":"`+s+` started"`) && strings.Contains(line, `"brokers":["`+broker+`"]`) {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	if !strings.Contains(out.String(), "curl -X POST") {
 		t.Errorf("devrun does not print a curl line to try")
 	}
