@@ -57,13 +57,15 @@ run: build
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
 test: proto-check lint unit fuzz
 
-# The logs of every service the tests start are copied to TEST_LOGS with
-# the secrets the tests use; secretscan fails if any log holds one.
+# The logs of every service the tests start are copied to
+# TEST_LOGS/services with the secrets the tests use; secretscan fails if
+# any log, or go test's own output, holds one, and if no service log was
+# captured (go test's output, outside that folder, does not count).
 unit: build tools jaeger
-	rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)
-	set -o pipefail; SPILLWAY_TEST_LOGS=$(TEST_LOGS) E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) \
+	rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)/services
+	set -o pipefail; SPILLWAY_TEST_LOGS=$(TEST_LOGS)/services E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) \
 	  $(GO) test -race -count=1 -timeout 15m work 2>&1 | tee $(TEST_LOGS)/go-test.log
-	$(GO) run ./tools/secretscan $(TEST_LOGS)
+	$(GO) run ./tools/secretscan -also $(TEST_LOGS)/go-test.log $(TEST_LOGS)/services
 
 ## tools: buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl at their pinned versions, into .tools/bin
 tools:

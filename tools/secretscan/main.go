@@ -3,7 +3,11 @@
 // secret a test uses is registered (pkg/securitytest) and every service
 // log is copied there, then runs secretscan on that folder. It names the
 // file and line of each leak, never the secret, and fails when there is
-// nothing to check: no secret registered or no log captured.
+// nothing to check: no secret registered or no service log captured.
+//
+// Other files to check, such as the output of go test, are named with
+// -also: they are scanned too, but do not count as captured logs, so that
+// a suite that captured no service log still fails.
 package main
 
 import (
@@ -25,15 +29,21 @@ import (
 const minSecretLen = 8
 
 func main() {
+	var also []string
+	flag.Func("also", "another `FILE` to check (repeatable); it must exist, and does not count as a captured log", func(f string) error {
+		also = append(also, f)
+		return nil
+	})
 	flag.Usage = func() {
-		fmt.Fprintln(flag.CommandLine.Output(), "usage: secretscan FOLDER\nchecks every log under FOLDER for the secrets registered under FOLDER/"+securitytest.SecretsDir)
+		fmt.Fprintln(flag.CommandLine.Output(), "usage: secretscan [-also FILE]... FOLDER\nchecks every log under FOLDER, and each FILE, for the secrets registered under FOLDER/"+securitytest.SecretsDir)
+		flag.PrintDefaults()
 	}
 	flag.Parse()
 	if flag.NArg() != 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
-	report, err := scan(flag.Arg(0))
+	report, err := scan(flag.Arg(0), also...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "secretscan:", err)
 		os.Exit(1)
@@ -41,9 +51,9 @@ func main() {
 	fmt.Println("secretscan:", report)
 }
 
-// scan checks dir and returns a one-line summary, or an error naming every
-// leak.
-func scan(dir string) (string, error) {
+// scan checks dir and the files also, and returns a one-line summary, or
+// an error naming every leak.
+func scan(dir string, also ...string) (string, error) {
 	secrets, err := readSecrets(filepath.Join(dir, securitytest.SecretsDir))
 	if err != nil {
 		return "", err
@@ -75,10 +85,23 @@ func scan(dir string) (string, error) {
 	if files == 0 || lines == 0 {
 		return "", fmt.Errorf("no log captured under %s: the check would prove nothing", dir)
 	}
+	alsoLines := 0
+	for _, path := range also {
+		n, found, err := scanFile(path, secrets)
+		if err != nil {
+			return "", err
+		}
+		alsoLines += n
+		leaks = append(leaks, found...)
+	}
 	if len(leaks) > 0 {
 		return "", fmt.Errorf("%d test secrets found in logs:\n%s", len(leaks), strings.Join(leaks, "\n"))
 	}
-	return fmt.Sprintf("%d secrets, %d log files, %d lines: no secret in any log", len(secrets), files, lines), nil
+	report := fmt.Sprintf("%d secrets, %d log files, %d lines", len(secrets), files, lines)
+	if len(also) > 0 {
+		report += fmt.Sprintf(", and %d other files, %d lines", len(also), alsoLines)
+	}
+	return report + ": no secret in any log", nil
 }
 
 // readSecrets reads every registered secret: one hex-encoded per line.
