@@ -38,12 +38,18 @@ const Settle = 300 * time.Millisecond
 // an extra or duplicate record is a finding, not something to overlook.
 func Consume(tb testing.TB, addr, topic string, want int, timeout time.Duration) []*kgo.Record {
 	tb.Helper()
-	cl, err := kgo.NewClient(
+	return ConsumeWith(tb, addr, topic, want, timeout)
+}
+
+// ConsumeWith is Consume with more client options, such as SASL.
+func ConsumeWith(tb testing.TB, addr, topic string, want int, timeout time.Duration, opts ...kgo.Opt) []*kgo.Record {
+	tb.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(addr),
 		kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(100*time.Millisecond),
-	)
+		kgo.FetchMaxWait(100 * time.Millisecond),
+	}, opts...)...)
 	if err != nil {
 		tb.Fatalf("kafka client: %v", err)
 	}
