@@ -127,8 +127,9 @@ func run() int {
 	}
 
 	// The forwarder and resender drain the ingest's buffer: its embedded
-	// JetStream when no external one is configured.
-	if cfg.Producer.WAL.Mode != config.ModeDisable || len(cfg.Producer.WAL.AlwaysTopics) > 0 {
+	// JetStream when no external one is configured. A mirror's spills need
+	// the resender even when no topic is buffered.
+	if cfg.NeedsBuffer() {
 		for _, d := range []struct{ name, listen string }{
 			{"forwarder", cfg.Forward.MonitoringListen},
 			{"resender", cfg.Resend.MonitoringListen},

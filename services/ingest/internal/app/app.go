@@ -261,13 +261,12 @@ func grpcTLS(files *certs.Reloader) *tls.Config {
 
 // startBuffer connects to the JetStream buffer, starting the embedded
 // server unless an external one is configured. It returns nil (no buffer)
-// when mode is disable, no topic is always written ahead and there is no
-// mirror (whose failures spill).
+// when the configuration needs none.
 func (a *App) startBuffer() (delivery.Buffer, error) {
-	wal := a.opts.Config.Producer.WAL
-	if wal.Mode == config.ModeDisable && len(wal.AlwaysTopics) == 0 && len(a.opts.Config.Mirrors) == 0 {
+	if !a.opts.Config.NeedsBuffer() {
 		return nil, nil
 	}
+	wal := a.opts.Config.Producer.WAL
 	var embedded spill.InProcess
 	if len(wal.NATS.URLs) == 0 {
 		srv, err := embeddednats.Start(wal, a.opts.Logger)

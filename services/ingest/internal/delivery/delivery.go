@@ -85,8 +85,6 @@ type Delivery struct {
 	opts       Options
 	tracer     trace.Tracer
 	inFlight   atomic.Int64
-	always     map[string]bool
-	never      map[string]bool
 	kafka      *breaker.Producer
 	topics     *monitor.BoundedLabels
 	principals *monitor.BoundedLabels
@@ -116,8 +114,6 @@ func New(o Options) *Delivery {
 	d := &Delivery{
 		opts:       o,
 		tracer:     o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
-		always:     toSet(o.WAL.AlwaysTopics),
-		never:      toSet(o.WAL.DisableTopics),
 		topics:     monitor.NewBoundedLabels(o.MaxTopics),
 		principals: monitor.NewBoundedLabels(max(o.MaxPrincipals, 1)),
 		libraries:  monitor.NewBoundedLabels(max(o.MaxLibraries, 1)),
@@ -136,26 +132,18 @@ func New(o Options) *Delivery {
 	return d
 }
 
-func toSet(list []string) map[string]bool {
-	m := make(map[string]bool, len(list))
-	for _, t := range list {
-		m[t] = true
-	}
-	return m
-}
-
 // BreakerState is the Kafka breaker's state: closed, half-open or open.
 func (d *Delivery) BreakerState() string { return d.kafka.State().String() }
 
 // writesAhead says whether topic's records go to the buffer first.
 func (d *Delivery) writesAhead(topic string) bool {
-	return d.opts.Buffer != nil && !d.never[topic] && (d.opts.WAL.Mode == config.ModeAlways || d.always[topic])
+	return d.opts.Buffer != nil && d.opts.WAL.WritesAhead(topic)
 }
 
 // spills says whether topic's records may be buffered when Kafka cannot
 // take them.
 func (d *Delivery) spills(topic string) bool {
-	return d.opts.Buffer != nil && d.opts.WAL.Mode != config.ModeDisable && !d.never[topic]
+	return d.opts.Buffer != nil && d.opts.WAL.Spills(topic)
 }
 
 // batch is one Send's records on their way through the stages. A stage
