@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
@@ -277,4 +280,151 @@ func checkOnce(t *testing.T, recs []*kgo.Record, byID map[string]string) {
 	if missing > 0 || dups > 0 {
 		t.Errorf("%d acknowledged records: %d missing, %d duplicates in Kafka; want 0 and 0", len(byID), missing, dups)
 	}
+}
+
+// forwarderStoppedMidDrain writes n records ahead and starts a forwarder
+// (forward.rate_limit 1000, batches of 100, producer.wal.ack_wait 5s)
+// against a Kafka that takes 300 ms to answer, so that its workers spend
+// most of their time waiting for Kafka with a batch in hand. Once it has
+// delivered 300 records it is stopped with sig, and the test checks that
+// it stopped mid-drain (not every record in Kafka yet). Another forwarder
+// then drains the rest. It returns what the ingest acknowledged (id to
+// value) and how many times each id is in Kafka, once JetStream has
+// nothing left to send.
+func forwarderStoppedMidDrain(t *testing.T, sig syscall.Signal) (byID map[string]string, seen map[string]int) {
+	t.Helper()
+	k := newFaultyKafka(t)
+	broker := k.addr
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	const topic, n = "wal-stopped", 3000
+	byID = map[string]string{}
+	for b := range n / 100 {
+		var values []string
+		for i := range 100 {
+			values = append(values, fmt.Sprintf(`"stopped-%d"`, b*100+i))
+		}
+		for id, v := range postValuesAhead(t, in.httpAddr, topic, values) {
+			byID[id] = v
+		}
+	}
+
+	env := []string{"SPILLWAY_PRODUCER_WAL_ACK_WAIT=5s"}
+	k.slow(t, 300*time.Millisecond)
+	first, monitor := startForwarder(t, broker, natsAddr, append(env, "SPILLWAY_FORWARD_RATE_LIMIT=1000")...)
+	series := `spillway_records_drained_total{consumer="forwarder",topic="wal-stopped"}`
+	var drained float64
+	eventually(t, 30*time.Second, "the forwarder to deliver 300 records", func() bool {
+		drained = metricValue(t, monitor, series)
+		return drained >= 300
+	})
+	if err := first.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	code := first.exitCode(t, 20*time.Second)
+	if sig == syscall.SIGTERM && code != 0 {
+		t.Fatalf("the forwarder exited %d after SIGTERM; want 0", code)
+	}
+	k.fast(t)
+	before := map[string]bool{}
+	for _, r := range kcatConsume(t, broker, topic) {
+		before[header(r, "spillway-id")] = true
+	}
+	t.Logf("%v after %v records delivered: %d of %d records in Kafka when the forwarder had exited", sig, drained, len(before), n)
+	if len(before) < 300 || len(before) >= n {
+		t.Fatalf("%d of %d records in Kafka when the forwarder stopped; want at least 300 and not all (stopped mid-drain)", len(before), n)
+	}
+
+	startForwarder(t, broker, natsAddr, env...)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		seen = map[string]int{}
+		for _, r := range kcatConsumeMaybe(broker, topic) {
+			seen[header(r, "spillway-id")]++
+		}
+		missing, dups := countMissingAndDuplicates(byID, seen)
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after the restart %d of %d acknowledged records are not in Kafka (%d duplicates)", missing, n, dups)
+		}
+	}
+	// Once the stream is empty every message was acknowledged, and none
+	// can be sent again: only then are the duplicates all in Kafka.
+	eventually(t, 30*time.Second, "the buffer's stream to be empty", func() bool { return streamMessages(t, natsAddr) == 0 })
+	seen = map[string]int{}
+	for _, r := range kcatConsume(t, broker, topic) {
+		id := header(r, "spillway-id")
+		seen[id]++
+		want, ok := byID[id]
+		switch {
+		case !ok:
+			t.Errorf("a record in Kafka that was never acknowledged: id %q value %q", id, *r.Payload)
+		case *r.Payload != want:
+			t.Errorf("record %s in Kafka has value %q, want %q", id, *r.Payload, want)
+		}
+	}
+	return byID, seen
+}
+
+// streamMessages is how many messages the buffer's stream (SPILLWAY)
+// holds, as JetStream says; -1 when it cannot say.
+func streamMessages(t *testing.T, natsAddr string) int64 {
+	t.Helper()
+	nc, err := nats.Connect("nats://" + natsAddr)
+	if err != nil {
+		return -1
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return -1
+	}
+	stream, err := js.Stream(t.Context(), "SPILLWAY")
+	if err != nil {
+		return -1
+	}
+	info, err := stream.Info(t.Context())
+	if err != nil {
+		return -1
+	}
+	return int64(info.State.Msgs)
+}
+
+// TestForwarderKilledMidDrain kills the forwarder (kill -9) mid-drain and
+// starts another: every acknowledged record reaches Kafka with its value.
+// Duplicates are bounded by the records the killed forwarder held without
+// its acknowledgement reaching JetStream: at most 4 workers with a batch
+// of rate/10 = 100 records each, 400.
+func TestForwarderKilledMidDrain(t *testing.T) {
+	byID, seen := forwarderStoppedMidDrain(t, syscall.SIGKILL)
+	missing, dups := countMissingAndDuplicates(byID, seen)
+	t.Logf("kill -9: %d acknowledged, %d missing, %d duplicates in Kafka", len(byID), missing, dups)
+	if missing != 0 || dups > 400 {
+		t.Fatalf("%d acknowledged records: %d missing, %d duplicates; want 0 missing and at most 400 duplicates", len(byID), missing, dups)
+	}
+}
+
+// TestForwarderSIGTERMMidDrain stops the forwarder with SIGTERM mid-drain:
+// it finishes the batches it holds, acknowledges them and exits 0, so
+// that after a restart every acknowledged record is in Kafka exactly once.
+func TestForwarderSIGTERMMidDrain(t *testing.T) {
+	byID, seen := forwarderStoppedMidDrain(t, syscall.SIGTERM)
+	missing, dups := countMissingAndDuplicates(byID, seen)
+	t.Logf("SIGTERM: %d acknowledged, %d missing, %d duplicates in Kafka", len(byID), missing, dups)
+	if missing != 0 || dups != 0 {
+		t.Fatalf("%d acknowledged records: %d missing, %d duplicates; want 0 and 0", len(byID), missing, dups)
+	}
+}
+
+func countMissingAndDuplicates(byID map[string]string, seen map[string]int) (missing, dups int) {
+	for id := range byID {
+		if seen[id] == 0 {
+			missing++
+		}
+	}
+	for _, k := range seen {
+		dups += max(0, k-1)
+	}
+	return missing, dups
 }
