@@ -1,8 +1,11 @@
 package config
 
 import (
+	"fmt"
+	"maps"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,19 +146,87 @@ func TestLoadMissingFile(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
 
-// TestDocsDocumentEveryKey keeps the configuration reference
-// (docs/configuration.md) complete: every key and every mapped Kafka
-// property is in it.
-func TestDocsDocumentEveryKey(t *testing.T) {
-	readme, err := os.ReadFile("../../docs/configuration.md")
+// TestConfigurationReferenceMatchesCode keeps docs/configuration.md and
+// the code in step, both ways: every key the code reads is in the key
+// table with the code's default, every key of the table is one the code
+// accepts, and the same for the librdkafka properties, aliases included.
+func TestConfigurationReferenceMatchesCode(t *testing.T) {
+	b, err := os.ReadFile("../../docs/configuration.md")
 	require.NoError(t, err)
-	for key := range Keys() {
-		assert.True(t, strings.Contains(string(readme), "| `"+key+"` |"), "docs/configuration.md lacks key %s", key)
-	}
-	for _, p := range KafkaProperties() {
-		for _, name := range strings.Split(p[0], " / ") {
-			assert.True(t, strings.Contains(string(readme), "`"+name+"`"), "docs/configuration.md lacks kafka property %s", name)
+	tables := docTables(string(b))
+	keys, props := tables["key"], tables["property"]
+	require.NotEmpty(t, keys, "no key table in docs/configuration.md")
+	require.NotEmpty(t, props, "no property table in docs/configuration.md")
+
+	code := Keys()
+	for _, key := range slices.Sorted(maps.Keys(code)) {
+		doc, ok := keys[key]
+		if assert.True(t, ok, "docs/configuration.md lacks key %s", key) {
+			assert.Equal(t, docDefault(code[key]), doc, "docs/configuration.md gives key %s another default", key)
 		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(keys)) {
+		if _, ok := code[key]; ok {
+			continue
+		}
+		// A pattern row (security.acl.PRINCIPAL, kafka.*) stands for the
+		// keys it matches: one of them must load.
+		example := strings.NewReplacer("PRINCIPAL", "someone", "*", "client.id").Replace(key)
+		assert.True(t, example != key, "docs/configuration.md documents key %s, which the code does not read", key)
+		_, err := Parse([]byte(fmt.Sprintf("%q: x\n", example)), nil)
+		if err != nil {
+			assert.NotContains(t, err.Error(), "unknown configuration key", "docs/configuration.md documents key %s, which the code does not read", key)
+		}
+	}
+
+	codeProps := map[string]string{}
+	for _, p := range KafkaProperties() {
+		codeProps[p[0]] = p[1]
+	}
+	for _, names := range slices.Sorted(maps.Keys(codeProps)) {
+		doc, ok := props[names]
+		if assert.True(t, ok, "docs/configuration.md lacks kafka property %s (with its aliases, in this order)", names) {
+			assert.Equal(t, codeProps[names], doc, "docs/configuration.md gives kafka property %s another default", names)
+		}
+	}
+	for _, names := range slices.Sorted(maps.Keys(props)) {
+		_, ok := codeProps[names]
+		assert.True(t, ok, "docs/configuration.md documents kafka property %s, which the code does not map", names)
+	}
+}
+
+// docTables reads the tables of a reference whose first column is "key" or
+// "property": the first cell's names (backticked, aliases joined with
+// " / ") to the second cell (the default, without its backticks).
+func docTables(doc string) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	var table map[string]string
+	for _, line := range strings.Split(doc, "\n") {
+		cells := strings.Split(line, "|")
+		switch {
+		case !strings.HasPrefix(line, "|") || len(cells) < 4:
+			table = nil
+		case strings.TrimSpace(cells[1]) == "key" || strings.TrimSpace(cells[1]) == "property":
+			table = map[string]string{}
+			out[strings.TrimSpace(cells[1])] = table
+		case table != nil && !strings.HasPrefix(line, "| ---"):
+			var names []string
+			for _, n := range strings.Split(cells[1], "/") {
+				names = append(names, strings.Trim(strings.TrimSpace(n), "`"))
+			}
+			table[strings.Join(names, " / ")] = strings.Trim(strings.TrimSpace(cells[2]), "`")
+		}
+	}
+	return out
+}
+
+// docDefault writes a default as the reference does.
+func docDefault(v any) string {
+	switch v := v.(type) {
+	case []string, []any:
+		return "[]"
+	default:
+		return fmt.Sprint(v)
 	}
 }
 
