@@ -36,6 +36,8 @@ type env struct {
 	js      jetstream.JetStream
 	buffer  *spill.Buffer
 	metrics *Metrics
+	reg     *prometheus.Registry // metrics' registry
+	url     string               // the embedded server's client URL
 }
 
 // setup starts an embedded JetStream and parses a configuration for the
@@ -55,7 +57,8 @@ func setup(t *testing.T, addr string, vars ...string) *env {
 	nc, js, err := spill.Connect(t.Context(), cfg.Producer.WAL, srv, "test", discard)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	return &env{cfg: cfg, js: js, buffer: spill.NewBuffer(js, cfg.Producer.WAL), metrics: NewMetrics(prometheus.NewRegistry(), 100)}
+	reg := prometheus.NewRegistry()
+	return &env{cfg: cfg, js: js, buffer: spill.NewBuffer(js, cfg.Producer.WAL), metrics: NewMetrics(reg, 100), reg: reg, url: srv.ClientURL()}
 }
 
 // run starts a drainer of role until the test ends.
