@@ -215,37 +215,51 @@ func newHeldJetStream(t *testing.T) *heldJetStream {
 	return h
 }
 
-// TestIngestNotReadyWhileStarting starts the ingest while its JetStream
-// does not answer yet: /readyz answers 503 and -probe exits 1 until
-// JetStream answers, then /readyz answers 200 and -probe exits 0.
-func TestIngestNotReadyWhileStarting(t *testing.T) {
-	broker := newBroker(t)
-	js := newHeldJetStream(t)
-	p, a := spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url)
-	select {
-	case <-js.held:
-	case <-p.exited:
-		t.Fatalf("the ingest exited before it asked JetStream anything: %v", p.err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("the ingest did not ask JetStream anything within 30s")
-	}
-	readyz := "http://" + a.monitor + "/readyz"
-	if status, body := get(readyz); status != http.StatusServiceUnavailable || body != "not ready: starting or shutting down\n" {
-		t.Errorf("/readyz while starting answered %d %q; want 503 %q", status, body, "not ready: starting or shutting down\n")
-	}
-	if status, body := get("http://" + a.monitor + "/healthz"); status != http.StatusOK || body != "ok\n" {
-		t.Errorf("/healthz while starting answered %d %q; want 200 %q", status, body, "ok\n")
-	}
-	if code := probe(t, "spillway-ingest", readyz); code != 1 {
-		t.Errorf("-probe %s exited %d while starting; want 1", readyz, code)
-	}
-	if !p.alive() {
-		t.Fatalf("the ingest exited while starting: %v", p.err)
-	}
-	js.release()
-	waitOK(t, readyz, "the ingest to be ready once JetStream answers")
-	if code := probe(t, "spillway-ingest", readyz); code != 0 {
-		t.Errorf("-probe %s exited %d once ready; want 0", readyz, code)
+// TestNotReadyWhileStarting starts the ingest, and the forwarder, while
+// their JetStream does not answer yet: /readyz answers 503 (and /healthz
+// 200) and -probe exits 1 until JetStream answers, then /readyz answers
+// 200 and -probe exits 0.
+func TestNotReadyWhileStarting(t *testing.T) {
+	for _, binary := range []string{"spillway-ingest", "spillway-forwarder"} {
+		t.Run(binary, func(t *testing.T) {
+			broker := newBroker(t)
+			js := newHeldJetStream(t)
+			monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			var p *proc
+			if binary == "spillway-ingest" {
+				var a ingestAddrs
+				p, a = spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url)
+				monitor = a.monitor
+			} else {
+				p = spawn(t, binary, "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url,
+					"SPILLWAY_FORWARD_MONITORING_LISTEN="+monitor)
+			}
+			select {
+			case <-js.held:
+			case <-p.exited:
+				t.Fatalf("exited before it asked JetStream anything: %v", p.err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("did not ask JetStream anything within 30s")
+			}
+			readyz := "http://" + monitor + "/readyz"
+			if status, body := get(readyz); status != http.StatusServiceUnavailable || body != "not ready: starting or shutting down\n" {
+				t.Errorf("/readyz while starting answered %d %q; want 503 %q", status, body, "not ready: starting or shutting down\n")
+			}
+			if status, body := get("http://" + monitor + "/healthz"); status != http.StatusOK || body != "ok\n" {
+				t.Errorf("/healthz while starting answered %d %q; want 200 %q", status, body, "ok\n")
+			}
+			if code := probe(t, binary, readyz); code != 1 {
+				t.Errorf("-probe %s exited %d while starting; want 1", readyz, code)
+			}
+			if !p.alive() {
+				t.Fatalf("exited while starting: %v", p.err)
+			}
+			js.release()
+			waitOK(t, readyz, "readiness once JetStream answers")
+			if code := probe(t, binary, readyz); code != 0 {
+				t.Errorf("-probe %s exited %d once ready; want 0", readyz, code)
+			}
+		})
 	}
 }
 
