@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
@@ -141,4 +145,127 @@ func TestStreamShareLimit(t *testing.T) {
 	require.NoError(t, mr.Close(t.Context()))
 	assert.Equal(t, 5.0, count(m, OutcomeDropped))
 	assert.Equal(t, 0.0, count(m, OutcomeSpilled))
+}
+
+// gathered is the value of the series name{labels} in reg, or -1 when
+// there is none.
+func gathered(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range f.GetMetric() {
+			if len(m.GetLabel())*2 != len(labels) {
+				continue
+			}
+			for _, l := range m.GetLabel() {
+				if !slices.Contains(labels, l.GetName()) || labels[slices.Index(labels, l.GetName())+1] != l.GetValue() {
+					continue metrics
+				}
+			}
+			if m.Counter != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+// TestBreakerClosesWhenMirrorReturns: while the mirror cluster fails every
+// produce with a retriable error, copies are spilled for the resender and
+// the mirror's breaker opens; once the mirror is healthy again, after the
+// breaker's timeout copies are mirrored again (within a bound) and the
+// breaker closes. The mirror holds exactly the copies counted as mirrored,
+// with their values.
+func TestBreakerClosesWhenMirrorReturns(t *testing.T) {
+	buffer, js := jetStream(t)
+	c, addr := kafkatest.NewCluster(t)
+	var failing atomic.Bool
+	failing.Store(true)
+	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !failing.Load() {
+			return nil, nil, false
+		}
+		pr := req.(*kmsg.ProduceRequest)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		resp.Version = pr.Version
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.NotEnoughReplicas.Code // retriable: the mirror cannot take it now
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	const cbTimeout = time.Second
+	cfg, err := config.Parse(fmt.Appendf(nil, `
+producer: {cb: {fails: 2, timeout: %s, requests: 2}}
+mirrors: [{name: dr, topics: ['*'], kafka: {brokers: [%q], retries: 0, message.timeout.ms: 2000}}]`, cbTimeout, addr), nil)
+	require.NoError(t, err)
+	p, err := producer.New(cfg.Mirrors[0].Kafka, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	reg := prometheus.NewRegistry()
+	mr := New(cfg.Mirrors[0], p, buffer, cfg.Producer.CB, NewMetrics(reg), slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { _ = mr.Close(context.Background()) })
+	outcome := func(o string) float64 {
+		return gathered(t, reg, "spillway_mirror_records_total", "mirror", "dr", "outcome", o)
+	}
+	state := func() float64 { return gathered(t, reg, "spillway_mirror_breaker_state", "mirror", "dr") }
+
+	// offer hands one copy over and waits until the mirror has dealt with
+	// it, and says whether it was mirrored.
+	n := 0
+	offer := func() bool {
+		t.Helper()
+		n++
+		mirrored, spilled := outcome(OutcomeMirrored), outcome(OutcomeSpilled)
+		mr.Offer([]record.Record{{ID: fmt.Sprintf("c%d", n), Topic: "orders", Value: fmt.Appendf(nil, "copy %d", n), Partition: record.AnyPartition, Timestamp: time.Now()}})
+		require.Eventually(t, func() bool { return outcome(OutcomeMirrored)+outcome(OutcomeSpilled) == mirrored+spilled+1 }, 10*time.Second, 5*time.Millisecond)
+		return outcome(OutcomeMirrored) == mirrored+1
+	}
+	for i := 0; state() != 2; i++ {
+		require.Less(t, i, 10, "the breaker opens after 2 failed produces")
+		require.False(t, offer(), "the mirror is failing: the copy is spilled")
+	}
+	require.False(t, offer(), "breaker open: spilled without trying the mirror")
+
+	failing.Store(false)
+	const bound = cbTimeout + 15*time.Second
+	deadline := time.Now().Add(bound)
+	for !offer() {
+		require.True(t, time.Now().Before(deadline), "no copy was mirrored within %v of the mirror's return: the breaker never closed", bound)
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; state() != 0; i++ {
+		require.Less(t, i, 10, "the breaker closes after 2 successful probes")
+		require.True(t, offer(), "half-open, mirror healthy")
+	}
+	for range 3 {
+		require.True(t, offer(), "closed")
+	}
+	require.NoError(t, mr.Close(t.Context()))
+
+	mirrored, spilled := int(outcome(OutcomeMirrored)), int(outcome(OutcomeSpilled))
+	t.Logf("%d copies: %d mirrored, %d spilled", n, mirrored, spilled)
+	assert.Equal(t, n, mirrored+spilled)
+	assert.Equal(t, 0.0, outcome(OutcomeDropped))
+	got := kafkatest.Consume(t, addr, "orders", mirrored, 10*time.Second)
+	require.Len(t, got, mirrored)
+	for _, r := range got {
+		id, _ := kafkatest.HeaderValue(r, record.IDHeader)
+		assert.Equal(t, "copy "+strings.TrimPrefix(id, "c"), string(r.Value))
+	}
+	assert.Len(t, spilltest.Messages(t, js, "SPILLWAY", "spillway.mirror.dr.>", spilled), spilled, "the spilled copies wait for the resender")
 }
