@@ -7,7 +7,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -28,11 +27,14 @@ import (
 // EnvPrefix starts every environment variable that overrides a key.
 const EnvPrefix = "SPILLWAY_"
 
+// WALMode is producer.wal.mode: when records go to the buffer.
+type WALMode string
+
 // The producer.wal.mode values.
 const (
-	ModeFallback = "fallback"
-	ModeAlways   = "always"
-	ModeDisable  = "disable"
+	ModeFallback WALMode = "fallback" // Kafka first; the buffer when Kafka cannot take a record
+	ModeAlways   WALMode = "always"   // the buffer first (write-ahead); the forwarder delivers
+	ModeDisable  WALMode = "disable"  // never the buffer; Kafka's failure reaches the client
 )
 
 // Config is the whole configuration of a Spillway service.
@@ -87,20 +89,27 @@ type GRPC struct {
 	StreamWindow     int           // requests of one stream that may wait for Kafka at once
 }
 
+// ClientAuth is server.tls.client_auth: whether the listeners ask for
+// client certificates.
+type ClientAuth string
+
 // The server.tls.client_auth values.
 const (
-	ClientAuthNone     = "none"     // no client certificate asked for
-	ClientAuthOptional = "optional" // a client certificate is verified when given
-	ClientAuthRequire  = "require"  // a verified client certificate is required
+	ClientAuthNone     ClientAuth = "none"     // no client certificate asked for
+	ClientAuthOptional ClientAuth = "optional" // a client certificate is verified when given
+	ClientAuthRequire  ClientAuth = "require"  // a verified client certificate is required
 )
 
-// The server.tls.principal_from values: which part of a client
-// certificate names its principal.
+// PrincipalFrom is server.tls.principal_from: which name of a client
+// certificate is its principal.
+type PrincipalFrom string
+
+// The server.tls.principal_from values.
 const (
-	PrincipalFromCN       = "cn"
-	PrincipalFromSANDNS   = "san_dns"
-	PrincipalFromSANEmail = "san_email"
-	PrincipalFromSANURI   = "san_uri"
+	PrincipalFromCN       PrincipalFrom = "cn"
+	PrincipalFromSANDNS   PrincipalFrom = "san_dns"
+	PrincipalFromSANEmail PrincipalFrom = "san_email"
+	PrincipalFromSANURI   PrincipalFrom = "san_uri"
 )
 
 // ServerTLS configures TLS on the HTTP and gRPC listeners. The files are
@@ -109,8 +118,8 @@ type ServerTLS struct {
 	CertFile      string
 	KeyFile       string
 	ClientCAFile  string // verifies client certificates (mTLS)
-	ClientAuth    string // none, optional or require
-	PrincipalFrom string // cn, san_dns, san_email or san_uri
+	ClientAuth    ClientAuth
+	PrincipalFrom PrincipalFrom
 }
 
 // Enabled says whether the listeners speak TLS.
@@ -125,12 +134,12 @@ type Monitoring struct {
 }
 
 // Producer holds kafka-ambassador's producer section: the breaker, the
-// resend loop and the write-ahead (spill) settings.
+// resend loop and the buffer's settings. Its old_producer_kill_timeout is
+// accepted and has no effect (see the key table).
 type Producer struct {
-	CB                     Breaker
-	Resend                 Resend
-	WAL                    WAL
-	OldProducerKillTimeout time.Duration
+	CB     Breaker
+	Resend Resend
+	WAL    WAL
 }
 
 // Breaker configures the circuit breaker in front of Kafka.
@@ -150,7 +159,7 @@ type Resend struct {
 // WAL configures when records are written to JetStream, and the
 // JetStream that holds them.
 type WAL struct {
-	Mode          string
+	Mode          WALMode
 	InMemory      bool
 	Path          string
 	AlwaysTopics  []string
@@ -231,88 +240,6 @@ type Log struct {
 	Encoding string // json or console
 }
 
-// defaults holds every key Spillway reads, other than kafka.*, with its
-// default. A key missing here is unknown and rejected.
-var defaults = map[string]any{
-	"server.http.listen":                            ":18080",
-	"server.http.read_header_timeout":               "5s",
-	"server.http.read_timeout":                      "60s",
-	"server.http.write_timeout":                     "60s",
-	"server.http.idle_timeout":                      "120s",
-	"server.http.max_body_bytes":                    16 << 20,
-	"server.grpc.listen":                            ":18282",
-	"server.grpc.max.request.size":                  4 << 20,
-	"server.grpc.keepalive.time":                    "30s",
-	"server.grpc.keepalive.timeout":                 "10s",
-	"server.grpc.keepalive.min_time":                "5s",
-	"server.grpc.stream_window":                     64,
-	"server.grpc.monitoring.enable":                 true, // kafka-ambassador's; metrics are always on
-	"server.grpc.monitoring.histogram.enable":       true, // kafka-ambassador's; histograms are always on
-	"server.monitoring.listen":                      ":28080",
-	"server.monitoring.max_topic_labels":            100,
-	"server.monitoring.max_principal_labels":        100,
-	"server.monitoring.max_library_labels":          50,
-	"server.tls.cert":                               "",
-	"server.tls.key":                                "",
-	"server.tls.client_ca":                          "",
-	"server.tls.client_auth":                        ClientAuthNone,
-	"server.tls.principal_from":                     PrincipalFromCN,
-	"server.shutdown_timeout":                       "30s",
-	"server.max_in_flight_records":                  100000,
-	"producer.cb.interval":                          "0s",
-	"producer.cb.timeout":                           "20s",
-	"producer.cb.fails":                             5,
-	"producer.cb.requests":                          3,
-	"producer.resend.period":                        "33s",
-	"producer.resend.rate_limit":                    10000,
-	"producer.wal.mode":                             ModeFallback,
-	"producer.wal.in_memory":                        false,
-	"producer.wal.path":                             "data/wal",
-	"producer.wal.always_topics":                    []string{},
-	"producer.wal.disable_topics":                   []string{},
-	"producer.wal.stream":                           "SPILLWAY",
-	"producer.wal.subject_prefix":                   "spillway",
-	"producer.wal.listen":                           "127.0.0.1:4222",
-	"producer.wal.nats.urls":                        []string{},
-	"producer.wal.nats.credentials":                 "",
-	"producer.wal.nats.tls.ca":                      "",
-	"producer.wal.nats.tls.cert":                    "",
-	"producer.wal.nats.tls.key":                     "",
-	"producer.wal.replicas":                         1,
-	"producer.wal.max_bytes":                        1 << 30,
-	"producer.wal.max_age":                          "0s",
-	"producer.wal.publish_timeout":                  "5s",
-	"producer.wal.ack_wait":                         "60s",
-	"producer.old_producer_kill_timeout":            "0s",
-	"security.api_keys":                             []any{},
-	"security.require_credentials":                  false,
-	"security.allow_topics":                         []string{},
-	"security.rate_limit.records_per_second":        0,
-	"security.rate_limit.bytes_per_second":          0,
-	"security.rate_limit.global_records_per_second": 0,
-	"security.rate_limit.global_bytes_per_second":   0,
-	"security.jwt.jwks_file":                        "",
-	"security.jwt.jwks_url":                         "",
-	"security.jwt.refresh_interval":                 "5m",
-	"security.jwt.issuer":                           "",
-	"security.jwt.audience":                         "",
-	"security.jwt.principal_claim":                  "sub",
-	"security.jwt.leeway":                           "30s",
-	"validation.rules":                              []any{},
-	"topic_mapping":                                 []any{},
-	"mirrors":                                       []any{},
-	"forward.rate_limit":                            0,
-	"forward.monitoring.listen":                     ":28081",
-	"resend.monitoring.listen":                      ":28082",
-	"kafka.brokers":                                 []string{},
-	"global.log.level":                              "info",
-	"global.log.encoding":                           "json",
-}
-
-// Keys returns every configuration key other than the kafka.* properties,
-// with its default.
-func Keys() map[string]any { return maps.Clone(defaults) }
-
 // Load reads the configuration: defaults, then the YAML file at path (if
 // path is not empty), then the SPILLWAY_* variables in environ. The error
 // names every bad key.
@@ -328,140 +255,79 @@ func Load(path string, environ []string) (*Config, error) {
 	return Parse(file, environ)
 }
 
-// Parse is Load with the file's content given.
+// Parse is Load with the file's content given. It reads every key of the
+// table in keys.go in one pass and collects every error and warning, so
+// that a user sees all the problems of a file at once.
 func Parse(file []byte, environ []string) (*Config, error) {
+	c := &Config{Security: Security{APIKeys: map[string]string{}, ACL: map[string][]string{}}}
+	opts := options(c)
+	known := make(map[string]bool, len(opts))
+	defaults := make(map[string]any, len(opts))
+	for _, o := range opts {
+		known[o.key], defaults[o.key] = true, o.def
+	}
+
 	k := koanf.New(".")
 	if err := k.Load(confmap.Provider(defaults, "."), nil); err != nil {
 		return nil, fmt.Errorf("load defaults: %w", err)
 	}
+	// user holds what the file and the environment set, apart from the
+	// defaults: a key without effect is warned about only when it was set.
+	user := koanf.New(".")
 	if len(file) > 0 {
 		if err := k.Load(rawbytes.Provider(file), yaml.Parser()); err != nil {
 			return nil, fmt.Errorf("parse configuration file: %w", err)
 		}
+		_ = user.Load(rawbytes.Provider(file), yaml.Parser()) // it parsed just above
 	}
-	env, warnings := envOverrides(environ)
-	if err := k.Load(confmap.Provider(env, "."), nil); err != nil {
-		return nil, fmt.Errorf("load environment: %w", err)
+	env, warnings := envOverrides(opts, environ)
+	for _, kk := range []*koanf.Koanf{k, user} {
+		if err := kk.Load(confmap.Provider(env, "."), nil); err != nil {
+			return nil, fmt.Errorf("load environment: %w", err)
+		}
 	}
 
 	k, errs := resolveSecrets(k, environ)
 	for _, key := range k.Keys() {
-		if _, ok := defaults[key]; ok || strings.HasPrefix(key, "kafka.") || strings.HasPrefix(key, "global.log.") || strings.HasPrefix(key, "security.acl.") {
-			continue
+		if !known[key] && family(key) == nil {
+			errs = append(errs, fmt.Errorf("unknown configuration key %q", key))
 		}
-		errs = append(errs, fmt.Errorf("unknown configuration key %q", key))
 	}
 
-	g := getter{k: k}
-	c := &Config{
-		Server: Server{
-			HTTP: HTTP{
-				Listen:            g.address("server.http.listen"),
-				ReadHeaderTimeout: g.duration("server.http.read_header_timeout"),
-				ReadTimeout:       g.duration("server.http.read_timeout"),
-				WriteTimeout:      g.duration("server.http.write_timeout"),
-				IdleTimeout:       g.duration("server.http.idle_timeout"),
-				MaxBodyBytes:      int64(g.positiveInt("server.http.max_body_bytes")),
-			},
-			GRPC: GRPC{
-				Listen:           g.address("server.grpc.listen"),
-				MaxRequestSize:   g.positiveInt("server.grpc.max.request.size"),
-				KeepaliveTime:    g.duration("server.grpc.keepalive.time"),
-				KeepaliveTimeout: g.duration("server.grpc.keepalive.timeout"),
-				KeepaliveMinTime: g.duration("server.grpc.keepalive.min_time"),
-				StreamWindow:     g.positiveInt("server.grpc.stream_window"),
-			},
-			Monitoring: Monitoring{
-				Listen:             g.address("server.monitoring.listen"),
-				MaxTopicLabels:     g.positiveInt("server.monitoring.max_topic_labels"),
-				MaxPrincipalLabels: g.positiveInt("server.monitoring.max_principal_labels"),
-				MaxLibraryLabels:   g.positiveInt("server.monitoring.max_library_labels"),
-			},
-			TLS: ServerTLS{
-				CertFile:      g.str("server.tls.cert"),
-				KeyFile:       g.str("server.tls.key"),
-				ClientCAFile:  g.str("server.tls.client_ca"),
-				ClientAuth:    g.oneOf("server.tls.client_auth", ClientAuthNone, ClientAuthOptional, ClientAuthRequire),
-				PrincipalFrom: g.oneOf("server.tls.principal_from", PrincipalFromCN, PrincipalFromSANDNS, PrincipalFromSANEmail, PrincipalFromSANURI),
-			},
-			ShutdownTimeout:    g.duration("server.shutdown_timeout"),
-			MaxInFlightRecords: g.positiveInt("server.max_in_flight_records"),
-		},
-		Producer: Producer{
-			CB: Breaker{
-				Interval: g.duration("producer.cb.interval"),
-				Timeout:  g.duration("producer.cb.timeout"),
-				Fails:    uint32(g.positiveInt("producer.cb.fails")),
-				Requests: uint32(g.positiveInt("producer.cb.requests")),
-			},
-			Resend: Resend{
-				Period:    g.duration("producer.resend.period"),
-				RateLimit: g.rate("producer.resend.rate_limit"),
-			},
-			WAL: WAL{
-				Mode:          g.oneOf("producer.wal.mode", ModeFallback, ModeAlways, ModeDisable),
-				InMemory:      g.boolean("producer.wal.in_memory"),
-				Path:          g.str("producer.wal.path"),
-				AlwaysTopics:  g.topics("producer.wal.always_topics"),
-				DisableTopics: g.topics("producer.wal.disable_topics"),
-				Stream:        g.str("producer.wal.stream"),
-				SubjectPrefix: g.str("producer.wal.subject_prefix"),
-				Listen:        g.address("producer.wal.listen"),
-				NATS: NATS{
-					URLs:        g.strings("producer.wal.nats.urls"),
-					Credentials: g.str("producer.wal.nats.credentials"),
-					TLS: TLS{
-						CAFile:   g.str("producer.wal.nats.tls.ca"),
-						CertFile: g.str("producer.wal.nats.tls.cert"),
-						KeyFile:  g.str("producer.wal.nats.tls.key"),
-					},
-				},
-				Replicas:       g.positiveInt("producer.wal.replicas"),
-				MaxBytes:       int64(g.positiveInt("producer.wal.max_bytes")),
-				MaxAge:         g.duration("producer.wal.max_age"),
-				PublishTimeout: g.duration("producer.wal.publish_timeout"),
-				AckWait:        g.duration("producer.wal.ack_wait"),
-			},
-			OldProducerKillTimeout: g.duration("producer.old_producer_kill_timeout"),
-		},
-		Forward: Forward{
-			RateLimit:        g.rate("forward.rate_limit"),
-			MonitoringListen: g.address("forward.monitoring.listen"),
-		},
-		Resend: ResendService{MonitoringListen: g.address("resend.monitoring.listen")},
-		Log: Log{
-			Level:    g.oneOf("global.log.level", "debug", "info", "warn", "error"),
-			Encoding: g.oneOf("global.log.encoding", "json", "console"),
-		},
-	}
-	g.boolean("server.grpc.monitoring.enable")
-	g.boolean("server.grpc.monitoring.histogram.enable")
-	for _, name := range []string{c.Producer.WAL.Stream, c.Producer.WAL.SubjectPrefix} {
-		if name == "" || strings.ContainsAny(name, ". *>\t") {
-			g.fail("producer.wal.stream", fmt.Errorf("%q is not allowed: stream names and subject prefixes are one NATS token, without dots, spaces, * or >", name))
+	g := getter{k: k, given: user.Exists, warnings: warnings}
+	for _, o := range opts {
+		if o.read != nil {
+			o.read(&g, o.key)
 		}
 	}
-	if c.Producer.WAL.Replicas > 5 {
-		g.fail("producer.wal.replicas", fmt.Errorf("%d is not allowed; JetStream keeps 1 to 5 replicas", c.Producer.WAL.Replicas))
-	}
-	for _, t := range c.Producer.WAL.AlwaysTopics {
-		if slices.Contains(c.Producer.WAL.DisableTopics, t) {
-			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))
+	for _, key := range k.Keys() {
+		if principal, ok := strings.CutPrefix(key, aclPrefix); ok {
+			c.Security.ACL[principal] = g.globs(key)
 		}
-	}
-	checkServerTLS(c.Server.TLS, &g)
-	c.Security = parseSecurity(k, &g)
-	if len(c.Security.ACL) > 0 && !c.Security.RequireCredentials {
-		warnings = append(warnings, "security.acl is set but security.require_credentials is false: a client that sends no credential is held only to security.allow_topics, not to any principal's ACL")
 	}
 	c.Kafka = parseKafka(k, &g)
 	c.Validation, c.TopicMapping, c.Mirrors = parseGovernance(&g)
-	c.Warnings = warnings
+	check(c, &g)
+	c.Warnings = g.warnings
 	errs = append(errs, g.errs...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// check applies the rules that involve more than one key.
+func check(c *Config, g *getter) {
+	for _, t := range c.Producer.WAL.AlwaysTopics {
+		if slices.Contains(c.Producer.WAL.DisableTopics, t) {
+			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))
+		}
+	}
+	checkServerTLS(c.Server.TLS, g)
+	checkJWT(c.Security.JWT, g)
+	if len(c.Security.ACL) > 0 && !c.Security.RequireCredentials {
+		g.warn("security.acl is set but security.require_credentials is false: a client that sends no credential is held only to security.allow_topics, not to any principal's ACL")
+	}
 }
 
 // resolveSecrets replaces every value that is a whole "${file:PATH}" or
@@ -560,10 +426,10 @@ func EnvName(key string) string {
 // comma-separated. A SPILLWAY_* variable that matches no key is returned
 // as a warning, not an error: Kubernetes sets SPILLWAY_SERVICE_HOST and
 // the like for a Service named spillway.
-func envOverrides(environ []string) (map[string]any, []string) {
-	byEnv := make(map[string]string, len(defaults))
-	for key := range defaults {
-		byEnv[EnvName(key)] = key
+func envOverrides(opts []option, environ []string) (map[string]any, []string) {
+	byEnv := make(map[string]option, len(opts))
+	for _, o := range opts {
+		byEnv[EnvName(o.key)] = o
 	}
 	out := map[string]any{}
 	var warnings []string
@@ -572,7 +438,8 @@ func envOverrides(environ []string) (map[string]any, []string) {
 		if !ok || !strings.HasPrefix(name, EnvPrefix) {
 			continue
 		}
-		key, known := byEnv[name]
+		o, known := byEnv[name]
+		key := o.key
 		switch {
 		case known:
 		case strings.HasPrefix(name, EnvPrefix+"KAFKA_") && len(name) > len(EnvPrefix+"KAFKA_"):
@@ -581,7 +448,7 @@ func envOverrides(environ []string) (map[string]any, []string) {
 			warnings = append(warnings, fmt.Sprintf("environment variable %s matches no configuration key and is ignored", name))
 			continue
 		}
-		if _, isList := defaults[key].([]string); isList || key == "kafka.brokers" {
+		if _, isList := o.def.([]string); isList {
 			out[key] = splitList(value)
 		} else {
 			out[key] = value
@@ -600,15 +467,20 @@ func splitList(s string) []string {
 	return out
 }
 
-// getter reads typed values and collects one error per bad key.
+// getter reads typed values and collects one error per bad key, and the
+// warnings.
 type getter struct {
-	k    *koanf.Koanf
-	errs []error
+	k        *koanf.Koanf
+	errs     []error
+	warnings []string
+	given    func(key string) bool // whether the file or the environment set key; nil: never
 }
 
 func (g *getter) fail(key string, err error) {
 	g.errs = append(g.errs, fmt.Errorf("%s: %w", key, err))
 }
+
+func (g *getter) warn(msg string) { g.warnings = append(g.warnings, msg) }
 
 func (g *getter) str(key string) string {
 	switch v := g.k.Get(key).(type) {
@@ -728,12 +600,37 @@ func (g *getter) boolean(key string) bool {
 	}
 }
 
-func (g *getter) oneOf(key string, allowed ...string) string {
-	s := strings.ToLower(g.str(key))
-	if !slices.Contains(allowed, s) {
-		g.fail(key, fmt.Errorf("%q is not allowed; want one of %s", s, strings.Join(allowed, ", ")))
+// oneOf returns a getter of one of the allowed values, given in any case.
+func oneOf[T ~string](allowed ...T) func(*getter, string) T {
+	return func(g *getter, key string) T {
+		s := T(strings.ToLower(g.str(key)))
+		if !slices.Contains(allowed, s) {
+			names := make([]string, len(allowed))
+			for i, a := range allowed {
+				names[i] = string(a)
+			}
+			g.fail(key, fmt.Errorf("%q is not allowed; want one of %s", s, strings.Join(names, ", ")))
+		}
+		return s
+	}
+}
+
+// natsToken reads a stream name or subject prefix: one NATS token.
+func (g *getter) natsToken(key string) string {
+	s := g.str(key)
+	if s == "" || strings.ContainsAny(s, ". *>\t") {
+		g.fail(key, fmt.Errorf("%q is not allowed: stream names and subject prefixes are one NATS token, without dots, spaces, * or >", s))
 	}
 	return s
+}
+
+// replicas reads a stream's replica count.
+func (g *getter) replicas(key string) int {
+	n := g.positiveInt(key)
+	if n > 5 {
+		g.fail(key, fmt.Errorf("%d is not allowed; JetStream keeps 1 to 5 replicas", n))
+	}
+	return n
 }
 
 func (g *getter) strings(key string) []string {
@@ -766,55 +663,40 @@ func (g *getter) topics(key string) []string {
 	return ts
 }
 
-// parseSecurity reads security.*: api_keys is a list of {principal,
-// sha256}; acl maps principals to topic globs.
-func parseSecurity(k *koanf.Koanf, g *getter) Security {
-	sec := Security{
-		APIKeys:            map[string]string{},
-		RequireCredentials: g.boolean("security.require_credentials"),
-		AllowTopics:        g.globs("security.allow_topics"),
-		ACL:                map[string][]string{},
-		RateLimit: RateLimit{
-			RecordsPerSecond:       g.rate("security.rate_limit.records_per_second"),
-			BytesPerSecond:         g.rate("security.rate_limit.bytes_per_second"),
-			GlobalRecordsPerSecond: g.rate("security.rate_limit.global_records_per_second"),
-			GlobalBytesPerSecond:   g.rate("security.rate_limit.global_bytes_per_second"),
-		},
+// checkJWT checks security.jwt.* once a JWK Set turns JWTs on.
+func checkJWT(j JWT, g *getter) {
+	if !j.Enabled() {
+		return
 	}
-	sec.JWT = JWT{
-		JWKSFile:        g.str("security.jwt.jwks_file"),
-		JWKSURL:         g.str("security.jwt.jwks_url"),
-		RefreshInterval: g.duration("security.jwt.refresh_interval"),
-		Issuer:          g.str("security.jwt.issuer"),
-		Audience:        g.str("security.jwt.audience"),
-		PrincipalClaim:  g.str("security.jwt.principal_claim"),
-		Leeway:          g.duration("security.jwt.leeway"),
+	if j.JWKSFile != "" && j.JWKSURL != "" {
+		g.fail("security.jwt.jwks_file", errors.New("and security.jwt.jwks_url are both set; set one"))
 	}
-	if j := sec.JWT; j.Enabled() {
-		if j.JWKSFile != "" && j.JWKSURL != "" {
-			g.fail("security.jwt.jwks_file", errors.New("and security.jwt.jwks_url are both set; set one"))
-		}
-		if j.JWKSURL != "" {
-			if err := checkJWKSURL(j.JWKSURL); err != nil {
-				g.fail("security.jwt.jwks_url", err)
-			}
-		}
-		if j.Issuer == "" {
-			g.fail("security.jwt.issuer", errors.New("is empty; with a JWKS set, every token's issuer is checked: set the issuer"))
-		}
-		if j.Audience == "" {
-			g.fail("security.jwt.audience", errors.New("is empty; with a JWKS set, every token's audience is checked: set the audience"))
-		}
-		if j.PrincipalClaim == "" {
-			g.fail("security.jwt.principal_claim", errors.New("is empty; set the claim that names the principal, such as sub"))
-		}
-		if j.RefreshInterval < time.Second {
-			g.fail("security.jwt.refresh_interval", fmt.Errorf("%v is too short; want 1s or more", j.RefreshInterval))
+	if j.JWKSURL != "" {
+		if err := checkJWKSURL(j.JWKSURL); err != nil {
+			g.fail("security.jwt.jwks_url", err)
 		}
 	}
-	keys, ok := k.Get("security.api_keys").([]any)
-	if !ok && k.Get("security.api_keys") != nil {
-		g.fail("security.api_keys", fmt.Errorf("want a list of {principal, sha256}"))
+	if j.Issuer == "" {
+		g.fail("security.jwt.issuer", errors.New("is empty; with a JWKS set, every token's issuer is checked: set the issuer"))
+	}
+	if j.Audience == "" {
+		g.fail("security.jwt.audience", errors.New("is empty; with a JWKS set, every token's audience is checked: set the audience"))
+	}
+	if j.PrincipalClaim == "" {
+		g.fail("security.jwt.principal_claim", errors.New("is empty; set the claim that names the principal, such as sub"))
+	}
+	if j.RefreshInterval < time.Second {
+		g.fail("security.jwt.refresh_interval", fmt.Errorf("%v is too short; want 1s or more", j.RefreshInterval))
+	}
+}
+
+// apiKeys reads security.api_keys, a list of {principal, sha256}, into a
+// map from the hash (lower-case hex) to the principal.
+func (g *getter) apiKeys(key string) map[string]string {
+	out := map[string]string{}
+	keys, ok := g.k.Get(key).([]any)
+	if !ok && g.k.Get(key) != nil {
+		g.fail(key, fmt.Errorf("want a list of {principal, sha256}"))
 	}
 	for i, e := range keys {
 		m, ok := e.(map[string]any)
@@ -822,17 +704,12 @@ func parseSecurity(k *koanf.Koanf, g *getter) Security {
 		hash, _ := m["sha256"].(string)
 		hash = strings.ToLower(hash)
 		if !ok || principal == "" || len(hash) != 64 || strings.Trim(hash, "0123456789abcdef") != "" {
-			g.fail(fmt.Sprintf("security.api_keys[%d]", i), fmt.Errorf("want {principal: NAME, sha256: the 64 hex digits of the key's SHA-256}"))
+			g.fail(fmt.Sprintf("%s[%d]", key, i), fmt.Errorf("want {principal: NAME, sha256: the 64 hex digits of the key's SHA-256}"))
 			continue
 		}
-		sec.APIKeys[hash] = principal
+		out[hash] = principal
 	}
-	for _, key := range k.Keys() {
-		if principal, ok := strings.CutPrefix(key, "security.acl."); ok {
-			sec.ACL[principal] = g.globs(key)
-		}
-	}
-	return sec
+	return out
 }
 
 // checkJWKSURL accepts https, and http only to this host: keys fetched

@@ -29,7 +29,7 @@ type Authenticator struct {
 	keys          [][]byte // SHA-256 of each API key
 	owners        []string // the principal of each key
 	jwt           *jwtVerifier
-	principalFrom string // which name of a client certificate is its principal
+	principalFrom config.PrincipalFrom // which name of a client certificate is its principal
 	require       bool
 	// verifies is true when any credential can be checked (API keys, JWTs
 	// or client certificates): then a client id a request merely claims is

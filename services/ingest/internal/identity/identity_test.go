@@ -136,7 +136,7 @@ func TestCertificatePrincipal(t *testing.T) {
 	})
 	cert, err := x509.ParseCertificate(leaf.TLS.Certificate[0])
 	require.NoError(t, err)
-	for from, want := range map[string]string{
+	for from, want := range map[config.PrincipalFrom]string{
 		config.PrincipalFromCN:       "device-1",
 		config.PrincipalFromSANDNS:   "localhost", // the first DNS name
 		config.PrincipalFromSANEmail: "ops@example.test",
