@@ -382,7 +382,16 @@ func TestIngestSIGTERM(t *testing.T) {
 		})
 	}
 	inFlight("the API ports refused connections")
-	stopWatching() // a watch is a call in flight too: the server waits for it
+	// A health watch is a call in flight too: the ingest ends it once it
+	// said NOT_SERVING, so that a client watching cannot hold shutdown.
+	select {
+	case st, open := <-statuses:
+		if open {
+			t.Fatalf("health watch after NOT_SERVING: %v; want the stream ended", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("health watch: the ingest did not end it within 10s of NOT_SERVING")
+	}
 
 	k.fast(t)
 	select {

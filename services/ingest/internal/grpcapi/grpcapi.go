@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -103,7 +104,7 @@ func New(o Options) *Server {
 	kafkaambassador.RegisterKafkaAmbassadorServer(s, &ambassadorServer{opts: o})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(s, hs)
+	healthpb.RegisterHealthServer(s, drainingHealth{Server: hs, draining: o.Draining})
 	reflection.Register(s)
 	metrics.InitializeMetrics(s)
 	return &Server{Server: s, health: hs}
@@ -118,6 +119,52 @@ func (s *Server) SetServing(serving bool) {
 	for _, name := range []string{"", ingestv1.IngestService_ServiceDesc.ServiceName, kafkaambassador.KafkaAmbassador_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(name, st)
 	}
+}
+
+// drainingHealth ends the health Watch streams when shutdown begins, once
+// each has been told NOT_SERVING (or after a second): a client watching
+// the ingest's health (gRPC client-side health checking) would otherwise
+// hold GracefulStop until the shutdown deadline.
+type drainingHealth struct {
+	*health.Server
+	draining <-chan struct{}
+}
+
+func (h drainingHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	w := &watchStream{Health_WatchServer: stream, ctx: ctx, toldNotServing: make(chan struct{})}
+	go func() {
+		select {
+		case <-h.draining:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-w.toldNotServing:
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return h.Server.Watch(req, w)
+}
+
+type watchStream struct {
+	healthpb.Health_WatchServer
+	ctx            context.Context
+	once           sync.Once
+	toldNotServing chan struct{}
+}
+
+func (w *watchStream) Context() context.Context { return w.ctx }
+
+func (w *watchStream) Send(m *healthpb.HealthCheckResponse) error {
+	err := w.Health_WatchServer.Send(m)
+	if m.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		w.once.Do(func() { close(w.toldNotServing) })
+	}
+	return err
 }
 
 // codeOf maps a failure reason to its gRPC status code.
