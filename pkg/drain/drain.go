@@ -191,10 +191,13 @@ func (d *Drainer) drain(ctx context.Context) {
 		if periodic {
 			wait = 200 * time.Millisecond
 		}
-		fctx, cancel := context.WithTimeout(ctx, wait)
-		batch, err := d.consumer.Fetch(n, jetstream.FetchContext(fctx))
+		// The server ends the pull request after wait. A deadline on the
+		// client's side instead let messages the server sent just as it
+		// passed go unread, and unacknowledged until ack_wait (up to 400
+		// of 3000 records, 1 run in 6 under -race). Shutdown waits for at
+		// most this one fetch.
+		batch, err := d.consumer.Fetch(n, jetstream.FetchMaxWait(wait))
 		if err != nil {
-			cancel()
 			if ctx.Err() == nil {
 				d.opts.Logger.Warn("fetch from the buffer failed", "error", err)
 				sleep(ctx, time.Second)
@@ -205,7 +208,6 @@ func (d *Drainer) drain(ctx context.Context) {
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 		}
-		cancel()
 		if len(msgs) == 0 {
 			if periodic {
 				return
