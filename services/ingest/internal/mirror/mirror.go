@@ -102,7 +102,7 @@ type batch struct {
 type Mirror struct {
 	cfg      config.Mirror
 	producer Producer
-	buffer   Buffer // nil: nothing to spill to
+	buffer   Buffer            // nil: nothing to spill to
 	kafka    *breaker.Producer // the producer, behind the mirror's breaker
 	m        *Metrics
 	logger   *slog.Logger
