@@ -156,8 +156,10 @@ type Resend struct {
 	RateLimit float64
 }
 
-// WAL configures when records are written to JetStream, and the
-// JetStream that holds them.
+// WAL configures the buffer: when records are written ahead to it or
+// spilled to it, and the JetStream stream that holds them. It keeps the
+// name of its keys, producer.wal.* (kafka-ambassador's, where the buffer
+// was a write-ahead log); everywhere else the store is "the buffer".
 type WAL struct {
 	Mode          WALMode
 	InMemory      bool
