@@ -329,7 +329,11 @@ func kafkaHeaders(id string, hs []record.Header) []kafka.Header {
 }
 
 // classify turns a kafka-go error into a record.Error with the reason a
-// client can act on.
+// client can act on. Only a fault in the record itself (too large,
+// invalid, corrupt, a bad timestamp or topic name) is final: everything
+// else Kafka says may heal (credentials fixed, a topic created, a leader
+// elected, a quota refilled), and is reported so that the record is
+// spilled or stays buffered rather than dead-lettered.
 func classify(err error) error {
 	var tooLarge kafka.MessageTooLargeError
 	switch {
@@ -337,22 +341,22 @@ func classify(err error) error {
 		return &record.Error{Reason: record.ReasonTooLarge, Message: "Kafka refused the record as too large", Err: err}
 	case errors.Is(err, kafka.InvalidTopic):
 		return &record.Error{Reason: record.ReasonInvalid, Message: "Kafka refused the topic name", Err: err}
-	case errors.Is(err, kafka.UnknownTopicOrPartition):
+	case errors.Is(err, kafka.InvalidRecord), errors.Is(err, kafka.InvalidTimestamp),
+		errors.Is(err, kafka.InvalidMessage), errors.Is(err, kafka.InvalidMessageSize):
+		var ke kafka.Error
+		errors.As(err, &ke)
+		return &record.Error{Reason: record.ReasonInvalid, Message: "Kafka refused the record: " + ke.Title() + ": " + ke.Description()}
+	case errors.Is(err, kafka.UnknownTopicOrPartition), errors.Is(err, kafka.UnknownTopicID):
 		return &record.Error{Reason: record.ReasonUnknownTopic, Message: "the topic does not exist and is not created automatically", Err: err}
 	case errors.Is(err, kafka.TopicAuthorizationFailed), errors.Is(err, kafka.ClusterAuthorizationFailed),
-		errors.Is(err, kafka.SASLAuthenticationFailed), errors.Is(err, kafka.TransactionalIDAuthorizationFailed):
+		errors.Is(err, kafka.SASLAuthenticationFailed), errors.Is(err, kafka.TransactionalIDAuthorizationFailed),
+		errors.Is(err, kafka.UnsupportedSASLMechanism), errors.Is(err, kafka.IllegalSASLState):
 		return &record.Error{Reason: record.ReasonNotAuthorized, Message: "Kafka refused Spillway's credentials for this topic", Err: err}
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, kafka.RequestTimedOut):
 		return &record.Error{Reason: record.ReasonTimeout, Message: "Kafka did not acknowledge the record in time; it may still arrive", Err: err}
-	}
-	var ke kafka.Error
-	if errors.As(err, &ke) && !ke.Temporary() {
-		// Kafka refused this record for good (invalid record or timestamp,
-		// policy violation...): trying again, or buffering it, cannot help.
-		return &record.Error{Reason: record.ReasonInvalid, Message: "Kafka refused the record: " + ke.Title() + ": " + ke.Description()}
-	}
-	switch {
 	default:
+		// Broker or leader not available, throttled, an unknown server
+		// error, a network error...
 		return &record.Error{Reason: record.ReasonUnavailable, Message: "Kafka cannot take the record now", Err: err}
 	}
 }

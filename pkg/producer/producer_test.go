@@ -178,24 +178,43 @@ func TestBadTopicFailsOnlyItsRecords(t *testing.T) {
 	assert.Equal(t, record.ReasonUnknownTopic, record.ReasonOf(res[2].Err))
 }
 
+// TestClassify pins the reason of each Kafka error: only a fault in the
+// record itself is final (a drain dead-letters it); every condition that
+// heals is retriable or unknown_topic, so that the record stays buffered.
 func TestClassify(t *testing.T) {
 	tests := []struct {
 		err  error
 		want record.Reason
 	}{
+		// In the record: dead letters.
 		{kafka.MessageSizeTooLarge, record.ReasonTooLarge},
+		{kafka.RecordListTooLarge, record.ReasonTooLarge},
+		{fmt.Errorf("write: %w", kafka.MessageSizeTooLarge), record.ReasonTooLarge},
 		{kafka.InvalidTopic, record.ReasonInvalid},
+		{kafka.InvalidRecord, record.ReasonInvalid},
+		{kafka.InvalidTimestamp, record.ReasonInvalid},
+		{kafka.InvalidMessage, record.ReasonInvalid}, // CORRUPT_MESSAGE
+		{kafka.InvalidMessageSize, record.ReasonInvalid},
+		// Conditions that heal: never dead letters.
 		{kafka.UnknownTopicOrPartition, record.ReasonUnknownTopic},
 		{kafka.TopicAuthorizationFailed, record.ReasonNotAuthorized},
-		{kafka.InvalidRecord, record.ReasonInvalid},
-		{kafka.PolicyViolation, record.ReasonInvalid},
-		{kafka.InvalidTimestamp, record.ReasonInvalid},
-		{kafka.NotEnoughReplicas, record.ReasonUnavailable},
+		{kafka.ClusterAuthorizationFailed, record.ReasonNotAuthorized},
+		{kafka.SASLAuthenticationFailed, record.ReasonNotAuthorized},
+		{fmt.Errorf("SASL authentication failed: %w", kafka.SASLAuthenticationFailed), record.ReasonNotAuthorized},
 		{kafka.LeaderNotAvailable, record.ReasonUnavailable},
+		{kafka.NotLeaderForPartition, record.ReasonUnavailable},
+		{kafka.BrokerNotAvailable, record.ReasonUnavailable},
+		{kafka.NotEnoughReplicas, record.ReasonUnavailable},
+		{kafka.ThrottlingQuotaExceeded, record.ReasonUnavailable},
+		{kafka.Unknown, record.ReasonUnavailable}, // UNKNOWN_SERVER_ERROR
+		{kafka.KafkaStorageError, record.ReasonUnavailable},
+		{kafka.PolicyViolation, record.ReasonUnavailable},
+		{kafka.RequestTimedOut, record.ReasonTimeout},
 		{context.DeadlineExceeded, record.ReasonTimeout},
 		{io.ErrUnexpectedEOF, record.ReasonUnavailable},
 	}
 	for _, tt := range tests {
-		assert.Equal(t, tt.want, record.ReasonOf(classify(tt.err)), "%v", tt.err)
+		reason := record.ReasonOf(classify(tt.err))
+		assert.Equal(t, tt.want, reason, "%v", tt.err)
 	}
 }

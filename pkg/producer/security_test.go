@@ -50,6 +50,10 @@ func TestSASL(t *testing.T) {
 			// answers SaslAuthenticationFailed first: only the failure is
 			// the same.
 			assert.Equal(t, record.Failed, res.Outcome, "a wrong password is refused")
+			// Spillway's own credentials are not the record's fault: the
+			// ingest spills it, a drain keeps it buffered.
+			reason := record.ReasonOf(res.Err)
+			assert.True(t, reason.Retriable() && !reason.InRecord(), "reason %s (%v): retriable, never a dead letter", reason, res.Err)
 		})
 	}
 }

@@ -91,7 +91,7 @@ const (
 	ReasonInvalid       Reason = "invalid"        // the record or its topic is malformed
 	ReasonTooLarge      Reason = "too_large"      // over the record size limit
 	ReasonUnknownTopic  Reason = "unknown_topic"  // the topic or partition does not exist
-	ReasonNotAuthorized Reason = "not_authorized" // Kafka refused our credentials for the topic
+	ReasonNotAuthorized Reason = "not_authorized" // Kafka refused Spillway's own credentials (SASL, ACLs)
 	ReasonUnavailable   Reason = "unavailable"    // Kafka could not take the record now
 	ReasonTimeout       Reason = "timeout"        // Kafka did not answer in time
 	ReasonBufferFull    Reason = "buffer_full"    // the JetStream buffer is at its size limit
@@ -104,10 +104,23 @@ const (
 	ReasonUnauthenticated Reason = "unauthenticated"
 )
 
-// Retriable says whether trying again later may succeed: Kafka was
-// unavailable or slow. Only such records are spilled.
+// Retriable says whether the failure is Kafka's, not the record's nor the
+// client's, so that trying again later may succeed: Kafka was unavailable
+// or slow, or refused Spillway's own credentials (a rotated SASL password,
+// a changed ACL). The ingest spills such records and its breaker counts
+// them as failures; the client is not told it did wrong.
 func (r Reason) Retriable() bool {
-	return r == ReasonUnavailable || r == ReasonTimeout
+	return r == ReasonUnavailable || r == ReasonTimeout || r == ReasonNotAuthorized
+}
+
+// InRecord says whether the failure lies in the record itself (too large
+// for the topic, invalid, corrupt, against a validation rule), so that no
+// change in Kafka can make it succeed. A drain dead-letters only such
+// records; for any other reason a buffered record stays buffered and is
+// tried again, since the condition may heal: credentials fixed, a missing
+// topic created, a leader elected.
+func (r Reason) InRecord() bool {
+	return r == ReasonInvalid || r == ReasonTooLarge || r == ReasonRejected
 }
 
 // Error is a failed record's reason and a message for the client.
