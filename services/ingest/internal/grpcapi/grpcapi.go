@@ -176,8 +176,10 @@ func codeOf(reason record.Reason) codes.Code {
 		return codes.ResourceExhausted
 	case record.ReasonUnknownTopic:
 		return codes.NotFound
-	case record.ReasonNotAuthorized, record.ReasonForbidden:
+	case record.ReasonForbidden:
 		return codes.PermissionDenied
+	case record.ReasonNotAuthorized: // Spillway's own credentials: not the client's fault
+		return codes.Unavailable
 	case record.ReasonTimeout:
 		return codes.DeadlineExceeded
 	case record.ReasonOverloaded:

@@ -42,9 +42,6 @@ type v2Offset struct {
 	ID        string  `json:"id,omitempty"`
 }
 
-func retriable(reason record.Reason) bool {
-	return reason == record.ReasonUnavailable || reason == record.ReasonTimeout
-}
 
 // postV2 is Confluent REST Proxy v2's produce: POST /topics/{topic} with
 // records in the json or binary embedded format.
@@ -74,7 +71,7 @@ func (h *handler) postV2(c echo.Context) error {
 			o.Partition, o.Offset = &r.Partition, &r.Offset
 		case record.Failed:
 			code := 1
-			if retriable(record.ReasonOf(r.Err)) {
+			if record.ReasonOf(r.Err).Retriable() {
 				code = 2
 			}
 			msg := fromError(r.Err).body.Message

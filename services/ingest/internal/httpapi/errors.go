@@ -36,7 +36,9 @@ func statusOf(reason record.Reason) (status, code int) {
 	case record.ReasonUnknownTopic:
 		return http.StatusNotFound, 40401
 	case record.ReasonNotAuthorized:
-		return http.StatusForbidden, 40301
+		// Kafka refused Spillway's own credentials: not the client's fault.
+		// Seen only where the record could not be spilled.
+		return http.StatusServiceUnavailable, 50304
 	case record.ReasonForbidden:
 		return http.StatusForbidden, 40302
 	case record.ReasonTimeout:
