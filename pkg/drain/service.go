@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/deadletter"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/spill"
@@ -48,6 +49,7 @@ type Service struct {
 	nc        *nats.Conn
 	producers []*producer.Producer
 	drainers  []*Drainer
+	watchers  []func(context.Context) // run beside the drainers until ctx ends
 }
 
 // NewService connects to JetStream and Kafka, creates the durable consumer
@@ -111,6 +113,13 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	}
 	s.drainers = append(s.drainers, d)
 	if o.Role == Resender {
+		// The dead letters held, for the operator who moves them back.
+		dl, err := deadletter.Open(ctx, js, cfg.Producer.WAL)
+		if err != nil {
+			return nil, err
+		}
+		g := deadletter.NewGauge(o.Registry, cfg.Server.Monitoring.MaxTopicLabels)
+		s.watchers = append(s.watchers, func(ctx context.Context) { g.Watch(ctx, dl, 2*time.Second, o.Logger) })
 		// Each mirror's spilled copies go to the mirror, through a consumer
 		// of their own, at the same rate limit.
 		for _, m := range cfg.Mirrors {
@@ -153,6 +162,9 @@ func (s *Service) Run(ctx context.Context) error {
 		var dg errgroup.Group
 		for _, d := range s.drainers {
 			dg.Go(func() error { return d.Run(gctx) })
+		}
+		for _, w := range s.watchers {
+			dg.Go(func() error { w(gctx); return nil })
 		}
 		err := dg.Wait()
 		s.monitor.SetReady(false)

@@ -29,6 +29,25 @@ type InProcess interface {
 // not nil) or to the external JetStream in c.NATS, and creates or updates
 // the stream. The connection reconnects forever.
 func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, js, err := Dial(c, embedded, name, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(c)); err != nil {
+		nc.Close()
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "retention policy") {
+			return nil, nil, fmt.Errorf("stream %s exists with another retention policy, and Spillway needs a work queue: "+
+				"let the forwarder and resender empty it, then delete it, or set producer.wal.stream to a new name: %w", c.Stream, err)
+		}
+		return nil, nil, fmt.Errorf("create or update stream %s: %w", c.Stream, err)
+	}
+	return nc, js, nil
+}
+
+// Dial is Connect without touching the stream: for a tool that reads the
+// buffer the services made, and must not change its settings.
+func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -72,15 +91,6 @@ func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string,
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(c)); err != nil {
-		nc.Close()
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "retention policy") {
-			return nil, nil, fmt.Errorf("stream %s exists with another retention policy, and Spillway needs a work queue: "+
-				"let the forwarder and resender empty it, then delete it, or set producer.wal.stream to a new name: %w", c.Stream, err)
-		}
-		return nil, nil, fmt.Errorf("create or update stream %s: %w", c.Stream, err)
 	}
 	return nc, js, nil
 }
