@@ -129,8 +129,8 @@ func (s *Store) letter(m *jetstream.RawStreamMsg) *Letter {
 	if l.Topic == "" {
 		l.Topic = l.Record.Topic
 	}
-	if l.Topic == "" && token != spill.NoTopic {
-		l.Topic = token
+	if l.Topic == "" {
+		l.Topic = token // spill.NoTopic when the drain did not know it
 	}
 	l.Reason = ReasonCode(l.Detail, l.Mirror)
 	return l
@@ -241,19 +241,23 @@ func (s *Store) move(ctx context.Context, l *Letter) error {
 	if l.Mirror != "" {
 		kind = spill.Mirror(l.Mirror)
 	}
-	msg := &nats.Msg{Subject: s.subjects.For(kind, l.Topic), Data: l.data, Header: nats.Header{spill.HeaderTopic: []string{l.Topic}}}
-	id := l.Record.ID
-	if id == "" {
-		id = "no-id"
-	}
-	msgID := id + ":moved-from-dlq-" + strconv.FormatUint(l.Seq, 10)
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.name)); err != nil {
-		return fmt.Errorf("put dead letter %d back on %s (it stays a dead letter): %w", l.Seq, msg.Subject, err)
+	subject := s.subjects.For(kind, l.Topic)
+	if err := s.publishCopy(ctx, l, subject); err != nil {
+		return fmt.Errorf("put dead letter %d back on %s (it stays a dead letter): %w", l.Seq, subject, err)
 	}
 	if err := s.stream.DeleteMsg(ctx, l.Seq); err != nil {
-		return fmt.Errorf("dead letter %d is back on %s but could not be deleted (run the move again within 2 minutes, or it will be sent twice): %w", l.Seq, msg.Subject, err)
+		return fmt.Errorf("dead letter %d is back on %s but could not be deleted (run the move again within 2 minutes, or it will be sent twice): %w", l.Seq, subject, err)
 	}
 	return nil
+}
+
+// publishCopy stores l's record on subject, with a message id derived
+// from l's sequence, and returns once JetStream acknowledged it.
+func (s *Store) publishCopy(ctx context.Context, l *Letter, subject string) error {
+	msg := &nats.Msg{Subject: subject, Data: l.data, Header: nats.Header{spill.HeaderTopic: []string{l.Topic}}}
+	msgID := l.Record.ID + ":moved-from-dlq-" + strconv.FormatUint(l.Seq, 10)
+	_, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.name))
+	return err
 }
 
 // Held is the number of dead letters held per subject, as the stream
