@@ -3,6 +3,21 @@
 // delivery path, each mirror and each drain produce through it, and each
 // decides on its own what to do with the records Kafka did not take (spill
 // them, dead-letter them, or leave them buffered).
+//
+// A produce counts as failed when Kafka fails a record with a reason that
+// may pass, and also when Kafka has not answered within Settings.SlowCall:
+// a hung broker answers nothing, and waiting for its timeouts would keep
+// the breaker closed while every client waits. The breaker opens after
+// Settings.Fails failed produces in a row, or when the share of failed
+// produces in its window (Settings.Interval) reaches Settings.FailureRate
+// after Settings.MinCalls produces, as resilience4j's slow-call and failure
+// rate thresholds do.
+//
+// The produce runs apart from the caller's wait: a caller that stops
+// waiting (its client left, the wait passed Options.MaxWait, or the
+// breaker opened) leaves the produce running until Kafka answers or the
+// producer's own timeout, so that what the breaker learns is Kafka's
+// answer, never the client's patience.
 package breaker
 
 import (
@@ -10,6 +25,9 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/sony/gobreaker/v2"
 
@@ -39,6 +57,20 @@ var ErrOpen = errors.New("circuit breaker open: Kafka not tried")
 // may pass (unavailable, timeout): the produce counts against Kafka.
 var ErrFailing = errors.New("kafka failed records with a retriable error")
 
+// ErrStoppedWaiting is returned when the caller stopped waiting before
+// Kafka answered: its context ended, Options.MaxWait passed, or the
+// breaker opened. Every record then fails with ReasonTimeout, and Kafka
+// may still take it: a record spilled after this can arrive twice.
+var ErrStoppedWaiting = errors.New("stopped waiting for Kafka; the records may still arrive")
+
+// errSlow reports a produce not answered within Settings.SlowCall, and
+// errStopped one that ended because Options.Stop did: the first counts as
+// a failure, the second as nothing.
+var (
+	errSlow    = errors.New("kafka did not answer within producer.cb.slow_call")
+	errStopped = errors.New("produce stopped at shutdown")
+)
+
 // Kafka is what the breaker guards.
 type Kafka interface {
 	Produce(ctx context.Context, recs []record.Record) []record.Result
@@ -49,7 +81,14 @@ type Options struct {
 	// Name names the breaker in its logs ("kafka", "mirror NAME").
 	Name     string
 	Settings config.Breaker
-	Logger   *slog.Logger
+	// MaxWait bounds a caller's wait for Kafka: after it, or as soon as
+	// the breaker opens, Produce returns ErrStoppedWaiting. 0: the caller
+	// waits for Kafka's answer (bounded by the producer's own timeout),
+	// as a drain does, which has no client waiting.
+	MaxWait time.Duration
+	// Stop ends the produces still running (shutdown); nil: never.
+	Stop   context.Context
+	Logger *slog.Logger
 	// OnStateChange is called on every change of state, for the metrics.
 	OnStateChange func(from, to State)
 }
@@ -57,32 +96,83 @@ type Options struct {
 // Producer is a Kafka producer behind a circuit breaker.
 type Producer struct {
 	kafka   Kafka
-	breaker *gobreaker.CircuitBreaker[[]record.Result]
+	slow    time.Duration
+	maxWait time.Duration
+	stop    context.Context
+	breaker *gobreaker.TwoStepCircuitBreaker[[]record.Result]
+	notOpen atomic.Pointer[chan struct{}] // closed when the breaker opens
+	mu      sync.Mutex                    // orders the swaps of notOpen
 }
 
-// New returns kafka behind a breaker that opens after Settings.Fails
-// failed produces in a row, stays open for Settings.Timeout, then lets
+// New returns kafka behind a breaker (see the package comment): it opens
+// on Settings.Fails failures in a row or Settings.FailureRate of the
+// produces in its window, stays open for Settings.Timeout, then lets
 // Settings.Requests produces probe Kafka.
 func New(kafka Kafka, o Options) *Producer {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	fails := o.Settings.Fails
-	return &Producer{
-		kafka: kafka,
-		breaker: gobreaker.NewCircuitBreaker[[]record.Result](gobreaker.Settings{
-			Name:        o.Name,
-			MaxRequests: o.Settings.Requests,
-			Interval:    o.Settings.Interval,
-			Timeout:     o.Settings.Timeout,
-			ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= fails },
-			OnStateChange: func(_ string, from, to gobreaker.State) {
-				if o.OnStateChange != nil {
-					o.OnStateChange(State(from), State(to))
-				}
-				o.Logger.Warn(o.Name+" circuit breaker changed state", "from", from.String(), "to", to.String())
-			},
-		}),
+	if o.Stop == nil {
+		o.Stop = context.Background()
+	}
+	s := o.Settings
+	p := &Producer{kafka: kafka, slow: s.SlowCall, maxWait: o.MaxWait, stop: o.Stop}
+	ch := make(chan struct{})
+	p.notOpen.Store(&ch)
+	var bucket time.Duration
+	if s.Interval > 0 {
+		bucket = max(s.Interval/10, time.Millisecond) // a rolling window of 10 buckets
+	}
+	p.breaker = gobreaker.NewTwoStepCircuitBreaker[[]record.Result](gobreaker.Settings{
+		Name:         o.Name,
+		MaxRequests:  s.Requests,
+		Interval:     s.Interval,
+		BucketPeriod: bucket,
+		Timeout:      s.Timeout,
+		ReadyToTrip:  func(c gobreaker.Counts) bool { return trips(s, c) },
+		IsExcluded:   func(err error) bool { return errors.Is(err, errStopped) },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			p.changed(State(to))
+			if o.OnStateChange != nil {
+				o.OnStateChange(State(from), State(to))
+			}
+			o.Logger.Warn(o.Name+" circuit breaker changed state", "from", from.String(), "to", to.String())
+		},
+	})
+	return p
+}
+
+// trips says whether counts, a closed breaker's window, open it.
+func trips(s config.Breaker, c gobreaker.Counts) bool {
+	if s.Fails > 0 && c.ConsecutiveFailures >= s.Fails {
+		return true
+	}
+	done := c.TotalSuccesses + c.TotalFailures
+	return s.FailureRate > 0 && done > 0 && done >= s.MinCalls &&
+		float64(c.TotalFailures) >= s.FailureRate*float64(done)
+}
+
+// changed wakes the callers waiting when the breaker opens. It runs under
+// gobreaker's lock, so the changes come in order.
+func (p *Producer) changed(to State) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ch := p.notOpen.Load()
+	switch {
+	case to == Open:
+		close(*ch)
+	case isClosed(*ch):
+		fresh := make(chan struct{})
+		p.notOpen.Store(&fresh)
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -92,29 +182,92 @@ func (p *Producer) State() State { return State(p.breaker.State()) }
 // Produce produces recs behind the breaker and returns one result per
 // record. When the breaker refuses, Kafka is not tried: every record fails
 // with ReasonUnavailable and the error is ErrOpen. When Kafka failed some
-// record with a retriable reason, the produce counts against Kafka and the
-// error is ErrFailing; unless ctx ended first, because then the caller
-// stopped waiting (the client left, or shutdown came), which says nothing
-// about Kafka.
+// record with a retriable reason the error is ErrFailing. When the caller
+// stopped waiting first (ctx ended, MaxWait passed, the breaker opened),
+// every record fails with ReasonTimeout and the error is
+// ErrStoppedWaiting; the produce goes on, and Kafka's answer, not the
+// caller's leaving, is what the breaker counts.
 func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.Result, error) {
-	results, err := p.breaker.Execute(func() ([]record.Result, error) {
-		res := p.kafka.Produce(ctx, recs)
-		if ctx.Err() == nil && Failing(res) {
-			return res, ErrFailing
-		}
-		return res, nil
-	})
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-		results = make([]record.Result, len(recs))
-		for i := range recs {
-			results[i] = record.Fail(recs[i].Topic, &record.Error{
-				Reason:  record.ReasonUnavailable,
-				Message: "Kafka is failing (circuit breaker open)",
-			})
-		}
-		return results, ErrOpen
+	if ctx.Err() != nil { // nobody waits: Kafka is not tried, and nothing counted
+		return failAll(recs, record.ReasonTimeout, "the caller stopped waiting before Kafka was tried", ctx.Err()), ErrStoppedWaiting
 	}
-	return results, err
+	done, err := p.breaker.Allow()
+	if err != nil {
+		return refused(recs), ErrOpen
+	}
+	var once sync.Once
+	report := func(err error) { once.Do(func() { done(err) }) }
+	stopSlow := func() bool { return false }
+	if p.slow > 0 { // 0: no slow calls, Kafka's answer only
+		stopSlow = time.AfterFunc(p.slow, func() { report(errSlow) }).Stop
+	}
+
+	// The produce is the breaker's, not the caller's: it keeps ctx's
+	// values (trace context) but not its end, and ends at Stop.
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	unstop := context.AfterFunc(p.stop, cancel)
+	type answer struct {
+		res []record.Result
+		err error
+	}
+	answered := make(chan answer, 1)
+	var finished atomic.Bool
+	go func() {
+		defer cancel()
+		defer unstop()
+		res := p.kafka.Produce(pctx, recs)
+		var err error
+		if Failing(res) {
+			err = ErrFailing
+		}
+		stopSlow()
+		finished.Store(true) // first, so that a caller woken by this report waits for the answer
+		counted := err
+		if p.stop.Err() != nil && pctx.Err() != nil {
+			counted = errStopped // shutdown ended it: that says nothing about Kafka
+		}
+		report(counted) // before the answer, so that the caller finds it counted
+		answered <- answer{res, err}
+	}()
+
+	var maxWait <-chan time.Time
+	var opened <-chan struct{}
+	if p.maxWait > 0 {
+		t := time.NewTimer(p.maxWait)
+		defer t.Stop()
+		maxWait = t.C
+		opened = *p.notOpen.Load()
+	}
+	select {
+	case a := <-answered:
+		return a.res, a.err
+	case <-ctx.Done():
+	case <-maxWait:
+	case <-opened:
+	}
+	if finished.Load() { // Kafka's answer came as the wait ended: better than none
+		a := <-answered
+		return a.res, a.err
+	}
+	return stoppedWaiting(recs), ErrStoppedWaiting
+}
+
+// refused is the results of a produce the breaker did not let through.
+func refused(recs []record.Record) []record.Result {
+	return failAll(recs, record.ReasonUnavailable, "Kafka is failing (circuit breaker open)", nil)
+}
+
+// stoppedWaiting is the results of a produce whose caller stopped waiting.
+func stoppedWaiting(recs []record.Record) []record.Result {
+	return failAll(recs, record.ReasonTimeout, "Kafka did not answer in time (producer.cb.max_wait, or the circuit breaker opened); the record may still arrive", ErrStoppedWaiting)
+}
+
+func failAll(recs []record.Record, reason record.Reason, msg string, err error) []record.Result {
+	results := make([]record.Result, len(recs))
+	for i := range recs {
+		results[i] = record.Fail(recs[i].Topic, &record.Error{Reason: reason, Message: msg, Err: err})
+	}
+	return results
 }
 
 // Failing says whether Kafka failed some record of results with a reason

@@ -142,12 +142,20 @@ type Producer struct {
 	WAL    WAL
 }
 
-// Breaker configures the circuit breaker in front of Kafka.
+// Breaker configures the circuit breaker in front of Kafka (see
+// pkg/breaker): it opens on Fails failed produces in a row, or on
+// FailureRate of the produces in its window (Interval) once MinCalls of
+// them ended; a produce Kafka has not answered within SlowCall counts as
+// failed.
 type Breaker struct {
-	Interval time.Duration
-	Timeout  time.Duration
-	Fails    uint32
-	Requests uint32
+	Interval    time.Duration // the window of the counts, rolled in 10 steps (0: counts kept until the state changes)
+	Timeout     time.Duration // time open before probes
+	Fails       uint32        // failures in a row that open it
+	Requests    uint32        // probes when half-open; as many successes close it
+	SlowCall    time.Duration // a produce not answered within this counts as failed
+	FailureRate float64       // share of failed or slow produces in the window that opens it (0: off)
+	MinCalls    uint32        // produces in the window before FailureRate applies
+	MaxWait     time.Duration // how long a client's record waits for Kafka before it is spilled
 }
 
 // Resend configures how spilled records are carried back to Kafka.
@@ -325,10 +333,50 @@ func check(c *Config, g *getter) {
 			g.fail("producer.wal.always_topics", fmt.Errorf("topic %q is also in producer.wal.disable_topics; a topic can be in only one", t))
 		}
 	}
+	checkTimeouts(c, g)
 	checkServerTLS(c.Server.TLS, g)
 	checkJWT(c.Security.JWT, g)
 	if len(c.Security.ACL) > 0 && !c.Security.RequireCredentials {
 		g.warn("security.acl is set but security.require_credentials is false: a client that sends no credential is held only to security.allow_topics, not to any principal's ACL")
+	}
+}
+
+// checkTimeouts checks the timeouts that must fit inside one another, so
+// that a client is answered before its connection is cut and a buffered
+// record is not sent twice because JetStream gave up on its drain. Pairs
+// that kafka-ambassador's files break (its message.timeout.ms of 60000
+// against the 60 s write timeout) are clamped with a warning, so that they
+// still load; the others are refused.
+func checkTimeouts(c *Config, g *getter) {
+	write, publish := c.Server.HTTP.WriteTimeout, c.Producer.WAL.PublishTimeout
+	cb := &c.Producer.CB
+	if write <= publish {
+		g.fail("server.http.write_timeout", fmt.Errorf("%v is not above producer.wal.publish_timeout (%v): a spilled record's answer could not be written before the connection is cut", write, publish))
+		return
+	}
+	// A record waits for Kafka, then may be spilled: both must end
+	// before the write timeout cuts the client off.
+	if room := write - publish; c.Kafka.MessageTimeout > room {
+		g.warn(fmt.Sprintf("kafka.message.timeout.ms (%v) leaves no time under server.http.write_timeout (%v) to spill a record that timed out (producer.wal.publish_timeout %v): the client would be cut off, retry, and the record arrive twice; kafka.message.timeout.ms is lowered to %v",
+			c.Kafka.MessageTimeout, write, publish, room))
+		c.Kafka.MessageTimeout = room
+	}
+	if room := write - publish; cb.MaxWait > room {
+		g.warn(fmt.Sprintf("producer.cb.max_wait (%v) leaves no time under server.http.write_timeout (%v) to spill the record (producer.wal.publish_timeout %v); producer.cb.max_wait is lowered to %v",
+			cb.MaxWait, write, publish, room))
+		cb.MaxWait = room
+	}
+	if cb.SlowCall >= cb.MaxWait {
+		g.warn(fmt.Sprintf("producer.cb.slow_call (%v) is not below producer.cb.max_wait (%v): clients stop waiting before a hung Kafka's produces count as slow, so the breaker opens only after every client waited producer.cb.max_wait", cb.SlowCall, cb.MaxWait))
+	}
+	// A drain holds its batch until Kafka answered or
+	// kafka.message.timeout.ms passed; JetStream must not redeliver the
+	// batch meanwhile, or it is sent twice.
+	if ack := c.Producer.WAL.AckWait; ack <= c.Kafka.MessageTimeout {
+		g.fail("producer.wal.ack_wait", fmt.Errorf("%v is not above kafka.message.timeout.ms (%v): JetStream would redeliver a drain's batch while Kafka may still take it, and its records arrive twice", ack, c.Kafka.MessageTimeout))
+	}
+	if st := c.Server.ShutdownTimeout; st < cb.MaxWait+publish {
+		g.warn(fmt.Sprintf("server.shutdown_timeout (%v) is below producer.cb.max_wait plus producer.wal.publish_timeout (%v): at shutdown, records waiting for Kafka are spilled early, and some may arrive twice", st, cb.MaxWait+publish))
 	}
 }
 
@@ -584,6 +632,25 @@ func (g *getter) rate(key string) float64 {
 		return 0
 	}
 	return f
+}
+
+// share reads a fraction from 0 to 1.
+func (g *getter) share(key string) float64 {
+	f, ok := g.number(key)
+	if ok && (f < 0 || f > 1) {
+		g.fail(key, fmt.Errorf("%v is not a share; want a number from 0 to 1, such as 0.5 (0: off)", f))
+		return 0
+	}
+	return f
+}
+
+// positiveDuration reads a duration above 0.
+func positiveDuration(g *getter, key string) time.Duration {
+	d := g.duration(key)
+	if d <= 0 {
+		g.fail(key, fmt.Errorf("%v is not above 0; want a duration such as \"2s\"", d))
+	}
+	return d
 }
 
 func (g *getter) boolean(key string) bool {

@@ -20,7 +20,8 @@ func TestKafkaAmbassadorExampleLoads(t *testing.T) {
 	assert.Equal(t, "0.0.0.0:18080", c.Server.HTTP.Listen)
 	assert.Equal(t, "0.0.0.0:18282", c.Server.GRPC.Listen)
 	assert.Equal(t, "0.0.0.0:28080", c.Server.Monitoring.Listen)
-	assert.Equal(t, Breaker{Interval: 0, Timeout: 20 * time.Second, Fails: 5, Requests: 3}, c.Producer.CB)
+	assert.Equal(t, Breaker{Interval: 0, Timeout: 20 * time.Second, Fails: 5, Requests: 3,
+		SlowCall: 2 * time.Second, FailureRate: 0.5, MinCalls: 20, MaxWait: 4 * time.Second}, c.Producer.CB)
 	assert.Equal(t, Resend{Period: 33 * time.Second, RateLimit: 10000}, c.Producer.Resend)
 	assert.Equal(t, ModeFallback, c.Producer.WAL.Mode)
 	assert.Equal(t, "/data/wal", c.Producer.WAL.Path)
@@ -31,7 +32,10 @@ func TestKafkaAmbassadorExampleLoads(t *testing.T) {
 	assert.False(t, c.Kafka.UsingDevBroker)
 	assert.Equal(t, "gzip", c.Kafka.Compression)
 	assert.Equal(t, 100000, c.Kafka.BatchSize)
-	assert.Equal(t, 60*time.Second, c.Kafka.MessageTimeout)
+	// Its 60000 ms against the 60 s write timeout is lowered, with a
+	// warning, so that the file still loads (issue 14).
+	assert.Equal(t, 55*time.Second, c.Kafka.MessageTimeout)
+	assert.Equal(t, []string{"kafka.message.timeout.ms (1m0s) leaves no time under server.http.write_timeout (1m0s) to spill a record that timed out (producer.wal.publish_timeout 5s): the client would be cut off, retry, and the record arrive twice; kafka.message.timeout.ms is lowered to 55s"}, c.Warnings)
 	assert.Equal(t, 10*time.Second, c.Kafka.SocketTimeout)
 	assert.Equal(t, []string{"max.in.flight.requests.per.connection"}, c.Kafka.IgnoredProperties)
 }
@@ -168,7 +172,7 @@ func TestOldProducerKillTimeoutIsAcceptedWithAWarning(t *testing.T) {
 	require.NotEqual(t, string(example), withKey)
 	c, err := Parse([]byte(withKey), nil)
 	require.NoError(t, err, "kafka-ambassador's configuration with the key loads")
-	assert.Equal(t, []string{warning}, c.Warnings)
+	assert.Contains(t, c.Warnings, warning)
 	assert.Equal(t, ModeFallback, c.Producer.WAL.Mode, "the rest of the file is read")
 
 	c, err = Parse(nil, []string{"SPILLWAY_PRODUCER_OLD_PRODUCER_KILL_TIMEOUT=0"})
@@ -415,4 +419,68 @@ func TestTuneRuntime(t *testing.T) {
 	limit := TuneRuntime(nil)
 	assert.Equal(t, DefaultGCPercent, debug.SetGCPercent(100))
 	assert.Positive(t, limit)
+}
+
+// TestTimeoutCrossChecks: the timeouts that must fit inside one another
+// are checked at start, each with a message that names the keys; the pair
+// kafka-ambassador's files break is lowered with a warning, the others
+// refused (issue 14).
+func TestTimeoutCrossChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     []string
+		err     string // "" when it loads
+		warning string
+		check   func(t *testing.T, c *Config)
+	}{
+		{
+			name:    "message timeout over the write timeout is lowered",
+			env:     []string{"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=90000"},
+			warning: "kafka.message.timeout.ms (1m30s) leaves no time under server.http.write_timeout (1m0s) to spill a record that timed out (producer.wal.publish_timeout 5s): the client would be cut off, retry, and the record arrive twice; kafka.message.timeout.ms is lowered to 55s",
+			check:   func(t *testing.T, c *Config) { assert.Equal(t, 55*time.Second, c.Kafka.MessageTimeout) },
+		},
+		{
+			name: "ack wait not above the message timeout is refused",
+			env:  []string{"SPILLWAY_PRODUCER_WAL_ACK_WAIT=30s"},
+			err:  "producer.wal.ack_wait: 30s is not above kafka.message.timeout.ms (30s): JetStream would redeliver a drain's batch while Kafka may still take it, and its records arrive twice",
+		},
+		{
+			name:    "max wait over the write timeout is lowered",
+			env:     []string{"SPILLWAY_SERVER_HTTP_WRITE_TIMEOUT=8s", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=2000"},
+			warning: "producer.cb.max_wait (4s) leaves no time under server.http.write_timeout (8s) to spill the record (producer.wal.publish_timeout 5s); producer.cb.max_wait is lowered to 3s",
+			check:   func(t *testing.T, c *Config) { assert.Equal(t, 3*time.Second, c.Producer.CB.MaxWait) },
+		},
+		{
+			name: "write timeout not above the publish timeout is refused",
+			env:  []string{"SPILLWAY_SERVER_HTTP_WRITE_TIMEOUT=5s"},
+			err:  "server.http.write_timeout: 5s is not above producer.wal.publish_timeout (5s): a spilled record's answer could not be written before the connection is cut",
+		},
+		{
+			name:    "slow call not below max wait is warned about",
+			env:     []string{"SPILLWAY_PRODUCER_CB_SLOW_CALL=4s"},
+			warning: "producer.cb.slow_call (4s) is not below producer.cb.max_wait (4s): clients stop waiting before a hung Kafka's produces count as slow, so the breaker opens only after every client waited producer.cb.max_wait",
+		},
+		{
+			name:    "shutdown shorter than a record's wait is warned about",
+			env:     []string{"SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=5s"},
+			warning: "server.shutdown_timeout (5s) is below producer.cb.max_wait plus producer.wal.publish_timeout (9s): at shutdown, records waiting for Kafka are spilled early, and some may arrive twice",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(nil, tc.env)
+			if tc.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, []string{tc.warning}, c.Warnings)
+			if tc.check != nil {
+				tc.check(t, c)
+			}
+		})
+	}
+	c, err := Parse(nil, nil)
+	require.NoError(t, err)
+	assert.Empty(t, c.Warnings, "the defaults fit inside one another")
 }

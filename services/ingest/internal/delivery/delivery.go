@@ -123,6 +123,8 @@ func New(o Options) *Delivery {
 	d.kafka = breaker.New(o.Producer, breaker.Options{
 		Name:     "kafka",
 		Settings: o.Breaker,
+		MaxWait:  o.Breaker.MaxWait,
+		Stop:     o.StopWaiting,
 		Logger:   o.Logger,
 		OnStateChange: func(_, to breaker.State) {
 			d.m.breakerState.Set(float64(to))
@@ -402,7 +404,10 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 
 // toKafka produces recs behind the breaker and spills those Kafka could
 // not take, where their topic allows it. named are the topics the client
-// gave, for the metrics.
+// gave, for the metrics. A record waits at most producer.cb.max_wait, and
+// less when the breaker opens meanwhile; one spilled after Kafka did not
+// answer in time may still reach Kafka, and is counted as a possible
+// duplicate.
 func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
 	sp := d.startSpans(parents, "send "+recs[0].Topic, recs, kafkaAttrs(recs[0].Topic, len(recs))...)
 	pctx, cancel := context.WithCancel(ctx)
@@ -441,6 +446,14 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 	}
 	for reason, idx := range byReason {
 		scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
+		if reason != string(record.ReasonTimeout) {
+			continue
+		}
+		for _, i := range idx {
+			if results[i].Outcome == record.Buffered {
+				d.m.duplicates.WithLabelValues(d.topics.Value(named[i])).Inc()
+			}
+		}
 	}
 	return results
 }

@@ -16,6 +16,7 @@ type metrics struct {
 	receivedBytes  *prometheus.CounterVec
 	delivered      *prometheus.CounterVec
 	buffered       *prometheus.CounterVec
+	duplicates     *prometheus.CounterVec
 	failed         *prometheus.CounterVec
 	inFlight       prometheus.Gauge
 	produceTime    prometheus.Histogram
@@ -47,6 +48,10 @@ func newMetrics(reg prometheus.Registerer) metrics {
 			Name: "spillway_records_buffered_total",
 			Help: "Records JetStream acknowledged instead of Kafka, per topic and reason (write_ahead, breaker_open, unavailable, timeout).",
 		}, []string{"topic", "reason"}),
+		duplicates: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_records_possible_duplicates_total",
+			Help: "Records buffered after Kafka was tried and did not answer in time, per topic: Kafka may still take them, and the resender send them again (same spillway-id).",
+		}, []string{"topic"}),
 		failed: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_records_failed_total",
 			Help: "Records answered to the client as failed, per topic and reason.",
