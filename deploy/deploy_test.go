@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -267,4 +268,57 @@ func checkSecurity(t *testing.T, overlay string, cfg *config.Config, spec corev1
 		}
 		assert.True(t, mounted, "%s is in a mounted Secret", file)
 	}
+}
+
+// TestAlertRules: the Prometheus alert rules parse strictly, the
+// configuration compose mounts loads them, and every metric an alert reads
+// is one the services export (documented in docs/operations.md, which a
+// doc-sync test keeps in step with what the services register).
+func TestAlertRules(t *testing.T) {
+	raw, err := os.ReadFile("prometheus/alerts.yml")
+	require.NoError(t, err)
+	var rules struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			Rules []struct {
+				Alert       string            `json:"alert"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for"`
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"rules"`
+		} `json:"groups"`
+	}
+	require.NoError(t, yaml.UnmarshalStrict(raw, &rules))
+	require.NotEmpty(t, rules.Groups)
+
+	prom, err := os.ReadFile("prometheus/prometheus.yml")
+	require.NoError(t, err)
+	var promConfig struct {
+		RuleFiles []string `json:"rule_files"`
+	}
+	require.NoError(t, yaml.Unmarshal(prom, &promConfig))
+	assert.Contains(t, promConfig.RuleFiles, "alerts.yml", "prometheus.yml loads the rules")
+	compose, err := os.ReadFile("../docker-compose.yaml")
+	require.NoError(t, err)
+	assert.Contains(t, string(compose), "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml", "compose mounts the rules beside prometheus.yml")
+
+	ops, err := os.ReadFile("../docs/operations.md")
+	require.NoError(t, err)
+	metric := regexp.MustCompile(`\bspillway_[a-z_]+`)
+	n := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			n++
+			assert.NotEmpty(t, r.Alert, "group %s: every rule is an alert", g.Name)
+			assert.NotEmpty(t, r.For, "%s waits before firing", r.Alert)
+			assert.NotEmpty(t, r.Annotations["summary"], "%s has a summary", r.Alert)
+			names := metric.FindAllString(r.Expr, -1)
+			assert.NotEmpty(t, names, "%s reads a Spillway metric: %s", r.Alert, r.Expr)
+			for _, name := range names {
+				assert.True(t, strings.Contains(string(ops), "| `"+name+"` |"), "%s reads %s, which no service exports (docs/operations.md)", r.Alert, name)
+			}
+		}
+	}
+	assert.Positive(t, n)
 }

@@ -2,8 +2,12 @@
 // Kafka: the forwarder drains the written-ahead records continuously, the
 // resender drains the spilled ones every period while Kafka is healthy. A
 // message is acknowledged only after Kafka acknowledged its record; a
-// record Kafka will never accept goes to the dead-letter subject with its
-// reason, and is counted.
+// record Kafka will never accept, for a fault in the record itself
+// (record.Reason.InRecord), goes to the dead-letter subject with its
+// reason, and is counted. For any other failure (Kafka unavailable, slow,
+// refusing Spillway's credentials, a missing topic) the record stays
+// buffered and is tried again with backoff, and the topic shows as blocked
+// until Kafka takes its records again.
 package drain
 
 import (
@@ -69,6 +73,7 @@ type Drainer struct {
 	subjects spill.Subjects
 	limiter  *rate.Limiter
 	kafka    *breaker.Producer // the producer, behind the drain's breaker
+	blocked  *blocked
 }
 
 // New creates or updates the durable consumer and returns its Drainer.
@@ -121,12 +126,13 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	}
 	// Every series a dashboard or alert reads exists from the start, at 0.
 	o.Metrics.breakerState.WithLabelValues(o.Consumer).Set(0)
-	for _, r := range []record.Reason{record.ReasonInvalid, record.ReasonTooLarge, record.ReasonUnknownTopic, record.ReasonNotAuthorized} {
+	for _, r := range []record.Reason{record.ReasonInvalid, record.ReasonTooLarge} {
 		o.Metrics.deadLettered.WithLabelValues(o.Consumer, string(r))
 	}
-	for _, r := range []record.Reason{record.ReasonUnavailable, record.ReasonTimeout} {
+	for _, r := range []record.Reason{record.ReasonUnavailable, record.ReasonTimeout, record.ReasonNotAuthorized, record.ReasonUnknownTopic} {
 		o.Metrics.retried.WithLabelValues(o.Consumer, string(r))
 	}
+	d.blocked = newBlocked(o.Consumer, o.Metrics, o.Logger)
 	d.kafka = breaker.New(o.Producer, breaker.Options{
 		Name:     "kafka",
 		Settings: o.Breaker,
@@ -263,26 +269,31 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 		return false
 	}
 	drained := map[string]int{} // per topic: one metric update per topic, not per record
+	held := map[string]error{}  // per topic: why Kafka did not take its records now
 	defer func() {
 		for topic, n := range drained {
 			m.drained.WithLabelValues(d.opts.Consumer, m.topics.Value(topic)).Add(float64(n))
 		}
+		d.blocked.update(drained, held)
 	}()
 	for i, r := range results {
 		msg := live[i]
 		spans.result(i, r)
+		reason := record.ReasonOf(r.Err)
 		switch {
 		case r.Outcome == record.Delivered:
 			if err := msg.Ack(); err != nil {
 				d.opts.Logger.Warn("ack failed; the record will be sent again", "id", recs[i].ID, "error", err)
 			}
 			drained[recs[i].Topic]++
-		case record.ReasonOf(r.Err).Retriable():
-			delay := retryDelay(msg)
-			_ = msg.NakWithDelay(delay)
-			m.retried.WithLabelValues(d.opts.Consumer, string(record.ReasonOf(r.Err))).Inc()
+		case reason.InRecord():
+			d.deadLetter(ctx, msg, recs[i].Topic, reason, r.Err.Error())
 		default:
-			d.deadLetter(ctx, msg, recs[i].Topic, record.ReasonOf(r.Err), r.Err.Error())
+			// A condition that heals: the record stays buffered and is
+			// tried again with backoff.
+			_ = msg.NakWithDelay(retryDelay(msg))
+			m.retried.WithLabelValues(d.opts.Consumer, string(reason)).Inc()
+			held[recs[i].Topic] = r.Err
 		}
 	}
 	return !errors.Is(err, breaker.ErrFailing)

@@ -18,6 +18,7 @@ type Metrics struct {
 	retried       *prometheus.CounterVec
 	deadLettered  *prometheus.CounterVec
 	breakerState  *prometheus.GaugeVec
+	blocked       *prometheus.GaugeVec
 	streamMsgs    prometheus.Gauge
 	streamBytes   prometheus.Gauge
 	pending       *prometheus.GaugeVec
@@ -47,6 +48,10 @@ func NewMetrics(reg prometheus.Registerer, maxTopics int) *Metrics {
 			Name: "spillway_drain_breaker_state",
 			Help: "The drain's Kafka circuit breaker: 0 closed, 1 half-open, 2 open.",
 		}, []string{"consumer"}),
+		blocked: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "spillway_drain_topic_blocked",
+			Help: "1 while Kafka does not take a topic's buffered records for a condition that heals (reason not_authorized, unknown_topic, unavailable or timeout): they stay buffered and are retried; 0 once Kafka takes them again. The topic label's overflow bucket \"other\" counts its blocked topics.",
+		}, []string{"consumer", "topic", "reason"}),
 		streamMsgs: f.NewGauge(prometheus.GaugeOpts{
 			Name: "spillway_stream_messages",
 			Help: "Messages in the buffer's stream (written ahead, spilled and dead letters).",
