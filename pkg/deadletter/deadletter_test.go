@@ -207,6 +207,36 @@ func TestMoveAgainAfterACrashStoresOneCopy(t *testing.T) {
 	assert.Empty(t, left)
 }
 
+// TestMovedAgainAfterFailingAgain: a record moved back before its cause
+// was fixed comes back as a new dead letter (with the moved copy's id and
+// "-dlq", as the drains do); moved again within the duplicate window, it
+// is stored again, not taken for a duplicate and lost.
+func TestMovedAgainAfterFailingAgain(t *testing.T) {
+	e := setup(t)
+	e.deadLetter(t, spill.DeadLetter, "too_large: x", rec("a1", "orders", "k1", "v1"))
+	subjects := spill.Subjects{Prefix: e.wal.SubjectPrefix}
+	res, err := e.store.Move(t.Context(), Filter{Topic: "orders"}, 0)
+	require.NoError(t, err)
+	require.Equal(t, MoveResult{Moved: 1}, res)
+
+	copies := spilltest.Messages(t, e.js, e.wal.Stream, subjects.All(spill.Spilled), 1)
+	require.Len(t, copies, 1)
+	_, err = e.js.PublishMsg(t.Context(), &nats.Msg{
+		Subject: subjects.For(spill.DeadLetter, "orders"),
+		Data:    copies[0].Data,
+		Header: nats.Header{
+			spill.HeaderReason: []string{"too_large: x"},
+			spill.HeaderTopic:  []string{"orders"},
+			nats.MsgIdHdr:      []string{copies[0].Header.Get(nats.MsgIdHdr) + "-dlq"},
+		},
+	})
+	require.NoError(t, err)
+	res, err = e.store.Move(t.Context(), Filter{Topic: "orders"}, 0)
+	require.NoError(t, err)
+	require.Equal(t, MoveResult{Moved: 1}, res)
+	assert.Len(t, spilltest.Messages(t, e.js, e.wal.Stream, subjects.All(spill.Spilled), 2), 2)
+}
+
 // TestMoveRefusedKeepsTheDeadLetter: when the buffer refuses the copy (it
 // is full), the dead letter stays and the error says so.
 func TestMoveRefusedKeepsTheDeadLetter(t *testing.T) {
