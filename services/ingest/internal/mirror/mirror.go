@@ -195,7 +195,8 @@ func (mr *Mirror) work() {
 }
 
 // send produces recs to the mirror behind its breaker; what the mirror
-// could not take now is spilled, what it will never take dead-lettered.
+// could not take now is spilled, what it will never take (a fault in the
+// record itself) dead-lettered.
 func (mr *Mirror) send(recs []record.Record) {
 	ctx, cancel := context.WithTimeout(mr.stopping, mr.timeout+time.Second)
 	defer cancel()
@@ -212,7 +213,10 @@ func (mr *Mirror) send(recs []record.Record) {
 		switch {
 		case r.Outcome == record.Delivered:
 			mirrored++
-		case record.ReasonOf(r.Err).Retriable() || mr.stopping.Err() != nil:
+		case !record.ReasonOf(r.Err).InRecord() || mr.stopping.Err() != nil:
+			// A condition that heals (the mirror unavailable, refusing
+			// Spillway's credentials, the topic missing there): the
+			// resender tries again.
 			retry = append(retry, recs[i])
 			reason = string(record.ReasonOf(r.Err))
 		default:

@@ -128,6 +128,22 @@ func TestDeadLetterIsStoredBesidePrimarySpill(t *testing.T) {
 	assert.Len(t, spilltest.Messages(t, js, "SPILLWAY", "spillway.spill.>", 1), 1, "the primary's spill is still there")
 }
 
+// TestMissingTopicAtMirrorIsSpilled: a topic the mirror does not have
+// (auto-creation off there) may be created later: its copies are spilled
+// for the resender to try again, never dead-lettered.
+func TestMissingTopicAtMirrorIsSpilled(t *testing.T) {
+	buffer, js := jetStream(t)
+	_, mirrorAddr := kafkatest.NewCluster(t)
+	mr, m := newMirror(t, mirrorAddr, buffer, `allow.auto.create.topics: false`)
+	mr.Offer(records("not-there-yet", 3))
+	require.Eventually(t, func() bool { return count(m, OutcomeSpilled) == 3 }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, mr.Close(t.Context()))
+	assert.Equal(t, 0.0, count(m, OutcomeDeadLettered))
+	spilled := spilltest.Messages(t, js, "SPILLWAY", "spillway.mirror.dr.>", 3)
+	require.Len(t, spilled, 3)
+	assert.Equal(t, "spillway.mirror.dr.not-there-yet", spilled[0].Subject)
+}
+
 // TestStreamShareLimit: when the stream is fuller than MaxStreamShare,
 // copies are dropped and counted rather than spilled.
 func TestStreamShareLimit(t *testing.T) {
