@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -279,11 +280,18 @@ func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 	return true
 }
 
-// validate refuses the records that break a validation rule of the topic
-// the client named.
+// validate refuses the records that carry a header only Spillway may set,
+// and those that break a validation rule of the topic the client named.
 func (d *Delivery) validate(b *batch, pol *policy.Policy) {
 	for i := range b.recs {
 		if b.closed[i] {
+			continue
+		}
+		if h, ok := ownHeader(b.recs[i].Headers); ok {
+			// A forged id would let a client make consumers that
+			// de-duplicate on it drop another client's record.
+			b.fail(i, b.named[i], record.Errorf(record.ReasonInvalid,
+				"the record header %q is Spillway's own (the record's id, set by Spillway): a client may not set it", h))
 			continue
 		}
 		if rule, err := pol.Validate(b.named[i], &b.recs[i]); err != nil {
@@ -291,6 +299,17 @@ func (d *Delivery) validate(b *batch, pol *policy.Policy) {
 			d.m.rejected.WithLabelValues(d.topics.Value(b.named[i]), rule).Inc()
 		}
 	}
+}
+
+// ownHeader returns the first of headers that only Spillway sets, in any
+// letter case.
+func ownHeader(headers []record.Header) (string, bool) {
+	for _, h := range headers {
+		if strings.EqualFold(h.Key, record.IDHeader) {
+			return h.Key, true
+		}
+	}
+	return "", false
 }
 
 // mapTopics gives each record its Kafka topic (topic_mapping), and refuses

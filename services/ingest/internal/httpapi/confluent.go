@@ -42,7 +42,6 @@ type v2Offset struct {
 	ID        string  `json:"id,omitempty"`
 }
 
-
 // postV2 is Confluent REST Proxy v2's produce: POST /topics/{topic} with
 // records in the json or binary embedded format.
 func (h *handler) postV2(c echo.Context) error {
