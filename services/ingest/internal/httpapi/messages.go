@@ -126,11 +126,17 @@ func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Reco
 	return recs, nil
 }
 
-// readAll reads r, sized by the request's Content-Length when known.
-func readAll(r io.Reader, contentLength int64) ([]byte, error) {
+// preallocateBytes is the most readAll reserves up front for a body; a
+// larger body grows the buffer as its bytes arrive.
+const preallocateBytes = 1 << 20
+
+// readAll reads r, sized by the request's Content-Length when known, but
+// never beyond limit or preallocateBytes: a client may claim any length and
+// send two bytes, and memory must go to bytes that arrived.
+func readAll(r io.Reader, contentLength, limit int64) ([]byte, error) {
 	var buf bytes.Buffer
-	if contentLength > 0 && contentLength < 64<<20 {
-		buf.Grow(int(contentLength))
+	if contentLength > 0 {
+		buf.Grow(int(min(contentLength, limit+1, preallocateBytes)))
 	}
 	_, err := buf.ReadFrom(r)
 	return buf.Bytes(), err

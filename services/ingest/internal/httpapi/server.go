@@ -162,7 +162,7 @@ func unsupportedMediaType(c echo.Context, want string) error {
 // readBody reads the whole body, refusing one over the limit with 413.
 func (h *handler) readBody(c echo.Context) ([]byte, error) {
 	body := http.MaxBytesReader(c.Response(), c.Request().Body, h.MaxBodyBytes)
-	b, err := readAll(body, c.Request().ContentLength)
+	b, err := readAll(body, c.Request().ContentLength, h.MaxBodyBytes)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
