@@ -74,6 +74,18 @@ func requireNoDeadLetters(t *testing.T, natsAddr, monitor string) {
 	}
 }
 
+// deadLettersHeld is how many dead letters the buffer holds.
+func deadLettersHeld(t *testing.T, natsAddr string) uint64 {
+	t.Helper()
+	var n uint64
+	for subject, k := range streamSubjects(t, natsAddr) {
+		if strings.HasPrefix(subject, "spillway.dlq.") {
+			n += k
+		}
+	}
+	return n
+}
+
 // writeAhead posts healRecords records for topic in batches and returns
 // each value by the id the ingest acknowledged it with (202 buffered).
 func writeAhead(t *testing.T, httpAddr, topic string) map[string]string {
@@ -177,6 +189,9 @@ func TestSASLPasswordRotatedWhileBuffered(t *testing.T) {
 
 	var reasons []string
 	eventually(t, 30*time.Second, "the forwarder shows the topic as blocked", func() bool {
+		if n := deadLettersHeld(t, natsAddr); n > 0 {
+			t.Fatalf("%d records dead-lettered for a condition that heals", n)
+		}
 		reasons = blockedTopic(t, monitor, topic)
 		return len(reasons) == 1
 	})
@@ -235,6 +250,9 @@ func TestMissingTopicCreatedWhileBuffered(t *testing.T) {
 	fwd, monitor := startForwarder(t, broker, natsAddr, noAuto)
 
 	eventually(t, 30*time.Second, "the forwarder shows the topic as blocked: unknown_topic", func() bool {
+		if n := deadLettersHeld(t, natsAddr); n > 0 {
+			t.Fatalf("%d records dead-lettered for a missing topic", n)
+		}
 		r := blockedTopic(t, monitor, topic)
 		return len(r) == 1 && r[0] == "unknown_topic"
 	})
