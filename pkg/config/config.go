@@ -67,6 +67,13 @@ type Server struct {
 	// beyond it requests are refused (503 with Retry-After), so that a slow
 	// Kafka cannot grow the ingest's memory without bound.
 	MaxInFlightRecords int
+	// MaxInFlightBytes bounds what the records received and not yet
+	// answered cost in memory (key, value, headers and a fixed overhead
+	// per record); beyond it requests are refused like MaxInFlightRecords.
+	MaxInFlightBytes int64
+	// MaxRequestRecords caps the records of one request; a larger request
+	// is refused (413) before its records are built.
+	MaxRequestRecords int
 }
 
 // HTTP configures the HTTP produce API.
@@ -77,6 +84,8 @@ type HTTP struct {
 	WriteTimeout      time.Duration
 	IdleTimeout       time.Duration
 	MaxBodyBytes      int64
+	MaxStreams        int           // v3 streams open at once; more are refused with 503
+	StreamIdleTimeout time.Duration // a v3 stream that sends nothing for this long is ended
 }
 
 // GRPC configures the gRPC produce API.
@@ -87,6 +96,11 @@ type GRPC struct {
 	KeepaliveTimeout time.Duration // close the connection when a ping is not answered within this
 	KeepaliveMinTime time.Duration // refuse clients that ping more often than this
 	StreamWindow     int           // requests of one stream that may wait for Kafka at once
+	// StreamWindowBytes is HTTP/2's flow-control window of one stream; the
+	// connection's is four times it.
+	StreamWindowBytes    int32
+	MaxConcurrentStreams uint32 // streams open at once on one connection (HTTP/2 setting)
+	MaxOpenStreams       int    // produce streams open at once on the server; more are refused
 }
 
 // ClientAuth is server.tls.client_auth: whether the listeners ask for

@@ -29,12 +29,17 @@ func options(c *Config) []option {
 		{"server.http.write_timeout", "60s", bind(&s.HTTP.WriteTimeout, (*getter).duration)},
 		{"server.http.idle_timeout", "120s", bind(&s.HTTP.IdleTimeout, (*getter).duration)},
 		{"server.http.max_body_bytes", 16 << 20, bind(&s.HTTP.MaxBodyBytes, positive[int64])},
+		{"server.http.max_streams", 100, bind(&s.HTTP.MaxStreams, positive[int])},
+		{"server.http.stream_idle_timeout", "30s", bind(&s.HTTP.StreamIdleTimeout, positiveDuration)},
 		{"server.grpc.listen", ":18282", bind(&s.GRPC.Listen, (*getter).address)},
 		{"server.grpc.max.request.size", 4 << 20, bind(&s.GRPC.MaxRequestSize, positive[int])},
 		{"server.grpc.keepalive.time", "30s", bind(&s.GRPC.KeepaliveTime, (*getter).duration)},
 		{"server.grpc.keepalive.timeout", "10s", bind(&s.GRPC.KeepaliveTimeout, (*getter).duration)},
 		{"server.grpc.keepalive.min_time", "5s", bind(&s.GRPC.KeepaliveMinTime, (*getter).duration)},
 		{"server.grpc.stream_window", 64, bind(&s.GRPC.StreamWindow, positive[int])},
+		{"server.grpc.stream_window_bytes", 1 << 20, bind(&s.GRPC.StreamWindowBytes, positive[int32])},
+		{"server.grpc.max_concurrent_streams", 100, bind(&s.GRPC.MaxConcurrentStreams, positive[uint32])},
+		{"server.grpc.max_open_streams", 1000, bind(&s.GRPC.MaxOpenStreams, positive[int])},
 		{"server.grpc.monitoring.enable", true, accepted((*getter).boolean)},           // kafka-ambassador's; metrics are always on
 		{"server.grpc.monitoring.histogram.enable", true, accepted((*getter).boolean)}, // kafka-ambassador's; histograms are always on
 		{"server.monitoring.listen", ":28080", bind(&s.Monitoring.Listen, (*getter).address)},
@@ -48,6 +53,8 @@ func options(c *Config) []option {
 		{"server.tls.principal_from", string(PrincipalFromCN), bind(&s.TLS.PrincipalFrom, oneOf(PrincipalFromCN, PrincipalFromSANDNS, PrincipalFromSANEmail, PrincipalFromSANURI))},
 		{"server.shutdown_timeout", "30s", bind(&s.ShutdownTimeout, (*getter).duration)},
 		{"server.max_in_flight_records", 100000, bind(&s.MaxInFlightRecords, positive[int])},
+		{"server.max_in_flight_bytes", 256 << 20, bind(&s.MaxInFlightBytes, positive[int64])},
+		{"server.max_request_records", 10000, bind(&s.MaxRequestRecords, positive[int])},
 		{"producer.cb.interval", "10s", bind(&p.CB.Interval, (*getter).duration)},
 		{"producer.cb.timeout", "20s", bind(&p.CB.Timeout, (*getter).duration)},
 		{"producer.cb.fails", 5, bind(&p.CB.Fails, positive[uint32])},
@@ -176,4 +183,4 @@ func noEffect[T any](get func(*getter, string) T) func(*getter, string) {
 }
 
 // positive reads a whole number of 1 or more.
-func positive[T int | int64 | uint32](g *getter, key string) T { return T(g.positiveInt(key)) }
+func positive[T int | int32 | int64 | uint32](g *getter, key string) T { return T(g.positiveInt(key)) }

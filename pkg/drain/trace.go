@@ -60,7 +60,7 @@ func (s *recordSpans) result(i int, r record.Result) {
 	case record.Failed:
 		send.RecordError(r.Err)
 		send.SetStatus(codes.Error, string(record.ReasonOf(r.Err)))
-		s.consume[i].SetAttributes(attribute.Bool("spillway.retried", record.ReasonOf(r.Err).Retriable()))
+		s.consume[i].SetAttributes(attribute.Bool("spillway.retried", !record.ReasonOf(r.Err).InRecord())) // else dead-lettered
 	}
 }
 

@@ -19,6 +19,7 @@ type metrics struct {
 	duplicates     *prometheus.CounterVec
 	failed         *prometheus.CounterVec
 	inFlight       prometheus.Gauge
+	inFlightBytes  prometheus.Gauge
 	produceTime    prometheus.Histogram
 	breakerState   prometheus.Gauge
 	breakerChanges *prometheus.CounterVec
@@ -59,6 +60,10 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "spillway_records_in_flight",
 			Help: "Records received and not yet answered.",
+		}),
+		inFlightBytes: f.NewGauge(prometheus.GaugeOpts{
+			Name: "spillway_records_in_flight_bytes",
+			Help: "What the records received and not yet answered cost in memory, as server.max_in_flight_bytes counts it.",
 		}),
 		produceTime: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "spillway_kafka_produce_duration_seconds",

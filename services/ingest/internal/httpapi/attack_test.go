@@ -1,7 +1,9 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -9,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
@@ -57,4 +61,167 @@ func TestLyingContentLengthCostsLittle(t *testing.T) {
 	}
 	t.Logf("heap grew by %.1f MB with %d requests claiming 64 MiB each", float64(most)/1e6, liars)
 	require.Less(t, most, uint64(64<<20), "the heap grew by %d bytes for %d requests that sent 2 bytes each", most, liars)
+}
+
+// peakHeapGrowth runs f while it samples the heap every few milliseconds,
+// and returns the most it grew above before. The samples are taken
+// without a collection: garbage counts, as it does in the process.
+func peakHeapGrowth(before uint64, f func()) uint64 {
+	stop := make(chan struct{})
+	peak := make(chan uint64)
+	go func() {
+		var most uint64
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapAlloc > before && m.HeapAlloc-before > most {
+				most = m.HeapAlloc - before
+			}
+			select {
+			case <-stop:
+				peak <- most
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	f()
+	close(stop)
+	return <-peak
+}
+
+// postRaw posts body and returns the status, the Retry-After header and
+// the answer.
+func postRaw(t *testing.T, url, contentType string, body []byte) (int, string, string) {
+	t.Helper()
+	resp, err := http.Post(url, contentType, bytes.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, resp.Header.Get("Retry-After"), string(b)
+}
+
+// attackBodyBytes is the size of the bodies of the many-records attacks:
+// the default server.http.max_body_bytes.
+const attackBodyBytes = 16 << 20
+
+// TestManyTinyRecordsAreRefusedCheaply: a 16 MiB NDJSON body of "1\n"
+// lines is 8.4 M records. It took the ingest from about 70 MB to over
+// 9 GB before it answered (issue 15, finding 1). It is refused with 413
+// naming server.max_request_records, and the heap grows by less than
+// 256 MB while it is read and refused; so is a v2 body of 16 MiB of empty
+// records, and a v2 or v3 body one record over the cap.
+func TestManyTinyRecordsAreRefusedCheaply(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr)
+	status, body := ingesttest.Post(t, in.URL+"/topics/warm/messages", "text/plain", "warm")
+	require.Equal(t, http.StatusOK, status, body)
+
+	ndjson := bytes.Repeat([]byte("1\n"), attackBodyBytes/2)
+	v2 := append(append([]byte(`{"records":[`), bytes.Repeat([]byte(`{},`), (attackBodyBytes-20)/3)...), []byte(`{}]}`)...)
+	for _, tt := range []struct {
+		name, path, contentType string
+		body                    []byte
+	}{
+		{"ndjson", "/topics/many/messages", "application/x-ndjson", ndjson},
+		{"v2", "/topics/many", "application/vnd.kafka.json.v2+json", v2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var status int
+			var answer string
+			before := heapAlloc()
+			grew := peakHeapGrowth(before, func() {
+				status, _, answer = postRaw(t, in.URL+tt.path, tt.contentType, tt.body)
+			})
+			t.Logf("a %d-byte %s body grew the heap by at most %.1f MB", len(tt.body), tt.name, float64(grew)/1e6)
+			require.Equal(t, http.StatusRequestEntityTooLarge, status, answer)
+			assert.Contains(t, answer, `"error_code":41301`)
+			assert.Contains(t, answer, "more than 10000 records, the limit of one request (server.max_request_records)")
+			assert.Less(t, grew, uint64(256<<20), "the heap grew by %d bytes", grew)
+		})
+	}
+
+	// One over a lower cap, in each format; the cap itself passes.
+	in = ingesttest.Start(t, addr, "SPILLWAY_SERVER_MAX_REQUEST_RECORDS=3")
+	for _, tt := range []struct {
+		name, path, contentType, ok, over string
+	}{
+		{"ndjson", "/topics/few/messages", "application/x-ndjson", "1\n2\n\n3\n", "1\n2\n3\n4\n"},
+		{"v2", "/topics/few", "application/vnd.kafka.json.v2+json", `{"records":[{"value":1},{"value":2},{"value":3}]}`, `{"records":[{"value":1},{"value":2},{"value":3},{"value":4}]}`},
+		{"v3", "/v3/clusters/c/topics/few/records", "application/json", `{"value":{"data":1}} {"value":{"data":2}} {"value":{"data":3}}`, `{"value":{"data":1}} {"value":{"data":2}} {"value":{"data":3}} {"value":{"data":4}}`},
+	} {
+		t.Run("cap "+tt.name, func(t *testing.T) {
+			status, _, answer := postRaw(t, in.URL+tt.path, tt.contentType, []byte(tt.ok))
+			require.Equal(t, http.StatusOK, status, answer)
+			status, _, answer = postRaw(t, in.URL+tt.path, tt.contentType, []byte(tt.over))
+			require.Equal(t, http.StatusRequestEntityTooLarge, status, answer)
+			assert.Contains(t, answer, "more than 3 records, the limit of one request (server.max_request_records)")
+		})
+	}
+	assert.Equal(t, 3.0, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="too_large",topic="few"}`))
+}
+
+// TestConcurrentRequestsAreBoundedInBytes: many concurrent requests of
+// half a megabyte each, while Kafka is slow, are held up to
+// server.max_in_flight_bytes; the others are refused with 503 and
+// Retry-After rather than held in memory, and those held are delivered
+// once Kafka answers.
+func TestConcurrentRequestsAreBoundedInBytes(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t)
+	const bound = 4 << 20
+	in := ingesttest.Start(t, addr, fmt.Sprintf("SPILLWAY_SERVER_MAX_IN_FLIGHT_BYTES=%d", bound), "SPILLWAY_PRODUCER_WAL_MODE=disable")
+	status, body := ingesttest.Post(t, in.URL+"/topics/bulk/messages", "text/plain", "warm-up")
+	require.Equal(t, http.StatusOK, status, body)
+
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		<-release
+		return nil, nil, false
+	})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	// 512 records of 999 bytes: 511,488 bytes and 512 × 1 KiB of
+	// overhead, 1,035,776 bytes in all; four fit under 4 MiB, a fifth
+	// does not.
+	line := strings.Repeat("7", 999) + "\n"
+	payload := []byte(strings.Repeat(line, 512))
+	const requests, held = 16, 4
+	type answer struct {
+		status     int
+		retryAfter string
+		body       string
+	}
+	answers := make(chan answer, requests)
+	for range requests {
+		go func() {
+			s, ra, b := postRaw(t, in.URL+"/topics/bulk/messages", "application/x-ndjson", payload)
+			answers <- answer{s, ra, b}
+		}()
+	}
+	for range requests - held {
+		a := <-answers
+		require.Equal(t, http.StatusServiceUnavailable, a.status, a.body)
+		assert.Equal(t, "1", a.retryAfter)
+		assert.Contains(t, a.body, `"error_code":50303`)
+		assert.Contains(t, a.body, "bytes of records in flight")
+		assert.Contains(t, a.body, fmt.Sprintf("(server.max_in_flight_bytes %d): retry later", bound))
+	}
+	assert.Equal(t, float64(held*1035776), ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight_bytes"))
+	assert.Equal(t, float64(held*512), ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight"))
+
+	close(release)
+	for range held {
+		a := <-answers
+		assert.Equal(t, http.StatusOK, a.status, a.body)
+	}
+	assert.Equal(t, 0.0, ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight_bytes"))
 }

@@ -57,7 +57,7 @@ func (h *handler) postV2(c echo.Context) error {
 	topic := c.Param("topic")
 	recs, err := h.parseV2(c, format, topic)
 	if err != nil {
-		h.Sender.Refuse(c.Request().Context(), API, topic, 1, record.ReasonInvalid)
+		h.Sender.Refuse(c.Request().Context(), API, topic, 1, refusedFor(err))
 		return err
 	}
 	results := h.Sender.Send(c.Request().Context(), API, recs)
@@ -96,7 +96,7 @@ func (h *handler) parseV2(c echo.Context, format, topic string) ([]record.Record
 	if err != nil {
 		return nil, err
 	}
-	return ParseV2(body, format, topic)
+	return ParseV2(body, format, topic, h.MaxRequestRecords)
 }
 
 // v3Result answers one v3 record. error_code is the record's HTTP status.
@@ -165,7 +165,7 @@ func (h *handler) postV3(c echo.Context) error {
 	}
 	parsed, err := h.parseV3(c, topic)
 	if err != nil {
-		h.Sender.Refuse(req.Context(), API, topic, 1, record.ReasonInvalid)
+		h.Sender.Refuse(req.Context(), API, topic, 1, refusedFor(err))
 		return err
 	}
 	recs := make([]record.Record, len(parsed))
@@ -204,6 +204,9 @@ func (h *handler) parseV3(c echo.Context, topic string) ([]v3Parsed, error) {
 	dec.DisallowUnknownFields()
 	var parsed []v3Parsed
 	for {
+		if h.MaxRequestRecords > 0 && len(parsed) == h.MaxRequestRecords && dec.More() {
+			return nil, tooManyRecords(h.MaxRequestRecords)
+		}
 		p, err := decodeV3(dec, topic)
 		if errors.Is(err, io.EOF) {
 			break

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net/http"
 	"time"
@@ -67,7 +68,7 @@ func (h *handler) postMessages(c echo.Context) error {
 	topic := c.Param("topic")
 	recs, err := h.parseMessages(c, mt, topic)
 	if err != nil {
-		h.Sender.Refuse(c.Request().Context(), API, topic, 1, record.ReasonInvalid)
+		h.Sender.Refuse(c.Request().Context(), API, topic, 1, refusedFor(err))
 		return err
 	}
 
@@ -115,7 +116,7 @@ func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Reco
 		}
 		return []record.Record{meta.record(topic, body)}, nil
 	}
-	values, err := ParseNDJSON(body)
+	values, err := ParseNDJSON(body, h.MaxRequestRecords)
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +125,19 @@ func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Reco
 		recs[i] = meta.record(topic, v)
 	}
 	return recs, nil
+}
+
+// refusedFor is the reason a request refused before Send is counted
+// under: too_large for one over a limit, else invalid.
+func refusedFor(err error) record.Reason {
+	var re *record.Error
+	if errors.As(err, &re) {
+		return re.Reason
+	}
+	if fromError(err).status == http.StatusRequestEntityTooLarge {
+		return record.ReasonTooLarge
+	}
+	return record.ReasonInvalid
 }
 
 // preallocateBytes is the most readAll reserves up front for a body; a

@@ -26,7 +26,7 @@ func FuzzParseNDJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		values, err := ParseNDJSON(body)
+		values, err := ParseNDJSON(body, 0)
 		if err != nil {
 			requireInvalid(t, err)
 			return
@@ -59,7 +59,7 @@ func FuzzParseV2(f *testing.F) {
 		if binary {
 			format = formatBinary
 		}
-		recs, err := ParseV2(body, format, "t")
+		recs, err := ParseV2(body, format, "t", 0)
 		if err != nil {
 			requireInvalid(t, err)
 			return

@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -47,8 +48,20 @@ type Options struct {
 	Sender       Sender
 	Topics       TopicLister
 	MaxBodyBytes int64
-	Registry     prometheus.Registerer
-	Logger       *slog.Logger
+	// MaxRequestRecords caps the records of one request (NDJSON, v2, v3
+	// with a length); 0: no cap. A v3 stream is not one request: it holds
+	// at most streamWindow records at once.
+	MaxRequestRecords int
+	// MaxStreams caps the v3 streams open at once (0: no cap), and
+	// StreamIdleTimeout ends a stream that sends nothing for that long
+	// (0: never).
+	MaxStreams        int
+	StreamIdleTimeout time.Duration
+	// Draining closes when shutdown begins: v3 streams stop reading,
+	// answer the records they took, and end.
+	Draining <-chan struct{}
+	Registry prometheus.Registerer
+	Logger   *slog.Logger
 	// LatencyBuckets are the request latency histogram's buckets, in seconds.
 	LatencyBuckets []float64
 	// Auth authenticates requests; nil: the client id is the principal.
@@ -61,6 +74,7 @@ type Options struct {
 type handler struct {
 	Options
 	latency *prometheus.HistogramVec
+	streams atomic.Int64 // v3 streams open
 }
 
 // New returns the HTTP API's handler.
