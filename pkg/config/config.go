@@ -145,6 +145,7 @@ type Monitoring struct {
 	MaxTopicLabels     int
 	MaxPrincipalLabels int
 	MaxLibraryLabels   int
+	Pprof              bool // serve /debug/pprof/ on the monitoring port; off by default
 }
 
 // Producer holds kafka-ambassador's producer section: the breaker, the

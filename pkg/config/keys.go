@@ -47,6 +47,7 @@ func options(c *Config) []option {
 		{"server.monitoring.max_principal_labels", 100, bind(&s.Monitoring.MaxPrincipalLabels, positive[int])},
 		{"server.monitoring.max_library_labels", 50, bind(&s.Monitoring.MaxLibraryLabels, positive[int])},
 		{"server.tls.cert", "", bind(&s.TLS.CertFile, (*getter).str)},
+		{"server.monitoring.pprof", false, bind(&s.Monitoring.Pprof, (*getter).boolean)},
 		{"server.tls.key", "", bind(&s.TLS.KeyFile, (*getter).str)},
 		{"server.tls.client_ca", "", bind(&s.TLS.ClientCAFile, (*getter).str)},
 		{"server.tls.client_auth", string(ClientAuthNone), bind(&s.TLS.ClientAuth, oneOf(ClientAuthNone, ClientAuthOptional, ClientAuthRequire))},

@@ -310,7 +310,9 @@ func sumGauge(t *testing.T, reg *prometheus.Registry) float64 {
 func (e *env) command(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code = Command("spillway-resender", args, []string{"SPILLWAY_PRODUCER_WAL_NATS_URLS=nats://" + e.listen}, &out, &errOut)
+	// As an operator runs it beside the ingest: the same configuration,
+	// whose producer.wal.path holds the embedded server's credentials.
+	code = Command("spillway-resender", args, []string{"SPILLWAY_PRODUCER_WAL_LISTEN=" + e.listen, "SPILLWAY_PRODUCER_WAL_PATH=" + e.wal.Path}, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -367,6 +369,28 @@ $`, out)
 	code, out, _ = e.command(t, "list")
 	require.Equal(t, 0, code)
 	assert.True(t, strings.HasSuffix(out, "1 dead letters\n"), out)
+}
+
+// Without the embedded server's credentials file the command is refused
+// by the server: reading and deleting dead letters needs the credentials.
+func TestCommandWithoutCredentials(t *testing.T) {
+	e := setup(t)
+	e.fill(t)
+	for name, env := range map[string][]string{
+		"another store":  {"SPILLWAY_PRODUCER_WAL_LISTEN=" + e.listen, "SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir()},
+		"no credentials": {"SPILLWAY_PRODUCER_WAL_NATS_URLS=nats://" + e.listen},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Command("spillway-resender", []string{"move", "-all"}, env, &out, &errOut)
+			assert.Equal(t, 1, code, out.String())
+			assert.Empty(t, out.String())
+			assert.Regexp(t, `credentials|Authorization Violation`, errOut.String())
+		})
+	}
+	code, out, errOut := e.command(t, "list", "-json", "-topic", "web.clicks")
+	require.Equal(t, 0, code, errOut)
+	assert.JSONEq(t, `[{"topic":"web.clicks","reason":"too_large","count":1}]`, out, "nothing was moved")
 }
 
 func TestCommandWithoutJetStream(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
 // The drains' rules, as docs/operations.md states them: a retriable
@@ -84,13 +85,11 @@ type watchAcks struct {
 	acks []jsAck
 }
 
-func newWatchAcks(t *testing.T, url, stream, consumer string) *watchAcks {
+func newWatchAcks(t *testing.T, e *env, stream, consumer string) *watchAcks {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
+	nc := spilltest.Connect(t, e.url, spill.EmbeddedCredentials(e.cfg.Producer.WAL))
 	w := &watchAcks{}
-	_, err = nc.Subscribe("$JS.ACK.>", func(m *nats.Msg) {
+	_, err := nc.Subscribe("$JS.ACK.>", func(m *nats.Msg) {
 		// $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
 		// or with <domain>.<account hash> after ACK and a token at the end.
 		tokens := strings.Split(m.Subject, ".")
@@ -154,8 +153,7 @@ func lastSeq(t *testing.T, js jetstream.JetStream, subject string) uint64 {
 // connection, Kafka producer and metrics registry.
 func startDrainer(t *testing.T, e *env, role Role, period time.Duration) *prometheus.Registry {
 	t.Helper()
-	nc, err := nats.Connect(e.url)
-	require.NoError(t, err)
+	nc := spilltest.Connect(t, e.url, spill.EmbeddedCredentials(e.cfg.Producer.WAL))
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	p, err := producer.New(e.cfg.Kafka, discard)
@@ -214,7 +212,7 @@ func TestRetryBacksOff(t *testing.T) {
 	// One produce request per attempt (no retries inside the producer), and
 	// a breaker that stays closed, so that only the drain's backoff acts.
 	e := setup(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=100")
-	acks := newWatchAcks(t, e.url, "SPILLWAY", Resender.Name)
+	acks := newWatchAcks(t, e, "SPILLWAY", Resender.Name)
 	e.spill(t, spill.Spilled, record.Record{ID: "retry-me", Topic: "flaky", Key: []byte("k"), Value: []byte("the value"), Partition: record.AnyPartition})
 	seq := lastSeq(t, e.js, "spillway.spill.flaky")
 	e.run(t, Resender, 0, 50*time.Millisecond)
@@ -268,13 +266,11 @@ func TestUnstorableDeadLetterStaysBuffered(t *testing.T) {
 	require.NoError(t, err)
 
 	// Dead letters published, whether the stream keeps them or not.
-	nc, err := nats.Connect(e.url)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
+	nc := spilltest.Connect(t, e.url, spill.EmbeddedCredentials(e.cfg.Producer.WAL))
 	attempts, err := nc.SubscribeSync("spillway.dlq.>")
 	require.NoError(t, err)
 	require.NoError(t, nc.Flush())
-	acks := newWatchAcks(t, e.url, "SPILLWAY", Resender.Name)
+	acks := newWatchAcks(t, e, "SPILLWAY", Resender.Name)
 	e.run(t, Resender, 0, 100*time.Millisecond)
 
 	dl, err := attempts.NextMsg(10 * time.Second)

@@ -73,7 +73,7 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if o.Role == Resender {
 		listen, rateLimit, period = cfg.Resend.MonitoringListen, cfg.Producer.Resend.RateLimit, cfg.Producer.Resend.Period
 	}
-	if s.monitor, err = monitor.New(listen, o.Registry); err != nil {
+	if s.monitor, err = monitor.New(listen, o.Registry, monitor.WithPprof(cfg.Server.Monitoring.Pprof)); err != nil {
 		return nil, fmt.Errorf("monitoring listen %s: %w", listen, err)
 	}
 	primary, err := producer.New(cfg.Kafka, o.Logger)

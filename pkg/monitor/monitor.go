@@ -1,5 +1,6 @@
 // Package monitor serves a service's monitoring port: Prometheus metrics
-// from the service's own registry, liveness, readiness and pprof.
+// from the service's own registry, liveness, readiness and, when asked
+// for, pprof.
 package monitor
 
 import (
@@ -27,10 +28,25 @@ type Server struct {
 	checks []func() error
 }
 
+// Option changes what the monitoring server serves.
+type Option func(*options)
+
+type options struct{ pprof bool }
+
+// WithPprof serves Go's profiles under /debug/pprof/ when on
+// (server.monitoring.pprof). They are off by default: a profile shows the
+// command line, and a CPU profile or trace costs the service while it
+// runs, so whoever reaches the port must not get them unasked.
+func WithPprof(on bool) Option { return func(o *options) { o.pprof = on } }
+
 // New binds addr and serves at once, so that while the service starts
 // /healthz answers 200 and /readyz 503 (not ready yet) instead of nothing;
 // Serve waits until the server stops.
-func New(addr string, reg *prometheus.Registry) (*Server, error) {
+func New(addr string, reg *prometheus.Registry, opts ...Option) (*Server, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -42,11 +58,13 @@ func New(addr string, reg *prometheus.Registry) (*Server, error) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if o.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { s.served <- s.srv.Serve(ln) }()
 	return s, nil

@@ -64,15 +64,14 @@ func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*
 		}),
 	}
 	var url string
+	creds := c.NATS.Credentials
 	switch {
 	case embedded != nil:
 		url = embedded.ClientURL()
 		opts = append(opts, nats.InProcessServer(embedded))
+		creds = EmbeddedCredentials(c)
 	case len(c.NATS.URLs) > 0:
 		url = strings.Join(c.NATS.URLs, ",")
-		if c.NATS.Credentials != "" {
-			opts = append(opts, nats.UserCredentials(c.NATS.Credentials))
-		}
 		if c.NATS.TLS.CAFile != "" || c.NATS.TLS.CertFile != "" {
 			tc, err := c.NATS.TLS.ClientConfig()
 			if err != nil {
@@ -80,8 +79,16 @@ func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*
 			}
 			opts = append(opts, nats.Secure(tc))
 		}
-	default:
+	default: // the ingest's embedded server, from the same machine
 		url = "nats://" + c.Listen
+		creds = EmbeddedCredentials(c)
+	}
+	if creds != "" {
+		opt, err := credentialsOption(creds)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, opt)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {

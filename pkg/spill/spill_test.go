@@ -1,4 +1,4 @@
-package spill
+package spill_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
@@ -26,15 +27,15 @@ func walConfig(t *testing.T, env ...string) config.WAL {
 	return c.Producer.WAL
 }
 
-func startBuffer(t *testing.T, c config.WAL) (*Buffer, jetstream.JetStream, func()) {
+func startBuffer(t *testing.T, c config.WAL) (*spill.Buffer, jetstream.JetStream, func()) {
 	t.Helper()
 	srv, err := embeddednats.Start(c, discard)
 	require.NoError(t, err)
-	nc, js, err := Connect(t.Context(), c, srv, "test", discard)
+	nc, js, err := spill.Connect(t.Context(), c, srv, "test", discard)
 	require.NoError(t, err)
 	stop := func() { nc.Close(); srv.Shutdown(); srv.WaitForShutdown() }
 	t.Cleanup(stop)
-	return NewBuffer(js, c), js, stop
+	return spill.NewBuffer(js, c), js, stop
 }
 
 func TestPublishAndDecode(t *testing.T) {
@@ -46,15 +47,15 @@ func TestPublishAndDecode(t *testing.T) {
 		{ID: "id-2", Topic: "orders.eu", Key: []byte{}, Value: []byte{}, Partition: record.AnyPartition},
 		{ID: "id-3", Topic: "orders.eu", Value: nil, Partition: record.AnyPartition},
 	}
-	res := b.Publish(t.Context(), Spilled, recs, "unavailable")
+	res := b.Publish(t.Context(), spill.Spilled, recs, "unavailable")
 	for _, r := range res {
 		require.Equal(t, record.Buffered, r.Outcome, r.Err)
 	}
 
 	var got []record.Record
-	for _, m := range spilltest.Messages(t, js, c.Stream, Subjects{c.SubjectPrefix}.All(Spilled), 3) {
+	for _, m := range spilltest.Messages(t, js, c.Stream, spill.Subjects{c.SubjectPrefix}.All(spill.Spilled), 3) {
 		assert.Equal(t, "spillway.spill.orders%2Eeu", m.Subject)
-		r, err := Decode(m.Data)
+		r, err := spill.Decode(m.Data)
 		require.NoError(t, err)
 		got = append(got, r)
 	}
@@ -73,8 +74,8 @@ func TestDuplicateIDIsStoredOnce(t *testing.T) {
 	c := walConfig(t)
 	b, js, _ := startBuffer(t, c)
 	rec := []record.Record{{ID: "same", Topic: "t", Value: []byte("x"), Partition: record.AnyPartition}}
-	require.Equal(t, record.Buffered, b.Publish(t.Context(), WriteAhead, rec, "write_ahead")[0].Outcome)
-	require.Equal(t, record.Buffered, b.Publish(t.Context(), WriteAhead, rec, "write_ahead")[0].Outcome)
+	require.Equal(t, record.Buffered, b.Publish(t.Context(), spill.WriteAhead, rec, "write_ahead")[0].Outcome)
+	require.Equal(t, record.Buffered, b.Publish(t.Context(), spill.WriteAhead, rec, "write_ahead")[0].Outcome)
 	s, err := js.Stream(t.Context(), c.Stream)
 	require.NoError(t, err)
 	info, err := s.Info(t.Context())
@@ -87,7 +88,7 @@ func TestFullStreamRefuses(t *testing.T) {
 	b, _, _ := startBuffer(t, c)
 	var last record.Result
 	for i := range 100 {
-		last = b.Publish(t.Context(), Spilled, []record.Record{{ID: string(rune('a'+i%26)) + time.Now().String(), Topic: "t", Value: make([]byte, 200), Partition: record.AnyPartition}}, "unavailable")[0]
+		last = b.Publish(t.Context(), spill.Spilled, []record.Record{{ID: string(rune('a'+i%26)) + time.Now().String(), Topic: "t", Value: make([]byte, 200), Partition: record.AnyPartition}}, "unavailable")[0]
 		if last.Outcome == record.Failed {
 			break
 		}
@@ -102,7 +103,7 @@ func TestUnavailableBuffer(t *testing.T) {
 	stop()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	res := b.Publish(ctx, Spilled, []record.Record{{ID: "x", Topic: "t", Value: []byte("x"), Partition: record.AnyPartition}}, "unavailable")
+	res := b.Publish(ctx, spill.Spilled, []record.Record{{ID: "x", Topic: "t", Value: []byte("x"), Partition: record.AnyPartition}}, "unavailable")
 	require.Equal(t, record.Failed, res[0].Outcome)
 	assert.Equal(t, record.ReasonUnavailable, record.ReasonOf(res[0].Err), res[0].Err)
 }

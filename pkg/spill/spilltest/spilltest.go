@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -40,4 +41,22 @@ func Messages(tb testing.TB, js jetstream.JetStream, stream, filter string, want
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Connect connects to the NATS server at url as the user whose nkey seed
+// is in credentials (spill.EmbeddedCredentials of the embedded server's
+// configuration), as a person with the credentials file would, and closes
+// the connection when the test ends.
+func Connect(tb testing.TB, url, credentials string) *nats.Conn {
+	tb.Helper()
+	opt, err := nats.NkeyOptionFromSeed(credentials)
+	if err != nil {
+		tb.Fatalf("NATS credentials: %v", err)
+	}
+	nc, err := nats.Connect(url, opt)
+	if err != nil {
+		tb.Fatalf("connect to NATS at %s: %v", url, err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
 }

@@ -122,7 +122,7 @@ func New(o Options) (_ *App, err error) {
 		}
 	})
 
-	a.monitor, err = monitor.New(cfg.Server.Monitoring.Listen, o.Registry)
+	a.monitor, err = monitor.New(cfg.Server.Monitoring.Listen, o.Registry, monitor.WithPprof(cfg.Server.Monitoring.Pprof))
 	if err != nil {
 		return nil, fmt.Errorf("server.monitoring.listen: %w", err)
 	}
@@ -370,6 +370,15 @@ func propagators(t *telemetry.Tracing) propagation.TextMapPropagator {
 func (a *App) NATSAddr() string { return a.natsAddr }
 
 // HTTPAddr is the HTTP API's bound address.
+// NATSCredentials is the file holding the nkey seed that the embedded
+// JetStream admits (spill.EmbeddedCredentials), "" without one.
+func (a *App) NATSCredentials() string {
+	if a.natsAddr == "" {
+		return ""
+	}
+	return spill.EmbeddedCredentials(a.opts.Config.Producer.WAL)
+}
+
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
 // GRPCAddr is the gRPC API's bound address.

@@ -222,7 +222,7 @@ func TestBreakerClosesWhenKafkaReturns(t *testing.T) {
 		assert.Equal(t, want, string(r.Value), id)
 		delete(delivered, id)
 	}
-	msgs := stored(t, in.App.NATSAddr(), "spillway.spill.>", len(buffered))
+	msgs := stored(t, in, "spillway.spill.>", len(buffered))
 	require.Len(t, msgs, len(buffered))
 	for _, m := range msgs {
 		rec, err := spill.Decode(m.Data)

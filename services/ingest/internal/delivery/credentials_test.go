@@ -70,7 +70,7 @@ func TestKafkaRefusingOwnCredentialsSpills(t *testing.T) {
 	status, a = post(t, in, "orders", "v2")
 	require.Equal(t, http.StatusAccepted, status, "%+v", a)
 	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_records_buffered_total{reason="breaker_open",topic="orders"}`))
-	msgs := stored(t, in.App.NATSAddr(), "spillway.spill.>", 2)
+	msgs := stored(t, in, "spillway.spill.>", 2)
 	require.Len(t, msgs, 2)
 	for _, m := range msgs {
 		assert.Equal(t, "spillway.spill.orders", m.Subject)

@@ -41,12 +41,11 @@ func post(t *testing.T, in *ingesttest.Ingest, topic, value string) (int, answer
 	return status, a
 }
 
-// stored reads the buffer's messages on subjects matching filter.
-func stored(t *testing.T, natsAddr, filter string, want int) []*jetstream.RawStreamMsg {
+// stored reads the buffer's messages on subjects matching filter, signed
+// in with the embedded server's credentials.
+func stored(t *testing.T, in *ingesttest.Ingest, filter string, want int) []*jetstream.RawStreamMsg {
 	t.Helper()
-	nc, err := nats.Connect("nats://" + natsAddr)
-	require.NoError(t, err)
-	defer nc.Close()
+	nc := spilltest.Connect(t, "nats://"+in.App.NATSAddr(), in.App.NATSCredentials())
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	return spilltest.Messages(t, js, "SPILLWAY", filter, want)
@@ -59,7 +58,7 @@ func TestKafkaDownSpills(t *testing.T) {
 	assert.Equal(t, "buffered", a.Outcome)
 	assert.NotEmpty(t, a.ID)
 
-	msgs := stored(t, in.App.NATSAddr(), "spillway.spill.>", 1)
+	msgs := stored(t, in, "spillway.spill.>", 1)
 	require.Len(t, msgs, 1)
 	assert.Equal(t, "spillway.spill.orders", msgs[0].Subject)
 	assert.Equal(t, a.ID, msgs[0].Header.Get(nats.MsgIdHdr))
@@ -101,7 +100,7 @@ func TestWriteAhead(t *testing.T) {
 	in := ingesttest.Start(t, addr, "SPILLWAY_PRODUCER_WAL_ALWAYS_TOPICS=audit")
 	status, a := post(t, in, "audit", "first")
 	require.Equal(t, http.StatusAccepted, status, a)
-	msgs := stored(t, in.App.NATSAddr(), "spillway.wal.>", 1)
+	msgs := stored(t, in, "spillway.wal.>", 1)
 	require.Len(t, msgs, 1)
 	assert.Equal(t, "spillway.wal.audit", msgs[0].Subject)
 
@@ -153,7 +152,7 @@ func TestSpillKeepsMappedTopic(t *testing.T) {
 	in := ingesttest.StartYAML(t, downBroker(t), "topic_mapping: [{exact: legacy, to: orders}]", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
 	status, a := post(t, in, "legacy", "v1")
 	require.Equal(t, http.StatusAccepted, status, a)
-	msgs := stored(t, in.App.NATSAddr(), "spillway.spill.>", 1)
+	msgs := stored(t, in, "spillway.spill.>", 1)
 	require.Len(t, msgs, 1)
 	assert.Equal(t, "spillway.spill.orders", msgs[0].Subject)
 	rec, err := spill.Decode(msgs[0].Data)

@@ -400,7 +400,7 @@ func TestBadInput(t *testing.T) {
 		{"v2 malformed", in.URL, "POST", "/topics/exists", v2, `{"records": [`, nil, 400, 40001, "the body ends in the middle of a JSON value"},
 		{"v2 syntax", in.URL, "POST", "/topics/exists", v2, `{"records": [}`, nil, 400, 40001, "malformed JSON at byte 14"},
 		{"v2 unknown field", in.URL, "POST", "/topics/exists", v2, `{"records": [{"valu": 1}]}`, nil, 400, 40001, `unknown field "valu"`},
-		{"v2 wrong type", in.URL, "POST", "/topics/exists", v2, `{"records": {}}`, nil, 400, 40001, "records: want []httpapi.v2Record, got JSON object"},
+		{"v2 wrong type", in.URL, "POST", "/topics/exists", v2, `{"records": {}}`, nil, 400, 40001, "records: want an array of records, got an object"},
 		{"v2 bad base64", in.URL, "POST", "/topics/exists", "application/vnd.kafka.binary.v2+json", `{"records": [{"value": "%%%"}]}`, nil, 400, 40001, "records[0].value: not valid base64"},
 		{"v2 no records", in.URL, "POST", "/topics/exists", v2, `{"records": []}`, nil, 400, 40001, "the body holds no records"},
 		{"v2 schema", in.URL, "POST", "/topics/exists", v2, `{"value_schema_id": 3, "records": [{"value": 1}]}`, nil, 400, 40001, "schemas are not supported"},

@@ -226,7 +226,7 @@ func (rs *v2Records) UnmarshalJSON(b []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
-		return invalid("records: want an array of records, got JSON %s", jsonKind(b))
+		return invalid("records: want an array of records, got %s", jsonKind(b))
 	}
 	for dec.More() {
 		if rs.limit > 0 && len(rs.list) == rs.limit {

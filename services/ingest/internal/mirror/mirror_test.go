@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -42,9 +41,7 @@ func jetStream(t *testing.T, env ...string) (*spill.Buffer, jetstream.JetStream)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	// The test reads over a connection of its own, as a user would.
-	reader, err := nats.Connect(srv.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(reader.Close)
+	reader := spilltest.Connect(t, srv.ClientURL(), spill.EmbeddedCredentials(cfg.Producer.WAL))
 	rjs, err := jetstream.New(reader)
 	require.NoError(t, err)
 	return spill.NewBuffer(js, cfg.Producer.WAL), rjs
