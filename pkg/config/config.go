@@ -219,6 +219,12 @@ type ResendService struct {
 	MonitoringListen string
 }
 
+// DefaultDenyTopics are the internal topics of Kafka and its tools
+// (__consumer_offsets, __transaction_state, Confluent's _confluent-*,
+// Schema Registry's _schemas, Kafka Connect's connect-*), denied unless
+// security.deny_topics says otherwise.
+var DefaultDenyTopics = []string{"__*", "_confluent*", "_schemas", "connect-*"}
+
 // Security configures who may produce, and to which topics.
 type Security struct {
 	// APIKeys map the SHA-256 (hex) of an API key to its principal.
@@ -227,6 +233,10 @@ type Security struct {
 	RequireCredentials bool
 	// AllowTopics is the global topic allow-list (globs); empty: any.
 	AllowTopics []string
+	// DenyTopics are topics no client may produce to or see listed
+	// (globs), whatever its ACL: by default the internal topics of Kafka
+	// and its tools.
+	DenyTopics []string
 	// ACL maps a principal to the topic globs it may produce to; a
 	// principal without an entry may produce to any allowed topic.
 	ACL map[string][]string

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -88,6 +89,7 @@ func options(c *Config) []option {
 		{"security.api_keys", []any{}, bind(&sec.APIKeys, (*getter).apiKeys)},
 		{"security.require_credentials", false, bind(&sec.RequireCredentials, (*getter).boolean)},
 		{"security.allow_topics", []string{}, bind(&sec.AllowTopics, (*getter).globs)},
+		{"security.deny_topics", DefaultDenyTopics, bind(&sec.DenyTopics, (*getter).globs)},
 		{"security.rate_limit.records_per_second", 0, bind(&rl.RecordsPerSecond, (*getter).rate)},
 		{"security.rate_limit.bytes_per_second", 0, bind(&rl.BytesPerSecond, (*getter).rate)},
 		{"security.rate_limit.global_records_per_second", 0, bind(&rl.GlobalRecordsPerSecond, (*getter).rate)},
@@ -148,8 +150,10 @@ func Keys() []Key {
 	var out []Key
 	for _, o := range options(&Config{}) {
 		def := fmt.Sprint(o.def)
-		switch o.def.(type) {
-		case []string, []any:
+		switch d := o.def.(type) {
+		case []string:
+			def = listDefault(d)
+		case []any:
 			def = "[]"
 		}
 		out = append(out, Key{Name: o.key, Default: def})
@@ -158,6 +162,16 @@ func Keys() []Key {
 		out = append(out, Key{Name: f.doc, Family: true})
 	}
 	return out
+}
+
+// listDefault is a list default as the reference writes it: [] or
+// ["a", "b"].
+func listDefault(l []string) string {
+	q := make([]string, len(l))
+	for i, e := range l {
+		q[i] = strconv.Quote(e)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // bind makes a reader that stores what get reads in *field.

@@ -175,7 +175,7 @@ func New(o Options) (_ *App, err error) {
 	})
 	handler := httpapi.New(httpapi.Options{
 		Sender:            d,
-		Topics:            a.producer,
+		Topics:            d.Writable(a.producer),
 		MaxBodyBytes:      cfg.Server.HTTP.MaxBodyBytes,
 		MaxRequestRecords: cfg.Server.MaxRequestRecords,
 		MaxStreams:        cfg.Server.HTTP.MaxStreams,
@@ -189,17 +189,18 @@ func New(o Options) (_ *App, err error) {
 		Propagators:       propagators(o.Tracing),
 	})
 	a.grpcSrv = grpcapi.New(grpcapi.Options{
-		Sender:         d,
-		Topics:         a.producer,
-		Config:         cfg.Server.GRPC,
-		Registry:       o.Registry,
-		Logger:         o.Logger,
-		LatencyBuckets: delivery.LatencyBuckets,
-		Draining:       a.draining,
-		Auth:           auth,
-		TLS:            grpcTLS(tlsFiles),
-		TracerProvider: tracerProvider(o.Tracing),
-		Propagators:    propagators(o.Tracing),
+		Sender:            d,
+		Topics:            d.Writable(a.producer),
+		Config:            cfg.Server.GRPC,
+		MaxRequestRecords: cfg.Server.MaxRequestRecords,
+		Registry:          o.Registry,
+		Logger:            o.Logger,
+		LatencyBuckets:    delivery.LatencyBuckets,
+		Draining:          a.draining,
+		Auth:              auth,
+		TLS:               grpcTLS(tlsFiles),
+		TracerProvider:    tracerProvider(o.Tracing),
+		Propagators:       propagators(o.Tracing),
 	})
 	a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPC.Listen)
 	if err != nil {

@@ -73,7 +73,7 @@ func (a *App) Reload() error {
 	a.reloadM.applied.SetToCurrentTime()
 	log.Info("configuration reloaded", "file", a.opts.ConfigPath, "validation_rules", len(cfg.Validation), "topic_mappings", len(cfg.TopicMapping))
 	if !reloadableOnly(a.loaded, cfg) {
-		log.Warn("the reloaded configuration changes keys other than security.allow_topics, security.acl, security.rate_limit, validation and topic_mapping; those take effect at the next start")
+		log.Warn("the reloaded configuration changes keys other than security.allow_topics, security.deny_topics, security.acl, security.rate_limit, validation and topic_mapping; those take effect at the next start")
 	}
 	a.loaded = cfg
 	return nil
@@ -83,7 +83,7 @@ func (a *App) Reload() error {
 // puts in force.
 func reloadableOnly(prev, next *config.Config) bool {
 	strip := func(c config.Config) config.Config {
-		c.Security.AllowTopics, c.Security.ACL, c.Security.RateLimit = nil, nil, config.RateLimit{}
+		c.Security.AllowTopics, c.Security.DenyTopics, c.Security.ACL, c.Security.RateLimit = nil, nil, nil, config.RateLimit{}
 		c.Validation, c.TopicMapping, c.Warnings = nil, nil, nil
 		if c.Kafka.UsingDevBroker {
 			c.Kafka.Brokers = nil // main puts the dev broker's address in

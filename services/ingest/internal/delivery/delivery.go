@@ -287,15 +287,17 @@ func (d *Delivery) release(b *batch) {
 	d.m.inFlightBytes.Sub(float64(b.cost))
 }
 
-// authorize takes the client's rate limit for the whole batch, and refuses
-// each record whose topic the client may not produce to. It returns false
-// when the rate limit refused the batch.
+// authorize takes the client's rate limit for the whole batch (its
+// principal's buckets, whatever the metric label cap), and refuses each
+// record whose topic the client may not produce to, under the name it
+// gave or the Kafka topic that maps to. It returns false when the rate
+// limit refused the batch.
 func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 	total := 0
 	for _, n := range b.sizes {
 		total += n
 	}
-	if err := pol.TakeRate(d.principals.Value(b.client.Principal), len(b.recs), total); err != nil {
+	if err := pol.TakeRate(b.client, len(b.recs), total); err != nil {
 		d.denied(b.client.Principal, record.ReasonRateLimited)
 		for i := range b.recs {
 			b.fail(i, b.recs[i].Topic, err)
@@ -303,9 +305,9 @@ func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 		return false
 	}
 	for i := range b.recs {
-		if !pol.Allowed(b.client.Principal, b.named[i]) {
-			b.fail(i, b.named[i], record.Errorf(record.ReasonForbidden,
-				"%s may not produce to topic %q (security.allow_topics, security.acl)", b.client.Principal, b.named[i]))
+		// The name the client gave and the Kafka topic it maps to.
+		if err := pol.Authorize(b.client, b.named[i]); err != nil {
+			b.fail(i, b.named[i], err)
 			d.denied(b.client.Principal, record.ReasonForbidden)
 		}
 	}
@@ -313,7 +315,8 @@ func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 }
 
 // validate refuses the records that carry a header only Spillway may set,
-// and those that break a validation rule of the topic the client named.
+// and those that break a validation rule of the topic the client named or
+// of the Kafka topic it maps to.
 func (d *Delivery) validate(b *batch, pol *policy.Policy) {
 	for i := range b.recs {
 		if b.closed[i] {

@@ -52,12 +52,15 @@ type TopicLister interface {
 
 // Options configure the gRPC API.
 type Options struct {
-	Sender         Sender
-	Topics         TopicLister
-	Config         config.GRPC
-	Registry       prometheus.Registerer
-	Logger         *slog.Logger
-	LatencyBuckets []float64
+	Sender Sender
+	Topics TopicLister
+	Config config.GRPC
+	// MaxRequestRecords caps the records of one ProduceRequest or
+	// ProduceStreamRequest (server.max_request_records); 0: no cap.
+	MaxRequestRecords int
+	Registry          prometheus.Registerer
+	Logger            *slog.Logger
+	LatencyBuckets    []float64
 	// Auth authenticates calls; nil: the client id is the principal.
 	Auth *identity.Authenticator
 	// TLS is the listener's TLS; nil: plaintext.
@@ -82,12 +85,22 @@ type Server struct {
 func New(o Options) *Server {
 	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(o.LatencyBuckets)))
 	o.Registry.MustRegister(metrics)
+	streams := &streamLimit{max: int64(o.Config.MaxOpenStreams)}
 	serverOpts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
+		grpc.ForceServerCodecV2(newCappedCodec(o.MaxRequestRecords)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), o.identifyUnary),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), o.identifyStream),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), streams.intercept, o.identifyStream),
+	}
+	if o.Config.MaxConcurrentStreams > 0 {
+		serverOpts = append(serverOpts, grpc.MaxConcurrentStreams(o.Config.MaxConcurrentStreams))
+	}
+	if w := o.Config.StreamWindowBytes; w > 0 {
+		// A fixed window (no BDP estimation): what one client may send
+		// ahead of the server's reading is bounded.
+		serverOpts = append(serverOpts, grpc.InitialWindowSize(w), grpc.InitialConnWindowSize(4*w))
 	}
 	if o.TLS != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(o.TLS)))

@@ -51,6 +51,10 @@ func (s *ingestServer) Produce(ctx context.Context, req *ingestv1.ProduceRequest
 	if len(req.GetRecords()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "records is empty: send at least one record")
 	}
+	if overCap(len(req.GetRecords()), s.opts.MaxRequestRecords) {
+		s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge) // counted as one, as HTTP counts a refused body
+		return nil, tooManyRecords(s.opts.MaxRequestRecords).Err()
+	}
 	results := send(ctx, s.opts, req.GetTopic(), req.GetRecords())
 	if st := commonFailure(results); st != nil {
 		return nil, st.Err()
@@ -114,6 +118,13 @@ func (s *ingestServer) ProduceStream(stream grpc.BidiStreamingServer[ingestv1.Pr
 			return errShuttingDown
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		}
+		if overCap(len(req.GetRecords()), s.opts.MaxRequestRecords) {
+			// The requests before it are answered; the stream ends.
+			s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge) // counted as one, as HTTP counts a refused body
+			wg.Wait()
+			st := tooManyRecords(s.opts.MaxRequestRecords)
+			return status.Errorf(st.Code(), "sequence %d: %s", req.GetSequence(), st.Message())
 		}
 		wg.Add(1)
 		go func() {

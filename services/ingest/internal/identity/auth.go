@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/spillway/spillway/pkg/config"
 )
@@ -62,44 +61,46 @@ func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS
 	return a, nil
 }
 
-// Authenticate returns the principal of a request. A bearer credential in
-// authorization ("Bearer TOKEN") wins: a JWT when JWTs are configured and
-// the token has a JWT's three parts, else an API key. Then a verified
-// client certificate (cert, nil without one). Without either it returns
-// anonymousPrincipal (marked Unverified when credentials are configured),
-// unless credentials are required. until is when the credential expires (a
-// JWT's exp plus the leeway); zero when it does not.
-func (a *Authenticator) Authenticate(authorization string, cert *x509.Certificate, anonymousPrincipal string) (principal string, until time.Time, err error) {
+// Authenticate returns the principal of a request, with its kind. A
+// bearer credential in authorization ("Bearer TOKEN") wins: a JWT when
+// JWTs are configured and the token has a JWT's three parts, else an API
+// key. Then a verified client certificate (cert, nil without one). Without
+// either it returns claimedPrincipal (the client id, marked Unverified
+// when credentials are configured) of kind Claimed, unless credentials are
+// required. Until is when the credential expires (a JWT's exp plus the
+// leeway); zero when it does not.
+func (a *Authenticator) Authenticate(authorization string, cert *x509.Certificate, claimedPrincipal string) (Client, error) {
 	if authorization != "" {
 		return a.bearer(authorization)
 	}
 	if cert != nil {
 		if p := a.certificatePrincipal(cert); p != "" {
-			return p, time.Time{}, nil
+			return Client{Principal: p, Kind: Certificate}, nil
 		}
-		return "", time.Time{}, fmt.Errorf("%w: the client certificate has no %s to name its principal (server.tls.principal_from)", ErrInvalidCredentials, a.principalFrom)
+		return Client{}, fmt.Errorf("%w: the client certificate has no %s to name its principal (server.tls.principal_from)", ErrInvalidCredentials, a.principalFrom)
 	}
 	if a.require {
-		return "", time.Time{}, ErrMissingCredentials
+		return Client{}, ErrMissingCredentials
 	}
-	if a.verifies && anonymousPrincipal != Anonymous {
-		return Unverified + anonymousPrincipal, time.Time{}, nil
+	if a.verifies && claimedPrincipal != Anonymous {
+		return Client{Principal: Unverified + claimedPrincipal, Kind: Claimed}, nil
 	}
-	return anonymousPrincipal, time.Time{}, nil
+	return Client{Principal: claimedPrincipal, Kind: Claimed}, nil
 }
 
 // bearer checks a bearer token: a JWT or an API key.
-func (a *Authenticator) bearer(authorization string) (string, time.Time, error) {
+func (a *Authenticator) bearer(authorization string) (Client, error) {
 	scheme, token, ok := strings.Cut(strings.TrimSpace(authorization), " ")
 	token = strings.TrimSpace(token)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return "", time.Time{}, errNotBearer
+		return Client{}, errNotBearer
 	}
 	if a.jwt != nil && strings.Count(token, ".") == 2 {
-		return a.jwt.principal(token)
+		p, until, err := a.jwt.principal(token)
+		return Client{Principal: p, Kind: JWT, Until: until}, err
 	}
 	p, err := a.apiKey(token)
-	return p, time.Time{}, err
+	return Client{Principal: p, Kind: APIKey}, err
 }
 
 // apiKey returns the principal of a known key. Keys are compared in

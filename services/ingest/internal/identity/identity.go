@@ -29,17 +29,60 @@ const (
 	Unknown   = "unknown"
 )
 
+// Kind says how a request's principal was established. Principals of
+// different kinds never share an ACL entry or a rate-limit bucket: the API
+// key "billing", a JWT whose sub is "billing", a certificate whose CN is
+// "billing" and a client that merely claims the id "billing" are four
+// principals (see Client.Key).
+type Kind string
+
+// The kinds of principal, as they prefix a security.acl entry.
+const (
+	// Claimed: a client id sent without a credential, or none (anonymous).
+	Claimed     Kind = "id"
+	APIKey      Kind = "key"
+	JWT         Kind = "jwt"
+	Certificate Kind = "cert"
+)
+
+// Kinds are the kinds of principal, in the order of their documentation.
+var Kinds = []Kind{APIKey, JWT, Certificate, Claimed}
+
 // Client is who sends a request.
 type Client struct {
+	// Principal names the client in metrics and messages: the verified
+	// name, or the claimed id ("unverified:ID" when credentials are
+	// configured), or anonymous.
 	Principal string
-	Library   string
-	Version   string
+	// Kind is how the principal was established; Name is the name it was
+	// established with (the claimed id, "" for anonymous).
+	Kind    Kind
+	Name    string
+	Library string
+	Version string
 	// Until is when the client's credential expires (a JWT's exp); zero
 	// when it does not. A gRPC stream ends then.
 	Until time.Time
 }
 
 type key struct{}
+
+// Verified says whether the principal comes from a checked credential.
+func (c Client) Verified() bool { return c.Kind != "" && c.Kind != Claimed }
+
+// Key is the principal with its kind, unique across kinds: "key:billing",
+// "jwt:svc-1", "cert:device-7", "id:client-1" for a claimed id, and
+// "anonymous".
+func (c Client) Key() string {
+	if c.Name == "" && !c.Verified() {
+		return Anonymous
+	}
+	kind := c.Kind
+	if kind == "" {
+		kind = Claimed
+	}
+	return string(kind) + ":" + c.Name
+}
 
 // With returns ctx carrying c.
 func With(ctx context.Context, c Client) context.Context { return context.WithValue(ctx, key{}, c) }
@@ -49,7 +92,7 @@ func From(ctx context.Context) Client {
 	if c, ok := ctx.Value(key{}).(Client); ok {
 		return c
 	}
-	return Client{Principal: Anonymous, Library: Unknown}
+	return Client{Principal: Anonymous, Kind: Claimed, Library: Unknown}
 }
 
 // FromHTTP reads the client of an HTTP request. With credentials (a
@@ -57,25 +100,18 @@ func From(ctx context.Context) Client {
 // authenticated one; without, the client id it gives.
 func FromHTTP(r *http.Request, auth *Authenticator) (Client, error) {
 	h := r.Header
-	c := Client{Principal: clientID(h.Get(ClientIDHeader))}
+	c := claimed(clientID(h.Get(ClientIDHeader)))
 	c.Library, c.Version = ParseUserAgent(h.Get("User-Agent"))
-	if auth != nil {
-		p, until, err := auth.Authenticate(h.Get("Authorization"), verifiedCertificate(r.TLS), c.Principal)
-		if err != nil {
-			return c, err
-		}
-		c.Principal, c.Until = p, until
-	}
-	return c, nil
+	return c.authenticate(auth, h.Get("Authorization"), verifiedCertificate(r.TLS))
 }
 
 // FromGRPC reads the client of a gRPC call from its metadata and its
 // peer's TLS state, as FromHTTP.
 func FromGRPC(ctx context.Context, auth *Authenticator) (Client, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	c := Client{Principal: Anonymous}
+	c := claimed(Anonymous)
 	if v := md.Get(ClientIDMetadata); len(v) > 0 {
-		c.Principal = clientID(v[0])
+		c = claimed(clientID(v[0]))
 	}
 	first := func(key string) string {
 		if v := md.Get(key); len(v) > 0 {
@@ -91,11 +127,33 @@ func FromGRPC(ctx context.Context, auth *Authenticator) (Client, error) {
 				state = &info.State
 			}
 		}
-		p, until, err := auth.Authenticate(first("authorization"), verifiedCertificate(state), c.Principal)
-		if err != nil {
-			return c, err
-		}
-		c.Principal, c.Until = p, until
+		return c.authenticate(auth, first("authorization"), verifiedCertificate(state))
+	}
+	return c, nil
+}
+
+// claimed is the client of a request that claims id (Anonymous: none).
+func claimed(id string) Client {
+	c := Client{Principal: id, Kind: Claimed}
+	if id != Anonymous {
+		c.Name = id
+	}
+	return c
+}
+
+// authenticate sets c's principal from its credentials, if auth checks
+// any.
+func (c Client) authenticate(auth *Authenticator, authorization string, cert *x509.Certificate) (Client, error) {
+	if auth == nil {
+		return c, nil
+	}
+	p, err := auth.Authenticate(authorization, cert, c.Principal)
+	if err != nil {
+		return c, err
+	}
+	c.Principal, c.Until = p.Principal, p.Until
+	if p.Kind != Claimed {
+		c.Kind, c.Name = p.Kind, p.Principal
 	}
 	return c, nil
 }

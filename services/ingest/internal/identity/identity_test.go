@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +44,7 @@ func TestClients(t *testing.T) {
 	h.Set(ClientIDHeader, "billing-service")
 	h.Set("User-Agent", "acme-sdk/2.1")
 	c, _ := FromHTTP(&http.Request{Header: h}, nil)
-	assert.Equal(t, Client{Principal: "billing-service", Library: "acme-sdk", Version: "2.1"}, c)
+	assert.Equal(t, Client{Principal: "billing-service", Kind: Claimed, Name: "billing-service", Library: "acme-sdk", Version: "2.1"}, c)
 	c, _ = FromHTTP(&http.Request{Header: http.Header{}}, nil)
 	assert.Equal(t, Anonymous, c.Principal)
 	h.Set(ClientIDHeader, "bad id{}")
@@ -51,7 +53,56 @@ func TestClients(t *testing.T) {
 
 	md := metadata.Pairs(ClientIDMetadata, "ingestor-7", "user-agent", "grpcurl/1.9.4 grpc-go/1.85.0")
 	c, _ = FromGRPC(metadata.NewIncomingContext(t.Context(), md), nil)
-	assert.Equal(t, Client{Principal: "ingestor-7", Library: "grpcurl", Version: "1.9.4"}, c)
+	assert.Equal(t, Client{Principal: "ingestor-7", Kind: Claimed, Name: "ingestor-7", Library: "grpcurl", Version: "1.9.4"}, c)
+}
+
+// TestKindsNeverCollide: the API key, the JWT, the certificate and the
+// client id that all say "billing" are four principals, each with its own
+// key (which ACL entries and rate-limit buckets use); a client id spelled
+// like another kind's key stays a claimed one.
+func TestKindsNeverCollide(t *testing.T) {
+	sum := sha256.Sum256([]byte("s3cret-key"))
+	iss := securitytest.NewIssuer(t, "https://issuer.test/")
+	a, err := NewAuthenticator(t.Context(), config.Security{
+		APIKeys: map[string]string{hex.EncodeToString(sum[:]): "billing"},
+		JWT:     config.JWT{JWKSFile: iss.JWKSFile, Issuer: iss.Name, Audience: "aud", PrincipalClaim: "sub", Leeway: time.Second, RefreshInterval: time.Minute},
+	}, config.ServerTLS{PrincipalFrom: config.PrincipalFromCN, ClientCAFile: "ca.pem"}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	leaf := securitytest.NewCA(t, "test CA").Issue(t, "billing", securitytest.LeafOptions{})
+	cert, err := x509.ParseCertificate(leaf.TLS.Certificate[0])
+	require.NoError(t, err)
+
+	byKey, err := Client{Kind: Claimed, Name: "billing", Principal: "billing"}.authenticate(a, "Bearer s3cret-key", nil)
+	require.NoError(t, err)
+	byJWT, err := Client{Kind: Claimed, Name: "billing", Principal: "billing"}.authenticate(a, "Bearer "+iss.Token(t, "billing", "aud", time.Hour, nil), nil)
+	require.NoError(t, err)
+	byCert, err := Client{Kind: Claimed, Name: "billing", Principal: "billing"}.authenticate(a, "", cert)
+	require.NoError(t, err)
+	h := http.Header{}
+	h.Set(ClientIDHeader, "billing")
+	byID, err := FromHTTP(&http.Request{Header: h}, a)
+	require.NoError(t, err)
+	h.Set(ClientIDHeader, "key:billing")
+	spoof, err := FromHTTP(&http.Request{Header: h}, a)
+	require.NoError(t, err)
+	anon, err := FromHTTP(&http.Request{Header: http.Header{}}, a)
+	require.NoError(t, err)
+
+	keys := map[string]Client{}
+	for _, c := range []Client{byKey, byJWT, byCert, byID, spoof, anon} {
+		_, dup := keys[c.Key()]
+		assert.False(t, dup, "%q twice", c.Key())
+		keys[c.Key()] = c
+	}
+	assert.Equal(t, []string{"anonymous", "cert:billing", "id:billing", "id:key:billing", "jwt:billing", "key:billing"}, slices.Sorted(maps.Keys(keys)))
+	for _, c := range []Client{byKey, byJWT, byCert} {
+		assert.True(t, c.Verified(), c.Key())
+		assert.Equal(t, "billing", c.Principal, "metrics and messages name a verified principal without its kind")
+	}
+	for _, c := range []Client{byID, spoof, anon} {
+		assert.False(t, c.Verified(), c.Key())
+	}
+	assert.Equal(t, "unverified:billing", byID.Principal)
 }
 
 func FuzzParseUserAgent(f *testing.F) {
@@ -85,24 +136,26 @@ func TestAuthenticator(t *testing.T) {
 		AllowTopics: []string{"orders", "logs.*"},
 		ACL:         map[string][]string{"billing": {"orders"}},
 	})
-	p, _, err := a.Authenticate("Bearer s3cret-key", nil, Anonymous)
+	p, err := a.Authenticate("Bearer s3cret-key", nil, Anonymous)
 	require.NoError(t, err)
-	assert.Equal(t, "billing", p)
-	_, _, err = a.Authenticate("Bearer wrong", nil, Anonymous)
+	assert.Equal(t, "billing", p.Principal)
+	assert.Equal(t, APIKey, p.Kind)
+	_, err = a.Authenticate("Bearer wrong", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrInvalidCredentials)
 	assert.NotContains(t, err.Error(), "wrong", "the error never repeats the credential")
-	_, _, err = a.Authenticate("Basic czNjcmV0", nil, Anonymous)
+	_, err = a.Authenticate("Basic czNjcmV0", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrInvalidCredentials)
-	p, _, err = a.Authenticate("", nil, "client-1")
+	p, err = a.Authenticate("", nil, "client-1")
 	require.NoError(t, err)
-	assert.Equal(t, "unverified:client-1", p, "without credentials, the client id it claims, marked: API keys are configured")
+	assert.Equal(t, Claimed, p.Kind)
+	assert.Equal(t, "unverified:client-1", p.Principal, "without credentials, the client id it claims, marked: API keys are configured")
 	open := newAuthenticator(t, config.Security{})
-	p, _, err = open.Authenticate("", nil, "client-1")
+	p, err = open.Authenticate("", nil, "client-1")
 	require.NoError(t, err)
-	assert.Equal(t, "client-1", p, "no credential configured: the client id as it is")
+	assert.Equal(t, "client-1", p.Principal, "no credential configured: the client id as it is")
 
 	strict := newAuthenticator(t, config.Security{RequireCredentials: true})
-	_, _, err = strict.Authenticate("", nil, Anonymous)
+	_, err = strict.Authenticate("", nil, Anonymous)
 	assert.ErrorIs(t, err, ErrMissingCredentials)
 }
 
@@ -113,8 +166,8 @@ func FuzzAuthenticate(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, authorization string) {
-		p, _, err := a.Authenticate(authorization, nil, Anonymous)
-		if err == nil && p != "p" && p != Anonymous {
+		c, err := a.Authenticate(authorization, nil, Anonymous)
+		if p := c.Principal; err == nil && p != "p" && p != Anonymous {
 			t.Fatalf("%q: principal %q", authorization, p)
 		}
 	})
@@ -144,14 +197,15 @@ func TestCertificatePrincipal(t *testing.T) {
 	} {
 		a, err := NewAuthenticator(t.Context(), config.Security{}, config.ServerTLS{PrincipalFrom: from}, slog.New(slog.DiscardHandler))
 		require.NoError(t, err)
-		p, _, err := a.Authenticate("", cert, Anonymous)
+		p, err := a.Authenticate("", cert, Anonymous)
 		require.NoError(t, err, from)
-		assert.Equal(t, want, p, from)
+		assert.Equal(t, want, p.Principal, from)
+		assert.Equal(t, Certificate, p.Kind, from)
 	}
 	bare := securitytest.NewCA(t, "other").Issue(t, "x", securitytest.LeafOptions{})
 	bareCert, _ := x509.ParseCertificate(bare.TLS.Certificate[0])
 	a, _ := NewAuthenticator(t.Context(), config.Security{}, config.ServerTLS{PrincipalFrom: config.PrincipalFromSANURI}, slog.New(slog.DiscardHandler))
-	_, _, err = a.Authenticate("", bareCert, Anonymous)
+	_, err = a.Authenticate("", bareCert, Anonymous)
 	assert.ErrorContains(t, err, "the client certificate has no san_uri to name its principal")
 }
 
@@ -168,7 +222,8 @@ func FuzzBearerToken(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, authorization string) {
-		p, _, err := a.Authenticate(authorization, nil, Anonymous)
+		c, err := a.Authenticate(authorization, nil, Anonymous)
+		p := c.Principal
 		if err == nil && p != "svc" && !(authorization == "" && p == Anonymous) {
 			t.Fatalf("%q: accepted as %q", authorization, p)
 		}

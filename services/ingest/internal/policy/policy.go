@@ -17,6 +17,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // The validation rules' names, as in the configuration and the metrics.
@@ -30,8 +31,11 @@ const (
 
 // Policy is one version of the rules.
 type Policy struct {
-	allow      []string
-	acl        map[string][]string
+	allow []string
+	deny  []string
+	// acl holds security.acl by the kind its entry names ("key:NAME", ...),
+	// and under "" the entries that name none.
+	acl        map[identity.Kind]map[string][]string
 	limits     *limits
 	validation []rule
 	exact      map[string]string
@@ -49,7 +53,17 @@ type rule struct {
 // not hand every client a full bucket. The error names the rule that is
 // wrong, such as a schema that does not compile.
 func New(cfg *config.Config, previous *Policy) (*Policy, error) {
-	p := &Policy{allow: cfg.Security.AllowTopics, acl: cfg.Security.ACL, exact: map[string]string{}}
+	p := &Policy{allow: cfg.Security.AllowTopics, deny: cfg.Security.DenyTopics, acl: map[identity.Kind]map[string][]string{}, exact: map[string]string{}}
+	for name, globs := range cfg.Security.ACL {
+		kind, rest, _ := strings.Cut(name, ":")
+		if !slices.Contains(identity.Kinds, identity.Kind(kind)) || rest == "" {
+			kind, rest = "", name
+		}
+		if p.acl[identity.Kind(kind)] == nil {
+			p.acl[identity.Kind(kind)] = map[string][]string{}
+		}
+		p.acl[identity.Kind(kind)][rest] = globs
+	}
 	if previous != nil && previous.limits.cfg == cfg.Security.RateLimit {
 		p.limits = previous.limits
 	} else {
@@ -98,33 +112,83 @@ func compileSchema(file string) (*jsonschema.Schema, error) {
 	return sch, nil
 }
 
-// Allowed says whether principal may produce to topic (the name the
-// client gave): the topic is in the global allow-list (when there is one)
-// and in the principal's ACL (when it has one).
-func (p *Policy) Allowed(principal, topic string) bool {
-	if len(p.allow) > 0 && !config.MatchTopic(p.allow, topic) {
-		return false
+// Authorize says whether c may produce to topic, the name the client
+// gave: the rules follow the record, so both topic and the Kafka topic it
+// maps to must pass the deny list, the allow-list and c's ACL. The error
+// (record.ReasonForbidden) names the principal, the topic and the keys
+// that refuse it.
+func (p *Policy) Authorize(c identity.Client, topic string) error {
+	if why := p.refuses(c, topic); why != "" {
+		return record.Errorf(record.ReasonForbidden, "%s may not produce to topic %q (%s)", c.Principal, topic, why)
 	}
-	if patterns, ok := p.acl[principal]; ok {
-		return config.MatchTopic(patterns, topic)
+	if mapped := p.Map(topic); mapped != topic && record.ValidateTopic(mapped) == nil { // an invalid one is refused when mapped
+		if why := p.refuses(c, mapped); why != "" {
+			return record.Errorf(record.ReasonForbidden, "%s may not produce to topic %q, which topic_mapping maps %q to (%s)", c.Principal, mapped, topic, why)
+		}
 	}
-	return true
+	return nil
 }
 
-// TakeRate takes n records of size bytes from the principal's buckets and
-// the global ones, all or none; a record.Error when a bucket is short.
-func (p *Policy) TakeRate(principal string, n, size int) error {
-	return p.limits.take(principal, n, size)
+// refuses names the keys that refuse c the one topic, or "": the deny
+// list, the global allow-list (when there is one) and c's ACL (when it has
+// one).
+func (p *Policy) refuses(c identity.Client, topic string) string {
+	if config.MatchTopic(p.deny, topic) {
+		return "security.deny_topics: an internal topic"
+	}
+	if len(p.allow) > 0 && !config.MatchTopic(p.allow, topic) {
+		return "security.allow_topics, security.acl"
+	}
+	if globs, ok := p.aclOf(c); ok && !config.MatchTopic(globs, topic) {
+		return "security.allow_topics, security.acl"
+	}
+	return ""
+}
+
+// aclOf returns c's ACL entry: the one that names its kind and name
+// ("key:billing", "id:client-1"), else one that names no kind. An entry
+// without a kind matches a verified principal of that name, or the
+// principal a claimed client id gets (the id itself when no credential is
+// configured, "unverified:ID" when one is): so it never matches a client
+// that merely claims a verified principal's name.
+func (p *Policy) aclOf(c identity.Client) ([]string, bool) {
+	kind := c.Kind
+	if kind == "" {
+		kind = identity.Claimed
+	}
+	if c.Name != "" {
+		if globs, ok := p.acl[kind][c.Name]; ok {
+			return globs, true
+		}
+	}
+	globs, ok := p.acl[""][c.Principal]
+	return globs, ok
+}
+
+// TakeRate takes n records of size bytes from c's buckets and the global
+// ones, all or none; a record.Error when a bucket is short. A verified
+// principal has buckets of its own, kept by its kind and name (Key)
+// whatever the metric label cap; clients without a credential (a claimed
+// id or none) share one pair of buckets, so that a client cannot get a
+// fresh bucket by sending another id.
+func (p *Policy) TakeRate(c identity.Client, n, size int) error {
+	return p.limits.take(c, n, size)
 }
 
 // Validate checks rec against every rule for topic (the name the client
-// gave). It returns the name of the first rule broken and a
-// record.Error (record.ReasonRejected) that names it; "" and nil when the
-// record passes.
+// gave) and for the Kafka topic it maps to: a record that reaches a topic
+// under any name meets its rules. It returns the name of the first rule
+// broken and a record.Error (record.ReasonRejected) that names it; "" and
+// nil when the record passes.
 func (p *Policy) Validate(topic string, rec *record.Record) (string, error) {
+	return p.validate(rec, topic, p.Map(topic))
+}
+
+// validate checks rec against every rule for any of topics.
+func (p *Policy) validate(rec *record.Record, topics ...string) (string, error) {
 	for i := range p.validation {
 		r := &p.validation[i]
-		if !config.MatchTopic(r.Topics, topic) {
+		if !slices.ContainsFunc(topics, func(t string) bool { return config.MatchTopic(r.Topics, t) }) {
 			continue
 		}
 		if name, why := r.check(rec); name != "" {
