@@ -156,7 +156,7 @@ func TestReload(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spillway.yaml")
 	writeFile(t, path, `
 security:
-  allow_topics: ["events", "old", "new"]
+  allow_topics: ["events", "old", "first", "new"] # an alias and its topic
 topic_mapping:
   - {exact: old, to: first}
 `)
@@ -198,7 +198,7 @@ topic_mapping:
 
 	writeFile(t, path, `
 security:
-  allow_topics: ["events", "old", "new", "blocked"]
+  allow_topics: ["events", "old", "second", "new", "blocked"]
   rate_limit: {records_per_second: 100000}
 topic_mapping:
   - {exact: old, to: second}
