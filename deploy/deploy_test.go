@@ -21,6 +21,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -140,6 +141,9 @@ func TestKustomizeOverlays(t *testing.T) {
 		t.Run(overlay, func(t *testing.T) {
 			objects := build(t, overlay)
 			deployments := map[string]*appsv1.Deployment{}
+			services := map[string]*corev1.Service{}
+			var policies []*networkingv1.NetworkPolicy
+			var scrape map[string]string // the ServiceMonitor's selector
 			var configYAML string
 			kinds := map[string]int{}
 			for _, o := range objects {
@@ -153,7 +157,13 @@ func TestKustomizeOverlays(t *testing.T) {
 				case "StatefulSet":
 					target = &appsv1.StatefulSet{}
 				case "Service":
-					target = &corev1.Service{}
+					svc := &corev1.Service{}
+					services[o.Name] = svc
+					target = svc
+				case "NetworkPolicy":
+					np := &networkingv1.NetworkPolicy{}
+					policies = append(policies, np)
+					target = np
 				case "ConfigMap":
 					cm := &corev1.ConfigMap{}
 					require.NoError(t, yaml.UnmarshalStrict(o.YAML, cm))
@@ -175,6 +185,7 @@ func TestKustomizeOverlays(t *testing.T) {
 						} `json:"spec"`
 					}
 					require.NoError(t, yaml.Unmarshal(o.YAML, &sm))
+					scrape = sm.Spec.Selector.MatchLabels
 					require.Len(t, sm.Spec.Endpoints, 1)
 					assert.Equal(t, "monitoring", sm.Spec.Endpoints[0].Port)
 					assert.Equal(t, "/metrics", sm.Spec.Endpoints[0].Path)
@@ -184,7 +195,9 @@ func TestKustomizeOverlays(t *testing.T) {
 				}
 				require.NoError(t, yaml.UnmarshalStrict(o.YAML, target), "%s %s decodes strictly", o.Kind, o.Name)
 			}
-			for _, k := range []string{"Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor"} {
+			checkMonitoringNotPublished(t, services, scrape)
+			checkNATSPolicy(t, policies)
+			for _, k := range []string{"Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"} {
 				assert.Positive(t, kinds[k], "the %s overlay has a %s", overlay, k)
 			}
 			require.NotEmpty(t, configYAML, "the configuration is in a ConfigMap")
@@ -237,6 +250,82 @@ func TestKustomizeOverlays(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// checkMonitoringNotPublished: the Service clients reach (the ingest's
+// API) publishes no monitoring port, which serves metrics and, when
+// enabled, pprof; the ServiceMonitor scrapes Services that publish only the
+// monitoring port, one per service.
+func checkMonitoringNotPublished(t *testing.T, services map[string]*corev1.Service, scrape map[string]string) {
+	t.Helper()
+	api := services["spillway-ingest"]
+	require.NotNil(t, api, "the ingest's API Service")
+	for _, p := range api.Spec.Ports {
+		assert.NotEqual(t, "monitoring", p.Name, "the API Service publishes the monitoring port")
+		for _, port := range monitoringPorts {
+			assert.NotEqual(t, port, fmt.Sprint(p.Port), "the API Service publishes the monitoring port %d", p.Port)
+			assert.NotEqual(t, port, p.TargetPort.String(), "the API Service forwards to the monitoring port")
+		}
+	}
+	require.NotEmpty(t, scrape)
+	scraped := 0
+	for name, svc := range services {
+		selected := true
+		for k, v := range scrape {
+			selected = selected && svc.Labels[k] == v
+		}
+		if !selected {
+			continue
+		}
+		scraped++
+		for _, p := range svc.Spec.Ports {
+			assert.Equal(t, "monitoring", p.Name, "the ServiceMonitor selects %s, which publishes %s", name, p.Name)
+		}
+	}
+	assert.Equal(t, len(monitoringPorts), scraped, "the ServiceMonitor scrapes one metrics Service per service")
+}
+
+// checkNATSPolicy: a NetworkPolicy lets only Spillway's pods reach NATS's
+// client port, only NATS pods its route port, and no one else anything
+// (the monitoring port at most from the monitoring namespace).
+func checkNATSPolicy(t *testing.T, policies []*networkingv1.NetworkPolicy) {
+	t.Helper()
+	var np *networkingv1.NetworkPolicy
+	for _, p := range policies {
+		if p.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"] == "spillway-nats" {
+			np = p
+		}
+	}
+	require.NotNil(t, np, "a NetworkPolicy selects the NATS pods")
+	assert.Contains(t, np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
+	allowed := map[int32][]string{} // port: who may reach it
+	for _, rule := range np.Spec.Ingress {
+		require.NotEmpty(t, rule.From, "a rule without from lets anyone in")
+		require.NotEmpty(t, rule.Ports, "a rule without ports opens every port")
+		for _, peer := range rule.From {
+			assert.Nil(t, peer.IPBlock, "no address range is let in")
+			var who string
+			switch {
+			case peer.PodSelector != nil && peer.NamespaceSelector == nil:
+				who = "pods:" + peer.PodSelector.MatchLabels["app.kubernetes.io/name"]
+			case peer.NamespaceSelector != nil && peer.PodSelector == nil:
+				who = "namespace:" + peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"]
+			default:
+				t.Errorf("a peer of another form: %+v", peer)
+			}
+			for _, p := range rule.Ports {
+				allowed[p.Port.IntVal] = append(allowed[p.Port.IntVal], who)
+			}
+		}
+	}
+	assert.ElementsMatch(t, []string{"pods:spillway", "pods:spillway-nats"}, allowed[4222], "who reaches NATS's clients port")
+	assert.ElementsMatch(t, []string{"pods:spillway-nats"}, allowed[6222], "who reaches NATS's route port")
+	for _, who := range allowed[8222] {
+		assert.Equal(t, "namespace:monitoring", who, "who reaches NATS's monitoring port")
+	}
+	for port := range allowed {
+		assert.Contains(t, []int32{4222, 6222, 8222}, port)
 	}
 }
 

@@ -49,7 +49,14 @@ func TestMain(m *testing.M) {
 		}
 		binDir = dir
 	}
-	os.Exit(m.Run())
+	creds, err := setBufferCredentials()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "NATS credentials:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(creds)
+	os.Exit(code)
 }
 
 func freePort(t *testing.T) int {
@@ -139,6 +146,7 @@ func TestMakeRun(t *testing.T) {
 		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
 		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
 		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
+		credentialsVar+"=", // the ingest makes its credentials under the path, where the forwarder and resender read them
 		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
 		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
 	)

@@ -18,7 +18,6 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -686,7 +685,7 @@ func TestFaultKafkaAndJetStreamDown(t *testing.T) {
 	if !nats.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats not ready")
 	}
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+nats.ClientURL(), "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_WAL_PUBLISH_TIMEOUT=500ms")
+	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+nats.ClientURL(), credentialsVar+"=", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_WAL_PUBLISH_TIMEOUT=500ms")
 	k.cut()
 	nats.Shutdown()
 	nats.WaitForShutdown()
@@ -749,7 +748,7 @@ func TestFaultStreamFull(t *testing.T) {
 // the message count of each subject of the SPILLWAY stream.
 func streamSubjects(t *testing.T, natsAddr string) map[string]uint64 {
 	t.Helper()
-	nc, err := nats.Connect("nats://" + natsAddr)
+	nc, err := natsConnect(natsAddr)
 	if err != nil {
 		t.Fatalf("nats: %v", err)
 	}

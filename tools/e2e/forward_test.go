@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -371,7 +370,7 @@ func forwarderStoppedMidDrain(t *testing.T, sig syscall.Signal) (byID map[string
 // holds, as JetStream says; -1 when it cannot say.
 func streamMessages(t *testing.T, natsAddr string) int64 {
 	t.Helper()
-	nc, err := nats.Connect("nats://" + natsAddr)
+	nc, err := natsConnect(natsAddr)
 	if err != nil {
 		return -1
 	}

@@ -228,10 +228,10 @@ func TestNotReadyWhileStarting(t *testing.T) {
 			var p *proc
 			if binary == "spillway-ingest" {
 				var a ingestAddrs
-				p, a = spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url)
+				p, a = spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url, credentialsVar+"=")
 				monitor = a.monitor
 			} else {
-				p = spawn(t, binary, "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url,
+				p = spawn(t, binary, "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url, credentialsVar+"=",
 					"SPILLWAY_FORWARD_MONITORING_LISTEN="+monitor)
 			}
 			select {
