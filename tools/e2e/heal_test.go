@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -92,7 +91,7 @@ func deadLettersHeld(t *testing.T, natsAddr string) uint64 {
 // JetStream has given it more than once; -1 when it cannot say.
 func redelivered(t *testing.T, natsAddr string) int {
 	t.Helper()
-	nc, err := nats.Connect("nats://" + natsAddr)
+	nc, err := natsConnect(natsAddr)
 	if err != nil {
 		return -1
 	}
