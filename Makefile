@@ -12,6 +12,7 @@ TOOLS    := $(CURDIR)/.tools/bin
 TOOL_PKGS := github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go \
 	google.golang.org/grpc/cmd/protoc-gen-go-grpc github.com/fullstorydev/grpcurl/cmd/grpcurl
 AMBASSADOR_PROTO := testdata/kafka-ambassador
+PIXY_PROTO := testdata/kafka-pixy
 # Jaeger v2 for development, built from its Go module (v1.76.0 is Jaeger
 # v2.13.0) and cached outside the clone: the build takes about 7 minutes.
 JAEGER_VERSION := v1.76.0
@@ -35,7 +36,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/identity:FuzzBearerToken \
 	./services/ingest/internal/policy:FuzzPolicy
 
-.PHONY: all build run test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
+.PHONY: all build run run-cluster test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
 
 all: build
 
@@ -47,12 +48,17 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/spillway-resender ./services/resender
 	$(GO) build -trimpath -o $(BIN)/devkafka ./tools/devkafka
 	$(GO) build -trimpath -o $(BIN)/devrun ./tools/devrun
+	$(GO) build -trimpath -o $(BIN)/devnats ./tools/devnats
 	$(GO) build -trimpath -o $(BIN)/loadgen ./tools/loadgen
 	$(GO) build -trimpath -o $(BIN)/bench ./tools/bench
 
 ## run: the services, with a development Kafka broker when no brokers are configured (CONFIG=file.yaml to use one)
 run: build
 	$(BIN)/devrun -bin $(BIN) $(if $(CONFIG),-config $(CONFIG))
+
+## run-cluster: two ingests on a three-node JetStream cluster (stores under data/cluster), the forwarder and resender, and the development broker unless brokers are configured
+run-cluster: build
+	$(BIN)/devrun -cluster -bin $(BIN) $(if $(CONFIG),-config $(CONFIG))
 
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
 test: proto-check lint unit fuzz
@@ -76,13 +82,16 @@ tools:
 proto: tools
 	cd proto && PATH=$(TOOLS):$$PATH buf lint && PATH=$(TOOLS):$$PATH buf generate
 	cd tools/e2e && PATH=$(TOOLS):$$PATH buf generate $(AMBASSADOR_PROTO) --template $(AMBASSADOR_PROTO)/buf.gen.yaml
+	cd tools/e2e && PATH=$(TOOLS):$$PATH buf generate $(PIXY_PROTO) --template $(PIXY_PROTO)/buf.gen.yaml
 
 ## proto-check: fail when the committed generated code differs from what the protos generate
 proto-check: tools
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	(cd proto && PATH=$(TOOLS):$$PATH buf lint && PATH=$(TOOLS):$$PATH buf generate -o $$tmp/proto); \
-	(cd tools/e2e && PATH=$(TOOLS):$$PATH buf generate $(AMBASSADOR_PROTO) --template $(AMBASSADOR_PROTO)/buf.gen.yaml -o $$tmp/e2e); \
+	(cd tools/e2e && PATH=$(TOOLS):$$PATH buf generate $(AMBASSADOR_PROTO) --template $(AMBASSADOR_PROTO)/buf.gen.yaml -o $$tmp/e2e; \
+	  PATH=$(TOOLS):$$PATH buf generate $(PIXY_PROTO) --template $(PIXY_PROTO)/buf.gen.yaml -o $$tmp/e2e); \
 	diff -r $$tmp/proto/gen proto/gen && diff -r $$tmp/e2e/ambassadorpb tools/e2e/ambassadorpb \
+	  && diff -r $$tmp/e2e/pixypb tools/e2e/pixypb \
 	  || { echo "generated code is stale: run make proto and commit"; exit 1; }; \
 	echo "generated code is up to date"
 

@@ -2,7 +2,8 @@
 // (the ingest with its embedded JetStream, the forwarder and the resender)
 // and, when no Kafka brokers are configured, the development broker; it
 // prints the endpoints and a curl line to try, and stops everything on
-// Ctrl-C, in reverse order.
+// Ctrl-C, in reverse order. With -cluster (make run-cluster) it runs two
+// ingests on a three-node JetStream cluster instead (cluster.go).
 package main
 
 import (
@@ -64,6 +65,8 @@ func run() int {
 	configPath := flag.String("config", "", "configuration file for the services")
 	binDir := flag.String("bin", "bin", "folder with the built binaries")
 	devPort := flag.Int("dev-broker-port", 9092, "port of the development broker, when one is started")
+	clustered := flag.Bool("cluster", false, "make run-cluster: two ingests on a three-node JetStream cluster (NATS client ports 4222-4224)")
+	dataDir := flag.String("data", "data/cluster", "with -cluster: the folder of the NATS nodes' stores and credentials")
 	flag.Parse()
 
 	cfg, err := config.Load(*configPath, os.Environ())
@@ -81,6 +84,9 @@ func run() int {
 		tracingNote = "to Jaeger: http://127.0.0.1:16686/api/traces?service=spillway-ingest"
 	} else if e := os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); e != "" {
 		tracingNote = "to " + e
+	}
+	if *clustered {
+		return runCluster(ctx, cfg, *configPath, *binDir, *dataDir, *devPort, env, tracingNote)
 	}
 	var children []*child
 	defer func() {
@@ -165,24 +171,7 @@ Ctrl-C stops everything.
 `, httpURL, loopback(cfg.Server.GRPC.Listen), monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
 		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, httpURL, brokers)
 
-	exited := make(chan *child, len(children))
-	for _, c := range children {
-		go func() {
-			err := <-c.done
-			c.done <- err // for stop, which waits on it again
-			exited <- c
-		}()
-	}
-	select {
-	case <-ctx.Done():
-		fmt.Println("\ndevrun: stopping")
-		return 0
-	case c := <-exited:
-		err := <-c.done
-		c.done <- err
-		fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
-		return 1
-	}
+	return waitExit(ctx, children)
 }
 
 func devNote(dev bool) string {

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/spillway/spillway/pkg/config"
+)
+
+// natsNode is one node of the development JetStream cluster.
+type natsNode struct {
+	name                    string
+	port, monitor, routePrt int
+}
+
+// ingestPorts are one ingest's listeners in the cluster setup.
+type ingestPorts struct{ http, grpc, monitor int }
+
+var (
+	clusterNodes = []natsNode{
+		{"nats-1", 4222, 8222, 6222},
+		{"nats-2", 4223, 8223, 6223},
+		{"nats-3", 4224, 8224, 6224},
+	}
+	clusterIngests = []ingestPorts{{18080, 18282, 28080}, {18180, 18382, 28180}}
+)
+
+// runCluster is `make run-cluster`: the development broker unless brokers
+// are configured, three NATS nodes clustered with JetStream (stores under
+// dataDir), two ingests on that cluster with a 3-replica stream, and the
+// forwarder and resender. Ctrl-C stops everything, in reverse order.
+func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dataDir string, devPort int, env []string, tracingNote string) int {
+	var children []*child
+	defer func() {
+		for i := len(children) - 1; i >= 0; i-- {
+			children[i].stop(40 * time.Second)
+		}
+	}()
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "devrun: "+format+"\n", a...)
+		return 1
+	}
+
+	brokers := strings.Join(cfg.Kafka.Brokers, ",")
+	if cfg.Kafka.UsingDevBroker {
+		broker := fmt.Sprintf("127.0.0.1:%d", devPort)
+		c, err := start("devkafka", filepath.Join(binDir, "devkafka"), env, "-port", fmt.Sprint(devPort))
+		if err != nil {
+			return fail("%v", err)
+		}
+		children = append(children, c)
+		if err := waitFor(ctx, c, func() error { return dial(broker) }); err != nil {
+			return fail("the development broker did not come up on %s: %v", broker, err)
+		}
+		brokers = broker
+	}
+
+	// The nodes admit one user; the services sign in with its seed
+	// (producer.wal.nats.credentials), unless the configuration names one.
+	creds := cfg.Producer.WAL.NATS.Credentials
+	if creds == "" {
+		creds = filepath.Join(dataDir, "nats-user.nk")
+		if err := ensureSeed(creds); err != nil {
+			return fail("NATS credentials: %v", err)
+		}
+	}
+	var routes, urls []string
+	for _, n := range clusterNodes {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", n.routePrt))
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", n.port))
+	}
+	var nodes []*child
+	for _, n := range clusterNodes {
+		c, err := start(n.name, filepath.Join(binDir, "devnats"), env,
+			"-name", n.name, "-port", fmt.Sprint(n.port), "-monitor", fmt.Sprint(n.monitor),
+			"-route-port", fmt.Sprint(n.routePrt), "-routes", strings.Join(routes, ","),
+			"-store", filepath.Join(dataDir, n.name), "-credentials", creds)
+		if err != nil {
+			return fail("%v", err)
+		}
+		children = append(children, c)
+		nodes = append(nodes, c)
+	}
+	for i, n := range clusterNodes {
+		url := fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor)
+		if err := waitFor(ctx, nodes[i], func() error { return healthy(url) }); err != nil {
+			return fail("NATS node %s did not become healthy: %v", n.name, err)
+		}
+	}
+
+	var args []string
+	if configPath != "" {
+		args = append(args, "-config", configPath)
+	}
+	if cfg.Kafka.UsingDevBroker {
+		args = append(args, "-dev-broker", brokers)
+	}
+	svcEnv := append(append([]string{}, env...),
+		"SPILLWAY_PRODUCER_WAL_NATS_URLS="+strings.Join(urls, ","),
+		"SPILLWAY_PRODUCER_WAL_NATS_CREDENTIALS="+creds,
+		"SPILLWAY_PRODUCER_WAL_REPLICAS=3",
+	)
+	for i, p := range clusterIngests {
+		name := fmt.Sprintf("ingest-%d", i+1)
+		c, err := start(name, filepath.Join(binDir, "spillway-ingest"), append(append([]string{}, svcEnv...),
+			fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", p.http),
+			fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", p.grpc),
+			fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", p.monitor),
+		), args...)
+		if err != nil {
+			return fail("%v", err)
+		}
+		children = append(children, c)
+		url := fmt.Sprintf("http://127.0.0.1:%d", p.monitor)
+		if err := waitFor(ctx, c, func() error { return ready(url) }); err != nil {
+			return fail("%s did not become ready: %v", name, err)
+		}
+	}
+	for _, d := range []struct{ name, listen string }{
+		{"forwarder", cfg.Forward.MonitoringListen},
+		{"resender", cfg.Resend.MonitoringListen},
+	} {
+		c, err := start(d.name, filepath.Join(binDir, "spillway-"+d.name), svcEnv, args...)
+		if err != nil {
+			return fail("%v", err)
+		}
+		children = append(children, c)
+		url := "http://" + loopback(d.listen)
+		if err := waitFor(ctx, c, func() error { return ready(url) }); err != nil {
+			return fail("the %s did not become ready: %v", d.name, err)
+		}
+	}
+
+	in1, in2 := clusterIngests[0], clusterIngests[1]
+	fmt.Printf(`
+Spillway is running: two ingests on a three-node JetStream cluster (stream %s, 3 replicas).
+  HTTP API     http://127.0.0.1:%d  http://127.0.0.1:%d
+  gRPC API     127.0.0.1:%d  127.0.0.1:%d
+  monitoring   http://127.0.0.1:%d/metrics  http://127.0.0.1:%d/metrics  (forwarder %s, resender %s)
+  NATS         %s  (monitoring http://127.0.0.1:%d/jsz?streams=true and :%d, :%d; stores under %s)
+  Kafka        %s%s
+  traces       %s
+
+Try:
+  curl -X POST -H 'Content-Type: text/plain' -H 'X-Kafka-Key: k1' --data 'hello' http://127.0.0.1:%d/topics/demo/messages
+  curl -X POST -H 'Content-Type: text/plain' -H 'X-Kafka-Key: k2' --data 'hello' http://127.0.0.1:%d/topics/demo/messages
+  kcat -b %s -C -t demo -e -f 'key=%%k value=%%s partition=%%p offset=%%o\n'
+  curl -s 'http://127.0.0.1:%d/jsz?streams=true'   # which node leads the stream
+
+Ctrl-C stops everything.
+`, cfg.Producer.WAL.Stream, in1.http, in2.http, in1.grpc, in2.grpc, in1.monitor, in2.monitor,
+		loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
+		strings.Join(urls, ","), clusterNodes[0].monitor, clusterNodes[1].monitor, clusterNodes[2].monitor, dataDir,
+		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, in1.http, in2.http, brokers, clusterNodes[0].monitor)
+
+	return waitExit(ctx, children)
+}
+
+// ensureSeed writes a new user nkey seed to file (mode 0600) unless it
+// exists.
+func ensureSeed(file string) error {
+	if _, err := os.Stat(file); err == nil {
+		return nil
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return err
+	}
+	defer kp.Wipe()
+	seed, err := kp.Seed()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(file, append(seed, '\n'), 0o600)
+}
+
+// healthy checks a NATS monitoring /healthz URL.
+func healthy(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s answered %d", url, resp.StatusCode)
+	}
+	return nil
+}
+
+// waitExit waits for Ctrl-C (0) or for a child to exit on its own (1).
+func waitExit(ctx context.Context, children []*child) int {
+	exited := make(chan *child, len(children))
+	for _, c := range children {
+		go func() {
+			err := <-c.done
+			c.done <- err // for stop, which waits on it again
+			exited <- c
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		fmt.Println("\ndevrun: stopping")
+		return 0
+	case c := <-exited:
+		err := <-c.done
+		c.done <- err
+		fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
+		return 1
+	}
+}
