@@ -127,6 +127,10 @@ jaeger-run: jaeger
 bench: build
 	$(BIN)/bench -bin $(BIN)
 
+## compose-secrets: the compose stack's NATS secrets (an nkey per service, a CA and certificate) into deploy/compose/secrets, which git ignores; keeps what exists
+compose-secrets:
+	cd tools && $(GO) run ./natssecrets -out $(CURDIR)/deploy/compose/secrets
+
 ## images: the container image with the three services (needs a Docker engine)
 images:
 	docker build --build-arg VERSION=$(VERSION) -t spillway:$(VERSION) -t spillway:dev .

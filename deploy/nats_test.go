@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -334,4 +335,83 @@ func TestNATSPermissions(t *testing.T) {
 	errOut.Reset()
 	code = deadletter.Command("spillway-resender", []string{"list", "-json"}, walEnv("ingest"), &out, &errOut)
 	assert.NotEqual(t, 0, code, "the ingest's user cannot run the dead-letters command: %s", out.String())
+}
+
+// TestComposeNATSIsLocked: the compose stack's NATS reads a nats.conf with
+// the same accounts and permissions as Kubernetes, TLS and no user without
+// credentials; each Spillway service signs in with its own nkey from a
+// compose secret made by `make compose-secrets`, which git ignores.
+func TestComposeNATSIsLocked(t *testing.T) {
+	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yaml"}, cli.WithWorkingDirectory(".."), cli.WithOsEnv)
+	require.NoError(t, err)
+	p, err := opts.LoadProject(context.Background())
+	require.NoError(t, err)
+	nats, err := p.GetService("nats")
+	require.NoError(t, err)
+	var confFile string
+	for _, v := range nats.Volumes {
+		if v.Target == "/etc/nats/nats.conf" {
+			confFile = v.Source
+		}
+	}
+	require.Contains(t, nats.Command, "/etc/nats/nats.conf", "NATS reads the mounted nats.conf")
+	require.NotEmpty(t, confFile, "NATS mounts a nats.conf")
+	b, err := os.ReadFile(confFile)
+	require.NoError(t, err)
+	conf := string(b)
+	assert.NotContains(t, conf, "no_auth_user")
+
+	dir := t.TempDir()
+	writeTLS(t, dir)
+	users := map[string]natsUser{}
+	env := map[string]string{}
+	k8sSecrets := map[string]string{"spillway-nats-auth/route-password": "route"}
+	for _, svc := range []string{"ingest", "forwarder", "resender"} {
+		users[svc] = newUser(t, dir, svc)
+		env["SPILLWAY_"+strings.ToUpper(svc)+"_NKEY"] = users[svc].public
+		k8sSecrets["spillway-nats-auth/"+svc+".pub"] = users[svc].public
+	}
+	compose := loadNATSConf(t, conf, env, dir)
+	assert.Empty(t, compose.NoAuthUser)
+	assert.NotNil(t, compose.TLSConfig, "clients speak TLS")
+	assert.Empty(t, compose.Users)
+	k8sConf, k8sEnv := k8sNATS(t, "prod", k8sSecrets)
+	k8sDir := t.TempDir()
+	writeTLS(t, k8sDir)
+	k8s := loadNATSConf(t, k8sConf, k8sEnv, k8sDir)
+	perms := func(o *server.Options) map[string]*server.Permissions {
+		m := map[string]*server.Permissions{}
+		for _, u := range o.Nkeys {
+			m[u.Nkey] = u.Permissions
+		}
+		return m
+	}
+	require.Len(t, compose.Nkeys, 3, "a user per service")
+	assert.Equal(t, perms(k8s), perms(compose), "compose and Kubernetes give each service the same permissions")
+
+	ignore, err := os.ReadFile("../.gitignore")
+	require.NoError(t, err)
+	for _, svc := range []string{"ingest", "forwarder", "resender"} {
+		s, err := p.GetService(svc)
+		require.NoError(t, err)
+		creds := s.Environment["SPILLWAY_PRODUCER_WAL_NATS_CREDENTIALS"]
+		require.NotNil(t, creds, "%s signs in to NATS", svc)
+		assert.Equal(t, "/run/secrets/nats-"+svc, *creds, "%s reads its own nkey", svc)
+		require.NotNil(t, s.Environment["SPILLWAY_PRODUCER_WAL_NATS_TLS_CA"], "%s verifies NATS's certificate", svc)
+		var names []string
+		for _, sec := range s.Secrets {
+			names = append(names, sec.Source)
+		}
+		assert.Contains(t, names, "nats-"+svc)
+		for _, other := range []string{"ingest", "forwarder", "resender"} {
+			if other != svc {
+				assert.NotContains(t, names, "nats-"+other, "%s gets the key of %s", svc, other)
+			}
+		}
+		file := p.Secrets["nats-"+svc].File
+		rel, err := filepath.Rel(filepath.Join(p.WorkingDir, "deploy", "compose", "secrets"), file)
+		require.NoError(t, err)
+		assert.False(t, strings.HasPrefix(rel, ".."), "the %s's key is made under deploy/compose/secrets: %s", svc, file)
+	}
+	assert.Contains(t, strings.Split(string(ignore), "\n"), "/deploy/compose/secrets/", "git ignores the compose secrets")
 }
