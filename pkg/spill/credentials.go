@@ -31,8 +31,8 @@ func EmbeddedCredentials(c config.WAL) string {
 // credentialsOption signs in with file: a .creds file (a user JWT and its
 // seed, for a server in operator mode) or a bare nkey seed file (for a
 // server that lists the user's public nkey, as the embedded one does).
-// The file is read again at every (re)connection, so a replaced file takes
-// effect without a restart.
+// The seed is read from the file when the server asks for a signature and
+// is not kept in memory; a replaced key takes effect at the next start.
 func credentialsOption(file string) (nats.Option, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
