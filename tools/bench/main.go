@@ -168,9 +168,11 @@ func run() int {
 		_, _ = w.Write([]byte(`{"outcome":"delivered"}`))
 	}))
 
+	var walDir string // the last ingest's producer.wal.path, with its NATS credentials
 	ingestEnv := func(mode string) (env []string, httpAddr, grpcAddr, monAddr, natsAddr string) {
 		h, g, m, n := freeAddr(), freeAddr(), freeAddr(), freeAddr()
 		dir, _ := os.MkdirTemp("", "spillway-bench")
+		walDir = dir
 		return []string{
 			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + h, "SPILLWAY_SERVER_GRPC_LISTEN=" + g,
 			"SPILLWAY_SERVER_MONITORING_LISTEN=" + m, "SPILLWAY_PRODUCER_WAL_LISTEN=" + n, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
@@ -229,7 +231,7 @@ func run() int {
 	ingest = start("spillway-ingest", env)
 	waitOK("http://" + mon + "/readyz")
 	group("direct JetStream publish",
-		spec{"JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", []string{"-target", "jetstream", "-addr", "nats://" + natsAddr, "-batch", "500", "-concurrency", "8"}},
+		spec{"JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", []string{"-target", "jetstream", "-addr", "nats://" + natsAddr, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8"}},
 		spec{"ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
 	)
 	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
@@ -237,9 +239,9 @@ func run() int {
 	// The resender, draining what was spilled into the broker: at a
 	// configured rate, then without a limit.
 	const rate = 20000
-	achieved := drainRate(broker, natsAddr, rate)
+	achieved := drainRate(broker, natsAddr, walDir, rate)
 	rows = append(rows, row{name: fmt.Sprintf("resender at a configured %d records/s (achieved over 4 s)", rate), against: "the configured rate", rps: achieved, limit: rate})
-	unlimited := drainRate(broker, natsAddr, 0)
+	unlimited := drainRate(broker, natsAddr, walDir, 0)
 	rows = append(rows, row{name: "resender without a rate limit (over 4 s)", against: "the kafka-go limit", rps: unlimited, limit: batchedLimit})
 	_ = ingest.Process.Signal(os.Interrupt)
 	_ = ingest.Wait()
@@ -284,11 +286,12 @@ func run() int {
 }
 
 // drainRate runs a resender against the spilled records in the JetStream at
-// natsAddr, and returns the records it delivered per second between its
-// first and fifth second. rate 0 is no limit.
-func drainRate(broker, natsAddr string, rate int) float64 {
+// natsAddr (the ingest's, storing under walDir, where its credentials
+// are), and returns the records it delivered per second between its first
+// and fifth second. rate 0 is no limit.
+func drainRate(broker, natsAddr, walDir string, rate int) float64 {
 	mon := freeAddr()
-	r := start("spillway-resender", []string{"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr,
+	r := start("spillway-resender", []string{"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr, "SPILLWAY_PRODUCER_WAL_PATH=" + walDir,
 		"SPILLWAY_RESEND_MONITORING_LISTEN=" + mon, "SPILLWAY_PRODUCER_RESEND_PERIOD=100ms",
 		fmt.Sprintf("SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=%d", rate), "SPILLWAY_GLOBAL_LOG_LEVEL=warn"})
 	defer func() { _ = r.Process.Signal(os.Interrupt); _ = r.Wait() }()

@@ -40,6 +40,9 @@ type Options struct {
 	Verify      string
 	JSON        bool
 	Brokers     string
+	// NATSCredentials is the nkey seed file the jetstream target signs in
+	// with: the ingest's embedded server admits only it.
+	NATSCredentials string
 }
 
 func run() int {
@@ -58,6 +61,7 @@ func run() int {
 	flag.Int64Var(&o.Count, "count", 0, "stop after this many records (0: after -duration)")
 	flag.StringVar(&o.Verify, "verify", "", "Kafka broker: after the run, consume the topics and report missing and duplicate records")
 	flag.StringVar(&o.Brokers, "brokers", "127.0.0.1:9092", "kafka target: the brokers")
+	flag.StringVar(&o.NATSCredentials, "nats-credentials", "", "jetstream target: the nkey seed file to sign in with (the ingest's producer.wal.path/nats-user.nk)")
 	flag.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	flag.Parse()
 

@@ -314,7 +314,15 @@ type jetStreamSender struct {
 }
 
 func newJetStreamSender(o Options) (*jetStreamSender, error) {
-	nc, err := nats.Connect(o.Addr)
+	var opts []nats.Option
+	if o.NATSCredentials != "" {
+		opt, err := nats.NkeyOptionFromSeed(o.NATSCredentials)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, opt)
+	}
+	nc, err := nats.Connect(o.Addr, opts...)
 	if err != nil {
 		return nil, err
 	}
