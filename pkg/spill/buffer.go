@@ -47,6 +47,11 @@ func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string,
 
 // Dial is Connect without touching the stream: for a tool that reads the
 // buffer the services made, and must not change its settings.
+//
+// It signs in with the credentials of the embedded server
+// (EmbeddedCredentials: the ingest's in-process connection, and the
+// forwarder, resender and dead-letters command over producer.wal.listen),
+// or with producer.wal.nats.credentials for an external JetStream.
 func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{
 		nats.Name(name),
