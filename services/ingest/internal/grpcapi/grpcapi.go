@@ -1,7 +1,8 @@
 // Package grpcapi is the ingest's gRPC produce API: Spillway's own
-// spillway.ingest.v1.IngestService and kafka-ambassador's KafkaAmbassador
-// wire format. Like the HTTP API, it turns requests into records, hands
-// them to the delivery path, and answers each record's outcome.
+// spillway.ingest.v1.IngestService, and kafka-ambassador's KafkaAmbassador
+// and kafka-pixy's KafkaPixy wire formats. Like the HTTP API, it turns
+// requests into records, hands them to the delivery path, and answers
+// each record's outcome.
 package grpcapi
 
 import (
@@ -30,6 +31,7 @@ import (
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/proto/gen/kafkaambassador"
+	"github.com/spillway/spillway/proto/gen/kafkapixy"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
@@ -115,6 +117,7 @@ func New(o Options) *Server {
 	s := grpc.NewServer(serverOpts...)
 	ingestv1.RegisterIngestServiceServer(s, &ingestServer{opts: o})
 	kafkaambassador.RegisterKafkaAmbassadorServer(s, &ambassadorServer{opts: o})
+	kafkapixy.RegisterKafkaPixyServer(s, &pixyServer{opts: o})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s, drainingHealth{Server: hs, draining: o.Draining})
@@ -129,7 +132,7 @@ func (s *Server) SetServing(serving bool) {
 	if serving {
 		st = healthpb.HealthCheckResponse_SERVING
 	}
-	for _, name := range []string{"", ingestv1.IngestService_ServiceDesc.ServiceName, kafkaambassador.KafkaAmbassador_ServiceDesc.ServiceName} {
+	for _, name := range []string{"", ingestv1.IngestService_ServiceDesc.ServiceName, kafkaambassador.KafkaAmbassador_ServiceDesc.ServiceName, kafkapixy.KafkaPixy_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(name, st)
 	}
 }

@@ -1,7 +1,7 @@
 // Package httpapi is the ingest's HTTP produce API: kafka-ambassador's
-// route, Confluent REST Proxy's v2 and v3 produce formats, and the topic
-// list. It parses requests into records, hands them to the delivery path,
-// and answers each record's outcome.
+// and kafka-pixy's routes, Confluent REST Proxy's v2 and v3 produce
+// formats, and the topic list. It parses requests into records, hands
+// them to the delivery path, and answers each record's outcome.
 package httpapi
 
 import (
@@ -98,7 +98,8 @@ func New(o Options) http.Handler {
 	}
 	e.Use(append(mw, h.observe, h.identify)...)
 
-	e.POST("/topics/:topic/messages", h.postMessages)
+	e.POST("/topics/:topic/messages", h.postTopicMessages)
+	e.POST("/clusters/:cluster/topics/:topic/messages", h.postClusterMessages)
 	e.POST("/topics/:topic", h.postV2)
 	e.POST("/v3/clusters/:cluster_id/topics/:topic/records", h.postV3)
 	e.GET("/topics", h.getTopics)

@@ -1,0 +1,166 @@
+package httpapi
+
+import (
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// PixyCluster is the one cluster name that POST
+// /clusters/{cluster}/topics/{topic}/messages accepts: Spillway produces
+// to one Kafka, and kafka-pixy calls its first cluster "default".
+const PixyCluster = "default"
+
+// pixyHeaderPrefix starts kafka-pixy's record headers: X-Kafka-{Name}
+// with a base64 value is the header {Name}.
+const pixyHeaderPrefix = "X-Kafka-"
+
+// codeUnknownCluster answers a /clusters/... request for another cluster.
+const codeUnknownCluster = 40402
+
+// pixyBody answers a kafka-pixy produce request. Pixy's clients read
+// partition and offset; a buffered record has neither, and says so in
+// outcome, with the id it carries into Kafka (the spillway-id header).
+type pixyBody struct {
+	ID        string `json:"id,omitempty"`
+	Outcome   string `json:"outcome"`
+	Partition *int32 `json:"partition,omitempty"`
+	Offset    *int64 `json:"offset,omitempty"`
+}
+
+// isPixy says whether a request on the route that kafka-ambassador and
+// kafka-pixy share (POST /topics/{topic}/messages) is kafka-pixy's: it
+// has the query parameter sync or key, or a form body (pixy's
+// quick-start posts one with curl -d), and no X-Kafka-Header-* header,
+// which only Spillway's own scheme uses.
+func isPixy(r *http.Request) bool {
+	for name := range r.Header {
+		if strings.HasPrefix(name, HeaderRecordPrefix) {
+			return false
+		}
+	}
+	q := r.URL.Query()
+	if q.Has("sync") || q.Has("key") {
+		return true
+	}
+	mt, _, _ := strings.Cut(r.Header.Get(echo.HeaderContentType), ";")
+	return strings.TrimSpace(mt) == echo.MIMEApplicationForm
+}
+
+// postTopicMessages serves the shared route: kafka-pixy's request when
+// isPixy says so, else kafka-ambassador's and Spillway's.
+func (h *handler) postTopicMessages(c echo.Context) error {
+	if isPixy(c.Request()) {
+		return h.postPixy(c, false)
+	}
+	return h.postMessages(c)
+}
+
+// postClusterMessages is kafka-pixy's POST
+// /clusters/{cluster}/topics/{topic}/messages; every X-Kafka-{Name}
+// request header there is a base64 record header.
+func (h *handler) postClusterMessages(c echo.Context) error {
+	if cluster := c.Param("cluster"); cluster != PixyCluster {
+		h.Sender.Refuse(c.Request().Context(), API, c.Param("topic"), 1, record.ReasonUnknownTopic)
+		return newHTTPError(http.StatusNotFound, codeUnknownCluster,
+			"cluster "+strconv.Quote(cluster)+" is not known here: Spillway produces to one Kafka cluster, called "+strconv.Quote(PixyCluster))
+	}
+	return h.postPixy(c, true)
+}
+
+// postPixy delivers a kafka-pixy request's record and answers once it is
+// durable, whether or not the request asked for sync: 200 with Kafka's
+// partition and offset, or 202 buffered with the record's id.
+func (h *handler) postPixy(c echo.Context, clusterRoute bool) error {
+	topic := c.Param("topic")
+	rec, err := h.parsePixy(c, topic, clusterRoute)
+	if err != nil {
+		h.Sender.Refuse(c.Request().Context(), API, topic, 1, refusedFor(err))
+		return err
+	}
+	res := h.Sender.Send(c.Request().Context(), API, []record.Record{rec})[0]
+	out := pixyBody{ID: res.ID, Outcome: res.Outcome.String()}
+	switch res.Outcome {
+	case record.Delivered:
+		out.Partition, out.Offset = &res.Partition, &res.Offset
+		return c.JSON(http.StatusOK, out)
+	case record.Buffered:
+		return c.JSON(http.StatusAccepted, out)
+	default:
+		he := fromError(res.Err)
+		setRetryAfter(c, he)
+		return he
+	}
+}
+
+// parsePixy reads a kafka-pixy request's record: the body is the message
+// (or, in a form body, its msg field); the query or form parameter key,
+// when present even empty, is the key; X-Kafka-{Name} headers are base64
+// record headers. On the shared route Spillway's own X-Kafka-Key,
+// X-Kafka-Key-Base64, X-Kafka-Partition and X-Kafka-Timestamp keep their
+// meaning.
+func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool) (record.Record, error) {
+	rec := record.Record{Topic: topic, Partition: record.AnyPartition}
+	if err := record.ValidateTopic(topic); err != nil {
+		return rec, err
+	}
+	req := c.Request()
+	body, err := h.readBody(c)
+	if err != nil {
+		return rec, err
+	}
+	params := req.URL.Query()
+	rec.Value = body
+	if mt, _, _ := strings.Cut(req.Header.Get(echo.HeaderContentType), ";"); strings.TrimSpace(mt) == echo.MIMEApplicationForm {
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			return rec, invalid("the form body cannot be read: %v", err)
+		}
+		if !form.Has("msg") {
+			return rec, invalid("the form body has no msg field: it carries the message (or send the message as the body, Content-Type text/plain)")
+		}
+		rec.Value = []byte(form.Get("msg"))
+		for k, v := range form {
+			if !params.Has(k) {
+				params[k] = v
+			}
+		}
+	}
+	reserved := map[string]bool{}
+	if !clusterRoute {
+		meta, err := parseMeta(req.Header)
+		if err != nil {
+			return rec, err
+		}
+		if meta.key != nil && params.Has("key") {
+			return rec, invalid("give the key in the key parameter or in %s, not both", HeaderKey)
+		}
+		rec.Key, rec.Partition, rec.Timestamp = meta.key, meta.partition, meta.timestamp
+		for _, name := range []string{HeaderKey, HeaderKeyBase64, HeaderPartition, HeaderTimestamp} {
+			reserved[name] = true
+		}
+	}
+	if params.Has("key") {
+		rec.Key = []byte(params.Get("key")) // an empty key is a key, hashed like any other
+	}
+	for name, values := range req.Header {
+		if !strings.HasPrefix(name, pixyHeaderPrefix) || len(name) == len(pixyHeaderPrefix) || reserved[name] {
+			continue
+		}
+		key := name[len(pixyHeaderPrefix):]
+		for _, v := range values {
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				return rec, invalid("header %s is not valid base64 (kafka-pixy's record headers are X-Kafka-{Name}: base64 of the value): %v", name, err)
+			}
+			rec.Headers = append(rec.Headers, record.Header{Key: key, Value: b})
+		}
+	}
+	return rec, nil
+}
