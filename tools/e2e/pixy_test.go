@@ -228,6 +228,12 @@ func TestKafkaPixyGRPCClient(t *testing.T) {
 		}
 	}
 
+	// As docs/kafka-pixy.md shows it: grpcurl through server reflection.
+	out := grpcurl(t, "-plaintext", "-emit-defaults", "-d", `{"topic":"pixy-grpcurl","key_value":"YmFy","message":"aGVsbG8="}`, in.grpcAddr, "KafkaPixy/Produce")
+	if want := fmt.Sprintf(`"partition": %d`, pixyPartition([]byte("bar"), 3)); !strings.Contains(out, want) || !strings.Contains(out, `"offset"`) {
+		t.Errorf("grpcurl KafkaPixy/Produce answered %s, want %s and an offset", out, want)
+	}
+
 	for _, e := range []struct {
 		req     *pixypb.ProdRq
 		code    codes.Code
