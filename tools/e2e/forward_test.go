@@ -282,7 +282,8 @@ func checkOnce(t *testing.T, recs []*kgo.Record, byID map[string]string) {
 }
 
 // forwarderStoppedMidDrain writes n records ahead and starts a forwarder
-// (forward.rate_limit 1000, batches of 100, producer.wal.ack_wait 5s)
+// (forward.rate_limit 1000, batches of 100, producer.wal.ack_wait 10s,
+// kafka.message.timeout.ms 8000)
 // against a Kafka that takes 300 ms to answer, so that its workers spend
 // most of their time waiting for Kafka with a batch in hand. Once it has
 // delivered 300 records it is stopped with sig, and the test checks that
@@ -308,7 +309,10 @@ func forwarderStoppedMidDrain(t *testing.T, sig syscall.Signal) (byID map[string
 		}
 	}
 
-	env := []string{"SPILLWAY_PRODUCER_WAL_ACK_WAIT=5s"}
+	// ack_wait must be above a batch's bound, the message timeout (a
+	// start-up check). Kafka answers in 300 ms here, but a batch waits behind
+	// the others: a timeout would send it twice.
+	env := []string{"SPILLWAY_PRODUCER_WAL_ACK_WAIT=10s", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=8000"}
 	k.slow(t, 300*time.Millisecond)
 	first, monitor := startForwarder(t, broker, natsAddr, append(env, "SPILLWAY_FORWARD_RATE_LIMIT=1000")...)
 	series := `spillway_records_drained_total{consumer="forwarder",topic="wal-stopped"}`
