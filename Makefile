@@ -29,6 +29,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzDecodeV3 \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./services/ingest/internal/httpapi:FuzzValidJSON \
+	./services/ingest/internal/httpapi:FuzzPixyRequest \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \
