@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -224,4 +225,138 @@ func TestConcurrentRequestsAreBoundedInBytes(t *testing.T) {
 		assert.Equal(t, http.StatusOK, a.status, a.body)
 	}
 	assert.Equal(t, 0.0, ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight_bytes"))
+}
+
+// v3Stream is a chunked v3 produce request that a test writes into and
+// whose answer lines it reads.
+type v3Stream struct {
+	w     *io.PipeWriter
+	resp  *http.Response
+	lines chan v3Line
+}
+
+type v3Line struct {
+	ErrorCode int    `json:"error_code"`
+	Message   string `json:"message"`
+	Offset    int64  `json:"offset"`
+	eof       bool
+}
+
+// openV3Stream opens a stream whose first record is first, and returns it
+// once the answer's headers came.
+func openV3Stream(t *testing.T, url, first string) *v3Stream {
+	t.Helper()
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	req, err := http.NewRequest(http.MethodPost, url, io.MultiReader(strings.NewReader(first), pr))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { resp.Body.Close() })
+	s := &v3Stream{w: pw, resp: resp, lines: make(chan v3Line, 16)}
+	if resp.StatusCode != http.StatusOK {
+		return s
+	}
+	go func() {
+		dec := json.NewDecoder(resp.Body)
+		for {
+			var l v3Line
+			if err := dec.Decode(&l); err != nil {
+				s.lines <- v3Line{eof: true, Message: err.Error()}
+				return
+			}
+			s.lines <- l
+		}
+	}()
+	return s
+}
+
+// next is the stream's next answer line, or a failure after 10 s.
+func (s *v3Stream) next(t *testing.T) v3Line {
+	t.Helper()
+	select {
+	case l := <-s.lines:
+		return l
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer line within 10 s: the stream is still held open")
+		return v3Line{}
+	}
+}
+
+// TestV3StreamIdleIsEnded: a v3 stream that sends one record and then
+// nothing was held open for ever (issue 15, finding 8). Past
+// server.http.stream_idle_timeout its record is answered, a last line
+// says it is ended and why, and the answer ends.
+func TestV3StreamIdleIsEnded(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_HTTP_STREAM_IDLE_TIMEOUT=500ms")
+	s := openV3Stream(t, in.URL+"/v3/clusters/c/topics/idle/records", `{"value":{"type":"STRING","data":"r0"}}`)
+	require.Equal(t, http.StatusOK, s.resp.StatusCode)
+	assert.Equal(t, 200, s.next(t).ErrorCode)
+	last := s.next(t)
+	assert.Equal(t, 408, last.ErrorCode, last.Message)
+	assert.Contains(t, last.Message, "the stream sent nothing for 500ms (server.http.stream_idle_timeout): it is ended")
+	assert.True(t, s.next(t).eof, "the answer ends after the idle line")
+	got := kafkatest.Consume(t, addr, "idle", 1, 10*time.Second)
+	require.Len(t, got, 1)
+	assert.Equal(t, "r0", string(got[0].Value))
+}
+
+// TestV3StreamsOverTheCapAreRefused: nothing limited how many v3 streams
+// were open (issue 15, finding 8). Past server.http.max_streams one more
+// is refused with 503 and Retry-After naming the key; once one ends, a
+// new one is served.
+func TestV3StreamsOverTheCapAreRefused(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_HTTP_MAX_STREAMS=2")
+	url := in.URL + "/v3/clusters/c/topics/capped/records"
+	first := openV3Stream(t, url, `{"value":{"data":1}}`)
+	require.Equal(t, http.StatusOK, first.resp.StatusCode)
+	assert.Equal(t, 200, first.next(t).ErrorCode)
+	second := openV3Stream(t, url, `{"value":{"data":2}}`)
+	require.Equal(t, http.StatusOK, second.resp.StatusCode)
+	assert.Equal(t, 200, second.next(t).ErrorCode)
+
+	third := openV3Stream(t, url, `{"value":{"data":3}}`)
+	require.Equal(t, http.StatusServiceUnavailable, third.resp.StatusCode, "a third stream is served")
+	b, _ := io.ReadAll(third.resp.Body)
+	assert.Equal(t, "1", third.resp.Header.Get("Retry-After"))
+	assert.Contains(t, string(b), `"error_code":50303`)
+	assert.Contains(t, string(b), "the ingest has 2 v3 streams open, its limit (server.http.max_streams): retry later")
+
+	require.NoError(t, first.w.Close())
+	assert.True(t, first.next(t).eof)
+	require.Eventually(t, func() bool {
+		s := openV3Stream(t, url, `{"value":{"data":4}}`)
+		defer s.w.Close()
+		return s.resp.StatusCode == http.StatusOK && s.next(t).ErrorCode == 200
+	}, 5*time.Second, 20*time.Millisecond, "a stream is served once another ended")
+}
+
+// TestV3StreamEndsOnShutdown: after SIGTERM a v3 stream kept reading, and
+// its late records were duplicated (issue 15, finding 8). When shutdown
+// begins the stream stops reading, answers what it took, says it ends,
+// and the ingest stops without waiting for the client.
+func TestV3StreamEndsOnShutdown(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=10s")
+	s := openV3Stream(t, in.URL+"/v3/clusters/c/topics/closing/records", `{"value":{"type":"STRING","data":"r0"}}`)
+	require.Equal(t, http.StatusOK, s.resp.StatusCode)
+	assert.Equal(t, 200, s.next(t).ErrorCode)
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- in.Stop() }()
+	last := s.next(t)
+	assert.Equal(t, 503, last.ErrorCode, last.Message)
+	assert.Contains(t, last.Message, "the server is shutting down: the records answered above were taken; send the rest again on a new stream")
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-time.After(8 * time.Second):
+		t.Fatal("the ingest waits for the open stream to end")
+	}
+	got := kafkatest.Consume(t, addr, "closing", 1, 10*time.Second)
+	require.Len(t, got, 1)
+	assert.Equal(t, "r0", string(got[0].Value))
 }

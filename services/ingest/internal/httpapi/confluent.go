@@ -2,13 +2,17 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
-
 	"errors"
-	fastjson "github.com/segmentio/encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"sync"
 	"time"
+
+	fastjson "github.com/segmentio/encoding/json"
 
 	"github.com/labstack/echo/v4"
 
@@ -238,8 +242,20 @@ type v3Pending struct {
 }
 
 // streamV3 serves v3's streaming mode: records are read, sent and answered
-// concurrently; answers keep the records' order.
+// concurrently; answers keep the records' order. At most MaxStreams are
+// open at once. A stream that sends nothing for StreamIdleTimeout, or that
+// is open when shutdown begins, stops being read: the records it took are
+// answered, then a last line says why the stream ends.
 func (h *handler) streamV3(c echo.Context, topic string) error {
+	if n := h.streams.Add(1); h.MaxStreams > 0 && n > int64(h.MaxStreams) {
+		h.streams.Add(-1)
+		// Without it, net/http would read the stream's body, which may
+		// never end, before it answers.
+		c.Response().Header().Set(echo.HeaderConnection, "close")
+		return newHTTPError(http.StatusServiceUnavailable, 50303, fmt.Sprintf(
+			"the ingest has %d v3 streams open, its limit (server.http.max_streams): retry later", n-1))
+	}
+	defer h.streams.Add(-1)
 	req := c.Request()
 	ctx := req.Context()
 	rc := http.NewResponseController(c.Response().Writer)
@@ -249,13 +265,23 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
 
-	body := &recordLimitReader{r: req.Body, limit: h.MaxBodyBytes}
+	body := &recordLimitReader{r: req.Body, limit: h.MaxBodyBytes, rc: rc, idle: h.StreamIdleTimeout}
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	body.dec = dec
+	read := make(chan struct{})
+	defer func() { <-read }()
+	go func() { // shutdown stops the reading
+		select {
+		case <-h.Draining:
+			body.stop()
+		case <-read:
+		}
+	}()
 
 	queue := make(chan *v3Pending, streamWindow)
 	go func() {
+		defer close(read)
 		defer close(queue)
 		for ctx.Err() == nil {
 			p, err := decodeV3(dec, topic)
@@ -264,10 +290,19 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 			}
 			pending := &v3Pending{parsed: p, done: make(chan struct{})}
 			if err != nil {
-				if body.over {
+				switch {
+				case body.stopped():
+					err = newHTTPError(http.StatusServiceUnavailable, 50305,
+						"the server is shutting down: the records answered above were taken; send the rest again on a new stream")
+				case body.timedOut():
+					err = newHTTPError(http.StatusRequestTimeout, 40801, fmt.Sprintf(
+						"the stream sent nothing for %s (server.http.stream_idle_timeout): it is ended; the records answered above were taken", h.StreamIdleTimeout))
+				case body.over:
 					err = record.Errorf(record.ReasonTooLarge, "a record in the stream is over the limit of %d bytes (server.http.max_body_bytes)", h.MaxBodyBytes)
+					h.Sender.Refuse(ctx, API, topic, 1, record.ReasonTooLarge)
+				default:
+					h.Sender.Refuse(ctx, API, topic, 1, record.ReasonOf(err))
 				}
-				h.Sender.Refuse(ctx, API, topic, 1, record.ReasonOf(err))
 				pending.err = err
 				close(pending.done)
 				queue <- pending
@@ -275,7 +310,10 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 			}
 			queue <- pending
 			go func() {
-				pending.res = h.Sender.Send(ctx, API, []record.Record{p.rec})[0]
+				// A record taken is answered, delivered or buffered, even
+				// when the reading ends (idle, shutdown) or the client
+				// leaves: the stream's context ends with its reading.
+				pending.res = h.Sender.Send(context.WithoutCancel(ctx), API, []record.Record{p.rec})[0]
 				close(pending.done)
 			}()
 		}
@@ -310,13 +348,42 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 }
 
 // recordLimitReader fails a stream whose current record grows past limit
-// bytes, so that one endless record cannot exhaust memory.
+// bytes, so that one endless record cannot exhaust memory. With idle set,
+// each read must bring a byte within idle; stop ends the reading at once.
 type recordLimitReader struct {
 	r     io.Reader
 	dec   *json.Decoder
 	limit int64
 	read  int64
 	over  bool
+	rc    *http.ResponseController
+	idle  time.Duration
+
+	mu       sync.Mutex // orders stop against the deadline a Read sets
+	stopping bool
+	timeout  bool
+}
+
+var errStreamStopped = errors.New("the stream is no longer read")
+
+// stop makes the pending and later reads fail.
+func (l *recordLimitReader) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopping = true
+	_ = l.rc.SetReadDeadline(time.Now())
+}
+
+func (l *recordLimitReader) stopped() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stopping
+}
+
+func (l *recordLimitReader) timedOut() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.timeout
 }
 
 var errRecordTooLarge = errors.New("record over the size limit")
@@ -326,7 +393,21 @@ func (l *recordLimitReader) Read(p []byte) (int, error) {
 		l.over = true
 		return 0, errRecordTooLarge
 	}
+	l.mu.Lock()
+	if l.stopping {
+		l.mu.Unlock()
+		return 0, errStreamStopped
+	}
+	if l.idle > 0 && l.rc != nil {
+		_ = l.rc.SetReadDeadline(time.Now().Add(l.idle))
+	}
+	l.mu.Unlock()
 	n, err := l.r.Read(p)
 	l.read += int64(n)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		l.mu.Lock()
+		l.timeout = !l.stopping
+		l.mu.Unlock()
+	}
 	return n, err
 }
