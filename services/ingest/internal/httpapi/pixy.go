@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/base64"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -36,27 +38,43 @@ type pixyBody struct {
 
 // isPixy says whether a request on the route that kafka-ambassador and
 // kafka-pixy share (POST /topics/{topic}/messages) is kafka-pixy's: it
-// has the query parameter sync or key, or a form body (pixy's
-// quick-start posts one with curl -d), and no X-Kafka-Header-* header,
-// which only Spillway's own scheme uses.
-func isPixy(r *http.Request) bool {
+// has the query parameter sync or key, or a form body with a msg field
+// (pixy's quick-start posts one with curl -d), and no X-Kafka-Header-*
+// header, which only Spillway's own scheme uses. form is the parsed form
+// body, nil when the body is not a form. A form without msg stays
+// Spillway's, which refuses its Content-Type with 415: the usual mistake
+// of a curl -d without -H 'Content-Type: text/plain'.
+func isPixy(r *http.Request, form url.Values) bool {
 	for name := range r.Header {
 		if strings.HasPrefix(name, HeaderRecordPrefix) {
 			return false
 		}
 	}
 	q := r.URL.Query()
-	if q.Has("sync") || q.Has("key") {
-		return true
-	}
+	return q.Has("sync") || q.Has("key") || form.Has("msg")
+}
+
+// isForm says whether the request's body is a form.
+func isForm(r *http.Request) bool {
 	mt, _, _ := strings.Cut(r.Header.Get(echo.HeaderContentType), ";")
-	return strings.TrimSpace(mt) == echo.MIMEApplicationForm
+	return strings.EqualFold(strings.TrimSpace(mt), echo.MIMEApplicationForm)
 }
 
 // postTopicMessages serves the shared route: kafka-pixy's request when
 // isPixy says so, else kafka-ambassador's and Spillway's.
 func (h *handler) postTopicMessages(c echo.Context) error {
-	if isPixy(c.Request()) {
+	req := c.Request()
+	var form url.Values
+	if isForm(req) {
+		body, err := h.readBody(c)
+		if err != nil {
+			h.Sender.Refuse(req.Context(), API, c.Param("topic"), 1, refusedFor(err))
+			return err
+		}
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		form, _ = url.ParseQuery(string(body))
+	}
+	if isPixy(req, form) {
 		return h.postPixy(c, false)
 	}
 	return h.postMessages(c)
@@ -117,7 +135,7 @@ func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool) (re
 	}
 	params := req.URL.Query()
 	rec.Value = body
-	if mt, _, _ := strings.Cut(req.Header.Get(echo.HeaderContentType), ";"); strings.TrimSpace(mt) == echo.MIMEApplicationForm {
+	if isForm(req) {
 		form, err := url.ParseQuery(string(body))
 		if err != nil {
 			return rec, invalid("the form body cannot be read: %v", err)

@@ -75,7 +75,11 @@ func FuzzPixyRequest(f *testing.F) {
 			return
 		}
 		req.Header.Set(header, value)
-		pixy := cluster || isPixy(req)
+		var form url.Values
+		if isForm(req) {
+			form, _ = url.ParseQuery(string(body))
+		}
+		pixy := cluster || isPixy(req, form)
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
 		recs := sender.take()

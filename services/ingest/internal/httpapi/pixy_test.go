@@ -165,8 +165,10 @@ func TestPixyProduce(t *testing.T) {
 			"header X-Kafka-Trace is not valid base64"},
 		{"unknown cluster", "/clusters/eu/topics/pixy/messages", "text/plain", "x", nil, 404, 40402,
 			`cluster "eu" is not known here: Spillway produces to one Kafka cluster, called "default"`},
-		{"form without msg", "/topics/pixy/messages", "application/x-www-form-urlencoded", "key=k", nil, 400, 40001,
+		{"form without msg", "/topics/pixy/messages?sync", "application/x-www-form-urlencoded", "key=k", nil, 400, 40001,
 			"the form body has no msg field"},
+		{"form without msg, sync or key: Spillway's", "/topics/pixy/messages", "application/x-www-form-urlencoded", "x", nil, 415, 41501,
+			`Content-Type "application/x-www-form-urlencoded" is not supported here`},
 		{"key twice", "/topics/pixy/messages?key=a", "text/plain", "x", []string{"X-Kafka-Key", "b"}, 400, 40001,
 			"give the key in the key parameter or in X-Kafka-Key, not both"},
 	}
