@@ -30,6 +30,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzParseMeta \
 	./services/ingest/internal/httpapi:FuzzValidJSON \
 	./services/ingest/internal/httpapi:FuzzPixyRequest \
+	./services/ingest/internal/grpcapi:FuzzCappedCodec \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \

@@ -73,7 +73,8 @@ func (c cappedCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// withoutField counts the occurrences of field in the message b and
+// withoutField counts the occurrences of field (length-delimited) in the
+// message b and
 // returns b without them; when b is not a valid message it returns b as
 // it is, for proto.Unmarshal to refuse.
 func withoutField(b []byte, field protowire.Number) ([]byte, int) {
@@ -88,7 +89,7 @@ func withoutField(b []byte, field protowire.Number) ([]byte, int) {
 		if valLen < 0 {
 			return b, 0
 		}
-		if num == field {
+		if num == field && typ == protowire.BytesType { // another type is an unknown field to protobuf
 			n++
 		} else {
 			rest = append(rest, in[:tagLen+valLen]...)

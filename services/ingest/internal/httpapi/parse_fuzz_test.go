@@ -21,12 +21,34 @@ func requireInvalid(t *testing.T, err error) {
 	}
 }
 
+// fuzzCap is the record cap the fuzz targets parse under, beside no cap.
+const fuzzCap = 3
+
+// requireSameUnderCap fails unless a parse under fuzzCap (n records, err)
+// agrees with the parse without a cap (all records, allErr): the same
+// answer, or too_large when there are more than fuzzCap records or the
+// cap was reached before a later error.
+func requireSameUnderCap(t *testing.T, n int, err error, all int, allErr error) {
+	t.Helper()
+	if record.ReasonOf(err) == record.ReasonTooLarge {
+		if allErr == nil && all <= fuzzCap {
+			t.Fatalf("%d records refused under a cap of %d: %v", all, fuzzCap, err)
+		}
+		return
+	}
+	if (err == nil) != (allErr == nil) || n != all {
+		t.Fatalf("under the cap: %d records, %v; without: %d records, %v", n, err, all, allErr)
+	}
+}
+
 func FuzzParseNDJSON(f *testing.F) {
-	for _, s := range []string{"{\"a\":1}\n", "1\n2\n3", "\n\n", "{\"a\":\n", "\"x\"\r\n[1,2]\n", "nul"} {
+	for _, s := range []string{"1\n2\n\n3\n4\nx", "{\"a\":1}\n", "1\n2\n3", "\n\n", "{\"a\":\n", "\"x\"\r\n[1,2]\n", "nul"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		values, err := ParseNDJSON(body, 0)
+		capped, cerr := ParseNDJSON(body, fuzzCap)
+		requireSameUnderCap(t, len(capped), cerr, len(values), err)
 		if err != nil {
 			requireInvalid(t, err)
 			return
@@ -50,6 +72,8 @@ func FuzzParseV2(f *testing.F) {
 		`{"records":[{"value":null}]} trailing`,
 		`{"value_schema_id":1,"records":[{"value":1}]}`,
 		`{"records":[{"partition":-1,"value":1}]}`,
+		`{"records":[{},{},{},{},{"valu":1}]}`,
+		`{"records":null}`,
 	} {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)
@@ -60,6 +84,8 @@ func FuzzParseV2(f *testing.F) {
 			format = formatBinary
 		}
 		recs, err := ParseV2(body, format, "t", 0)
+		capped, cerr := ParseV2(body, format, "t", fuzzCap)
+		requireSameUnderCap(t, len(capped), cerr, len(recs), err)
 		if err != nil {
 			requireInvalid(t, err)
 			return
