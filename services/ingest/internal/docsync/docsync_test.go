@@ -39,7 +39,7 @@ func TestMetricsReferenceMatchesCode(t *testing.T) {
 
 	code := map[string]map[string]bool{"ingest": registered(t, in.Registry)}
 	for _, role := range []drain.Role{drain.Forwarder, drain.Resender} {
-		code[role.Name] = registered(t, startDrain(t, role, addr, in.App.NATSAddr(), mirrors))
+		code[role.Name] = registered(t, startDrain(t, role, addr, in.App.NATSAddr(), in.App.NATSCredentials(), mirrors))
 	}
 
 	doc := readFile(t, "docs/operations.md")
@@ -153,12 +153,14 @@ func metricTables(doc string) map[string]map[string]bool {
 var backticked = regexp.MustCompile("`([a-z0-9_]+)`")
 
 // startDrain runs a forwarder or resender in-process against the broker
-// at addr and the ingest's JetStream at natsAddr, and returns its registry.
-func startDrain(t *testing.T, role drain.Role, addr, natsAddr, yaml string) *prometheus.Registry {
+// at addr and the ingest's JetStream at natsAddr (signing in with the
+// ingest's credentials file), and returns its registry.
+func startDrain(t *testing.T, role drain.Role, addr, natsAddr, credentials, yaml string) *prometheus.Registry {
 	t.Helper()
 	cfg, err := config.Parse([]byte(yaml), []string{
 		"SPILLWAY_KAFKA_BROKERS=" + addr,
 		"SPILLWAY_PRODUCER_WAL_NATS_URLS=nats://" + natsAddr,
+		"SPILLWAY_PRODUCER_WAL_NATS_CREDENTIALS=" + credentials,
 		"SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:0",
 		"SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=5s",
