@@ -370,7 +370,6 @@ func propagators(t *telemetry.Tracing) propagation.TextMapPropagator {
 // NATSAddr is the embedded JetStream's client address, "" without one.
 func (a *App) NATSAddr() string { return a.natsAddr }
 
-// HTTPAddr is the HTTP API's bound address.
 // NATSCredentials is the file holding the nkey seed that the embedded
 // JetStream admits (spill.EmbeddedCredentials), "" without one.
 func (a *App) NATSCredentials() string {
@@ -380,6 +379,7 @@ func (a *App) NATSCredentials() string {
 	return spill.EmbeddedCredentials(a.opts.Config.Producer.WAL)
 }
 
+// HTTPAddr is the HTTP API's bound address.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
 // GRPCAddr is the gRPC API's bound address.
