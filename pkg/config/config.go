@@ -74,6 +74,10 @@ type Server struct {
 	// MaxRequestRecords caps the records of one request; a larger request
 	// is refused (413) before its records are built.
 	MaxRequestRecords int
+	// MaxRequestHeaders caps the record headers of one gRPC request, all
+	// its records together; a larger request is refused before they are
+	// built.
+	MaxRequestHeaders int
 }
 
 // HTTP configures the HTTP produce API.

@@ -57,6 +57,7 @@ func options(c *Config) []option {
 		{"server.max_in_flight_records", 100000, bind(&s.MaxInFlightRecords, positive[int])},
 		{"server.max_in_flight_bytes", 256 << 20, bind(&s.MaxInFlightBytes, positive[int64])},
 		{"server.max_request_records", 10000, bind(&s.MaxRequestRecords, positive[int])},
+		{"server.max_request_headers", 100000, bind(&s.MaxRequestHeaders, positive[int])},
 		{"producer.cb.interval", "10s", bind(&p.CB.Interval, (*getter).duration)},
 		{"producer.cb.timeout", "20s", bind(&p.CB.Timeout, (*getter).duration)},
 		{"producer.cb.fails", 5, bind(&p.CB.Fails, positive[uint32])},

@@ -193,6 +193,7 @@ func New(o Options) (_ *App, err error) {
 		Topics:            d.Writable(a.producer),
 		Config:            cfg.Server.GRPC,
 		MaxRequestRecords: cfg.Server.MaxRequestRecords,
+		MaxRequestHeaders: cfg.Server.MaxRequestHeaders,
 		Registry:          o.Registry,
 		Logger:            o.Logger,
 		LatencyBuckets:    delivery.LatencyBuckets,

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/proto/gen/kafkapixy"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
@@ -184,4 +185,55 @@ func TestHTTP2SettingsBoundEachConnection(t *testing.T) {
 	window, ok := settings.Value(http2.SettingInitialWindowSize)
 	assert.True(t, ok, "no SETTINGS_INITIAL_WINDOW_SIZE")
 	assert.EqualValues(t, 131072, window)
+}
+
+// TestEmptyHeadersAreRefusedByCount: record headers amplify like records
+// (4 MiB of empty headers in one kafka-pixy ProdRq grew the heap by 705
+// MB). A request over server.max_request_headers, whether its headers are
+// in one record (pixy's ProdRq) or spread over records (ProduceRequest),
+// is refused with RESOURCE_EXHAUSTED naming the key, counted on the wire
+// before the headers are decoded; the cap itself is taken.
+func TestEmptyHeadersAreRefusedByCount(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr)
+	conn := dial(t, in.GRPC)
+	const size = 4<<20 - 64 // under server.grpc.max.request.size
+	const want = "more than 100000 record headers, the limit of one request (server.max_request_headers)"
+
+	// pixy's ProdRq: topic (2) and headers (7), each header empty.
+	pixy := emptyRecords(2, 7, "headers", size)
+	before := heapAlloc()
+	var err error
+	grew := peakHeapGrowth(before, func() {
+		err = conn.Invoke(ctx(t), kafkapixy.KafkaPixy_Produce_FullMethodName, &pixy, &kafkapixy.ProdRs{}, grpc.ForceCodecV2(rawCodec{}))
+	})
+	t.Logf("a %d-byte ProdRq of empty headers grew the heap by at most %.1f MB", len(pixy), float64(grew)/1e6)
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	assert.Contains(t, status.Convert(err).Message(), want)
+	assert.Less(t, grew, uint64(64<<20), "the heap grew by %d bytes", grew)
+
+	// ProduceRequest: topic (1) and one record (2) holding the headers (3).
+	headers := emptyRecords(1, 3, "", size-16)[2:] // the headers alone, without the empty topic
+	unary := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "headers")
+	unary = protowire.AppendBytes(protowire.AppendTag(unary, 2, protowire.BytesType), headers)
+	before = heapAlloc()
+	grew = peakHeapGrowth(before, func() {
+		err = conn.Invoke(ctx(t), ingestv1.IngestService_Produce_FullMethodName, &unary, &ingestv1.ProduceResponse{}, grpc.ForceCodecV2(rawCodec{}))
+	})
+	t.Logf("a %d-byte ProduceRequest of empty headers grew the heap by at most %.1f MB", len(unary), float64(grew)/1e6)
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	assert.Contains(t, status.Convert(err).Message(), want)
+	assert.Less(t, grew, uint64(64<<20), "the heap grew by %d bytes", grew)
+
+	// The cap itself is taken, spread over two records.
+	hs := make([]*ingestv1.Header, 50000)
+	for i := range hs {
+		hs[i] = &ingestv1.Header{Key: "h"}
+	}
+	resp, err := ingestv1.NewIngestServiceClient(conn).Produce(ctx(t), &ingestv1.ProduceRequest{Topic: "capped-headers", Records: []*ingestv1.Record{
+		{Value: []byte("a"), Headers: hs}, {Value: []byte("b"), Headers: hs},
+	}})
+	require.NoError(t, err)
+	assert.Len(t, resp.Results, 2)
+	assert.Equal(t, 2.0, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="too_large",topic="headers"}`))
 }

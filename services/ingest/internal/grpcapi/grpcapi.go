@@ -60,6 +60,9 @@ type Options struct {
 	// MaxRequestRecords caps the records of one ProduceRequest or
 	// ProduceStreamRequest (server.max_request_records); 0: no cap.
 	MaxRequestRecords int
+	// MaxRequestHeaders caps the record headers of one request, all its
+	// records together (server.max_request_headers); 0: no cap.
+	MaxRequestHeaders int
 	Registry          prometheus.Registerer
 	Logger            *slog.Logger
 	LatencyBuckets    []float64
@@ -90,7 +93,7 @@ func New(o Options) *Server {
 	streams := &streamLimit{max: int64(o.Config.MaxOpenStreams)}
 	serverOpts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
-		grpc.ForceServerCodecV2(newCappedCodec(o.MaxRequestRecords)),
+		grpc.ForceServerCodecV2(newCappedCodec(o.MaxRequestRecords, o.MaxRequestHeaders)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), o.identifyUnary),

@@ -48,6 +48,10 @@ func toResults(results []record.Result) []*ingestv1.RecordResult {
 // Produce answers one result per record; when every record failed with
 // the same code, the call fails with it.
 func (s *ingestServer) Produce(ctx context.Context, req *ingestv1.ProduceRequest) (*ingestv1.ProduceResponse, error) {
+	if overHeaders(req) { // the codec left its records out
+		s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge)
+		return nil, tooManyHeaders(s.opts.MaxRequestHeaders).Err()
+	}
 	if len(req.GetRecords()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "records is empty: send at least one record")
 	}
@@ -119,11 +123,14 @@ func (s *ingestServer) ProduceStream(stream grpc.BidiStreamingServer[ingestv1.Pr
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
-		if overCap(len(req.GetRecords()), s.opts.MaxRequestRecords) {
+		if over := overHeaders(req); over || overCap(len(req.GetRecords()), s.opts.MaxRequestRecords) {
 			// The requests before it are answered; the stream ends.
 			s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge) // counted as one, as HTTP counts a refused body
 			wg.Wait()
 			st := tooManyRecords(s.opts.MaxRequestRecords)
+			if over {
+				st = tooManyHeaders(s.opts.MaxRequestHeaders)
+			}
 			return status.Errorf(st.Code(), "sequence %d: %s", req.GetSequence(), st.Message())
 		}
 		wg.Add(1)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/spillway/spillway/proto/gen/kafkapixy"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
 )
 
@@ -21,6 +22,31 @@ import (
 func tooManyRecords(limit int) *status.Status {
 	return status.Newf(codes.ResourceExhausted,
 		"the request holds more than %d records, the limit of one request (server.max_request_records): send them in smaller requests", limit)
+}
+
+// tooManyHeaders is the status of a request over server.max_request_headers.
+func tooManyHeaders(limit int) *status.Status {
+	return status.Newf(codes.ResourceExhausted,
+		"the request holds more than %d record headers, the limit of one request (server.max_request_headers): send them in smaller requests", limit)
+}
+
+// overHeadersField marks a request the codec found over the header cap:
+// an unknown field no message of ours declares, read by overHeaders.
+const overHeadersField protowire.Number = protowire.MaxValidNumber
+
+// overHeaders says whether the codec found m over the header cap.
+func overHeaders(m proto.Message) bool {
+	for b := m.ProtoReflect().GetUnknown(); len(b) > 0; {
+		num, typ, n := protowire.ConsumeField(b)
+		if n < 0 {
+			return false
+		}
+		if num == overHeadersField && typ == protowire.VarintType {
+			return true
+		}
+		b = b[n:]
+	}
+	return false
 }
 
 // overCap says whether a request holds more records than limit allows.
@@ -33,29 +59,57 @@ func overCap(n, limit int) bool { return limit > 0 && n > limit }
 // is decoded without its records, and its records field is given limit+1
 // empty entries, so that the handler, which checks the count first,
 // refuses it (a codec's own error would reach the client as INTERNAL).
+//
+// Record headers are counted the same way, against their own cap
+// (headerLimit): 4 MiB of empty headers cost 705 MB decoded. A request
+// over it is decoded without its records (or, for pixy's ProdRq, its
+// headers) and marked (overHeadersField) for the handler to refuse.
 type cappedCodec struct {
 	encoding.CodecV2
-	limit int
+	limit       int
+	headerLimit int
 }
 
-func newCappedCodec(limit int) cappedCodec {
-	return cappedCodec{CodecV2: encoding.GetCodecV2(encproto.Name), limit: limit}
+func newCappedCodec(limit, headerLimit int) cappedCodec {
+	return cappedCodec{CodecV2: encoding.GetCodecV2(encproto.Name), limit: limit, headerLimit: headerLimit}
 }
 
 func (c cappedCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	var field protowire.Number
+	// field holds the records; headers is the headers' field inside each
+	// record, or, with field 0, in the message itself (pixy's ProdRq).
+	var field, headers protowire.Number
 	switch v.(type) {
 	case *ingestv1.ProduceRequest:
-		field = 2
+		field, headers = 2, 3
 	case *ingestv1.ProduceStreamRequest:
-		field = 3
+		field, headers = 3, 3
+	case *kafkapixy.ProdRq:
+		headers = 7
 	}
-	if field == 0 || c.limit <= 0 {
+	if headers == 0 || (c.limit <= 0 && c.headerLimit <= 0) {
 		return c.CodecV2.Unmarshal(data, v)
 	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
+	if c.headerLimit > 0 {
+		strip := field
+		if strip == 0 {
+			strip = headers
+		}
+		if countHeaders(b, field, headers) > c.headerLimit {
+			rest, _ := withoutField(b, strip)
+			if err := proto.Unmarshal(rest, v.(proto.Message)); err != nil {
+				return err
+			}
+			m := v.(proto.Message).ProtoReflect()
+			m.SetUnknown(append(m.GetUnknown(), protowire.AppendVarint(protowire.AppendTag(nil, overHeadersField, protowire.VarintType), 1)...))
+			return nil
+		}
+	}
+	if field == 0 || c.limit <= 0 {
+		return proto.Unmarshal(b, v.(proto.Message))
+	}
 	rest, n := withoutField(b, field)
 	if n <= c.limit {
 		return proto.Unmarshal(b, v.(proto.Message))
@@ -71,6 +125,54 @@ func (c cappedCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		m.Records = over
 	}
 	return nil
+}
+
+// countHeaders counts the headers (length-delimited field headers) of the
+// message b: in each of its records (field records), or in b itself when
+// records is 0. An invalid message counts 0, for proto.Unmarshal to refuse.
+func countHeaders(b []byte, records, headers protowire.Number) int {
+	if records == 0 {
+		_, n := countField(b, headers)
+		return n
+	}
+	total := 0
+	for in := b; len(in) > 0; {
+		num, typ, tagLen := protowire.ConsumeTag(in)
+		if tagLen < 0 {
+			return 0
+		}
+		valLen := protowire.ConsumeFieldValue(num, typ, in[tagLen:])
+		if valLen < 0 {
+			return 0
+		}
+		if num == records && typ == protowire.BytesType {
+			rec, _ := protowire.ConsumeBytes(in[tagLen:])
+			_, n := countField(rec, headers)
+			total += n
+		}
+		in = in[tagLen+valLen:]
+	}
+	return total
+}
+
+// countField counts the occurrences of field (length-delimited) in b; ok
+// is false when b is not a valid message.
+func countField(b []byte, field protowire.Number) (ok bool, n int) {
+	for in := b; len(in) > 0; {
+		num, typ, tagLen := protowire.ConsumeTag(in)
+		if tagLen < 0 {
+			return false, n
+		}
+		valLen := protowire.ConsumeFieldValue(num, typ, in[tagLen:])
+		if valLen < 0 {
+			return false, n
+		}
+		if num == field && typ == protowire.BytesType {
+			n++
+		}
+		in = in[tagLen+valLen:]
+	}
+	return true, n
 }
 
 // withoutField counts the occurrences of field (length-delimited) in the

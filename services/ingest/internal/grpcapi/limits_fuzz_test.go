@@ -27,7 +27,8 @@ func FuzzCappedCodec(f *testing.F) {
 	}
 	f.Add([]byte{0x12, 0xff})
 	f.Add([]byte{0x12, 0x00, 0x12, 0x00, 0x12, 0x00, 0x12, 0x00, 0x0a})
-	c := newCappedCodec(limit)
+	const headerLimit = 5
+	c := newCappedCodec(limit, headerLimit)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var full, capped ingestv1.ProduceRequest
 		fullErr := proto.Unmarshal(b, &full)
@@ -36,6 +37,14 @@ func FuzzCappedCodec(f *testing.F) {
 		case err != nil && fullErr == nil:
 			t.Fatalf("capped codec refused what protobuf takes: %v", err)
 		case err != nil:
+		case overHeaders(&capped):
+			headers := 0
+			for _, r := range full.Records {
+				headers += len(r.GetHeaders())
+			}
+			if fullErr == nil && (headers <= headerLimit || len(capped.Records) != 0 || capped.Topic != full.Topic) {
+				t.Fatalf("refused by headers: %d records, topic %q; protobuf: %d headers, topic %q", len(capped.Records), capped.Topic, headers, full.Topic)
+			}
 		case len(capped.Records) == limit+1:
 			for _, r := range capped.Records {
 				if r != nil {

@@ -39,6 +39,10 @@ func (s *pixyServer) Produce(ctx context.Context, req *kafkapixy.ProdRq) (*kafka
 		s.opts.Sender.Refuse(ctx, API, "", 1, record.ReasonInvalid)
 		return nil, statusOf(err).Err()
 	}
+	if overHeaders(req) {
+		s.opts.Sender.Refuse(ctx, API, topic, 1, record.ReasonTooLarge)
+		return nil, tooManyHeaders(s.opts.MaxRequestHeaders).Err()
+	}
 	rec := record.Record{Topic: topic, Value: req.GetMessage(), Partition: record.AnyPartition}
 	if !req.GetKeyUndefined() {
 		// An empty key is a key: murmur2 of no bytes picks one fixed
