@@ -60,6 +60,7 @@ type Config struct {
 type Server struct {
 	HTTP            HTTP
 	GRPC            GRPC
+	Kafka           KafkaListener
 	Monitoring      Monitoring
 	TLS             ServerTLS
 	ShutdownTimeout time.Duration
@@ -93,6 +94,13 @@ type HTTP struct {
 }
 
 // GRPC configures the gRPC produce API.
+// KafkaListener is the listener that speaks Kafka's protocol to
+// producers (services/ingest/internal/kafkaapi).
+type KafkaListener struct {
+	// Listen is its address; "" disables it.
+	Listen string
+}
+
 type GRPC struct {
 	Listen           string
 	MaxRequestSize   int
@@ -583,6 +591,14 @@ func (g *getter) address(key string) string {
 		g.fail(key, fmt.Errorf("%q has no valid port; want a number from 0 to 65535", s))
 	}
 	return s
+}
+
+// optionalAddress is address, or "" for a listener that is off.
+func (g *getter) optionalAddress(key string) string {
+	if g.str(key) == "" {
+		return ""
+	}
+	return g.address(key)
 }
 
 func (g *getter) duration(key string) time.Duration {

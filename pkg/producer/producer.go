@@ -378,6 +378,24 @@ func (p *Producer) Topics(ctx context.Context) ([]string, error) {
 	return topics, nil
 }
 
+// Partitions returns the partition count of each topic in the cluster,
+// without Kafka's internal ones, for a listener that tells clients the
+// cluster's layout (the Kafka-protocol listener's Metadata).
+func (p *Producer) Partitions(ctx context.Context) (map[string]int, error) {
+	md, err := p.client.Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("kafka metadata: %w", err)
+	}
+	out := make(map[string]int, len(md.Topics))
+	for _, t := range md.Topics {
+		if t.Internal || t.Error != nil {
+			continue
+		}
+		out[t.Name] = len(t.Partitions)
+	}
+	return out, nil
+}
+
 // Close flushes the records still queued and waits for Kafka's answers.
 func (p *Producer) Close() error {
 	return p.writer.Close()

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -120,7 +121,15 @@ func run() int {
 	if cfg.Kafka.UsingDevBroker {
 		args = append(args, "-dev-broker", brokers)
 	}
-	ingest, err := start("ingest", filepath.Join(*binDir, "spillway-ingest"), env, args...)
+	// The Kafka-protocol listener is off by default; make run turns it on
+	// on loopback unless the configuration names an address.
+	kafkaListen := cfg.Server.Kafka.Listen
+	ingestEnv := env
+	if kafkaListen == "" {
+		kafkaListen = "127.0.0.1:19092"
+		ingestEnv = append(slices.Clip(env), "SPILLWAY_SERVER_KAFKA_LISTEN="+kafkaListen)
+	}
+	ingest, err := start("ingest", filepath.Join(*binDir, "spillway-ingest"), ingestEnv, args...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devrun:", err)
 		return 1
@@ -159,6 +168,7 @@ func run() int {
 Spillway is running.
   HTTP API     %s
   gRPC API     %s
+  Kafka API    %s  (Kafka producers: bootstrap.servers)
   monitoring   %s/metrics  %s/readyz  (forwarder %s, resender %s)
   Kafka        %s%s
   traces       %s
@@ -168,7 +178,7 @@ Try:
   kcat -b %s -C -t demo -e -f 'key=%%k value=%%s partition=%%p offset=%%o\n'
 
 Ctrl-C stops everything.
-`, httpURL, loopback(cfg.Server.GRPC.Listen), monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
+`, httpURL, loopback(cfg.Server.GRPC.Listen), loopback(kafkaListen), monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
 		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, httpURL, brokers)
 
 	return waitExit(ctx, children)

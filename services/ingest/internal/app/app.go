@@ -32,6 +32,7 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/httpapi"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
+	"github.com/spillway/spillway/services/ingest/internal/kafkaapi"
 	"github.com/spillway/spillway/services/ingest/internal/mirror"
 	"github.com/spillway/spillway/services/ingest/internal/policy"
 )
@@ -67,6 +68,8 @@ type App struct {
 	httpLn   net.Listener
 	grpcSrv  *grpcapi.Server
 	grpcLn   net.Listener
+	kafkaSrv *kafkaapi.Server // nil: server.kafka.listen is empty
+	kafkaLn  net.Listener
 	draining chan struct{}
 	natsAddr string
 	// policy is what a reload replaces: topic ACLs, rate limits,
@@ -208,6 +211,23 @@ func New(o Options) (_ *App, err error) {
 		return nil, fmt.Errorf("server.grpc.listen: %w", err)
 	}
 	a.cleanups = append(a.cleanups, func() { _ = a.grpcLn.Close() })
+
+	if cfg.Server.Kafka.Listen != "" {
+		a.kafkaLn, err = net.Listen("tcp", cfg.Server.Kafka.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("server.kafka.listen: %w", err)
+		}
+		a.cleanups = append(a.cleanups, func() { _ = a.kafkaLn.Close() })
+		a.kafkaSrv = kafkaapi.New(kafkaapi.Options{
+			Sender:            d,
+			Partitions:        a.producer,
+			Writable:          d.Writable,
+			Auth:              auth,
+			MaxRequestBytes:   int(cfg.Server.HTTP.MaxBodyBytes),
+			MaxRequestRecords: cfg.Server.MaxRequestRecords,
+			Logger:            o.Logger.With("api", kafkaapi.API),
+		})
+	}
 
 	a.httpLn, err = net.Listen("tcp", cfg.Server.HTTP.Listen)
 	if err != nil {
@@ -386,6 +406,15 @@ func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 // GRPCAddr is the gRPC API's bound address.
 func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 
+// KafkaAddr is the Kafka-protocol listener's bound address, "" when it is
+// off.
+func (a *App) KafkaAddr() string {
+	if a.kafkaLn == nil {
+		return ""
+	}
+	return a.kafkaLn.Addr().String()
+}
+
 // MonitorAddr is the monitoring port's bound address.
 func (a *App) MonitorAddr() string { return a.monitor.Addr() }
 
@@ -413,9 +442,17 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if a.kafkaSrv != nil {
+		g.Go(func() error {
+			if err := a.kafkaSrv.Serve(a.kafkaLn); !errors.Is(err, kafkaapi.ErrServerClosed) {
+				return fmt.Errorf("kafka listener: %w", err)
+			}
+			return nil
+		})
+	}
 	a.monitor.SetReady(true)
 	a.grpcSrv.SetServing(true)
-	log.Info("ingest started", "http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "monitoring", a.MonitorAddr(), "brokers", a.opts.Config.Kafka.Brokers)
+	log.Info("ingest started", "http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "kafka", a.KafkaAddr(), "monitoring", a.MonitorAddr(), "brokers", a.opts.Config.Kafka.Brokers)
 
 	g.Go(func() error {
 		<-gctx.Done()
@@ -443,6 +480,14 @@ func (a *App) shutdown() error {
 	go func() {
 		a.grpcSrv.GracefulStop()
 		close(grpcStopped)
+	}()
+	kafkaStopped := make(chan error, 1)
+	go func() {
+		if a.kafkaSrv == nil {
+			kafkaStopped <- nil
+			return
+		}
+		kafkaStopped <- a.kafkaSrv.Shutdown(ctx)
 	}()
 	shutdownDone := make(chan error, 1)
 	go func() { shutdownDone <- a.httpSrv.Shutdown(ctx) }()
@@ -472,6 +517,9 @@ func (a *App) shutdown() error {
 			<-grpcStopped
 			errs = append(errs, errors.New("grpc shutdown: requests still running at the deadline were cut off"))
 		}
+	}
+	if err := <-kafkaStopped; err != nil {
+		errs = append(errs, err)
 	}
 	a.close()
 	if err := a.monitor.Shutdown(ctx); err != nil {

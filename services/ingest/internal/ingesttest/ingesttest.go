@@ -27,6 +27,7 @@ type Ingest struct {
 	App      *app.App
 	URL      string // the HTTP API, http://127.0.0.1:port
 	GRPC     string // the gRPC API, 127.0.0.1:port
+	Kafka    string // the Kafka-protocol listener, 127.0.0.1:port
 	Monitor  string // the monitoring port, http://127.0.0.1:port
 	Registry *prometheus.Registry
 	logs     *lockedBuffer
@@ -86,6 +87,7 @@ func startWith(tb testing.TB, addr, path string, yaml []byte, tracing *telemetry
 		"SPILLWAY_KAFKA_BROKERS=" + addr,
 		"SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=5s",
 		"SPILLWAY_PRODUCER_WAL_PATH=" + tb.TempDir(),
@@ -119,7 +121,7 @@ func startWith(tb testing.TB, addr, path string, yaml []byte, tracing *telemetry
 	if cfg.Server.TLS.Enabled() {
 		scheme = "https://"
 	}
-	in := &Ingest{App: a, URL: scheme + a.HTTPAddr(), GRPC: a.GRPCAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
+	in := &Ingest{App: a, URL: scheme + a.HTTPAddr(), GRPC: a.GRPCAddr(), Kafka: a.KafkaAddr(), Monitor: "http://" + a.MonitorAddr(), Registry: reg, logs: logs, cancel: cancel, done: done}
 	tb.Cleanup(func() {
 		if err := in.Stop(); err != nil {
 			tb.Errorf("ingest stop: %v", err)

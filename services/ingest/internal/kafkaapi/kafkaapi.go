@@ -1,0 +1,423 @@
+// Package kafkaapi is a listener that speaks Kafka's protocol to
+// producers: any Kafka client can point bootstrap.servers at Spillway and
+// its records take the same durable path as the HTTP and gRPC APIs
+// (delivery), so that when Kafka is down they are buffered and the
+// produce still succeeds.
+//
+// Spillway is the only broker it names and it leads every partition of
+// the real cluster's topics. It serves ApiVersions, Metadata, Produce
+// (record batches, every codec), InitProducerId (idempotent producers)
+// and SASL PLAIN; every other API is answered UNSUPPORTED_VERSION.
+// Requests and responses are franz-go's kmsg types: no wire format is
+// written by hand here.
+package kafkaapi
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/delivery"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
+)
+
+// API is the api label of the records this listener sends.
+const API = "kafka"
+
+// Sender is the delivery path (delivery.Delivery).
+type Sender interface {
+	Send(ctx context.Context, api string, recs []record.Record) []record.Result
+	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
+}
+
+// Partitions lists the real cluster's topics with their partition counts
+// (producer.Producer).
+type Partitions interface {
+	Partitions(ctx context.Context) (map[string]int, error)
+}
+
+// Options are what the listener needs.
+type Options struct {
+	Sender     Sender
+	Partitions Partitions
+	// Writable filters topics to those the client in the context may
+	// produce to (delivery.Delivery.Writable); nil: all.
+	Writable func(delivery.TopicLister) delivery.TopicLister
+	// Auth checks SASL PLAIN credentials (API keys) and says whether
+	// credentials are required; nil: none are checked.
+	Auth *identity.Authenticator
+	// MaxRequestBytes bounds one request, and the records of one produce
+	// request once decompressed; MaxRequestRecords bounds its records.
+	MaxRequestBytes   int
+	MaxRequestRecords int
+	Logger            *slog.Logger
+}
+
+// Server serves Kafka's protocol on a listener.
+type Server struct {
+	o          Options
+	producerID atomic.Int64
+
+	mu      sync.Mutex
+	ln      net.Listener
+	conns   map[*conn]struct{}
+	closing bool
+	wg      sync.WaitGroup
+	// lastCounts is the last topic layout Kafka gave.
+	lastCounts map[string]int
+}
+
+// New returns a server; Serve serves it.
+func New(o Options) *Server {
+	if o.MaxRequestBytes <= 0 {
+		o.MaxRequestBytes = 16 << 20
+	}
+	if o.MaxRequestRecords <= 0 {
+		o.MaxRequestRecords = 100_000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{o: o, conns: map[*conn]struct{}{}}
+	// Producer ids differ across restarts, so that a client that keeps
+	// its id over a restart is not mistaken for another one downstream.
+	s.producerID.Store(time.Now().UnixMilli() << 10)
+	return s
+}
+
+// ErrServerClosed is what Serve returns after Shutdown.
+var ErrServerClosed = errors.New("kafka listener closed")
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		c := &conn{s: s, nc: nc}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			_ = nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Shutdown stops accepting, lets each connection finish the request it
+// is handling (its answer is written), closes it, and waits for them
+// until ctx ends; then it closes those left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	for c := range s.conns {
+		c.stop()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			_ = c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return fmt.Errorf("kafka listener: requests still running at the deadline were cut off: %w", ctx.Err())
+	}
+}
+
+// conn is one client connection. Requests are handled one at a time, in
+// order, as a broker does.
+type conn struct {
+	s  *Server
+	nc net.Conn
+
+	mu       sync.Mutex
+	stopping bool
+	busy     bool
+
+	software, softwareVersion string
+	// authed is the principal SASL established; nil before.
+	authed    *identity.Client
+	saslReady bool // a SaslHandshake chose PLAIN
+}
+
+// stop ends the connection after the request it handles, or at once
+// when it waits for one.
+func (c *conn) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopping = true
+	if !c.busy {
+		_ = c.nc.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *conn) serve() {
+	defer c.nc.Close()
+	log := c.s.o.Logger.With("remote", c.nc.RemoteAddr().String())
+	size := make([]byte, 4)
+	var out []byte
+	for {
+		if _, err := io.ReadFull(c.nc, size); err != nil {
+			return
+		}
+		n := binary.BigEndian.Uint32(size)
+		if n > uint32(c.s.o.MaxRequestBytes)+1024 || n < 8 {
+			log.Debug("kafka request refused: size", "bytes", n, "max", c.s.o.MaxRequestBytes)
+			return
+		}
+		c.mu.Lock()
+		c.busy = true
+		c.mu.Unlock()
+		body := make([]byte, n)
+		if _, err := io.ReadFull(c.nc, body); err != nil {
+			return
+		}
+		resp, corr, err := c.handle(body)
+		if err != nil {
+			log.Debug("kafka request not served; closing the connection", "error", err)
+			return
+		}
+		if resp != nil {
+			out = appendResponse(out[:0], resp, corr)
+			if _, err := c.nc.Write(out); err != nil {
+				return
+			}
+		}
+		c.mu.Lock()
+		c.busy = false
+		stopping := c.stopping
+		c.mu.Unlock()
+		if stopping {
+			return
+		}
+	}
+}
+
+// appendResponse frames resp: its size, the correlation id, the empty
+// tag section of a flexible response header (never for ApiVersions,
+// whose response header stays v0), and the body.
+func appendResponse(dst []byte, resp kmsg.Response, corr int32) []byte {
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
+	if resp.IsFlexible() && resp.Key() != 18 {
+		dst = append(dst, 0)
+	}
+	dst = resp.AppendTo(dst)
+	binary.BigEndian.PutUint32(dst[:4], uint32(len(dst)-4))
+	binary.BigEndian.PutUint32(dst[4:8], uint32(corr))
+	return dst
+}
+
+// request is a parsed request with its header.
+type request struct {
+	key, version int16
+	corr         int32
+	clientID     string
+	kreq         kmsg.Request
+}
+
+// parseRequest reads a request's header and body with kmsg. A request
+// whose key kmsg does not know, or whose body does not parse, is an
+// error, except ApiVersions, which is answered whatever its version.
+func parseRequest(body []byte) (request, error) {
+	r := kbin.Reader{Src: body}
+	req := request{key: r.Int16(), version: r.Int16(), corr: r.Int32()}
+	if cid := r.NullableString(); cid != nil {
+		req.clientID = *cid
+	}
+	if !r.Ok() {
+		return req, errors.New("short request header")
+	}
+	req.kreq = kmsg.RequestForKey(req.key)
+	if req.kreq == nil {
+		return req, fmt.Errorf("unknown api key %d", req.key)
+	}
+	if req.version < 0 {
+		return req, fmt.Errorf("api key %d: negative version %d", req.key, req.version)
+	}
+	if req.version > req.kreq.MaxVersion() {
+		if req.key == 18 {
+			return req, nil // answered with our ranges in a v0 body
+		}
+		return req, fmt.Errorf("api key %d: version %d is newer than this server knows", req.key, req.version)
+	}
+	req.kreq.SetVersion(req.version)
+	if req.kreq.IsFlexible() {
+		kmsg.SkipTags(&r)
+		if !r.Ok() {
+			return req, errors.New("short request header")
+		}
+	}
+	if err := req.kreq.ReadFrom(r.Src); err != nil {
+		if req.key == 18 {
+			req.version = req.kreq.MaxVersion() + 1 // answered as unknown
+			return req, nil
+		}
+		return req, fmt.Errorf("api key %d v%d: %w", req.key, req.version, err)
+	}
+	return req, nil
+}
+
+// handle answers one request; a nil response writes nothing (acks 0).
+func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
+	req, err := parseRequest(body)
+	if err != nil {
+		return nil, req.corr, err
+	}
+	if req.key == 18 {
+		return c.apiVersions(req), req.corr, nil
+	}
+	if !supported(req.key, req.version) {
+		resp, err := unsupported(req.kreq)
+		return resp, req.corr, err
+	}
+	if c.saslReady && req.key != 36 {
+		return nil, req.corr, errors.New("a SASL handshake must be followed by SaslAuthenticate")
+	}
+	switch r := req.kreq.(type) {
+	case *kmsg.MetadataRequest:
+		return c.metadata(r, req.clientID), req.corr, nil
+	case *kmsg.ProduceRequest:
+		resp := c.produce(r, req.clientID)
+		if r.Acks == 0 {
+			return nil, req.corr, nil
+		}
+		return resp, req.corr, nil
+	case *kmsg.InitProducerIDRequest:
+		resp := r.ResponseKind().(*kmsg.InitProducerIDResponse)
+		if r.TransactionalID != nil {
+			// Spillway is at-least-once: no transactions.
+			resp.ErrorCode = kerr.TransactionalIDAuthorizationFailed.Code
+			return resp, req.corr, nil
+		}
+		resp.ProducerID = c.s.producerID.Add(1)
+		resp.ProducerEpoch = 0
+		return resp, req.corr, nil
+	case *kmsg.SASLHandshakeRequest:
+		return c.saslHandshake(r), req.corr, nil
+	case *kmsg.SASLAuthenticateRequest:
+		resp, err := c.saslAuthenticate(r, req.clientID)
+		return resp, req.corr, err
+	}
+	resp, err := unsupported(req.kreq)
+	return resp, req.corr, err
+}
+
+// versions are the APIs served and their version ranges. Produce stops
+// at v12 (v13 names topics by id) and Metadata at v9 (later ones carry
+// topic ids, which Spillway does not have).
+var versions = []struct{ key, min, max int16 }{
+	{0, 3, 12}, // Produce
+	{3, 0, 9},  // Metadata
+	{17, 1, 1}, // SaslHandshake (v0 would send raw SASL bytes)
+	{18, 0, 3}, // ApiVersions
+	{22, 0, 4}, // InitProducerId
+	{36, 0, 2}, // SaslAuthenticate
+}
+
+func supported(key, version int16) bool {
+	for _, v := range versions {
+		if v.key == key {
+			return version >= v.min && version <= v.max
+		}
+	}
+	return false
+}
+
+func (c *conn) apiVersions(req request) kmsg.Response {
+	resp := &kmsg.ApiVersionsResponse{}
+	resp.Default()
+	if req.version > 3 {
+		// As brokers do: a v0 body with the error and our ranges, so that
+		// the client retries with a version we speak.
+		resp.Version = 0
+		resp.ErrorCode = kerr.UnsupportedVersion.Code
+	} else {
+		resp.Version = req.version
+		if r, ok := req.kreq.(*kmsg.ApiVersionsRequest); ok && req.version >= 3 {
+			c.mu.Lock()
+			c.software, c.softwareVersion = r.ClientSoftwareName, r.ClientSoftwareVersion
+			c.mu.Unlock()
+		}
+	}
+	for _, v := range versions {
+		k := kmsg.NewApiVersionsResponseApiKey()
+		k.ApiKey, k.MinVersion, k.MaxVersion = v.key, v.min, v.max
+		resp.ApiKeys = append(resp.ApiKeys, k)
+	}
+	return resp
+}
+
+// client is who sends on this connection: the principal SASL
+// established, else the client id it claims; the library is the client
+// software ApiVersions v3 named.
+func (c *conn) client(clientID string) (identity.Client, error) {
+	c.mu.Lock()
+	software, version, authed := c.software, c.softwareVersion, c.authed
+	c.mu.Unlock()
+	var cl identity.Client
+	var err error
+	if authed != nil {
+		cl = *authed
+	} else {
+		cl, err = identity.FromKafka(clientID, c.s.o.Auth)
+	}
+	cl.Library, cl.Version = identity.ParseUserAgent(software + "/" + version)
+	if software == "" {
+		cl.Library, cl.Version = identity.Unknown, ""
+	}
+	return cl, err
+}

@@ -1,0 +1,345 @@
+package kafkaapi_test
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/compress"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+
+	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
+)
+
+// kgoClient is a franz-go client of the listener, idempotent as kgo is
+// by default.
+func kgoClient(t *testing.T, addr string, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(addr), kgo.RecordRetries(3),
+		kgo.ProduceRequestTimeout(5 * time.Second), kgo.RecordDeliveryTimeout(15 * time.Second)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+func headers(r *kgo.Record) map[string]string {
+	out := map[string]string{}
+	for _, h := range r.Headers {
+		out[h.Key] = string(h.Value)
+	}
+	return out
+}
+
+// TestKgoProducesThroughTheListener: franz-go's kgo, idempotent by
+// default, produces records with keys, headers and values through the
+// listener; each is in Kafka byte for byte, at the partition and offset
+// the client was told, with Spillway's id header added.
+func TestKgoProducesThroughTheListener(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 3)
+	in := ingesttest.Start(t, addr)
+	cl := kgoClient(t, in.Kafka)
+
+	var sent []*kgo.Record
+	for i := range 5 {
+		sent = append(sent, &kgo.Record{Topic: "orders", Key: fmt.Appendf(nil, "k%d", i), Value: fmt.Appendf(nil, `{"n":%d}`, i),
+			Headers: []kgo.RecordHeader{{Key: "h", Value: fmt.Appendf(nil, "v%d", i)}, {Key: "empty", Value: []byte{}}}})
+	}
+	require.NoError(t, cl.ProduceSync(t.Context(), sent...).FirstErr())
+
+	got := kafkatest.Consume(t, addr, "orders", 5, 10*time.Second)
+	byKey := map[string]*kgo.Record{}
+	for _, r := range got {
+		byKey[string(r.Key)] = r
+	}
+	for i, s := range sent {
+		r := byKey[string(s.Key)]
+		require.NotNil(t, r, "record %d not in Kafka", i)
+		assert.Equal(t, string(s.Value), string(r.Value))
+		h := headers(r)
+		assert.Equal(t, fmt.Sprintf("v%d", i), h["h"])
+		assert.Contains(t, h, "empty")
+		assert.NotEmpty(t, h["spillway-id"])
+		assert.Equal(t, s.Partition, r.Partition, "the partition kgo chose")
+		assert.Equal(t, s.Offset, r.Offset, "the offset kgo was told")
+	}
+	assert.Equal(t, 5.0, ingesttest.Metric(t, in.Monitor, `spillway_records_received_total{api="kafka",topic="orders"}`))
+}
+
+// TestKafkaGoWriterEveryCodec: kafka-go's Writer (not idempotent) with
+// each codec; the records are in Kafka exactly.
+func TestKafkaGoWriterEveryCodec(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "codecs", 2)
+	in := ingesttest.Start(t, addr)
+	codecs := []compress.Compression{0, kafka.Gzip, kafka.Snappy, kafka.Lz4, kafka.Zstd}
+	var want []string
+	for _, codec := range codecs {
+		w := &kafka.Writer{Addr: kafka.TCP(in.Kafka), Topic: "codecs", Compression: codec, BatchTimeout: 5 * time.Millisecond,
+			RequiredAcks: kafka.RequireAll, Transport: &kafka.Transport{MetadataTTL: time.Second}, MaxAttempts: 3}
+		var msgs []kafka.Message
+		for i := range 3 {
+			v := fmt.Sprintf("codec %d record %d %s", codec, i, string(make([]byte, 200)))
+			want = append(want, v)
+			msgs = append(msgs, kafka.Message{Key: []byte(fmt.Sprint(i)), Value: []byte(v), Headers: []kafka.Header{{Key: "codec", Value: []byte(fmt.Sprint(codec))}}})
+		}
+		require.NoError(t, w.WriteMessages(t.Context(), msgs...), "codec %d", codec)
+		require.NoError(t, w.Close())
+	}
+	got := kafkatest.Consume(t, addr, "codecs", len(want), 10*time.Second)
+	var values []string
+	for _, r := range got {
+		values = append(values, string(r.Value))
+		assert.NotEmpty(t, headers(r)["codec"])
+	}
+	sort.Strings(want)
+	sort.Strings(values)
+	assert.Equal(t, want, values)
+}
+
+// TestRefusalsReachTheClient: an ACL and a validation rule refuse
+// records, and the Kafka client gets the error with the rule's message;
+// an unknown topic is UNKNOWN_TOPIC_OR_PARTITION.
+func TestRefusalsReachTheClient(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	for _, topic := range []string{"orders", "secret"} {
+		kafkatest.CreateTopic(t, addr, topic, 1)
+	}
+	in := ingesttest.StartYAML(t, addr, `
+security:
+  deny_topics: ["secret"]
+validation:
+  rules:
+    - topics: ["orders"]
+      json: true
+`)
+	cl := kgoClient(t, in.Kafka, kgo.DisableIdempotentWrite())
+
+	err := cl.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("not json")}).FirstErr()
+	require.Error(t, err)
+	var ke *kerr.Error
+	require.True(t, errors.As(err, &ke), "%v", err)
+	assert.Equal(t, kerr.InvalidRecord.Code, ke.Code)
+	// kgo keeps only the code; a raw produce shows the partition's message.
+	resp := rawProduce(t, in.Kafka, "orders", &kmsg.Record{Value: []byte("not json")})
+	p := resp.Topics[0].Partitions[0]
+	assert.Equal(t, kerr.InvalidRecord.Code, p.ErrorCode)
+	require.NotNil(t, p.ErrorMessage)
+	assert.Equal(t, "validation rule json (validation.rules[0]) failed: the value is not valid JSON", *p.ErrorMessage)
+	assert.Equal(t, int64(-1), p.BaseOffset)
+
+	err = cl.ProduceSync(t.Context(), &kgo.Record{Topic: "secret", Value: []byte(`{}`)}).FirstErr()
+	require.ErrorIs(t, err, kerr.TopicAuthorizationFailed)
+
+	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte(`{"ok":true}`)}).FirstErr())
+	got := kafkatest.Consume(t, addr, "orders", 1, 10*time.Second)
+	assert.Equal(t, `{"ok":true}`, string(got[0].Value))
+	assert.Equal(t, 2.0, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="rejected",topic="orders"}`), "kgo's record and the raw one")
+}
+
+// TestSASLPlainWithAnAPIKey: with credentials required, a client that
+// signs in with SASL PLAIN and an API key as the password produces, its
+// records counted under the key's principal and its library; a wrong key
+// fails the sign-in.
+func TestSASLPlainWithAnAPIKey(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 1)
+	const key = "kafka-test-key-0123456789"
+	sum := sha256.Sum256([]byte(key))
+	in := ingesttest.StartYAML(t, addr, `
+security:
+  require_credentials: true
+  api_keys:
+    - principal: billing
+      sha256: `+hex.EncodeToString(sum[:])+`
+`)
+	good := kgoClient(t, in.Kafka, kgo.SASL(plain.Auth{User: "billing", Pass: key}.AsMechanism()),
+		kgo.SoftwareNameAndVersion("acme-producer", "1.2.3"))
+	require.NoError(t, good.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("signed in")}).FirstErr())
+	got := kafkatest.Consume(t, addr, "orders", 1, 10*time.Second)
+	assert.Equal(t, "signed in", string(got[0].Value))
+	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_client_requests_total{library="acme-producer",principal="billing",version="1.2.3"}`))
+
+	bad := kgoClient(t, in.Kafka, kgo.SASL(plain.Auth{User: "billing", Pass: "wrong"}.AsMechanism()), kgo.RecordRetries(0))
+	err := bad.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("x")}).FirstErr()
+	require.ErrorIs(t, err, kerr.SaslAuthenticationFailed)
+
+	anon := kgoClient(t, in.Kafka, kgo.RecordRetries(0), kgo.DisableIdempotentWrite())
+	err = anon.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("x")}).FirstErr()
+	require.Error(t, err)
+}
+
+// TestKafkaCutOffTheProduceIsBuffered: with Kafka cut off after the
+// client learned the topics, its produce still succeeds: the records are
+// buffered (offset -1) and counted so.
+func TestKafkaCutOffTheProduceIsBuffered(t *testing.T) {
+	k := newCuttableKafka(t)
+	kafkatest.CreateTopic(t, k.addr, "orders", 1)
+	in := ingesttest.Start(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1")
+	cl := kgoClient(t, in.Kafka)
+	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("before")}).FirstErr())
+
+	k.cut()
+	r := &kgo.Record{Topic: "orders", Key: []byte("k"), Value: []byte("while cut")}
+	require.NoError(t, cl.ProduceSync(t.Context(), r).FirstErr())
+	assert.Equal(t, int64(-1), r.Offset, "a buffered record's offset")
+	assert.Equal(t, 1.0, sumMetric(t, in.Monitor, "spillway_records_buffered_total", `topic="orders"`))
+}
+
+// cuttableKafka is a kfake broker that clients reach only through a TCP
+// proxy of the test's (as in delivery's breaker test): cutting the proxy
+// cuts Kafka off without losing what Kafka holds.
+type cuttableKafka struct {
+	addr  string
+	mu    sync.Mutex
+	down  bool
+	conns map[net.Conn]bool
+}
+
+type advertisedListener struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (l advertisedListener) Addr() net.Addr { return l.addr }
+
+func newCuttableKafka(t *testing.T) *cuttableKafka {
+	t.Helper()
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var upstream string
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			ln, err := net.Listen(network, "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			upstream = ln.Addr().String()
+			return advertisedListener{Listener: ln, addr: front.Addr()}, nil
+		}))
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	k := &cuttableKafka{addr: front.Addr().String(), conns: map[net.Conn]bool{}}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { front.Close(); k.cut(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			client, err := front.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { k.pipe(client, upstream) })
+		}
+	})
+	return k
+}
+
+func (k *cuttableKafka) pipe(client net.Conn, upstream string) {
+	server, err := net.Dial("tcp", upstream)
+	if err != nil {
+		client.Close()
+		return
+	}
+	k.mu.Lock()
+	if k.down {
+		k.mu.Unlock()
+		client.Close()
+		server.Close()
+		return
+	}
+	k.conns[client], k.conns[server] = true, true
+	k.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(server, client); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(client, server); done <- struct{}{} }()
+	<-done
+	client.Close()
+	server.Close()
+	<-done
+	k.mu.Lock()
+	delete(k.conns, client)
+	delete(k.conns, server)
+	k.mu.Unlock()
+}
+
+func (k *cuttableKafka) cut() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.down = true
+	for c := range k.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		c.Close()
+	}
+}
+
+// rawProduce sends one uncompressed batch of recs to partition 0 of
+// topic with kmsg, and returns the answer.
+func rawProduce(t *testing.T, addr, topic string, recs ...*kmsg.Record) *kmsg.ProduceResponse {
+	t.Helper()
+	var body []byte
+	for i, r := range recs {
+		r.OffsetDelta = int32(i)
+		r.Length = 0
+		one := r.AppendTo(nil)
+		r.Length = int32(len(one) - 1) // the varint of 0 took one byte
+		body = r.AppendTo(body)
+	}
+	b := kmsg.RecordBatch{Magic: 2, LastOffsetDelta: int32(len(recs) - 1), FirstTimestamp: time.Now().UnixMilli(),
+		MaxTimestamp: time.Now().UnixMilli(), ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1, NumRecords: int32(len(recs)), Records: body}
+	raw := b.AppendTo(nil)
+	binary.BigEndian.PutUint32(raw[8:12], uint32(len(raw)-12))
+	binary.BigEndian.PutUint32(raw[17:21], crc32.Checksum(raw[21:], crc32.MakeTable(crc32.Castagnoli)))
+	req := kmsg.NewPtrProduceRequest()
+	req.Acks = -1
+	req.TimeoutMillis = 5000
+	rt := kmsg.NewProduceRequestTopic()
+	rt.Topic = topic
+	rp := kmsg.NewProduceRequestTopicPartition()
+	rp.Records = raw
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	cl := kgoClient(t, addr)
+	resp, err := req.RequestWith(t.Context(), cl)
+	require.NoError(t, err)
+	return resp
+}
+
+// sumMetric sums the series of name whose labels contain label.
+func sumMetric(t *testing.T, monitor, name, label string) float64 {
+	t.Helper()
+	resp, err := http.Get(monitor + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, label) {
+			var v float64
+			_, err := fmt.Sscan(line[strings.LastIndex(line, " ")+1:], &v)
+			require.NoError(t, err)
+			sum += v
+		}
+	}
+	return sum
+}

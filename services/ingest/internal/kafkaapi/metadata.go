@@ -1,0 +1,125 @@
+package kafkaapi
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/services/ingest/internal/identity"
+)
+
+// nodeID is Spillway's broker id: the only broker, leader of everything.
+const nodeID = 0
+
+// metadata names Spillway as the only broker, at the address the client
+// reached it on, and as the leader of every partition of the topics the
+// client may produce to, with the real cluster's partition counts.
+func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.MetadataResponse {
+	resp := req.ResponseKind().(*kmsg.MetadataResponse)
+	host, port := c.advertised()
+	b := kmsg.NewMetadataResponseBroker()
+	b.NodeID, b.Host, b.Port = nodeID, host, port
+	resp.Brokers = append(resp.Brokers, b)
+	resp.ControllerID = nodeID
+	resp.ClusterID = ptr("spillway")
+
+	cl, _ := c.client(clientID)
+	ctx := identity.With(context.Background(), cl)
+	counts, err := c.s.partitions(ctx)
+	writable := map[string]bool{}
+	if err == nil {
+		names := make([]string, 0, len(counts))
+		for t := range counts {
+			names = append(names, t)
+		}
+		var list []string = names
+		if c.s.o.Writable != nil {
+			list, err = c.s.o.Writable(staticTopics(names)).Topics(ctx)
+		}
+		for _, t := range list {
+			writable[t] = true
+		}
+	}
+	topic := func(name string) kmsg.MetadataResponseTopic {
+		t := kmsg.NewMetadataResponseTopic()
+		t.Topic = ptr(name)
+		switch n, ok := counts[name]; {
+		case err != nil:
+			t.ErrorCode = kerr.LeaderNotAvailable.Code // retriable: Kafka did not answer
+		case !ok:
+			t.ErrorCode = kerr.UnknownTopicOrPartition.Code
+		case !writable[name]:
+			t.ErrorCode = kerr.TopicAuthorizationFailed.Code
+		default:
+			for i := range n {
+				p := kmsg.NewMetadataResponseTopicPartition()
+				p.Partition = int32(i)
+				p.Leader = nodeID
+				p.Replicas, p.ISR = []int32{nodeID}, []int32{nodeID}
+				t.Partitions = append(t.Partitions, p)
+			}
+		}
+		return t
+	}
+	if req.Topics == nil || (req.Version == 0 && len(req.Topics) == 0) {
+		all := make([]string, 0, len(writable))
+		for t := range writable {
+			all = append(all, t)
+		}
+		slices.Sort(all)
+		for _, t := range all {
+			resp.Topics = append(resp.Topics, topic(t))
+		}
+		return resp
+	}
+	for _, rt := range req.Topics {
+		if rt.Topic != nil {
+			resp.Topics = append(resp.Topics, topic(*rt.Topic))
+		}
+	}
+	return resp
+}
+
+// metadataTimeout bounds the wait for Kafka's metadata; past it, or when
+// Kafka fails, the last answer it gave is used: with Kafka down, clients
+// still learn where to produce, and their records are buffered.
+const metadataTimeout = 2 * time.Second
+
+// partitions is Kafka's topic layout, or the last one it gave.
+func (s *Server) partitions(ctx context.Context) (map[string]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, metadataTimeout)
+	defer cancel()
+	counts, err := s.o.Partitions.Partitions(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		if s.lastCounts != nil {
+			s.o.Logger.Debug("kafka metadata failed; answering with the last known topics", "error", err)
+			return s.lastCounts, nil
+		}
+		return nil, err
+	}
+	s.lastCounts = counts
+	return counts, nil
+}
+
+// advertised is the address the client connected to: Spillway names
+// itself as it was reached.
+func (c *conn) advertised() (string, int32) {
+	host, port, err := net.SplitHostPort(c.nc.LocalAddr().String())
+	if err != nil {
+		return "127.0.0.1", 19092
+	}
+	p, _ := strconv.Atoi(port)
+	return host, int32(p)
+}
+
+// staticTopics lists topics already known.
+type staticTopics []string
+
+func (s staticTopics) Topics(context.Context) ([]string, error) { return s, nil }

@@ -1,0 +1,298 @@
+package kafkaapi
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
+)
+
+// produce sends the records of every partition of req through delivery
+// in one call, and answers each partition after the durable step: its
+// error is that of its first failed record; its base offset that of its
+// first record when all were delivered, -1 when any was buffered.
+func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceResponse {
+	resp := req.ResponseKind().(*kmsg.ProduceResponse)
+	ctx := context.Background()
+	cl, authErr := c.client(clientID)
+	ctx = identity.With(ctx, cl)
+
+	type part struct {
+		rt, rp     int // index in resp
+		first, end int // records in recs
+	}
+	var (
+		recs  []record.Record
+		parts []part
+		left  = c.s.o.MaxRequestRecords
+		bytes = c.s.o.MaxRequestBytes
+	)
+	for _, t := range req.Topics {
+		rt := kmsg.NewProduceResponseTopic()
+		rt.Topic = t.Topic
+		for _, p := range t.Partitions {
+			rp := kmsg.NewProduceResponseTopicPartition()
+			rp.Partition = p.Partition
+			rp.BaseOffset = -1
+			if authErr != nil {
+				rp.ErrorCode = kerr.SaslAuthenticationFailed.Code
+				rp.ErrorMessage = ptr(authErr.Error())
+				c.s.o.Sender.Refuse(ctx, API, t.Topic, 0, record.ReasonUnauthenticated)
+				rt.Partitions = append(rt.Partitions, rp)
+				continue
+			}
+			got, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes)
+			if err != nil {
+				rp.ErrorCode, rp.ErrorMessage = err.code, ptr(err.msg)
+				c.s.o.Sender.Refuse(ctx, API, t.Topic, max(err.n, 1), err.reason)
+				rt.Partitions = append(rt.Partitions, rp)
+				continue
+			}
+			parts = append(parts, part{rt: len(resp.Topics), rp: len(rt.Partitions), first: len(recs), end: len(recs) + len(got)})
+			recs = append(recs, got...)
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		resp.Topics = append(resp.Topics, rt)
+	}
+	if len(recs) == 0 {
+		return resp
+	}
+	results := c.s.o.Sender.Send(ctx, API, recs)
+	for _, p := range parts {
+		rp := &resp.Topics[p.rt].Partitions[p.rp]
+		answer(rp, results[p.first:p.end])
+	}
+	return resp
+}
+
+// answer sets a partition's answer from its records' results.
+func answer(rp *kmsg.ProduceResponseTopicPartition, results []record.Result) {
+	rp.BaseOffset = -1
+	buffered := false
+	for i, r := range results {
+		switch r.Outcome {
+		case record.Failed:
+			rp.ErrorCode = errorCode(record.ReasonOf(r.Err))
+			rp.ErrorMessage = ptr(record.ClientMessage(r.Err))
+			er := kmsg.NewProduceResponseTopicPartitionErrorRecord()
+			er.RelativeOffset = int32(i)
+			er.ErrorMessage = rp.ErrorMessage
+			rp.ErrorRecords = append(rp.ErrorRecords, er)
+			rp.BaseOffset = -1
+			return
+		case record.Buffered:
+			buffered = true
+		case record.Delivered:
+			if i == 0 {
+				rp.BaseOffset = r.Offset
+			}
+		}
+	}
+	if buffered {
+		rp.BaseOffset = -1
+	}
+}
+
+// errorCode is the Kafka error a client gets for a record that failed
+// for reason: retriable codes where trying again may succeed.
+func errorCode(reason record.Reason) int16 {
+	switch reason {
+	case record.ReasonInvalid, record.ReasonRejected:
+		return kerr.InvalidRecord.Code
+	case record.ReasonTooLarge:
+		return kerr.MessageTooLarge.Code
+	case record.ReasonUnknownTopic:
+		return kerr.UnknownTopicOrPartition.Code
+	case record.ReasonForbidden:
+		return kerr.TopicAuthorizationFailed.Code
+	case record.ReasonRateLimited:
+		return kerr.ThrottlingQuotaExceeded.Code
+	case record.ReasonTimeout:
+		return kerr.RequestTimedOut.Code
+	case record.ReasonUnauthenticated:
+		return kerr.SaslAuthenticationFailed.Code
+	default: // unavailable, not_authorized, buffer_full, overloaded: retry
+		return kerr.NotEnoughReplicas.Code
+	}
+}
+
+// parseError is a partition's records refused before delivery.
+type parseError struct {
+	code   int16
+	msg    string
+	reason record.Reason
+	n      int
+}
+
+func corrupt(format string, args ...any) *parseError {
+	return &parseError{code: kerr.CorruptMessage.Code, msg: fmt.Sprintf(format, args...), reason: record.ReasonInvalid}
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// parseRecords reads the record batches of one partition (magic 2),
+// checks their CRC, decompresses them and returns their records. left
+// and room are what the request may still hold in records and in
+// decompressed bytes; both are taken from.
+func parseRecords(raw []byte, topic string, partition int32, left, room *int) ([]record.Record, *parseError) {
+	var out []record.Record
+	for len(raw) > 0 {
+		if len(raw) < 61 {
+			return nil, corrupt("a record batch of %d bytes is shorter than its header", len(raw))
+		}
+		length := int64(int32(binary.BigEndian.Uint32(raw[8:12])))
+		if length < 49 || 12+length > int64(len(raw)) {
+			return nil, corrupt("a record batch's length %d does not fit the %d bytes sent", length, len(raw))
+		}
+		one := raw[:12+length]
+		raw = raw[12+length:]
+		var b kmsg.RecordBatch
+		if err := b.ReadFrom(one); err != nil {
+			return nil, corrupt("record batch: %v", err)
+		}
+		if b.Magic != 2 {
+			return nil, &parseError{code: kerr.UnsupportedForMessageFormat.Code, msg: fmt.Sprintf("record batch magic %d: only magic 2 (Kafka 0.11 and later) is accepted", b.Magic), reason: record.ReasonInvalid}
+		}
+		if crc32.Checksum(one[21:], castagnoli) != uint32(b.CRC) {
+			return nil, corrupt("record batch CRC mismatch")
+		}
+		if b.Attributes&0x20 != 0 {
+			continue // a control batch (transaction marker): no records
+		}
+		if b.NumRecords < 0 || int(b.NumRecords) > *left {
+			return nil, &parseError{code: kerr.RecordListTooLarge.Code, reason: record.ReasonTooLarge, n: int(max(b.NumRecords, 0)),
+				msg: "too many records in one produce request: the limit is server.max_request_records"}
+		}
+		*left -= int(b.NumRecords)
+		data, err := decompress(int8(b.Attributes&0x07), b.Records, *room)
+		if err != nil {
+			return nil, err
+		}
+		*room -= len(data)
+		base := time.UnixMilli(b.FirstTimestamp)
+		for i := int32(0); i < b.NumRecords; i++ {
+			l, n := kbin.Varint(data)
+			if n == 0 || l < 0 || int(l) > len(data)-n {
+				return nil, corrupt("record %d of a batch of %d: bad length", i, b.NumRecords)
+			}
+			var r kmsg.Record
+			if err := r.ReadFrom(data[:n+int(l)]); err != nil {
+				return nil, corrupt("record %d of a batch of %d: %v", i, b.NumRecords, err)
+			}
+			data = data[n+int(l):]
+			rec := record.Record{Topic: topic, Key: r.Key, Value: r.Value, Partition: partition,
+				Timestamp: base.Add(time.Duration(r.TimestampDelta64) * time.Millisecond)}
+			if r.Value == nil {
+				rec.Value = []byte{} // a tombstone's null value is sent as empty
+			}
+			for _, h := range r.Headers {
+				rec.Headers = append(rec.Headers, record.Header{Key: h.Key, Value: h.Value})
+			}
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+// decompress undoes a batch's codec (1 gzip, 2 snappy, 3 lz4, 4 zstd),
+// refusing output beyond room bytes.
+func decompress(codec int8, src []byte, room int) ([]byte, *parseError) {
+	tooLarge := &parseError{code: kerr.MessageTooLarge.Code, reason: record.ReasonTooLarge, n: 1,
+		msg: fmt.Sprintf("the records of one produce request are over %d bytes once decompressed", room)}
+	var r io.Reader
+	switch codec {
+	case 0:
+		if len(src) > room {
+			return nil, tooLarge
+		}
+		return src, nil
+	case 1:
+		zr, err := gzip.NewReader(bytes.NewReader(src))
+		if err != nil {
+			return nil, corrupt("gzip: %v", err)
+		}
+		r = zr
+	case 2:
+		return unsnappy(src, room, tooLarge)
+	case 3:
+		r = lz4.NewReader(bytes.NewReader(src))
+	case 4:
+		zr, err := zstd.NewReader(bytes.NewReader(src), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(room)+1))
+		if err != nil {
+			return nil, corrupt("zstd: %v", err)
+		}
+		defer zr.Close()
+		r = zr
+	default:
+		return nil, corrupt("unknown compression codec %d", codec)
+	}
+	out, err := io.ReadAll(io.LimitReader(r, int64(room)+1))
+	if err != nil {
+		return nil, corrupt("decompressing: %v", err)
+	}
+	if len(out) > room {
+		return nil, tooLarge
+	}
+	return out, nil
+}
+
+// xerial is the header of snappy's framing that Java clients write.
+var xerial = []byte{0x82, 'S', 'N', 'A', 'P', 'P', 'Y', 0}
+
+// unsnappy decodes raw snappy or its xerial framing (a 16-byte header,
+// then chunks each prefixed with its big-endian length).
+func unsnappy(src []byte, room int, tooLarge *parseError) ([]byte, *parseError) {
+	block := func(dst, b []byte) ([]byte, *parseError) {
+		n, err := s2.DecodedLen(b)
+		if err != nil {
+			return nil, corrupt("snappy: %v", err)
+		}
+		if len(dst)+n > room {
+			return nil, tooLarge
+		}
+		out, err := s2.Decode(nil, b)
+		if err != nil {
+			return nil, corrupt("snappy: %v", err)
+		}
+		return append(dst, out...), nil
+	}
+	if !bytes.HasPrefix(src, xerial) {
+		return block(nil, src)
+	}
+	if len(src) < 16 {
+		return nil, corrupt("snappy: short xerial header")
+	}
+	src = src[16:]
+	var out []byte
+	for len(src) > 0 {
+		if len(src) < 4 {
+			return nil, corrupt("snappy: short xerial chunk")
+		}
+		n := int(binary.BigEndian.Uint32(src))
+		if n < 0 || n > len(src)-4 {
+			return nil, corrupt("snappy: a xerial chunk of %d bytes does not fit", n)
+		}
+		var perr *parseError
+		if out, perr = block(out, src[4:4+n]); perr != nil {
+			return nil, perr
+		}
+		src = src[4+n:]
+	}
+	return out, nil
+}
+
+func ptr[T any](v T) *T { return &v }
