@@ -359,8 +359,15 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 // versions are the APIs served and their version ranges. Produce stops
 // at v12 (v13 names topics by id) and Metadata at v9 (later ones carry
 // topic ids, which Spillway does not have).
+//
+// Fetch is advertised but not served (a Fetch v7+ is answered
+// UNSUPPORTED_VERSION, an older one closes the connection): librdkafka
+// infers the record format it may send from the Fetch range too, and
+// without Fetch v4 it sends magic 1 batches and turns idempotence and
+// zstd off (rdkafka_feature.c: MsgVer2 needs Fetch v4, zstd Fetch v10).
 var versions = []struct{ key, min, max int16 }{
 	{0, 3, 12}, // Produce
+	{1, 4, 12}, // Fetch: advertised only, see above
 	{3, 0, 9},  // Metadata
 	{17, 1, 1}, // SaslHandshake (v0 would send raw SASL bytes)
 	{18, 0, 3}, // ApiVersions
