@@ -21,7 +21,7 @@ type natsNode struct {
 }
 
 // ingestPorts are one ingest's listeners in the cluster setup.
-type ingestPorts struct{ http, grpc, monitor int }
+type ingestPorts struct{ http, grpc, kafka, monitor int }
 
 var (
 	clusterNodes = []natsNode{
@@ -29,14 +29,15 @@ var (
 		{"nats-2", 4223, 8223, 6223},
 		{"nats-3", 4224, 8224, 6224},
 	}
-	clusterIngests = []ingestPorts{{18080, 18282, 28080}, {18180, 18382, 28180}}
+	clusterIngests = []ingestPorts{{18080, 18282, 19092, 28080}, {18180, 18382, 19192, 28180}}
 )
 
 // runCluster is `make run-cluster`: the development broker unless brokers
 // are configured, three NATS nodes clustered with JetStream (stores under
 // dataDir), two ingests on that cluster with a 3-replica stream, and the
 // forwarder and resender. Ctrl-C stops everything, in reverse order.
-func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dataDir string, devPort int, env []string, tracingNote string) int {
+func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dataDir string, devPort, offset int, env []string, tracingNote string) int {
+	nodes, ingests := shiftPorts(offset)
 	var children []*child
 	defer func() {
 		for i := len(children) - 1; i >= 0; i-- {
@@ -72,12 +73,12 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 		}
 	}
 	var routes, urls []string
-	for _, n := range clusterNodes {
+	for _, n := range nodes {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", n.routePrt))
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", n.port))
 	}
-	var nodes []*child
-	for _, n := range clusterNodes {
+	var nodeProcs []*child
+	for _, n := range nodes {
 		c, err := start(n.name, filepath.Join(binDir, "devnats"), env,
 			"-name", n.name, "-port", fmt.Sprint(n.port), "-monitor", fmt.Sprint(n.monitor),
 			"-route-port", fmt.Sprint(n.routePrt), "-routes", strings.Join(routes, ","),
@@ -86,11 +87,11 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 			return fail("%v", err)
 		}
 		children = append(children, c)
-		nodes = append(nodes, c)
+		nodeProcs = append(nodeProcs, c)
 	}
-	for i, n := range clusterNodes {
+	for i, n := range nodes {
 		url := fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor)
-		if err := waitFor(ctx, nodes[i], func() error { return healthy(url) }); err != nil {
+		if err := waitFor(ctx, nodeProcs[i], func() error { return healthy(url) }); err != nil {
 			return fail("NATS node %s did not become healthy: %v", n.name, err)
 		}
 	}
@@ -107,11 +108,12 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 		"SPILLWAY_PRODUCER_WAL_NATS_CREDENTIALS="+creds,
 		"SPILLWAY_PRODUCER_WAL_REPLICAS=3",
 	)
-	for i, p := range clusterIngests {
+	for i, p := range ingests {
 		name := fmt.Sprintf("ingest-%d", i+1)
 		c, err := start(name, filepath.Join(binDir, "spillway-ingest"), append(append([]string{}, svcEnv...),
 			fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", p.http),
 			fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", p.grpc),
+			fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", p.kafka),
 			fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", p.monitor),
 		), args...)
 		if err != nil {
@@ -138,11 +140,12 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 		}
 	}
 
-	in1, in2 := clusterIngests[0], clusterIngests[1]
+	in1, in2 := ingests[0], ingests[1]
 	fmt.Printf(`
 Spillway is running: two ingests on a three-node JetStream cluster (stream %s, 3 replicas).
   HTTP API     http://127.0.0.1:%d  http://127.0.0.1:%d
   gRPC API     127.0.0.1:%d  127.0.0.1:%d
+  Kafka API    127.0.0.1:%d  127.0.0.1:%d  (Kafka clients produce here)
   monitoring   http://127.0.0.1:%d/metrics  http://127.0.0.1:%d/metrics  (forwarder %s, resender %s)
   NATS         %s  (monitoring http://127.0.0.1:%d/jsz?streams=true and :%d, :%d; stores under %s)
   Kafka        %s%s
@@ -155,12 +158,25 @@ Try:
   curl -s 'http://127.0.0.1:%d/jsz?streams=true'   # which node leads the stream
 
 Ctrl-C stops everything.
-`, cfg.Producer.WAL.Stream, in1.http, in2.http, in1.grpc, in2.grpc, in1.monitor, in2.monitor,
+`, cfg.Producer.WAL.Stream, in1.http, in2.http, in1.grpc, in2.grpc, in1.kafka, in2.kafka, in1.monitor, in2.monitor,
 		loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
-		strings.Join(urls, ","), clusterNodes[0].monitor, clusterNodes[1].monitor, clusterNodes[2].monitor, dataDir,
-		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, in1.http, in2.http, brokers, clusterNodes[0].monitor)
+		strings.Join(urls, ","), nodes[0].monitor, nodes[1].monitor, nodes[2].monitor, dataDir,
+		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, in1.http, in2.http, brokers, nodes[0].monitor)
 
 	return waitExit(ctx, children)
+}
+
+// shiftPorts returns the nodes and ingests with offset added to each port.
+func shiftPorts(offset int) ([]natsNode, []ingestPorts) {
+	var nodes []natsNode
+	for _, n := range clusterNodes {
+		nodes = append(nodes, natsNode{n.name, n.port + offset, n.monitor + offset, n.routePrt + offset})
+	}
+	var ingests []ingestPorts
+	for _, p := range clusterIngests {
+		ingests = append(ingests, ingestPorts{p.http + offset, p.grpc + offset, p.kafka + offset, p.monitor + offset})
+	}
+	return nodes, ingests
 }
 
 // ensureSeed writes a new user nkey seed to file (mode 0600) unless it

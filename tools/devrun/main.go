@@ -68,6 +68,7 @@ func run() int {
 	devPort := flag.Int("dev-broker-port", 9092, "port of the development broker, when one is started")
 	clustered := flag.Bool("cluster", false, "make run-cluster: two ingests on a three-node JetStream cluster (NATS client ports 4222-4224)")
 	dataDir := flag.String("data", "data/cluster", "with -cluster: the folder of the NATS nodes' stores and credentials")
+	portOffset := flag.Int("port-offset", 0, "with -cluster: added to every port of the NATS nodes and ingests (for tests)")
 	flag.Parse()
 
 	cfg, err := config.Load(*configPath, os.Environ())
@@ -87,7 +88,7 @@ func run() int {
 		tracingNote = "to " + e
 	}
 	if *clustered {
-		return runCluster(ctx, cfg, *configPath, *binDir, *dataDir, *devPort, env, tracingNote)
+		return runCluster(ctx, cfg, *configPath, *binDir, *dataDir, *devPort, *portOffset, env, tracingNote)
 	}
 	var children []*child
 	defer func() {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,15 +33,14 @@ type natsCluster struct {
 	nodes []*natsNode
 }
 
-// devnatsBin is bin/devnats, built here when the binaries under test were
-// built by TestMain (which does not build it).
+// devnatsBin is bin/devnats, built into binDir when the binaries under
+// test were built by TestMain (which does not build it).
 func devnatsBin(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(binDir, "devnats")
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	bin = filepath.Join(t.TempDir(), "devnats")
 	if out, err := exec.Command("go", "build", "-o", bin, "../devnats").CombinedOutput(); err != nil {
 		t.Fatalf("build devnats: %v\n%s", err, out)
 	}
@@ -518,4 +518,111 @@ func TestClusterFaults(t *testing.T) {
 		sd.l.mu.Unlock()
 		t.Logf("of the %d records refused with 503 while two nodes were down, %d reached Kafka once the nodes were back", sd.l.sent, len(refused))
 	})
+}
+
+// TestMakeRunCluster runs devrun -cluster (what `make run-cluster` runs,
+// its ports shifted by -port-offset so as not to meet a running one): a
+// record posted to each ingest is delivered and found with kcat, the
+// stream has 3 replicas on the three nodes, and Ctrl-C stops everything.
+func TestMakeRunCluster(t *testing.T) {
+	devnatsBin(t) // devrun starts it from binDir
+	base := []int{4222, 4223, 4224, 8222, 8223, 8224, 6222, 6223, 6224, 18080, 18180, 18282, 18382, 19092, 19192, 28080, 28180}
+	offset := -1
+	for try := 0; try < 20 && offset < 0; try++ {
+		o := 100 + (int(time.Now().UnixNano()/1000)+try*197)%4000 // every port below the ephemeral range
+		free := true
+		for _, p := range base {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+o))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			offset = o
+		}
+	}
+	if offset < 0 {
+		t.Fatal("found no free set of ports for the cluster")
+	}
+	kafkaPort := freePort(t)
+	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
+	cmd := exec.Command(filepath.Join(binDir, "devrun"), "-cluster", "-bin", binDir, "-data", t.TempDir(),
+		"-port-offset", fmt.Sprint(offset), "-dev-broker-port", fmt.Sprint(kafkaPort))
+	cmd.Env = append(os.Environ(),
+		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
+	)
+	out := &syncBuffer{}
+	cmd.Stdout = captured(t, cmd, out)
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("devrun output:\n%s", out.String())
+		}
+	})
+	eventually(t, 90*time.Second, "devrun -cluster to say Spillway is running", func() bool {
+		select {
+		case err := <-exited:
+			t.Fatalf("devrun exited early: %v", err)
+		default:
+		}
+		return strings.Contains(out.String(), "Spillway is running")
+	})
+	httpAddrs := []string{fmt.Sprintf("127.0.0.1:%d", 18080+offset), fmt.Sprintf("127.0.0.1:%d", 18180+offset)}
+	for _, a := range httpAddrs {
+		if !strings.Contains(out.String(), "http://"+a) {
+			t.Errorf("devrun does not print the ingest at http://%s", a)
+		}
+	}
+	l := newLoad()
+	for i, a := range httpAddrs {
+		if status, body := l.post(http.DefaultClient, a, "cluster-run", fmt.Sprintf("k%d", i), fmt.Sprintf("via ingest %d", i+1)); status != http.StatusOK {
+			t.Fatalf("POST to %s answered %d %s", a, status, body)
+		}
+	}
+	waitAllInKafka(t, broker, "cluster-run", l, 30*time.Second)
+
+	// The nodes devrun started, for leader() to ask (a non-nil cmd: running).
+	nodes := &natsCluster{t: t}
+	for i := range 3 {
+		nodes.nodes = append(nodes.nodes, &natsNode{name: fmt.Sprintf("nats-%d", i+1), monitor: 8222 + offset + i, cmd: &exec.Cmd{}})
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz?streams=true&config=true", 8222+offset))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `"num_replicas": 3`) && !strings.Contains(string(b), `"num_replicas":3`) {
+		t.Errorf("the stream is not kept on 3 replicas: %s", b)
+	}
+	if nodes.leader("SPILLWAY") == nil {
+		t.Errorf("no node leads the stream")
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("devrun exited with %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("devrun did not stop within 60s of Ctrl-C")
+	}
+	for _, p := range base {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p+offset), time.Second); err == nil {
+			c.Close()
+			t.Errorf("port %d still answers after devrun stopped", p+offset)
+		}
+	}
 }
