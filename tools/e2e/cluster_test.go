@@ -328,6 +328,11 @@ func TestClusterFaults(t *testing.T) {
 		for i := range ingests {
 			before := s.l.count()
 			eventually(t, 30*time.Second, "50 records acknowledged", func() bool { return s.l.count() >= before+50 })
+			// As a Service does, new requests go to the other ingest from
+			// the moment this one is told to stop; the ones it holds must
+			// be answered or fail (and be retried).
+			failedBefore, _, _ := s.counts()
+			s.setAddr(i, ingests[1-i].httpAddr)
 			_ = ingests[i].cmd.Process.Signal(syscall.SIGTERM)
 			exited := make(chan error, 1)
 			go func() { exited <- ingests[i].cmd.Wait() }()
@@ -339,6 +344,8 @@ func TestClusterFaults(t *testing.T) {
 			case <-time.After(45 * time.Second):
 				t.Fatalf("ingest %d did not stop within 45s of SIGTERM", i+1)
 			}
+			failedAfter, _, _ := s.counts()
+			t.Logf("ingest %d stopped (SIGTERM) under load: %d requests failed meanwhile", i+1, failedAfter-failedBefore)
 			ingests[i] = startIngest(parent, k.addr, ingestEnv...)
 			s.setAddr(i, ingests[i].httpAddr)
 		}
