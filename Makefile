@@ -31,6 +31,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzValidJSON \
 	./services/ingest/internal/httpapi:FuzzPixyRequest \
 	./services/ingest/internal/grpcapi:FuzzCappedCodec \
+	./services/ingest/internal/kafkaapi:FuzzParseRequest \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \

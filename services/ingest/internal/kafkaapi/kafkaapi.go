@@ -267,11 +267,20 @@ type request struct {
 	corr         int32
 	clientID     string
 	kreq         kmsg.Request
+	unparsed     bool // an API or version not served: its body was not read
 }
 
 // parseRequest reads a request's header and body with kmsg. A request
 // whose key kmsg does not know, or whose body does not parse, is an
-// error, except ApiVersions, which is answered whatever its version.
+// error, except ApiVersions, which is answered whatever its version. The
+// body of an API or version Spillway does not serve is not read: it is
+// answered UNSUPPORTED_VERSION (unparsed).
+//
+// Of the flexible versions only ApiVersions v3 is served, and its tag
+// counts are checked against the bytes left first: kmsg's tag readers
+// loop as many times as a tag count says, even past the end of the
+// input, so that a 60-byte request with a tag count of 2^32-1 took 3.5 s
+// of CPU (found by FuzzParseRequest).
 func parseRequest(body []byte) (request, error) {
 	r := kbin.Reader{Src: body}
 	req := request{key: r.Int16(), version: r.Int16(), corr: r.Int32()}
@@ -288,27 +297,50 @@ func parseRequest(body []byte) (request, error) {
 	if req.version < 0 {
 		return req, fmt.Errorf("api key %d: negative version %d", req.key, req.version)
 	}
+	if req.key == 18 && req.version > 3 {
+		return req, nil // answered with our ranges in a v0 body
+	}
 	if req.version > req.kreq.MaxVersion() {
-		if req.key == 18 {
-			return req, nil // answered with our ranges in a v0 body
-		}
 		return req, fmt.Errorf("api key %d: version %d is newer than this server knows", req.key, req.version)
 	}
 	req.kreq.SetVersion(req.version)
+	if req.key != 18 && (req.key == fetchKey || !supported(req.key, req.version)) {
+		req.unparsed = true
+		return req, nil
+	}
 	if req.kreq.IsFlexible() {
+		if !tagsFit(r) {
+			return req, errors.New("request header: more tags than bytes")
+		}
 		kmsg.SkipTags(&r)
 		if !r.Ok() {
 			return req, errors.New("short request header")
 		}
 	}
+	if req.key == 18 && req.version == 3 {
+		b := r
+		b.CompactString()
+		b.CompactString()
+		if !b.Ok() || !tagsFit(b) {
+			req.version = 4 // answered as a version we do not know
+			return req, nil
+		}
+	}
 	if err := req.kreq.ReadFrom(r.Src); err != nil {
 		if req.key == 18 {
-			req.version = req.kreq.MaxVersion() + 1 // answered as unknown
+			req.version = 4 // answered as a version we do not know
 			return req, nil
 		}
 		return req, fmt.Errorf("api key %d v%d: %w", req.key, req.version, err)
 	}
 	return req, nil
+}
+
+// tagsFit says whether the tag count at r can be true: each tag takes
+// two bytes at least.
+func tagsFit(r kbin.Reader) bool {
+	n := r.Uvarint()
+	return r.Ok() && int64(n)*2 <= int64(len(r.Src))
 }
 
 // handle answers one request; a nil response writes nothing (acks 0).
@@ -320,7 +352,7 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	if req.key == 18 {
 		return c.apiVersions(req), req.corr, nil
 	}
-	if !supported(req.key, req.version) {
+	if req.unparsed || !supported(req.key, req.version) {
 		resp, err := unsupported(req.kreq)
 		return resp, req.corr, err
 	}
@@ -356,9 +388,10 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	return resp, req.corr, err
 }
 
-// versions are the APIs served and their version ranges. Produce stops
-// at v12 (v13 names topics by id) and Metadata at v9 (later ones carry
-// topic ids, which Spillway does not have).
+// versions are the APIs served and their version ranges: none flexible
+// but ApiVersions v3 (see parseRequest), which every client of Kafka 2.x
+// and later speaks (Produce v8 has record errors and their messages; v7
+// is zstd's).
 //
 // Fetch is advertised but not served (a Fetch v7+ is answered
 // UNSUPPORTED_VERSION, an older one closes the connection): librdkafka
@@ -366,14 +399,17 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 // without Fetch v4 it sends magic 1 batches and turns idempotence and
 // zstd off (rdkafka_feature.c: MsgVer2 needs Fetch v4, zstd Fetch v10).
 var versions = []struct{ key, min, max int16 }{
-	{0, 3, 12}, // Produce
+	{0, 3, 8},  // Produce
 	{1, 4, 12}, // Fetch: advertised only, see above
-	{3, 0, 9},  // Metadata
+	{3, 0, 8},  // Metadata
 	{17, 1, 1}, // SaslHandshake (v0 would send raw SASL bytes)
 	{18, 0, 3}, // ApiVersions
-	{22, 0, 4}, // InitProducerId
-	{36, 0, 2}, // SaslAuthenticate
+	{22, 0, 1}, // InitProducerId
+	{36, 0, 1}, // SaslAuthenticate
 }
+
+// fetchKey is Fetch's: advertised, never served.
+const fetchKey = 1
 
 func supported(key, version int16) bool {
 	for _, v := range versions {
