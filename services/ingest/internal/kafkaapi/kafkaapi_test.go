@@ -343,3 +343,86 @@ func sumMetric(t *testing.T, monitor, name, label string) float64 {
 	}
 	return sum
 }
+
+// roundTrip sends req on a new connection to addr, framed by kmsg, and
+// reads the answer into resp (header v0, or v1 for a flexible answer
+// other than ApiVersions').
+func roundTrip(t *testing.T, addr string, req kmsg.Request, resp kmsg.Response) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = c.Write(kmsg.NewRequestFormatter(kmsg.FormatterClientID("raw")).AppendRequest(nil, req, 42))
+	require.NoError(t, err)
+	size := make([]byte, 4)
+	_, err = io.ReadFull(c, size)
+	require.NoError(t, err)
+	body := make([]byte, binary.BigEndian.Uint32(size))
+	_, err = io.ReadFull(c, body)
+	require.NoError(t, err)
+	assert.Equal(t, int32(42), int32(binary.BigEndian.Uint32(body)), "correlation id")
+	body = body[4:]
+	if resp.IsFlexible() && resp.Key() != 18 {
+		body = body[1:] // empty header tags
+	}
+	require.NoError(t, resp.ReadFrom(body))
+}
+
+// TestProtocolVersions: ApiVersions of a version newer than Spillway's
+// is answered error 35 with Spillway's ranges in a v0 body, as brokers
+// do; an API it does not serve is answered UNSUPPORTED_VERSION.
+func TestProtocolVersions(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	in := ingesttest.Start(t, addr)
+
+	api := kmsg.NewPtrApiVersionsRequest()
+	api.Version = 4
+	api.ClientSoftwareName, api.ClientSoftwareVersion = "raw", "1.0"
+	v0 := &kmsg.ApiVersionsResponse{Version: 0}
+	roundTrip(t, in.Kafka, api, v0)
+	assert.Equal(t, kerr.UnsupportedVersion.Code, v0.ErrorCode)
+	ranges := map[int16][2]int16{}
+	for _, k := range v0.ApiKeys {
+		ranges[k.ApiKey] = [2]int16{k.MinVersion, k.MaxVersion}
+	}
+	assert.Equal(t, [2]int16{0, 3}, ranges[18], "ApiVersions")
+	assert.Equal(t, [2]int16{3, 8}, ranges[0], "Produce")
+	assert.Equal(t, [2]int16{0, 8}, ranges[3], "Metadata")
+	assert.Equal(t, [2]int16{0, 1}, ranges[22], "InitProducerId")
+
+	api.Version = 3
+	v3 := &kmsg.ApiVersionsResponse{Version: 3}
+	roundTrip(t, in.Kafka, api, v3)
+	assert.Equal(t, int16(0), v3.ErrorCode)
+
+	groups := kmsg.NewPtrListGroupsRequest()
+	groups.Version = 3
+	lg := &kmsg.ListGroupsResponse{Version: 3}
+	roundTrip(t, in.Kafka, groups, lg)
+	assert.Equal(t, kerr.UnsupportedVersion.Code, lg.ErrorCode)
+
+	ipi := kmsg.NewPtrInitProducerIDRequest()
+	ipi.Version = 1
+	a, b := &kmsg.InitProducerIDResponse{Version: 1}, &kmsg.InitProducerIDResponse{Version: 1}
+	roundTrip(t, in.Kafka, ipi, a)
+	roundTrip(t, in.Kafka, ipi, b)
+	assert.Equal(t, int16(0), a.ErrorCode)
+	assert.NotEqual(t, a.ProducerID, b.ProducerID, "each producer its own id")
+}
+
+// TestAcksZero: kafka-go's Writer with acks 0 gets no answer and its
+// records are in Kafka.
+func TestAcksZero(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "fire", 1)
+	in := ingesttest.Start(t, addr)
+	w := &kafka.Writer{Addr: kafka.TCP(in.Kafka), Topic: "fire", BatchTimeout: 5 * time.Millisecond,
+		RequiredAcks: kafka.RequireNone, Transport: &kafka.Transport{MetadataTTL: time.Second}}
+	require.NoError(t, w.WriteMessages(t.Context(), kafka.Message{Key: []byte("a"), Value: []byte("one")}, kafka.Message{Key: []byte("b"), Value: []byte("two")}))
+	require.NoError(t, w.Close())
+	got := kafkatest.Consume(t, addr, "fire", 2, 10*time.Second)
+	values := []string{string(got[0].Value), string(got[1].Value)}
+	sort.Strings(values)
+	assert.Equal(t, []string{"one", "two"}, values)
+}
