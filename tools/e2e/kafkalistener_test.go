@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/spillway/spillway/pkg/kafkatest"
 )
 
@@ -28,8 +31,9 @@ func kcatProduce(t *testing.T, broker, topic, value string, args ...string) (str
 // built ingest's Kafka listener: records with keys, headers, lz4 and
 // zstd are in Kafka exactly; the per-client metrics name librdkafka with
 // its version; a validation rule refuses a record and kcat reports the
-// error; with Kafka cut off kcat's produce still succeeds, and every
-// record arrives once Kafka is back, through the resender.
+// error; with Kafka cut off the produce of kcat, kgo and kafka-go's
+// Writer still succeeds (kgo is told offset -1), and every record
+// arrives once Kafka is back, through the resender, once.
 func TestKafkaListenerKcat(t *testing.T) {
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "kl", 3)
@@ -82,6 +86,28 @@ func TestKafkaListenerKcat(t *testing.T) {
 		}
 		want[key] = value
 	}
+	// franz-go's kgo (idempotent) and kafka-go's Writer too.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(listen), kgo.RecordDeliveryTimeout(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	kgoRec := &kgo.Record{Topic: "kl", Key: []byte("cut-kgo"), Value: []byte("kgo while Kafka was cut off"), Headers: []kgo.RecordHeader{{Key: "via", Value: []byte("kgo")}}}
+	if err := cl.ProduceSync(t.Context(), kgoRec).FirstErr(); err != nil {
+		t.Fatalf("kgo with Kafka cut off: %v", err)
+	}
+	if kgoRec.Offset != -1 {
+		t.Errorf("kgo was told offset %d for a buffered record, want -1", kgoRec.Offset)
+	}
+	want["cut-kgo"] = "kgo while Kafka was cut off"
+	w := &kafka.Writer{Addr: kafka.TCP(listen), Topic: "kl", BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafka.RequireAll,
+		Transport: &kafka.Transport{MetadataTTL: time.Second}, Compression: kafka.Snappy}
+	if err := w.WriteMessages(t.Context(), kafka.Message{Key: []byte("cut-kafka-go"), Value: []byte("kafka-go while Kafka was cut off")}); err != nil {
+		t.Fatalf("kafka-go with Kafka cut off: %v", err)
+	}
+	_ = w.Close()
+	want["cut-kafka-go"] = "kafka-go while Kafka was cut off"
+
 	k.restore()
 	startResender(t, k.addr, natsAddr)
 	eventually(t, 60*time.Second, "every acknowledged record in Kafka", func() bool {
