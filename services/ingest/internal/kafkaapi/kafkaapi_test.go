@@ -1,6 +1,7 @@
 package kafkaapi_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -425,4 +426,40 @@ func TestAcksZero(t *testing.T) {
 	values := []string{string(got[0].Value), string(got[1].Value)}
 	sort.Strings(values)
 	assert.Equal(t, []string{"one", "two"}, values)
+}
+
+// TestShutdownAnswersInFlightProduce stops the ingest while a produce
+// waits for a slow Kafka: the produce is still answered (delivered), and
+// the listener is closed after.
+func TestShutdownAnswersInFlightProduce(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "slow", 1)
+	in := ingesttest.Start(t, addr)
+	cl := kgoClient(t, in.Kafka, kgo.RecordRetries(0))
+	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "slow", Value: []byte("warm-up")}).FirstErr())
+
+	var slow sync.Once
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		slow.Do(func() { time.Sleep(700 * time.Millisecond) })
+		return nil, nil, false
+	})
+	answered := make(chan error, 1)
+	go func() {
+		answered <- cl.ProduceSync(context.Background(), &kgo.Record{Topic: "slow", Value: []byte("in flight")}).FirstErr()
+	}()
+	require.Eventually(t, func() bool {
+		return ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight") == 1
+	}, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, in.Stop())
+	select {
+	case err := <-answered:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the in-flight produce was not answered")
+	}
+	_, err := net.DialTimeout("tcp", in.Kafka, time.Second)
+	assert.Error(t, err, "the Kafka listener is closed after shutdown")
+	got := kafkatest.Consume(t, addr, "slow", 2, 10*time.Second)
+	assert.Equal(t, "in flight", string(got[1].Value))
 }
