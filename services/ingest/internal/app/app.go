@@ -222,6 +222,7 @@ func New(o Options) (_ *App, err error) {
 			Sender:            d,
 			Partitions:        a.producer,
 			Writable:          d.Writable,
+			Map:               func(topic string) string { return a.policy.Load().Map(topic) },
 			Auth:              auth,
 			MaxRequestBytes:   int(cfg.Server.HTTP.MaxBodyBytes),
 			MaxRequestRecords: cfg.Server.MaxRequestRecords,

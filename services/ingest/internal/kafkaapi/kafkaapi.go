@@ -55,6 +55,9 @@ type Options struct {
 	// Writable filters topics to those the client in the context may
 	// produce to (delivery.Delivery.Writable); nil: all.
 	Writable func(delivery.TopicLister) delivery.TopicLister
+	// Map is topic_mapping (policy.Policy.Map): a topic a client names
+	// that maps to one of the cluster's is shown with its partitions.
+	Map func(topic string) string
 	// Auth checks SASL PLAIN credentials (API keys) and says whether
 	// credentials are required; nil: none are checked.
 	Auth *identity.Authenticator

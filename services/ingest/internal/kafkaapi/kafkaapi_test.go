@@ -463,3 +463,29 @@ func TestShutdownAnswersInFlightProduce(t *testing.T) {
 	got := kafkatest.Consume(t, addr, "slow", 2, 10*time.Second)
 	assert.Equal(t, "in flight", string(got[1].Value))
 }
+
+// TestTopicMappingAndRateLimit: a topic that topic_mapping maps to one
+// of the cluster's is produced to under its own name, and the record is
+// in the mapped topic; past the rate limit a produce is answered
+// THROTTLING_QUOTA_EXCEEDED with the limit's message.
+func TestTopicMappingAndRateLimit(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 2)
+	in := ingesttest.StartYAML(t, addr, `
+topic_mapping:
+  - {exact: legacy-orders, to: orders}
+security:
+  rate_limit:
+    records_per_second: 0.01
+`)
+	cl := kgoClient(t, in.Kafka)
+	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "legacy-orders", Key: []byte("k"), Value: []byte("mapped")}).FirstErr())
+	got := kafkatest.Consume(t, addr, "orders", 1, 10*time.Second)
+	assert.Equal(t, "mapped", string(got[0].Value))
+
+	resp := rawProduce(t, in.Kafka, "orders", &kmsg.Record{Value: []byte("over the limit")})
+	p := resp.Topics[0].Partitions[0]
+	assert.Equal(t, kerr.ThrottlingQuotaExceeded.Code, p.ErrorCode)
+	require.NotNil(t, p.ErrorMessage)
+	assert.Contains(t, *p.ErrorMessage, "rate limit")
+}

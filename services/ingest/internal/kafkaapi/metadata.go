@@ -2,6 +2,7 @@ package kafkaapi
 
 import (
 	"context"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -33,11 +34,24 @@ func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.Metada
 	counts, err := c.s.partitions(ctx)
 	writable := map[string]bool{}
 	if err == nil {
+		// A topic the client names that topic_mapping maps to one of the
+		// cluster's has that topic's partitions.
+		counts = maps.Clone(counts)
+		for _, rt := range req.Topics {
+			if rt.Topic == nil || c.s.o.Map == nil {
+				continue
+			}
+			if _, ok := counts[*rt.Topic]; !ok {
+				if n, ok := counts[c.s.o.Map(*rt.Topic)]; ok {
+					counts[*rt.Topic] = n
+				}
+			}
+		}
 		names := make([]string, 0, len(counts))
 		for t := range counts {
 			names = append(names, t)
 		}
-		var list []string = names
+		list := names
 		if c.s.o.Writable != nil {
 			list, err = c.s.o.Writable(staticTopics(names)).Topics(ctx)
 		}
