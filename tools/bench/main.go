@@ -170,13 +170,13 @@ func run() int {
 
 	var walDir string // the last ingest's producer.wal.path, with its NATS credentials
 	ingestEnv := func(mode string) (env []string, httpAddr, grpcAddr, monAddr, natsAddr string) {
-		h, g, m, n := freeAddr(), freeAddr(), freeAddr(), freeAddr()
+		h, g, m, n, k := freeAddr(), freeAddr(), freeAddr(), freeAddr(), freeAddr()
 		dir, _ := os.MkdirTemp("", "spillway-bench")
 		walDir = dir
 		return []string{
 			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + h, "SPILLWAY_SERVER_GRPC_LISTEN=" + g,
 			"SPILLWAY_SERVER_MONITORING_LISTEN=" + m, "SPILLWAY_PRODUCER_WAL_LISTEN=" + n, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
-			"SPILLWAY_PRODUCER_WAL_MODE=" + mode, "SPILLWAY_GLOBAL_LOG_LEVEL=warn",
+			"SPILLWAY_PRODUCER_WAL_MODE=" + mode, "SPILLWAY_GLOBAL_LOG_LEVEL=warn", "SPILLWAY_SERVER_KAFKA_LISTEN=" + k,
 		}, h, g, m, n
 	}
 	env, httpAddr, grpcAddr, mon, _ := ingestEnv("fallback")

@@ -122,13 +122,17 @@ func run() int {
 	if cfg.Kafka.UsingDevBroker {
 		args = append(args, "-dev-broker", brokers)
 	}
-	// The Kafka-protocol listener is off by default; make run turns it on
-	// on loopback unless the configuration names an address.
+	// The Kafka-protocol listener listens on every interface by default;
+	// make run keeps it on loopback, as the development broker.
 	kafkaListen := cfg.Server.Kafka.Listen
 	ingestEnv := env
-	if kafkaListen == "" {
+	if kafkaListen == ":19092" {
 		kafkaListen = "127.0.0.1:19092"
 		ingestEnv = append(slices.Clip(env), "SPILLWAY_SERVER_KAFKA_LISTEN="+kafkaListen)
+	}
+	kafkaNote := loopback(kafkaListen) + "  (Kafka producers: bootstrap.servers)"
+	if kafkaListen == "" {
+		kafkaNote = "off (server.kafka.listen)"
 	}
 	ingest, err := start("ingest", filepath.Join(*binDir, "spillway-ingest"), ingestEnv, args...)
 	if err != nil {
@@ -169,7 +173,7 @@ func run() int {
 Spillway is running.
   HTTP API     %s
   gRPC API     %s
-  Kafka API    %s  (Kafka producers: bootstrap.servers)
+  Kafka API    %s
   monitoring   %s/metrics  %s/readyz  (forwarder %s, resender %s)
   Kafka        %s%s
   traces       %s
@@ -179,7 +183,7 @@ Try:
   kcat -b %s -C -t demo -e -f 'key=%%k value=%%s partition=%%p offset=%%o\n'
 
 Ctrl-C stops everything.
-`, httpURL, loopback(cfg.Server.GRPC.Listen), loopback(kafkaListen), monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
+`, httpURL, loopback(cfg.Server.GRPC.Listen), kafkaNote, monitorURL, monitorURL, loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
 		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, httpURL, brokers)
 
 	return waitExit(ctx, children)

@@ -144,6 +144,7 @@ func TestMakeRun(t *testing.T) {
 		fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
 		fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", monPort),
 		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
+		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)),
 		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
 		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
 		credentialsVar+"=", // the ingest makes its credentials under the path, where the forwarder and resender read them

@@ -41,6 +41,7 @@ func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
 		"SPILLWAY_KAFKA_BROKERS="+broker,
 		"SPILLWAY_SERVER_HTTP_LISTEN="+p.httpAddr,
 		"SPILLWAY_SERVER_GRPC_LISTEN="+p.grpcAddr,
+		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)), // a test may name another
 		"SPILLWAY_SERVER_MONITORING_LISTEN="+p.monitorAddr,
 		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
 		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),

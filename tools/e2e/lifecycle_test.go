@@ -109,6 +109,7 @@ func spawnIngest(t *testing.T, broker string, env ...string) (*proc, ingestAddrs
 		"SPILLWAY_KAFKA_BROKERS=" + broker,
 		"SPILLWAY_SERVER_HTTP_LISTEN=" + a.http,
 		"SPILLWAY_SERVER_GRPC_LISTEN=" + a.grpc,
+		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)),
 		"SPILLWAY_SERVER_MONITORING_LISTEN=" + a.monitor,
 		"SPILLWAY_PRODUCER_WAL_LISTEN=" + a.nats,
 		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),

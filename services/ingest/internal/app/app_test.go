@@ -121,7 +121,7 @@ func TestStartErrorIsReturned(t *testing.T) {
 	require.NoError(t, err)
 	defer busy.Close()
 	cfg, err := config.Parse(nil, []string{
-		"SPILLWAY_SERVER_HTTP_LISTEN=" + busy.Addr().String(), "SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_HTTP_LISTEN=" + busy.Addr().String(), "SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0", "SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:0",
 		"SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:0", "SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(), "SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0",
 	})
 	require.NoError(t, err)

@@ -28,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/pkg/securitytest"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
 
@@ -164,7 +165,7 @@ validation:
 func TestSASLPlainWithAnAPIKey(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopic(t, addr, "orders", 1)
-	const key = "kafka-test-key-0123456789"
+	key := securitytest.Secret(t, "kafka-test-key-0123456789")
 	sum := sha256.Sum256([]byte(key))
 	in := ingesttest.StartYAML(t, addr, `
 security:
