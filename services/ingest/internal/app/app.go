@@ -218,6 +218,9 @@ func New(o Options) (_ *App, err error) {
 			return nil, fmt.Errorf("server.kafka.listen: %w", err)
 		}
 		a.cleanups = append(a.cleanups, func() { _ = a.kafkaLn.Close() })
+		if tlsFiles != nil { // TLS and client certificates as on the HTTP and gRPC listeners
+			a.kafkaLn = tls.NewListener(a.kafkaLn, tlsFiles.ServerConfig())
+		}
 		a.kafkaSrv = kafkaapi.New(kafkaapi.Options{
 			Sender:            d,
 			Partitions:        a.producer,

@@ -1,10 +1,14 @@
 package identity
 
+import "crypto/tls"
+
 // FromKafka is the client of a Kafka-protocol connection that did not
-// authenticate with SASL: the client id of its request header, checked as
-// FromHTTP checks a claimed one (refused when credentials are required).
-func FromKafka(id string, auth *Authenticator) (Client, error) {
-	return claimed(clientID(id)).authenticate(auth, "", nil)
+// authenticate with SASL: its verified client certificate (state: the
+// connection's TLS, nil without), else the client id of its request
+// header, checked as FromHTTP checks a claimed one (refused when
+// credentials are required).
+func FromKafka(id string, auth *Authenticator, state *tls.ConnectionState) (Client, error) {
+	return claimed(clientID(id)).authenticate(auth, "", verifiedCertificate(state))
 }
 
 // FromKafkaPassword is the client of a Kafka-protocol connection that

@@ -14,6 +14,7 @@ package kafkaapi
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -459,7 +460,12 @@ func (c *conn) client(clientID string) (identity.Client, error) {
 	if authed != nil {
 		cl = *authed
 	} else {
-		cl, err = identity.FromKafka(clientID, c.s.o.Auth)
+		var state *tls.ConnectionState
+		if tc, ok := c.nc.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			state = &st
+		}
+		cl, err = identity.FromKafka(clientID, c.s.o.Auth, state)
 	}
 	cl.Library, cl.Version = identity.ParseUserAgent(software + "/" + version)
 	if software == "" {

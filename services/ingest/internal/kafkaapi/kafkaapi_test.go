@@ -3,6 +3,7 @@ package kafkaapi_test
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -489,4 +490,32 @@ security:
 	assert.Equal(t, kerr.ThrottlingQuotaExceeded.Code, p.ErrorCode)
 	require.NotNil(t, p.ErrorMessage)
 	assert.Contains(t, *p.ErrorMessage, "rate limit")
+}
+
+// TestTLSAndClientCertificate: with server.tls set the listener speaks
+// TLS; a client certificate from the client CA names the principal of
+// the records; a client that does not trust the server cannot produce.
+func TestTLSAndClientCertificate(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "secure", 1)
+	ca := securitytest.NewCA(t, "spillway test CA")
+	server := ca.Issue(t, "spillway-ingest", securitytest.LeafOptions{})
+	device := ca.Issue(t, "device-42", securitytest.LeafOptions{})
+	in := ingesttest.StartYAML(t, addr, `
+server:
+  tls:
+    cert: `+server.CertFile+`
+    key: `+server.KeyFile+`
+    client_ca: `+ca.CertFile+`
+    client_auth: optional
+`)
+	withCert := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{device.TLS}, MinVersion: tls.VersionTLS12}
+	cl := kgoClient(t, in.Kafka, kgo.DialTLSConfig(withCert))
+	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "secure", Value: []byte("over tls")}).FirstErr())
+	got := kafkatest.Consume(t, addr, "secure", 1, 10*time.Second)
+	assert.Equal(t, "over tls", string(got[0].Value))
+	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_client_records_total{outcome="delivered",principal="device-42",topic="secure"}`))
+
+	untrusting := kgoClient(t, in.Kafka, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}), kgo.RecordDeliveryTimeout(2*time.Second))
+	require.Error(t, untrusting.ProduceSync(t.Context(), &kgo.Record{Topic: "secure", Value: []byte("x")}).FirstErr())
 }
