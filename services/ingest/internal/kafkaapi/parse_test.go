@@ -7,6 +7,9 @@ import (
 	"hash/crc32"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -56,7 +59,7 @@ func TestParseRecordsGzip(t *testing.T) {
 	raw := batch(t, 1, kmsg.Record{Key: []byte("k"), Value: []byte("v"), TimestampDelta64: 5, Headers: []kmsg.Header{{Key: "h", Value: []byte("x")}}},
 		kmsg.Record{Value: []byte("second")})
 	left, room := 10, 1<<20
-	recs, perr := parseRecords(raw, "orders", 2, &left, &room)
+	recs, perr := parseRecords(raw, "orders", 2, &left, &room, 10, 1<<20)
 	if perr != nil {
 		t.Fatal(perr.msg)
 	}
@@ -69,7 +72,7 @@ func TestParseRecordsGzip(t *testing.T) {
 		t.Errorf("left = %d, want 8", left)
 	}
 	raw[len(raw)-1] ^= 1
-	if _, perr := parseRecords(raw, "orders", 2, &left, &room); perr == nil || perr.msg != "record batch CRC mismatch" {
+	if _, perr := parseRecords(raw, "orders", 2, &left, &room, 10, 1<<20); perr == nil || perr.msg != "record batch CRC mismatch" {
 		t.Errorf("a flipped byte: %+v, want a CRC mismatch", perr)
 	}
 }
@@ -97,7 +100,7 @@ func FuzzParseRequest(f *testing.F) {
 		for _, tp := range p.Topics {
 			for _, pp := range tp.Partitions {
 				left, room := 3, 4096
-				recs, perr := parseRecords(pp.Records, tp.Topic, pp.Partition, &left, &room)
+				recs, perr := parseRecords(pp.Records, tp.Topic, pp.Partition, &left, &room, 3, 4096)
 				if perr != nil {
 					continue
 				}
@@ -107,4 +110,31 @@ func FuzzParseRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRecordBoundAcrossPartitions: a partition over
+// server.max_request_records only because earlier partitions of the
+// request took the rest is answered with a retriable error (the client
+// sends it again); a partition over it on its own, RECORD_LIST_TOO_LARGE.
+func TestRecordBoundAcrossPartitions(t *testing.T) {
+	recs := func(n int) []kmsg.Record {
+		out := make([]kmsg.Record, n)
+		for i := range out {
+			out[i].Value = []byte("v")
+		}
+		return out
+	}
+	left, room := 10, 1<<20
+	_, perr := parseRecords(batch(t, 0, recs(8)...), "orders", 0, &left, &room, 10, 1<<20)
+	require.Nil(t, perr)
+	_, perr = parseRecords(batch(t, 0, recs(5)...), "orders", 1, &left, &room, 10, 1<<20)
+	require.NotNil(t, perr)
+	assert.Equal(t, kerr.NotEnoughReplicas.Code, perr.code, perr.msg)
+	assert.True(t, kerr.ErrorForCode(perr.code).(*kerr.Error).Retriable)
+	assert.Equal(t, 5, perr.n)
+
+	left = 10
+	_, perr = parseRecords(batch(t, 0, recs(12)...), "orders", 0, &left, &room, 10, 1<<20)
+	require.NotNil(t, perr)
+	assert.Equal(t, kerr.RecordListTooLarge.Code, perr.code, perr.msg)
 }

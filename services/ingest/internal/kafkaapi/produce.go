@@ -55,7 +55,7 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 				rt.Partitions = append(rt.Partitions, rp)
 				continue
 			}
-			got, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes)
+			got, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes, c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes)
 			if err != nil {
 				rp.ErrorCode, rp.ErrorMessage = err.code, ptr(err.msg)
 				c.s.o.Sender.Refuse(ctx, API, t.Topic, max(err.n, 1), err.reason)
@@ -148,8 +148,20 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // checks their CRC, decompresses them and returns their records. left
 // and room are what the request may still hold in records and in
 // decompressed bytes; both are taken from.
-func parseRecords(raw []byte, topic string, partition int32, left, room *int) ([]record.Record, *parseError) {
+//
+// A partition over a bound only because the partitions before it in the
+// request took the rest gets a retriable error, so that the client sends
+// it again in another request: a producer sizes its requests in bytes
+// and kgo's hold up to 1 MiB per partition, which is over 10,000 records
+// of 100 bytes across three partitions. Over a bound on its own it is
+// RECORD_LIST_TOO_LARGE or MESSAGE_TOO_LARGE.
+func parseRecords(raw []byte, topic string, partition int32, left, room *int, maxRecords, maxBytes int) ([]record.Record, *parseError) {
 	var out []record.Record
+	took, tookBytes := 0, 0 // this partition's
+	later := func(what string, n int) *parseError {
+		return &parseError{code: kerr.NotEnoughReplicas.Code, reason: record.ReasonOverloaded, n: n,
+			msg: "this produce request holds more " + what + " than one request may; send this partition's records again"}
+	}
 	for len(raw) > 0 {
 		if len(raw) < 61 {
 			return nil, corrupt("a record batch of %d bytes is shorter than its header", len(raw))
@@ -173,16 +185,26 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int) ([
 		if b.Attributes&0x20 != 0 {
 			continue // a control batch (transaction marker): no records
 		}
+		if b.NumRecords >= 0 && int(b.NumRecords) > *left && took+int(b.NumRecords) <= maxRecords {
+			return nil, later("records (server.max_request_records)", int(b.NumRecords))
+		}
 		if b.NumRecords < 0 || int(b.NumRecords) > *left {
 			return nil, &parseError{code: kerr.RecordListTooLarge.Code, reason: record.ReasonTooLarge, n: int(max(b.NumRecords, 0)),
 				msg: "too many records in one produce request: the limit is server.max_request_records"}
 		}
 		*left -= int(b.NumRecords)
+		took += int(b.NumRecords)
 		data, err := decompress(int8(b.Attributes&0x07), b.Records, *room)
 		if err != nil {
+			if err.code == kerr.MessageTooLarge.Code {
+				if _, alone := decompress(int8(b.Attributes&0x07), b.Records, maxBytes-tookBytes); alone == nil {
+					return nil, later("bytes (server.http.max_body_bytes)", int(b.NumRecords))
+				}
+			}
 			return nil, err
 		}
 		*room -= len(data)
+		tookBytes += len(data)
 		base := time.UnixMilli(b.FirstTimestamp)
 		for i := int32(0); i < b.NumRecords; i++ {
 			l, n := kbin.Varint(data)
