@@ -99,6 +99,11 @@ type HTTP struct {
 type KafkaListener struct {
 	// Listen is its address; "" disables it.
 	Listen string
+	// Advertised is the host:port that Metadata names as the broker, for
+	// clients that reach Spillway through an address other than its own
+	// (a container's port mapping, a load balancer); "": the address each
+	// client connected to.
+	Advertised string
 }
 
 type GRPC struct {

@@ -44,6 +44,7 @@ func options(c *Config) []option {
 		{"server.grpc.monitoring.enable", true, accepted((*getter).boolean)},           // kafka-ambassador's; metrics are always on
 		{"server.grpc.monitoring.histogram.enable", true, accepted((*getter).boolean)}, // kafka-ambassador's; histograms are always on
 		{"server.kafka.listen", ":19092", bind(&s.Kafka.Listen, (*getter).optionalAddress)},
+		{"server.kafka.advertised", "", bind(&s.Kafka.Advertised, (*getter).optionalAddress)},
 		{"server.monitoring.listen", ":28080", bind(&s.Monitoring.Listen, (*getter).address)},
 		{"server.monitoring.max_topic_labels", 100, bind(&s.Monitoring.MaxTopicLabels, positive[int])},
 		{"server.monitoring.max_principal_labels", 100, bind(&s.Monitoring.MaxPrincipalLabels, positive[int])},

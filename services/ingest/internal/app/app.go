@@ -229,6 +229,7 @@ func New(o Options) (_ *App, err error) {
 			Auth:              auth,
 			MaxRequestBytes:   int(cfg.Server.HTTP.MaxBodyBytes),
 			MaxRequestRecords: cfg.Server.MaxRequestRecords,
+			Advertised:        cfg.Server.Kafka.Advertised,
 			Logger:            o.Logger.With("api", kafkaapi.API),
 		})
 	}

@@ -66,7 +66,10 @@ type Options struct {
 	// request once decompressed; MaxRequestRecords bounds its records.
 	MaxRequestBytes   int
 	MaxRequestRecords int
-	Logger            *slog.Logger
+	// Advertised is the host:port Metadata names; "": the address each
+	// client connected to.
+	Advertised string
+	Logger     *slog.Logger
 }
 
 // Server serves Kafka's protocol on a listener.

@@ -519,3 +519,41 @@ server:
 	untrusting := kgoClient(t, in.Kafka, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}), kgo.RecordDeliveryTimeout(2*time.Second))
 	require.Error(t, untrusting.ProduceSync(t.Context(), &kgo.Record{Topic: "secure", Value: []byte("x")}).FirstErr())
 }
+
+// TestAdvertisedAddress: Metadata names Spillway at the address the
+// client reached, or at server.kafka.advertised when set, leading every
+// partition of the cluster's topics.
+func TestAdvertisedAddress(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 3)
+	for _, c := range []struct{ env, host, port string }{
+		{"", "127.0.0.1", ""},
+		{"SPILLWAY_SERVER_KAFKA_ADVERTISED=spillway.example:9093", "spillway.example", "9093"},
+	} {
+		var env []string
+		if c.env != "" {
+			env = append(env, c.env)
+		}
+		in := ingesttest.Start(t, addr, env...)
+		_, listenPort, _ := net.SplitHostPort(in.Kafka)
+		want := c.port
+		if want == "" {
+			want = listenPort
+		}
+		req := kmsg.NewPtrMetadataRequest()
+		req.Version = 1
+		topic := kmsg.NewMetadataRequestTopic()
+		topic.Topic = kmsg.StringPtr("orders")
+		req.Topics = append(req.Topics, topic)
+		resp := &kmsg.MetadataResponse{Version: 1}
+		roundTrip(t, in.Kafka, req, resp)
+		require.Len(t, resp.Brokers, 1)
+		assert.Equal(t, c.host, resp.Brokers[0].Host)
+		assert.Equal(t, want, fmt.Sprint(resp.Brokers[0].Port))
+		require.Len(t, resp.Topics, 1)
+		assert.Len(t, resp.Topics[0].Partitions, 3)
+		for _, p := range resp.Topics[0].Partitions {
+			assert.Equal(t, resp.Brokers[0].NodeID, p.Leader)
+		}
+	}
+}

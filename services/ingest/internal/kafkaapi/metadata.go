@@ -122,14 +122,24 @@ func (s *Server) partitions(ctx context.Context) (map[string]int, error) {
 	return counts, nil
 }
 
-// advertised is the address the client connected to: Spillway names
-// itself as it was reached.
+// advertised is the configured address, else the one the client
+// connected to: Spillway names itself as it was reached. A configured
+// address without a host takes the one the client reached.
 func (c *conn) advertised() (string, int32) {
-	host, port, err := net.SplitHostPort(c.nc.LocalAddr().String())
+	local, localPort, _ := net.SplitHostPort(c.nc.LocalAddr().String())
+	host, port := local, localPort
+	if a := c.s.o.Advertised; a != "" {
+		if h, p, err := net.SplitHostPort(a); err == nil {
+			host, port = h, p
+			if host == "" {
+				host = local
+			}
+		}
+	}
+	p, err := strconv.Atoi(port)
 	if err != nil {
 		return "127.0.0.1", 19092
 	}
-	p, _ := strconv.Atoi(port)
 	return host, int32(p)
 }
 
