@@ -25,5 +25,5 @@ RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/
 USER 65532:65532
-EXPOSE 18080 18282 28080 28081 28082
+EXPOSE 18080 18282 19092 28080 28081 28082
 ENTRYPOINT ["/usr/local/bin/spillway-ingest"]

@@ -93,8 +93,11 @@ func TestCompose(t *testing.T) {
 		assert.True(t, published[monitoringPorts[name]], "%s publishes its monitoring port", name)
 		if name == "ingest" {
 			assert.True(t, published["18080"] && published["18282"], "the ingest publishes HTTP and gRPC")
+			assert.True(t, published["19092"], "the ingest publishes its Kafka listener")
 			assert.Equal(t, ":18080", c.Server.HTTP.Listen)
 			assert.Equal(t, ":18282", c.Server.GRPC.Listen)
+			assert.Equal(t, ":19092", c.Server.Kafka.Listen)
+			assert.Equal(t, "localhost:19092", c.Server.Kafka.Advertised, "Metadata names the published port")
 		}
 		for dep, d := range s.DependsOn {
 			if dep == "kafka" || dep == "nats" || dep == "ingest" {
@@ -247,10 +250,29 @@ func TestKustomizeOverlays(t *testing.T) {
 				}
 				if name == "ingest" {
 					checkSecurity(t, overlay, cfg, spec)
+					checkKafkaListenerPublished(t, services["spillway-ingest"], ports, cfg.Server.Kafka.Listen)
 				}
 			}
 		})
 	}
+}
+
+// checkKafkaListenerPublished: the ingest's API Service publishes the
+// Kafka listener's port, forwarding to the container port it listens on.
+func checkKafkaListenerPublished(t *testing.T, api *corev1.Service, containerPorts map[string]int32, listen string) {
+	t.Helper()
+	require.NotNil(t, api, "the ingest's API Service")
+	assert.Equal(t, ":19092", listen, "the ingest's Kafka listener")
+	var found bool
+	for _, p := range api.Spec.Ports {
+		if p.Name != "kafka" {
+			continue
+		}
+		found = true
+		assert.Equal(t, int32(19092), p.Port, "the Service's Kafka port")
+		assert.Equal(t, ":"+fmt.Sprint(containerPorts[p.TargetPort.String()]), listen, "the Service forwards to the port the Kafka listener is on")
+	}
+	assert.True(t, found, "the ingest's API Service publishes a port named kafka")
 }
 
 // checkMonitoringNotPublished: the Service clients reach (the ingest's
