@@ -5,6 +5,7 @@
 package config
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -246,6 +247,10 @@ var DefaultDenyTopics = []string{"__*", "_confluent*", "_schemas", "connect-*"}
 type Security struct {
 	// APIKeys map the SHA-256 (hex) of an API key to its principal.
 	APIKeys map[string]string
+	// SCRAMUsers are the Kafka listener's SASL SCRAM credentials, stored
+	// as Kafka stores them (salt, iterations, stored key, server key),
+	// never the password; API keys are stored hashed and cannot serve.
+	SCRAMUsers []SCRAMUser
 	// RequireCredentials refuses requests without an API key (401).
 	RequireCredentials bool
 	// AllowTopics is the global topic allow-list (globs); empty: any.
@@ -807,6 +812,82 @@ func checkJWT(j JWT, g *getter) {
 	if j.RefreshInterval < time.Second {
 		g.fail("security.jwt.refresh_interval", fmt.Errorf("%v is too short; want 1s or more", j.RefreshInterval))
 	}
+}
+
+// SCRAMUser is one SASL SCRAM credential (RFC 5802): the password is
+// not kept, only what a server needs to check a client's proof.
+type SCRAMUser struct {
+	Principal  string
+	Mechanism  string // SCRAM-SHA-256 or SCRAM-SHA-512
+	Salt       []byte
+	Iterations int
+	StoredKey  []byte // H(HMAC(SaltedPassword, "Client Key"))
+	ServerKey  []byte // HMAC(SaltedPassword, "Server Key")
+}
+
+// scramUsers reads security.scram_users, a list of {principal,
+// mechanism, salt, iterations, stored_key, server_key}, the byte values
+// in base64 (standard, padded).
+func (g *getter) scramUsers(key string) []SCRAMUser {
+	var out []SCRAMUser
+	list, ok := g.k.Get(key).([]any)
+	if !ok && g.k.Get(key) != nil {
+		g.fail(key, fmt.Errorf("want a list of {principal, mechanism, salt, iterations, stored_key, server_key}"))
+	}
+	seen := map[string]bool{}
+	for i, e := range list {
+		at := fmt.Sprintf("%s[%d]", key, i)
+		m, _ := e.(map[string]any)
+		u := SCRAMUser{}
+		u.Principal, _ = m["principal"].(string)
+		u.Mechanism, _ = m["mechanism"].(string)
+		size := map[string]int{"SCRAM-SHA-256": 32, "SCRAM-SHA-512": 64}[u.Mechanism]
+		var bad []string
+		if u.Principal == "" {
+			bad = append(bad, "principal is empty")
+		}
+		if size == 0 {
+			bad = append(bad, fmt.Sprintf("mechanism %q: want SCRAM-SHA-256 or SCRAM-SHA-512", u.Mechanism))
+		}
+		switch n := m["iterations"].(type) {
+		case int:
+			u.Iterations = n
+		case int64:
+			u.Iterations = int(n)
+		case float64:
+			u.Iterations = int(n)
+		case string:
+			u.Iterations, _ = strconv.Atoi(n)
+		}
+		if u.Iterations < 4096 {
+			bad = append(bad, "iterations: want 4096 or more (RFC 7677)")
+		}
+		for _, f := range []struct {
+			name string
+			dst  *[]byte
+			size int
+		}{{"salt", &u.Salt, 0}, {"stored_key", &u.StoredKey, size}, {"server_key", &u.ServerKey, size}} {
+			s, _ := m[f.name].(string)
+			b, err := base64.StdEncoding.DecodeString(s)
+			switch {
+			case err != nil || len(b) == 0:
+				bad = append(bad, f.name+": want base64")
+			case f.size > 0 && len(b) != f.size:
+				bad = append(bad, fmt.Sprintf("%s: %d bytes; want %d for %s", f.name, len(b), f.size, u.Mechanism))
+			}
+			*f.dst = b
+		}
+		if seen[u.Mechanism+" "+u.Principal] {
+			bad = append(bad, fmt.Sprintf("principal %q has a %s credential already", u.Principal, u.Mechanism))
+		}
+		if len(bad) > 0 {
+			g.fail(at, errors.New(strings.Join(bad, "; ")))
+			continue
+		}
+		seen[u.Mechanism+" "+u.Principal] = true
+		out = append(out, u)
+	}
+	return out
 }
 
 // apiKeys reads security.api_keys, a list of {principal, sha256}, into a

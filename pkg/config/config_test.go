@@ -110,6 +110,8 @@ func TestInvalidConfiguration(t *testing.T) {
 		{"two errors at once", "producer:\n  cb:\n    timeout: x\n    fails: -1\n", nil, []string{"producer.cb.timeout", "producer.cb.fails"}},
 		{"malformed yaml", "server: [\n", nil, []string{"parse configuration file"}},
 		{"api key not hashed", "security:\n  api_keys:\n    - {principal: a, sha256: plaintext-key}\n", nil, []string{"security.api_keys[0]: want {principal: NAME, sha256: the 64 hex digits"}},
+		{"scram user with a password", "security:\n  scram_users:\n    - {principal: a, mechanism: SCRAM-SHA-256, password: secret}\n", nil, []string{"security.scram_users[0]: iterations: want 4096 or more (RFC 7677); salt: want base64; stored_key: want base64; server_key: want base64"}},
+		{"scram key of the wrong size", "security:\n  scram_users:\n    - {principal: a, mechanism: SCRAM-SHA-512, salt: c2FsdA==, iterations: 4096, stored_key: c2FsdA==, server_key: c2FsdA==}\n", nil, []string{"security.scram_users[0]: stored_key: 4 bytes; want 64 for SCRAM-SHA-512; server_key: 4 bytes; want 64"}},
 		{"bad topic glob", "security:\n  allow_topics: [\"[\"]\n", nil, []string{`security.allow_topics: "[" is not a valid topic pattern`}},
 	}
 	for _, tt := range tests {

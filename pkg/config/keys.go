@@ -90,6 +90,7 @@ func options(c *Config) []option {
 		{"producer.wal.ack_wait", "60s", bind(&w.AckWait, (*getter).duration)},
 		{"producer.old_producer_kill_timeout", "0s", noEffect((*getter).duration)}, // kafka-ambassador's: its files carry it
 		{"security.api_keys", []any{}, bind(&sec.APIKeys, (*getter).apiKeys)},
+		{"security.scram_users", []any{}, bind(&sec.SCRAMUsers, (*getter).scramUsers)},
 		{"security.require_credentials", false, bind(&sec.RequireCredentials, (*getter).boolean)},
 		{"security.allow_topics", []string{}, bind(&sec.AllowTopics, (*getter).globs)},
 		{"security.deny_topics", DefaultDenyTopics, bind(&sec.DenyTopics, (*getter).globs)},

@@ -28,7 +28,8 @@ type Authenticator struct {
 	keys          [][]byte // SHA-256 of each API key
 	owners        []string // the principal of each key
 	jwt           *jwtVerifier
-	principalFrom config.PrincipalFrom // which name of a client certificate is its principal
+	principalFrom config.PrincipalFrom        // which name of a client certificate is its principal
+	scram         map[string]config.SCRAMUser // by mechanism and user: "SCRAM-SHA-256 billing"
 	require       bool
 	// verifies is true when any credential can be checked (API keys, JWTs
 	// or client certificates): then a client id a request merely claims is
@@ -45,7 +46,11 @@ const Unverified = "unverified:"
 // ctx ends.
 func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS, logger *slog.Logger) (*Authenticator, error) {
 	a := &Authenticator{require: s.RequireCredentials, principalFrom: t.PrincipalFrom,
-		verifies: len(s.APIKeys) > 0 || s.JWT.Enabled() || t.ClientCAFile != ""}
+		verifies: len(s.APIKeys) > 0 || len(s.SCRAMUsers) > 0 || s.JWT.Enabled() || t.ClientCAFile != "",
+		scram:    map[string]config.SCRAMUser{}}
+	for _, u := range s.SCRAMUsers {
+		a.scram[u.Mechanism+" "+u.Principal] = u
+	}
 	for hash, principal := range s.APIKeys {
 		b, _ := hex.DecodeString(hash)
 		a.keys = append(a.keys, b)

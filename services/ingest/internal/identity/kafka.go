@@ -1,6 +1,10 @@
 package identity
 
-import "crypto/tls"
+import (
+	"crypto/tls"
+
+	"github.com/spillway/spillway/pkg/config"
+)
 
 // FromKafka is the client of a Kafka-protocol connection that did not
 // authenticate with SASL: its verified client certificate (state: the
@@ -21,4 +25,25 @@ func FromKafkaPassword(user, password string, auth *Authenticator) (Client, erro
 		return c, nil
 	}
 	return c.authenticate(auth, "Bearer "+password, nil)
+}
+
+// SCRAMCredential is the stored SCRAM credential of user for mechanism
+// (SCRAM-SHA-256 or SCRAM-SHA-512), from security.scram_users.
+func (a *Authenticator) SCRAMCredential(mechanism, user string) (config.SCRAMUser, bool) {
+	if a == nil {
+		return config.SCRAMUser{}, false
+	}
+	u, ok := a.scram[mechanism+" "+user]
+	return u, ok
+}
+
+// HasSCRAM says whether any SCRAM credential is configured.
+func (a *Authenticator) HasSCRAM() bool { return a != nil && len(a.scram) > 0 }
+
+// FromKafkaSCRAM is the client of a Kafka-protocol connection that signed
+// in with SASL SCRAM as user, whose proof the caller checked. Its
+// principal is of kind key, as an API key's: a SCRAM user is the Kafka
+// listener's form of the same credential, and shares its ACLs and limits.
+func FromKafkaSCRAM(user string) Client {
+	return Client{Principal: user, Kind: APIKey, Name: user}
 }

@@ -7,7 +7,7 @@
 // Spillway is the only broker it names and it leads every partition of
 // the real cluster's topics. It serves ApiVersions, Metadata, Produce
 // (record batches, every codec), InitProducerId (idempotent producers)
-// and SASL PLAIN; every other API is answered UNSUPPORTED_VERSION.
+// and SASL PLAIN and SCRAM; every other API is answered UNSUPPORTED_VERSION.
 // Requests and responses are franz-go's kmsg types: no wire format is
 // written by hand here.
 package kafkaapi
@@ -28,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/xdg-go/scram"
 
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
@@ -198,7 +199,9 @@ type conn struct {
 	software, softwareVersion string
 	// authed is the principal SASL established; nil before.
 	authed    *identity.Client
-	saslReady bool // a SaslHandshake chose PLAIN
+	saslReady bool // a SaslHandshake chose a mechanism, whose exchange is not over
+	saslMech  string
+	scram     *scram.ServerConversation // SCRAM's exchange, between its two steps
 }
 
 // stop ends the connection after the request it handles, or at once

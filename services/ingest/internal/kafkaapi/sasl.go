@@ -5,34 +5,68 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"slices"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/xdg-go/scram"
 
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
-// saslHandshake accepts PLAIN: the password is an API key.
+// scramHashes are the SCRAM mechanisms served, with their hash.
+var scramHashes = map[string]scram.HashGeneratorFcn{"SCRAM-SHA-256": scram.SHA256, "SCRAM-SHA-512": scram.SHA512}
+
+// mechanisms are the SASL mechanisms served: PLAIN (the password is an
+// API key), and SCRAM when security.scram_users has credentials.
+func (c *conn) mechanisms() []string {
+	m := []string{"PLAIN"}
+	if c.s.o.Auth.HasSCRAM() {
+		m = append(m, "SCRAM-SHA-256", "SCRAM-SHA-512")
+	}
+	return m
+}
+
+// saslHandshake accepts a mechanism served; SCRAM's exchange starts here,
+// against the stored credentials of the user the client will name.
 func (c *conn) saslHandshake(req *kmsg.SASLHandshakeRequest) *kmsg.SASLHandshakeResponse {
 	resp := req.ResponseKind().(*kmsg.SASLHandshakeResponse)
-	resp.SupportedMechanisms = []string{"PLAIN"}
-	if req.Mechanism != "PLAIN" {
+	resp.SupportedMechanisms = c.mechanisms()
+	if !slices.Contains(resp.SupportedMechanisms, req.Mechanism) {
 		resp.ErrorCode = kerr.UnsupportedSaslMechanism.Code
 		return resp
 	}
+	var conv *scram.ServerConversation
+	if h, ok := scramHashes[req.Mechanism]; ok {
+		auth, mech := c.s.o.Auth, req.Mechanism
+		srv, err := h.NewServer(func(user string) (scram.StoredCredentials, error) {
+			u, ok := auth.SCRAMCredential(mech, user)
+			if !ok {
+				return scram.StoredCredentials{}, errors.New("invalid credentials: no such SCRAM user")
+			}
+			return scram.StoredCredentials{KeyFactors: scram.KeyFactors{Salt: string(u.Salt), Iters: u.Iterations},
+				StoredKey: u.StoredKey, ServerKey: u.ServerKey}, nil
+		})
+		if err != nil {
+			resp.ErrorCode = kerr.UnsupportedSaslMechanism.Code
+			return resp
+		}
+		conv = srv.NewConversation()
+	}
 	c.mu.Lock()
-	c.saslReady = true
+	c.saslReady, c.saslMech, c.scram = true, req.Mechanism, conv
 	c.mu.Unlock()
 	return resp
 }
 
-// saslAuthenticate checks PLAIN's "authzid NUL user NUL password". A
-// failure is answered, then the connection closes, as brokers do.
+// saslAuthenticate checks PLAIN's "authzid NUL user NUL password", or
+// takes one step of SCRAM's exchange (client-first, then client-final).
+// A failure is answered, then the connection closes, as brokers do.
 func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID string) (kmsg.Response, error) {
 	resp := req.ResponseKind().(*kmsg.SASLAuthenticateResponse)
 	c.mu.Lock()
-	ready := c.saslReady
+	ready, mech, conv := c.saslReady, c.saslMech, c.scram
 	c.saslReady = false
 	c.mu.Unlock()
 	if !ready {
@@ -40,11 +74,32 @@ func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID stri
 		resp.ErrorMessage = ptr("SaslAuthenticate before a SaslHandshake")
 		return resp, nil
 	}
-	parts := bytes.Split(req.SASLAuthBytes, []byte{0})
 	var cl identity.Client
-	err := errors.New("invalid credentials: want PLAIN's authzid, user and password")
-	if len(parts) == 3 {
-		cl, err = identity.FromKafkaPassword(string(parts[1]), string(parts[2]), c.s.o.Auth)
+	var err error
+	if conv != nil {
+		var out string
+		out, err = conv.Step(string(req.SASLAuthBytes))
+		switch {
+		case err != nil:
+			err = errors.New("invalid credentials: " + mech + ": " + err.Error())
+		case !conv.Done():
+			resp.SASLAuthBytes = []byte(out) // server-first; the client-final comes next
+			c.mu.Lock()
+			c.saslReady = true
+			c.mu.Unlock()
+			return resp, nil
+		case !conv.Valid():
+			err = errors.New("invalid credentials: " + mech + ": the proof does not match")
+		default:
+			resp.SASLAuthBytes = []byte(out) // server-final: the server's signature
+			cl = identity.FromKafkaSCRAM(conv.Username())
+		}
+	} else {
+		parts := bytes.Split(req.SASLAuthBytes, []byte{0})
+		err = errors.New("invalid credentials: want PLAIN's authzid, user and password")
+		if len(parts) == 3 {
+			cl, err = identity.FromKafkaPassword(string(parts[1]), string(parts[2]), c.s.o.Auth)
+		}
 	}
 	if err != nil {
 		cl.Principal = identity.Anonymous
@@ -53,11 +108,13 @@ func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID stri
 		resp.ErrorMessage = ptr(err.Error())
 		c.mu.Lock()
 		c.stopping = true // closed once the answer is written
+		c.scram = nil
 		c.mu.Unlock()
 		return resp, nil
 	}
 	c.mu.Lock()
 	c.authed = &cl
+	c.scram = nil
 	c.mu.Unlock()
 	return resp, nil
 }
