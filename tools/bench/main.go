@@ -27,6 +27,8 @@ func main() { os.Exit(run()) }
 type report struct {
 	RecordsPerSec float64 `json:"records_per_second"`
 	Failed        int64   `json:"failed"`
+	Delivered     int64   `json:"delivered"`
+	Buffered      int64   `json:"buffered"`
 	LatencyMs     struct {
 		P99 float64 `json:"p99"`
 	} `json:"latency_ms"`
@@ -37,6 +39,7 @@ type row struct {
 	rps, p99      float64
 	limit         float64 // records/s of what it is compared to; 0: none
 	rssMB         float64
+	cpuUs         float64 // the ingest's CPU µs per record; 0: not measured
 }
 
 var (
@@ -79,8 +82,34 @@ func waitOK(url string) {
 	os.Exit(1)
 }
 
-// measureOnce runs loadgen once and returns its records/s and p99 latency.
-func measureOnce(i int, args ...string) (rps, p99 float64) {
+// cpuTicks is a process's user and system CPU time in clock ticks
+// (/proc/PID/stat fields 14 and 15).
+func cpuTicks(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, field 2, is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	var u, s float64
+	if len(f) > 12 {
+		fmt.Sscan(f[11], &u)
+		fmt.Sscan(f[12], &s)
+	}
+	return u + s
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on
+// Linux.
+const clockTicks = 100
+
+// measureOnce runs loadgen once and returns its records/s and p99
+// latency, and with cpuPID > 0 that process's CPU µs per record.
+func measureOnce(i, cpuPID int, args ...string) (rps, p99, cpuUs float64) {
+	before := 0.0
+	if cpuPID > 0 {
+		before = cpuTicks(cpuPID)
+	}
 	a := append([]string{"-json", "-duration", duration.String(), "-size", fmt.Sprint(*size), "-topic", fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i)}, args...)
 	outb, err := exec.Command(filepath.Join(*binDir, "loadgen"), a...).Output()
 	var r report
@@ -88,34 +117,39 @@ func measureOnce(i int, args ...string) (rps, p99 float64) {
 		fmt.Fprintf(os.Stderr, "bench: loadgen %v: %v\n%s\n", a, err, outb)
 		os.Exit(1)
 	}
-	fmt.Fprintf(os.Stderr, "  %v: %.0f records/s, p99 %.1f ms, failed %d\n", args, r.RecordsPerSec, r.LatencyMs.P99, r.Failed)
-	return r.RecordsPerSec, r.LatencyMs.P99
+	if n := r.Delivered + r.Buffered; cpuPID > 0 && n > 0 {
+		cpuUs = (cpuTicks(cpuPID) - before) / clockTicks * 1e6 / float64(n)
+	}
+	fmt.Fprintf(os.Stderr, "  %v: %.0f records/s, p99 %.1f ms, failed %d, cpu %.2f us/record\n", args, r.RecordsPerSec, r.LatencyMs.P99, r.Failed, cpuUs)
+	return r.RecordsPerSec, r.LatencyMs.P99, cpuUs
 }
 
 // spec is one measurement of a group.
 type spec struct {
-	name string
-	args []string
+	name   string
+	args   []string
+	cpuPID int // a process whose CPU per record is measured; 0: none
 }
 
 // measureGroup runs the specs in turn, -runs rounds, and returns each
 // one's median records/s and p99. Taking turns, rather than all runs of
 // one then all of the next, keeps a limit and what is held against it
 // under the same conditions: these machines drift by 10–30% in minutes.
-func measureGroup(specs ...spec) (rps, p99 []float64) {
+func measureGroup(specs ...spec) (rps, p99, cpuUs []float64) {
 	rs := make([][]float64, len(specs))
 	ps := make([][]float64, len(specs))
+	cs := make([][]float64, len(specs))
 	for i := range *runs {
 		for j, sp := range specs {
 			fmt.Fprintf(os.Stderr, "%s (run %d)\n", sp.name, i+1)
-			r, p := measureOnce(i, sp.args...)
-			rs[j], ps[j] = append(rs[j], r), append(ps[j], p)
+			r, p, c := measureOnce(i, sp.cpuPID, sp.args...)
+			rs[j], ps[j], cs[j] = append(rs[j], r), append(ps[j], p), append(cs[j], c)
 		}
 	}
 	for j := range specs {
-		rps, p99 = append(rps, median(rs[j])), append(p99, median(ps[j]))
+		rps, p99, cpuUs = append(rps, median(rs[j])), append(p99, median(ps[j])), append(cpuUs, median(cs[j]))
 	}
-	return rps, p99
+	return rps, p99, cpuUs
 }
 
 func median(v []float64) float64 {
@@ -168,11 +202,12 @@ func run() int {
 		_, _ = w.Write([]byte(`{"outcome":"delivered"}`))
 	}))
 
-	var walDir string // the last ingest's producer.wal.path, with its NATS credentials
+	var walDir string      // the last ingest's producer.wal.path, with its NATS credentials
+	var kafkaListen string // the last ingest's server.kafka.listen
 	ingestEnv := func(mode string) (env []string, httpAddr, grpcAddr, monAddr, natsAddr string) {
 		h, g, m, n, k := freeAddr(), freeAddr(), freeAddr(), freeAddr(), freeAddr()
 		dir, _ := os.MkdirTemp("", "spillway-bench")
-		walDir = dir
+		walDir, kafkaListen = dir, k
 		return []string{
 			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + h, "SPILLWAY_SERVER_GRPC_LISTEN=" + g,
 			"SPILLWAY_SERVER_MONITORING_LISTEN=" + m, "SPILLWAY_PRODUCER_WAL_LISTEN=" + n, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
@@ -187,10 +222,10 @@ func run() int {
 	// group measures specs in turn; the first is the limit the others are
 	// held against (against "" for none). It returns the limit.
 	group := func(against string, specs ...spec) float64 {
-		rps, p99 := measureGroup(specs...)
+		rps, p99, cpu := measureGroup(specs...)
 		limit := 0.0
 		for j, sp := range specs {
-			r := row{name: sp.name, rps: rps[j], p99: p99[j]}
+			r := row{name: sp.name, rps: rps[j], p99: p99[j], cpuUs: cpu[j]}
 			if j > 0 && against != "" {
 				r.against, r.limit = against, rps[0]
 			}
@@ -202,10 +237,19 @@ func run() int {
 		return limit
 	}
 	batchedLimit := group("the kafka-go limit",
-		spec{"kafka-go Writer straight into the broker, batches of 500, 8 callers", []string{"-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8"}},
-		spec{"ingest, HTTP NDJSON, batches of 500, 8 connections", []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
-		spec{"ingest, Confluent v2, batches of 500, 8 connections", []string{"-target", "v2", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
-		spec{"ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", []string{"-target", "grpc-stream", "-addr", grpcAddr, "-batch", "500", "-concurrency", "4", "-window", "4"}},
+		spec{name: "kafka-go Writer straight into the broker, batches of 500, 8 callers", args: []string{"-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8"}},
+		spec{name: "ingest, HTTP NDJSON, batches of 500, 8 connections", args: []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
+		spec{name: "ingest, Confluent v2, batches of 500, 8 connections", args: []string{"-target", "v2", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
+		spec{name: "ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", args: []string{"-target", "grpc-stream", "-addr", grpcAddr, "-batch", "500", "-concurrency", "4", "-window", "4"}},
+	)
+	freshKafka()
+	_ = exec.Command(filepath.Join(*binDir, "loadgen"), "-target", "http", "-addr", "http://"+httpAddr, "-count", "200", "-concurrency", "8", "-topic", "warm-up").Run()
+	// The Kafka listener: the same client, kgo with its defaults
+	// (idempotent, acks all), straight into the broker and through the
+	// ingest's listener; 8 callers of 500 records each.
+	group("kgo straight into the broker",
+		spec{name: "kgo straight into the broker, batches of 500, 8 callers", args: []string{"-target", "kgo", "-brokers", broker, "-batch", "500", "-concurrency", "8"}},
+		spec{name: "ingest, Kafka listener, kgo batches of 500, 8 callers", args: []string{"-target", "kgo", "-brokers", kafkaListen, "-create-topics-on", broker, "-batch", "500", "-concurrency", "8"}, cpuPID: ingest.Process.Pid},
 	)
 	for _, c := range []string{"64", "256"} {
 		freshKafka()
@@ -213,8 +257,8 @@ func run() int {
 		// records first, so that the measurement starts warm.
 		_ = exec.Command(filepath.Join(*binDir, "loadgen"), "-target", "http", "-addr", "http://"+httpAddr, "-count", "200", "-concurrency", "8", "-topic", "warm-up").Run()
 		group("the answer-only server",
-			spec{"answer-only HTTP server, single records, " + c + " connections", []string{"-target", "http", "-addr", "http://" + answer, "-concurrency", c}},
-			spec{"ingest, HTTP single records, " + c + " connections", []string{"-target", "http", "-addr", "http://" + httpAddr, "-concurrency", c}},
+			spec{name: "answer-only HTTP server, single records, " + c + " connections", args: []string{"-target", "http", "-addr", "http://" + answer, "-concurrency", c}},
+			spec{name: "ingest, HTTP single records, " + c + " connections", args: []string{"-target", "http", "-addr", "http://" + httpAddr, "-concurrency", c}},
 		)
 	}
 	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
@@ -231,8 +275,8 @@ func run() int {
 	ingest = start("spillway-ingest", env)
 	waitOK("http://" + mon + "/readyz")
 	group("direct JetStream publish",
-		spec{"JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", []string{"-target", "jetstream", "-addr", "nats://" + natsAddr, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8"}},
-		spec{"ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
+		spec{name: "JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", args: []string{"-target", "jetstream", "-addr", "nats://" + natsAddr, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8"}},
+		spec{name: "ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", args: []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
 	)
 	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
 
@@ -249,7 +293,7 @@ func run() int {
 	env, httpAddr, _, mon, _ = ingestEnv("always")
 	ingest = start("spillway-ingest", env)
 	waitOK("http://" + mon + "/readyz")
-	group("", spec{"ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}})
+	group("", spec{name: "ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", args: []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}})
 	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
 	_ = ingest.Process.Signal(os.Interrupt)
 	_ = ingest.Wait()
@@ -260,8 +304,8 @@ func run() int {
 	fmt.Fprintf(&b, "Measured by `make bench` (`bin/bench -runs %d -duration %v -size %d`) on %s, %s: %d cores, %s, %s.\n",
 		*runs, *duration, *size, time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), memTotal(), strings.TrimSpace(string(goVersion)))
 	fmt.Fprintf(&b, "The broker (kfake), the services and the load generator share the cores. Each figure is the median of %d runs, taken in turns with the limit it is compared with, because these shared machines drift by 10–30%% within minutes: compare within one table.\n\n", *runs)
-	fmt.Fprintln(&b, "| measurement | records/s | p99 ms | ratio | peak RSS MB |")
-	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: |")
+	fmt.Fprintln(&b, "| measurement | records/s | p99 ms | ratio | peak RSS MB | ingest CPU µs/record |")
+	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: | ---: |")
 	for _, r := range rows {
 		ratio := ""
 		if r.limit > 0 {
@@ -275,7 +319,11 @@ func run() int {
 		if r.p99 > 0 {
 			p99 = fmt.Sprintf("%.1f", r.p99)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s |\n", r.name, r.rps, p99, ratio, rss)
+		cpu := ""
+		if r.cpuUs > 0 {
+			cpu = fmt.Sprintf("%.2f", r.cpuUs)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s |\n", r.name, r.rps, p99, ratio, rss, cpu)
 	}
 	if err := writeTable(*out, b.Bytes()); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

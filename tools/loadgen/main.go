@@ -43,11 +43,14 @@ type Options struct {
 	// NATSCredentials is the nkey seed file the jetstream target signs in
 	// with: the ingest's embedded server admits only it.
 	NATSCredentials string
+	// CreateTopicsOn is a broker where the kgo target creates its topics
+	// first, for -brokers that do not (the ingest's Kafka listener).
+	CreateTopicsOn string
 }
 
 func run() int {
 	var o Options
-	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), kafka (kafka-go straight into -brokers: the limit), jetstream (async publish straight into JetStream at -addr nats://…: the spill limit)")
+	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), kafka (kafka-go straight into -brokers: the limit), kgo (franz-go's kgo to -brokers: a broker, or the ingest's Kafka listener), jetstream (async publish straight into JetStream at -addr nats://…: the spill limit)")
 	flag.StringVar(&o.Addr, "addr", "", "address: http://127.0.0.1:18080 for HTTP targets, 127.0.0.1:18282 for gRPC (default by target)")
 	flag.StringVar(&o.Topic, "topic", "load", "topic (or prefix, with -topics > 1)")
 	flag.IntVar(&o.Topics, "topics", 1, "number of topics, records spread evenly: TOPIC-0 … TOPIC-(n-1)")
@@ -60,7 +63,8 @@ func run() int {
 	flag.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to send")
 	flag.Int64Var(&o.Count, "count", 0, "stop after this many records (0: after -duration)")
 	flag.StringVar(&o.Verify, "verify", "", "Kafka broker: after the run, consume the topics and report missing and duplicate records")
-	flag.StringVar(&o.Brokers, "brokers", "127.0.0.1:9092", "kafka target: the brokers")
+	flag.StringVar(&o.Brokers, "brokers", "127.0.0.1:9092", "kafka and kgo targets: the brokers")
+	flag.StringVar(&o.CreateTopicsOn, "create-topics-on", "", "kgo target: a Kafka broker on which to create the topics first (auto-created by a metadata request), for -brokers that do not create them, such as the ingest's Kafka listener")
 	flag.StringVar(&o.NATSCredentials, "nats-credentials", "", "jetstream target: the nkey seed file to sign in with (the ingest's producer.wal.path/nats-user.nk)")
 	flag.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	flag.Parse()

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -29,10 +31,12 @@ func newSender(o Options) (Sender, error) {
 		return newGRPCSender(o)
 	case "kafka":
 		return newKafkaSender(o), nil
+	case "kgo":
+		return newKgoSender(o)
 	case "jetstream":
 		return newJetStreamSender(o)
 	default:
-		return nil, fmt.Errorf("unknown -target %q; want http, ndjson, v2, grpc, grpc-stream, kafka or jetstream", o.Target)
+		return nil, fmt.Errorf("unknown -target %q; want http, ndjson, v2, grpc, grpc-stream, kafka, kgo or jetstream", o.Target)
 	}
 }
 
@@ -303,6 +307,69 @@ func (s *kafkaSender) Send(ctx context.Context, _ int, recs []Rec) Result {
 		return Result{Failed: len(recs), Err: "kafka " + err.Error()}
 	}
 	return Result{Delivered: seqs(recs)}
+}
+
+// kgoSender produces with franz-go's kgo (idempotent, acks all, as kgo
+// is by default) to -brokers: a Kafka broker, or the ingest's Kafka
+// listener. One client is shared by every caller, as an application
+// would; each call waits for its records.
+type kgoSender struct{ cl *kgo.Client }
+
+func newKgoSender(o Options) (*kgoSender, error) {
+	if o.CreateTopicsOn != "" {
+		// The ingest's listener does not create topics: create them on
+		// the broker first, as an operator would.
+		admin, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(o.CreateTopicsOn, ",")...), kgo.AllowAutoTopicCreation())
+		if err != nil {
+			return nil, err
+		}
+		req := kmsg.NewPtrMetadataRequest()
+		req.AllowAutoTopicCreation = true
+		for i := range max(o.Topics, 1) {
+			t := kmsg.NewMetadataRequestTopic()
+			name := o.Topic
+			if o.Topics > 1 {
+				name = fmt.Sprintf("%s-%d", o.Topic, i)
+			}
+			t.Topic = &name
+			req.Topics = append(req.Topics, t)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = req.RequestWith(ctx, admin)
+		cancel()
+		admin.Close()
+		if err != nil {
+			return nil, fmt.Errorf("create topics on %s: %w", o.CreateTopicsOn, err)
+		}
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(o.Brokers, ",")...), kgo.AllowAutoTopicCreation(),
+		kgo.RecordDeliveryTimeout(30*time.Second))
+	if err != nil {
+		return nil, err
+	}
+	return &kgoSender{cl: cl}, nil
+}
+
+func (s *kgoSender) Close() { s.cl.Close() }
+
+func (s *kgoSender) Send(ctx context.Context, _ int, recs []Rec) Result {
+	krs := make([]*kgo.Record, len(recs))
+	for i, r := range recs {
+		krs[i] = &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value}
+	}
+	var res Result
+	for i, pr := range s.cl.ProduceSync(ctx, krs...) {
+		switch {
+		case pr.Err != nil:
+			res.Failed++
+			res.Err = "kgo " + pr.Err.Error()
+		case pr.Record.Offset < 0:
+			res.Buffered = append(res.Buffered, recs[i].Seq)
+		default:
+			res.Delivered = append(res.Delivered, recs[i].Seq)
+		}
+	}
+	return res
 }
 
 // jetStreamSender publishes straight into a JetStream stream with async

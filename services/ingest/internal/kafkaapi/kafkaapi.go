@@ -60,8 +60,9 @@ type Options struct {
 	// Map is topic_mapping (policy.Policy.Map): a topic a client names
 	// that maps to one of the cluster's is shown with its partitions.
 	Map func(topic string) string
-	// Auth checks SASL PLAIN credentials (API keys) and says whether
-	// credentials are required; nil: none are checked.
+	// Auth checks SASL PLAIN credentials (API keys) and SCRAM ones
+	// (security.scram_users) and says whether credentials are required;
+	// nil: none are checked.
 	Auth *identity.Authenticator
 	// MaxRequestBytes bounds one request, and the records of one produce
 	// request once decompressed; MaxRequestRecords bounds its records.
