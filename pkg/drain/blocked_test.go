@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/producer"
@@ -153,27 +152,7 @@ func TestConditionsThatHealStayBuffered(t *testing.T) {
 			c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(3, "heals"))
 			var failing atomic.Bool
 			failing.Store(true)
-			c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-				c.KeepControl()
-				if !failing.Load() {
-					return nil, nil, false
-				}
-				pr := req.(*kmsg.ProduceRequest)
-				resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-				resp.Version = pr.Version
-				for _, rt := range pr.Topics {
-					st := kmsg.NewProduceResponseTopic()
-					st.Topic = rt.Topic
-					for _, rp := range rt.Partitions {
-						sp := kmsg.NewProduceResponseTopicPartition()
-						sp.Partition = rp.Partition
-						sp.ErrorCode = tc.code.Code
-						st.Partitions = append(st.Partitions, sp)
-					}
-					resp.Topics = append(resp.Topics, st)
-				}
-				return resp, nil, true
-			})
+			kafkatest.RefuseProduce(c, &failing, tc.code)
 			// A breaker that stays closed and no retries in the producer:
 			// only the drain's backoff acts.
 			e := setup(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=1000")

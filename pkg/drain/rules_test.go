@@ -194,20 +194,7 @@ func TestRetryBacksOff(t *testing.T) {
 		if sends > failures {
 			return nil, nil, false // Kafka takes it
 		}
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		resp.Version = pr.Version
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.NotEnoughReplicas.Code // retriable
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
+		return kafkatest.FailProduce(pr, kerr.NotEnoughReplicas), nil, true // retriable
 	})
 	// One produce request per attempt (no retries inside the producer), and
 	// a breaker that stays closed, so that only the drain's backoff acts.

@@ -2,131 +2,17 @@ package delivery_test
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
-
-// cuttableKafka is a kfake broker that clients reach only through a TCP
-// proxy of the test's: the broker advertises the proxy's address, so that
-// cutting the proxy cuts Kafka off (connections reset, new ones closed at
-// once) without losing what Kafka holds.
-type cuttableKafka struct {
-	addr string // the proxy's: what clients use
-
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-// advertisedListener reports the proxy's address, so that kfake's metadata
-// sends clients to the proxy.
-type advertisedListener struct {
-	net.Listener
-	addr net.Addr
-}
-
-func (l advertisedListener) Addr() net.Addr { return l.addr }
-
-func newCuttableKafka(t *testing.T) *cuttableKafka {
-	t.Helper()
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var upstream string
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3),
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			ln, err := net.Listen(network, "127.0.0.1:0")
-			if err != nil {
-				return nil, err
-			}
-			upstream = ln.Addr().String()
-			return advertisedListener{Listener: ln, addr: front.Addr()}, nil
-		}))
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	k := &cuttableKafka{addr: front.Addr().String(), conns: map[net.Conn]bool{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { front.Close(); k.cut(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			client, err := front.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { k.pipe(client, upstream) })
-		}
-	})
-	return k
-}
-
-// pipe copies between client and the broker until either side closes or
-// the proxy is cut.
-func (k *cuttableKafka) pipe(client net.Conn, upstream string) {
-	server, err := net.Dial("tcp", upstream)
-	if err != nil {
-		client.Close()
-		return
-	}
-	if !k.track(client, server) {
-		client.Close()
-		server.Close()
-		return
-	}
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(server, client); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(client, server); done <- struct{}{} }()
-	<-done
-	client.Close()
-	server.Close()
-	<-done
-	k.mu.Lock()
-	delete(k.conns, client)
-	delete(k.conns, server)
-	k.mu.Unlock()
-}
-
-func (k *cuttableKafka) track(conns ...net.Conn) bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.down {
-		return false
-	}
-	for _, c := range conns {
-		k.conns[c] = true
-	}
-	return true
-}
-
-// cut resets every connection through the proxy and refuses new ones.
-func (k *cuttableKafka) cut() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.down = true
-	for c := range k.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0) // a reset, as a dead broker's host answers
-		}
-		c.Close()
-	}
-}
-
-// restore lets connections through again.
-func (k *cuttableKafka) restore() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.down = false
-}
 
 // TestBreakerClosesWhenKafkaReturns: with Kafka cut off, records are
 // answered 202 (buffered) and the breaker opens; once Kafka is back, after
@@ -135,8 +21,8 @@ func (k *cuttableKafka) restore() {
 // and the transitions counter say so.
 func TestBreakerClosesWhenKafkaReturns(t *testing.T) {
 	const cbTimeout = time.Second
-	k := newCuttableKafka(t)
-	in := ingesttest.Start(t, k.addr,
+	k := kafkatest.NewCuttable(t)
+	in := ingesttest.Start(t, k.Addr,
 		"SPILLWAY_PRODUCER_CB_FAILS=2",
 		"SPILLWAY_PRODUCER_CB_TIMEOUT="+cbTimeout.String(),
 		"SPILLWAY_PRODUCER_CB_REQUESTS=3",
@@ -168,7 +54,7 @@ func TestBreakerClosesWhenKafkaReturns(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, "Kafka is healthy at first")
 	assert.Equal(t, 0.0, metric("spillway_breaker_state"))
 
-	k.cut()
+	k.Cut()
 	for i := 0; metric("spillway_breaker_state") != 2; i++ {
 		require.Less(t, i, 10, "the breaker opens after 2 failed produces")
 		status, _ := send()
@@ -179,7 +65,7 @@ func TestBreakerClosesWhenKafkaReturns(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, status)
 	assert.Equal(t, 1.0, metric(`spillway_records_buffered_total{reason="breaker_open",topic="t"}`))
 
-	k.restore()
+	k.Restore()
 	const bound = cbTimeout + 15*time.Second
 	deadline := time.Now().Add(bound)
 	for {
@@ -213,7 +99,7 @@ func TestBreakerClosesWhenKafkaReturns(t *testing.T) {
 
 	// What was answered 200 is in Kafka with its value, once; what was
 	// answered 202 is in the buffer, waiting for the resender.
-	got := kafkatest.Consume(t, k.addr, "t", len(delivered), 10*time.Second)
+	got := kafkatest.Consume(t, k.Addr, "t", len(delivered), 10*time.Second)
 	require.Len(t, got, len(delivered))
 	for _, r := range got {
 		id, _ := kafkatest.HeaderValue(r, "spillway-id")

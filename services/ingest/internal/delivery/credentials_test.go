@@ -8,40 +8,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
-
-// refuse makes Kafka answer every produce with code while refusing is set.
-func refuse(c interface {
-	ControlKey(int16, func(kmsg.Request) (kmsg.Response, error, bool))
-	KeepControl()
-}, refusing *atomic.Bool, code *kerr.Error) {
-	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if !refusing.Load() {
-			return nil, nil, false
-		}
-		pr := req.(*kmsg.ProduceRequest)
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		resp.Version = pr.Version
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = code.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
-}
 
 // TestKafkaRefusingOwnCredentialsSpills: Kafka refusing Spillway's own
 // credentials (a changed ACL: TOPIC_AUTHORIZATION_FAILED) is not the
@@ -52,7 +23,7 @@ func TestKafkaRefusingOwnCredentialsSpills(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	var refusing atomic.Bool
 	refusing.Store(true)
-	refuse(c, &refusing, kerr.TopicAuthorizationFailed)
+	kafkatest.RefuseProduce(c, &refusing, kerr.TopicAuthorizationFailed)
 	in := ingesttest.Start(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=2", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m",
 		"SPILLWAY_PRODUCER_WAL_DISABLE_TOPICS=ordered")
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"runtime"
 	"testing"
 	"time"
 
@@ -48,41 +47,6 @@ func emptyRecords(topicField, recordsField protowire.Number, topic string, size 
 	return append(b, bytes.Repeat(one, (size-len(b))/len(one))...)
 }
 
-// heapAlloc is the live heap after a collection.
-func heapAlloc() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}
-
-// peakHeapGrowth runs f while it samples the heap (garbage included) and
-// returns the most it grew above before.
-func peakHeapGrowth(before uint64, f func()) uint64 {
-	stop, peak := make(chan struct{}), make(chan uint64)
-	go func() {
-		var most uint64
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			if m.HeapAlloc > before && m.HeapAlloc-before > most {
-				most = m.HeapAlloc - before
-			}
-			select {
-			case <-stop:
-				peak <- most
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	f()
-	close(stop)
-	return <-peak
-}
-
 // TestEmptyRecordsAreRefusedByCount: a 4 MiB ProduceRequest of empty
 // records is two million records (issue 15, finding 1). It is refused
 // with RESOURCE_EXHAUSTED naming server.max_request_records, counted on
@@ -98,8 +62,8 @@ func TestEmptyRecordsAreRefusedByCount(t *testing.T) {
 
 	const size = 4<<20 - 64 // under server.grpc.max.request.size
 	unary := emptyRecords(1, 2, "many", size)
-	before := heapAlloc()
-	grew := peakHeapGrowth(before, func() {
+	before := ingesttest.HeapAlloc()
+	grew := ingesttest.PeakHeapGrowth(before, func() {
 		err = conn.Invoke(ctx(t), ingestv1.IngestService_Produce_FullMethodName, &unary, &ingestv1.ProduceResponse{}, grpc.ForceCodecV2(rawCodec{}))
 	})
 	t.Logf("a %d-byte request of empty records grew the heap by at most %.1f MB", len(unary), float64(grew)/1e6)
@@ -202,9 +166,9 @@ func TestEmptyHeadersAreRefusedByCount(t *testing.T) {
 
 	// pixy's ProdRq: topic (2) and headers (7), each header empty.
 	pixy := emptyRecords(2, 7, "headers", size)
-	before := heapAlloc()
+	before := ingesttest.HeapAlloc()
 	var err error
-	grew := peakHeapGrowth(before, func() {
+	grew := ingesttest.PeakHeapGrowth(before, func() {
 		err = conn.Invoke(ctx(t), kafkapixy.KafkaPixy_Produce_FullMethodName, &pixy, &kafkapixy.ProdRs{}, grpc.ForceCodecV2(rawCodec{}))
 	})
 	t.Logf("a %d-byte ProdRq of empty headers grew the heap by at most %.1f MB", len(pixy), float64(grew)/1e6)
@@ -216,8 +180,8 @@ func TestEmptyHeadersAreRefusedByCount(t *testing.T) {
 	headers := emptyRecords(1, 3, "", size-16)[2:] // the headers alone, without the empty topic
 	unary := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "headers")
 	unary = protowire.AppendBytes(protowire.AppendTag(unary, 2, protowire.BytesType), headers)
-	before = heapAlloc()
-	grew = peakHeapGrowth(before, func() {
+	before = ingesttest.HeapAlloc()
+	grew = ingesttest.PeakHeapGrowth(before, func() {
 		err = conn.Invoke(ctx(t), ingestv1.IngestService_Produce_FullMethodName, &unary, &ingestv1.ProduceResponse{}, grpc.ForceCodecV2(rawCodec{}))
 	})
 	t.Logf("a %d-byte ProduceRequest of empty headers grew the heap by at most %.1f MB", len(unary), float64(grew)/1e6)

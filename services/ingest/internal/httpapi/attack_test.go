@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -20,14 +19,6 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
 
-// heapAlloc is the live heap after a collection.
-func heapAlloc() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}
-
 // TestLyingContentLengthCostsLittle: requests that claim a large body and
 // send two bytes must not make the ingest reserve what they claim. Eight
 // of them that claim almost 64 MiB each took the heap from 3 to 515 MB,
@@ -39,7 +30,7 @@ func TestLyingContentLengthCostsLittle(t *testing.T) {
 	host := strings.TrimPrefix(in.URL, "http://")
 	status, body := ingesttest.Post(t, in.URL+"/topics/warm/messages", "text/plain", "warm")
 	require.Equal(t, http.StatusOK, status, body)
-	before := heapAlloc()
+	before := ingesttest.HeapAlloc()
 
 	const liars = 8
 	for range liars {
@@ -56,41 +47,12 @@ func TestLyingContentLengthCostsLittle(t *testing.T) {
 
 	var most uint64
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
-		if now := heapAlloc(); now > before && now-before > most {
+		if now := ingesttest.HeapAlloc(); now > before && now-before > most {
 			most = now - before
 		}
 	}
 	t.Logf("heap grew by %.1f MB with %d requests claiming 64 MiB each", float64(most)/1e6, liars)
 	require.Less(t, most, uint64(64<<20), "the heap grew by %d bytes for %d requests that sent 2 bytes each", most, liars)
-}
-
-// peakHeapGrowth runs f while it samples the heap every few milliseconds,
-// and returns the most it grew above before. The samples are taken
-// without a collection: garbage counts, as it does in the process.
-func peakHeapGrowth(before uint64, f func()) uint64 {
-	stop := make(chan struct{})
-	peak := make(chan uint64)
-	go func() {
-		var most uint64
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			if m.HeapAlloc > before && m.HeapAlloc-before > most {
-				most = m.HeapAlloc - before
-			}
-			select {
-			case <-stop:
-				peak <- most
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	f()
-	close(stop)
-	return <-peak
 }
 
 // postRaw posts body and returns the status, the Retry-After header and
@@ -133,8 +95,8 @@ func TestManyTinyRecordsAreRefusedCheaply(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var status int
 			var answer string
-			before := heapAlloc()
-			grew := peakHeapGrowth(before, func() {
+			before := ingesttest.HeapAlloc()
+			grew := ingesttest.PeakHeapGrowth(before, func() {
 				status, _, answer = postRaw(t, in.URL+tt.path, tt.contentType, tt.body)
 			})
 			t.Logf("a %d-byte %s body grew the heap by at most %.1f MB", len(tt.body), tt.name, float64(grew)/1e6)

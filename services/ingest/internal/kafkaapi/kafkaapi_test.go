@@ -23,7 +23,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -195,105 +194,17 @@ security:
 // client learned the topics, its produce still succeeds: the records are
 // buffered (offset -1) and counted so.
 func TestKafkaCutOffTheProduceIsBuffered(t *testing.T) {
-	k := newCuttableKafka(t)
-	kafkatest.CreateTopic(t, k.addr, "orders", 1)
-	in := ingesttest.Start(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1")
+	k := kafkatest.NewCuttable(t)
+	kafkatest.CreateTopic(t, k.Addr, "orders", 1)
+	in := ingesttest.Start(t, k.Addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1")
 	cl := kgoClient(t, in.Kafka)
 	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("before")}).FirstErr())
 
-	k.cut()
+	k.Cut()
 	r := &kgo.Record{Topic: "orders", Key: []byte("k"), Value: []byte("while cut")}
 	require.NoError(t, cl.ProduceSync(t.Context(), r).FirstErr())
 	assert.Equal(t, int64(-1), r.Offset, "a buffered record's offset")
 	assert.Equal(t, 1.0, sumMetric(t, in.Monitor, "spillway_records_buffered_total", `topic="orders"`))
-}
-
-// cuttableKafka is a kfake broker that clients reach only through a TCP
-// proxy of the test's (as in delivery's breaker test): cutting the proxy
-// cuts Kafka off without losing what Kafka holds.
-type cuttableKafka struct {
-	addr  string
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-type advertisedListener struct {
-	net.Listener
-	addr net.Addr
-}
-
-func (l advertisedListener) Addr() net.Addr { return l.addr }
-
-func newCuttableKafka(t *testing.T) *cuttableKafka {
-	t.Helper()
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var upstream string
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3),
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			ln, err := net.Listen(network, "127.0.0.1:0")
-			if err != nil {
-				return nil, err
-			}
-			upstream = ln.Addr().String()
-			return advertisedListener{Listener: ln, addr: front.Addr()}, nil
-		}))
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	k := &cuttableKafka{addr: front.Addr().String(), conns: map[net.Conn]bool{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { front.Close(); k.cut(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			client, err := front.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { k.pipe(client, upstream) })
-		}
-	})
-	return k
-}
-
-func (k *cuttableKafka) pipe(client net.Conn, upstream string) {
-	server, err := net.Dial("tcp", upstream)
-	if err != nil {
-		client.Close()
-		return
-	}
-	k.mu.Lock()
-	if k.down {
-		k.mu.Unlock()
-		client.Close()
-		server.Close()
-		return
-	}
-	k.conns[client], k.conns[server] = true, true
-	k.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(server, client); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(client, server); done <- struct{}{} }()
-	<-done
-	client.Close()
-	server.Close()
-	<-done
-	k.mu.Lock()
-	delete(k.conns, client)
-	delete(k.conns, server)
-	k.mu.Unlock()
-}
-
-func (k *cuttableKafka) cut() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.down = true
-	for c := range k.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		c.Close()
-	}
 }
 
 // rawProduce sends one uncompressed batch of recs to partition 0 of

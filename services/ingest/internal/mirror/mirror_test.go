@@ -17,7 +17,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
@@ -200,27 +199,7 @@ func TestBreakerClosesWhenMirrorReturns(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	var failing atomic.Bool
 	failing.Store(true)
-	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if !failing.Load() {
-			return nil, nil, false
-		}
-		pr := req.(*kmsg.ProduceRequest)
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		resp.Version = pr.Version
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.NotEnoughReplicas.Code // retriable: the mirror cannot take it now
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	kafkatest.RefuseProduce(c, &failing, kerr.NotEnoughReplicas) // retriable: the mirror cannot take it now
 	const cbTimeout = time.Second
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 producer: {cb: {fails: 2, timeout: %s, requests: 2}}

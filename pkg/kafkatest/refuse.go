@@ -1,0 +1,40 @@
+package kafkatest
+
+import (
+	"sync/atomic"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// FailProduce is kfake's answer to req that fails every partition it names
+// with code.
+func FailProduce(req *kmsg.ProduceRequest, code *kerr.Error) *kmsg.ProduceResponse {
+	resp := req.ResponseKind().(*kmsg.ProduceResponse)
+	resp.Version = req.Version
+	for _, rt := range req.Topics {
+		st := kmsg.NewProduceResponseTopic()
+		st.Topic = rt.Topic
+		for _, rp := range rt.Partitions {
+			sp := kmsg.NewProduceResponseTopicPartition()
+			sp.Partition = rp.Partition
+			sp.ErrorCode = code.Code
+			st.Partitions = append(st.Partitions, sp)
+		}
+		resp.Topics = append(resp.Topics, st)
+	}
+	return resp
+}
+
+// RefuseProduce makes c answer every produce with code while refusing is
+// set; otherwise c takes the records as usual.
+func RefuseProduce(c *kfake.Cluster, refusing *atomic.Bool, code *kerr.Error) {
+	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !refusing.Load() {
+			return nil, nil, false
+		}
+		return FailProduce(req.(*kmsg.ProduceRequest), code), nil, true
+	})
+}
