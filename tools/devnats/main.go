@@ -13,12 +13,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nkeys"
+
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 )
 
 func main() { os.Exit(run()) }
@@ -100,17 +100,5 @@ func publicKey(file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("credentials: %w", err)
 	}
-	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(b))))
-	if err != nil {
-		return "", fmt.Errorf("credentials %s: %w", file, err)
-	}
-	defer kp.Wipe()
-	pub, err := kp.PublicKey()
-	if err != nil {
-		return "", fmt.Errorf("credentials %s: %w", file, err)
-	}
-	if !nkeys.IsValidPublicUserKey(pub) {
-		return "", fmt.Errorf("credentials %s: not a user nkey seed (SU...)", file)
-	}
-	return pub, nil
+	return embeddednats.UserPublicKey(file, b)
 }

@@ -95,17 +95,24 @@ func loadOrMakeUser(c config.WAL, logger *slog.Logger) (string, error) {
 	if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		logger.Warn("the embedded NATS server's credentials file can be read by other users: chmod 600 it", "file", file, "mode", fi.Mode().Perm().String())
 	}
+	return UserPublicKey(file, b)
+}
+
+// UserPublicKey is the public key of the user nkey seed b (a bare seed,
+// or a decorated one) read from file, the one user a Spillway NATS server
+// admits; an error when b holds anything else.
+func UserPublicKey(file string, b []byte) (string, error) {
 	kp, err := nkeys.ParseDecoratedNKey(b)
 	if err != nil {
-		return "", fmt.Errorf("embedded NATS credentials %s: %w", file, err)
+		return "", fmt.Errorf("NATS credentials %s: %w", file, err)
 	}
 	defer kp.Wipe()
 	pub, err := kp.PublicKey()
 	if err != nil {
-		return "", fmt.Errorf("embedded NATS credentials %s: %w", file, err)
+		return "", fmt.Errorf("NATS credentials %s: %w", file, err)
 	}
 	if !nkeys.IsValidPublicUserKey(pub) {
-		return "", fmt.Errorf("embedded NATS credentials %s: not a user nkey seed (SU...)", file)
+		return "", fmt.Errorf("NATS credentials %s: not a user nkey seed (SU...)", file)
 	}
 	return pub, nil
 }
