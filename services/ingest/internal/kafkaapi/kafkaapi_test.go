@@ -351,10 +351,14 @@ func TestShutdownAnswersInFlightProduce(t *testing.T) {
 	cl := kgoClient(t, in.Kafka, kgo.RecordRetries(0))
 	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "slow", Value: []byte("warm-up")}).FirstErr())
 
-	var slow sync.Once
+	// Kafka holds its answer to the next produce until shutdown has begun.
+	gate := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release)
+	var hold sync.Once
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		slow.Do(func() { time.Sleep(700 * time.Millisecond) })
+		hold.Do(func() { <-gate })
 		return nil, nil, false
 	})
 	answered := make(chan error, 1)
@@ -364,7 +368,18 @@ func TestShutdownAnswersInFlightProduce(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return ingesttest.Metric(t, in.Monitor, "spillway_records_in_flight") == 1
 	}, 5*time.Second, 10*time.Millisecond)
-	require.NoError(t, in.Stop())
+	stopped := make(chan error, 1)
+	go func() { stopped <- in.Stop() }()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(in.Monitor + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, 10*time.Second, 10*time.Millisecond, "shutdown did not begin")
+	release()
+	require.NoError(t, <-stopped)
 	select {
 	case err := <-answered:
 		require.NoError(t, err)
