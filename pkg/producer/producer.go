@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
@@ -35,6 +36,7 @@ type Producer struct {
 	client         *kafka.Client
 	timeout        time.Duration
 	maxRecordBytes int
+	autoCreate     bool
 }
 
 // New builds a Producer from the Kafka configuration. It does not connect:
@@ -47,6 +49,7 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 	p := &Producer{
 		timeout:        cfg.MessageTimeout,
 		maxRecordBytes: cfg.MaxMessageBytes,
+		autoCreate:     cfg.AutoCreateTopics,
 	}
 	p.writer = &kafka.Writer{
 		Addr:                   kafka.TCP(cfg.Brokers...),
@@ -392,6 +395,44 @@ func (p *Producer) Partitions(ctx context.Context) (map[string]int, error) {
 			continue
 		}
 		out[t.Name] = len(t.Partitions)
+	}
+	return out, nil
+}
+
+// TopicState is what Kafka answered for one topic: its partition count,
+// or the Kafka error code it gave instead (UNKNOWN_TOPIC_OR_PARTITION,
+// LEADER_NOT_AVAILABLE while a new topic is being created,
+// INVALID_TOPIC_EXCEPTION, ...).
+type TopicState struct {
+	Partitions int
+	ErrorCode  int16
+}
+
+// unknownTopicOrPartition is Kafka's error code 3.
+const unknownTopicOrPartition = 3
+
+// CreateTopics asks Kafka about topics the way a first produce to them
+// does: with allow.auto.create.topics set, the broker creates each one it
+// does not have, if its own auto.create.topics.enable allows; without it,
+// an unknown topic stays unknown and Kafka is not asked.
+func (p *Producer) CreateTopics(ctx context.Context, topics []string) (map[string]TopicState, error) {
+	out := make(map[string]TopicState, len(topics))
+	if !p.autoCreate {
+		for _, t := range topics {
+			out[t] = TopicState{ErrorCode: unknownTopicOrPartition}
+		}
+		return out, nil
+	}
+	resp, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, &metadataapi.Request{TopicNames: topics, AllowAutoTopicCreation: true})
+	if err != nil {
+		return nil, fmt.Errorf("kafka metadata: %w", err)
+	}
+	md, ok := resp.(*metadataapi.Response)
+	if !ok {
+		return nil, fmt.Errorf("kafka metadata: unexpected answer %T", resp)
+	}
+	for _, t := range md.Topics {
+		out[t.Name] = TopicState{Partitions: len(t.Partitions), ErrorCode: t.ErrorCode}
 	}
 	return out, nil
 }

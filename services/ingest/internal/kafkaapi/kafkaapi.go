@@ -30,6 +30,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/xdg-go/scram"
 
+	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
@@ -44,10 +45,11 @@ type Sender interface {
 	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
 }
 
-// Partitions lists the real cluster's topics with their partition counts
-// (producer.Producer).
+// Partitions lists the real cluster's topics with their partition counts,
+// and asks it to create topics as a produce would (producer.Producer).
 type Partitions interface {
 	Partitions(ctx context.Context) (map[string]int, error)
+	CreateTopics(ctx context.Context, topics []string) (map[string]producer.TopicState, error)
 }
 
 // Options are what the listener needs.

@@ -59,12 +59,20 @@ func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.Metada
 			writable[t] = true
 		}
 	}
+	// codes holds, for a topic the client asked about that Kafka does not
+	// have, what Kafka answered when asked to create it.
+	var codes map[string]int16
+	if err == nil {
+		codes = c.unknownTopics(ctx, req.Topics, req.Version < 4 || req.AllowAutoTopicCreation, counts, writable)
+	}
 	topic := func(name string) kmsg.MetadataResponseTopic {
 		t := kmsg.NewMetadataResponseTopic()
 		t.Topic = ptr(name)
 		switch n, ok := counts[name]; {
 		case err != nil:
 			t.ErrorCode = kerr.LeaderNotAvailable.Code // retriable: Kafka did not answer
+		case !ok && codes[name] != 0:
+			t.ErrorCode = codes[name]
 		case !ok:
 			t.ErrorCode = kerr.UnknownTopicOrPartition.Code
 		case !writable[name]:
@@ -97,6 +105,75 @@ func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.Metada
 		}
 	}
 	return resp
+}
+
+// unknownTopics answers for the topics the client named that Kafka does
+// not have. One the client may not write is TOPIC_AUTHORIZATION_FAILED,
+// as Kafka answers, whether it exists or not. The others, when the
+// client allows it (create), Kafka is asked to create as a produce to
+// them would: under the names topic_mapping gives them, and only as
+// Kafka's configuration allows (the ingest's allow.auto.create.topics and
+// the broker's auto.create.topics.enable). Each one created joins counts
+// and writable; for each other one, the result holds Kafka's answer
+// (UNKNOWN_TOPIC_OR_PARTITION where creation is not allowed,
+// LEADER_NOT_AVAILABLE while it is under way or Kafka did not answer).
+func (c *conn) unknownTopics(ctx context.Context, asked []kmsg.MetadataRequestTopic, create bool, counts map[string]int, writable map[string]bool) map[string]int16 {
+	var unknown []string
+	for _, rt := range asked {
+		if rt.Topic != nil && counts[*rt.Topic] == 0 && !slices.Contains(unknown, *rt.Topic) {
+			unknown = append(unknown, *rt.Topic)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	codes := make(map[string]int16, len(unknown))
+	if c.s.o.Writable != nil {
+		allowed, err := c.s.o.Writable(staticTopics(unknown)).Topics(ctx)
+		if err != nil {
+			return nil
+		}
+		for _, t := range unknown {
+			if !slices.Contains(allowed, t) {
+				codes[t] = kerr.TopicAuthorizationFailed.Code
+			}
+		}
+		unknown = allowed
+	}
+	if !create || len(unknown) == 0 {
+		return codes
+	}
+	kafkaName := func(t string) string {
+		if c.s.o.Map != nil {
+			return c.s.o.Map(t)
+		}
+		return t
+	}
+	names := make([]string, 0, len(unknown))
+	for _, t := range unknown {
+		names = append(names, kafkaName(t))
+	}
+	ctx, cancel := context.WithTimeout(ctx, metadataTimeout)
+	defer cancel()
+	states, err := c.s.o.Partitions.CreateTopics(ctx, names)
+	for _, t := range unknown {
+		st, ok := states[kafkaName(t)]
+		switch {
+		case err != nil || !ok:
+			codes[t] = kerr.LeaderNotAvailable.Code
+		case st.ErrorCode != 0:
+			codes[t] = st.ErrorCode
+		case st.Partitions == 0:
+			codes[t] = kerr.LeaderNotAvailable.Code
+		default:
+			counts[t] = st.Partitions
+			writable[t] = true
+		}
+	}
+	if err != nil {
+		c.s.o.Logger.Debug("kafka did not answer a request to create topics", "topics", names, "error", err)
+	}
+	return codes
 }
 
 // metadataTimeout bounds the wait for Kafka's metadata; past it, or when
