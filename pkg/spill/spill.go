@@ -5,17 +5,12 @@
 package spill
 
 import (
-	"fmt"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spillway/spillway/pkg/config"
-	"github.com/spillway/spillway/pkg/record"
-	spillv1 "github.com/spillway/spillway/proto/gen/spillway/spill/v1"
 )
 
 // Kind is what a buffered record is waiting for; it is the second token of
@@ -100,45 +95,4 @@ func StreamConfig(c config.WAL) jetstream.StreamConfig {
 		Retention:  jetstream.WorkQueuePolicy,
 		Duplicates: 2 * time.Minute,
 	}
-}
-
-// Encode turns a record into the bytes stored in JetStream.
-func Encode(r *record.Record, reason string) ([]byte, error) {
-	sr := &spillv1.StoredRecord{Id: r.ID, Topic: r.Topic, Key: r.Key, Value: r.Value, Reason: reason}
-	if r.Key != nil && len(r.Key) == 0 {
-		sr.Key = []byte{} // an empty key is not a null key
-	}
-	if r.Value != nil && len(r.Value) == 0 {
-		sr.Value = []byte{} // an empty value is not a tombstone
-	}
-	if r.Partition != record.AnyPartition {
-		p := r.Partition
-		sr.Partition = &p
-	}
-	if !r.Timestamp.IsZero() {
-		sr.Timestamp = timestamppb.New(r.Timestamp)
-	}
-	for _, h := range r.Headers {
-		sr.Headers = append(sr.Headers, &spillv1.Header{Key: h.Key, Value: h.Value})
-	}
-	return proto.Marshal(sr)
-}
-
-// Decode reads a stored record back.
-func Decode(b []byte) (record.Record, error) {
-	var sr spillv1.StoredRecord
-	if err := proto.Unmarshal(b, &sr); err != nil {
-		return record.Record{}, fmt.Errorf("decode stored record: %w", err)
-	}
-	r := record.Record{ID: sr.GetId(), Topic: sr.GetTopic(), Key: sr.Key, Value: sr.Value, Partition: record.AnyPartition}
-	if sr.Partition != nil {
-		r.Partition = *sr.Partition
-	}
-	if sr.Timestamp != nil {
-		r.Timestamp = sr.Timestamp.AsTime()
-	}
-	for _, h := range sr.GetHeaders() {
-		r.Headers = append(r.Headers, record.Header{Key: h.GetKey(), Value: h.GetValue()})
-	}
-	return r, nil
 }
