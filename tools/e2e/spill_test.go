@@ -182,10 +182,10 @@ func waitOK(t *testing.T, url, what string) {
 func TestLoadgenVerify(t *testing.T) {
 	broker := newBroker(t)
 	in := startIngest(t, broker)
-	for _, target := range []string{"http", "ndjson", "v2", "grpc", "grpc-stream", "kafka"} {
+	for _, target := range []string{"http", "ndjson", "v2", "grpc", "grpc-stream", "ambassador-stream", "kafka"} {
 		t.Run(target, func(t *testing.T) {
 			addr := "http://" + in.httpAddr
-			if strings.HasPrefix(target, "grpc") {
+			if strings.HasPrefix(target, "grpc") || target == "ambassador-stream" {
 				addr = in.grpcAddr
 			}
 			out, err := exec.Command(filepath.Join(binDir, "loadgen"), "-target", target, "-addr", addr, "-brokers", broker,

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -52,9 +53,13 @@ type Report struct {
 	RecordsPerSec float64        `json:"records_per_second"`
 	MBPerSec      float64        `json:"mb_per_second"`
 	LatencyMs     Latency        `json:"latency_ms"`
-	Verify        *Verification  `json:"verify,omitempty"`
-	acked         []int64
-	ackedSet      map[int64]bool
+	// CPUSeconds is the load generator's own CPU time (user and system)
+	// while it sent: what a direct client costs, for the targets that
+	// write straight into Kafka or JetStream.
+	CPUSeconds float64       `json:"cpu_seconds"`
+	Verify     *Verification `json:"verify,omitempty"`
+	acked      []int64
+	ackedSet   map[int64]bool
 }
 
 // Latency are request latency percentiles, in milliseconds.
@@ -112,27 +117,16 @@ func Run(ctx context.Context, o Options, s Sender, progress *os.File) (*Report, 
 	if o.Batch < 1 || o.Concurrency < 1 || o.Size < 1 {
 		return nil, fmt.Errorf("-batch, -concurrency and -size must be at least 1")
 	}
-	runID := strconv.FormatInt(time.Now().UnixNano()%1e12, 36)
-	idLen := len(runID) + 1 + 12
-	if o.Size < idLen {
-		return nil, fmt.Errorf("-size must be at least %d bytes to hold the record id", idLen)
+	l, err := newLoad(o)
+	if err != nil {
+		return nil, err
 	}
-	topics := make([]string, o.Topics)
-	for i := range topics {
-		topics[i] = o.Topic
-		if o.Topics > 1 {
-			topics[i] = fmt.Sprintf("%s-%d", o.Topic, i)
-		}
-	}
-	padding := strings.Repeat("x", o.Size)
+	topics, runID := l.topics, l.runID
 
 	var cancel context.CancelFunc
-	if o.Count > 0 {
-		ctx, cancel = context.WithCancel(ctx) // -count wins over -duration
-	} else {
-		ctx, cancel = context.WithTimeout(ctx, o.Duration)
-	}
+	ctx, cancel = l.context(ctx)
 	defer cancel()
+	cpuStart := cpuSeconds()
 
 	goroutines := o.Concurrency
 	if o.Target == "grpc-stream" {
@@ -196,11 +190,7 @@ func Run(ctx context.Context, o Options, s Sender, progress *os.File) (*Report, 
 				}
 				topic := topics[int(first/int64(o.Batch))%len(topics)]
 				for i := range n {
-					id := fmt.Sprintf("%s-%012d", runID, first+int64(i))
-					value := make([]byte, o.Size)
-					copy(value, id)
-					copy(value[len(id):], padding)
-					value[len(id)] = ' '
+					value := l.value(first + int64(i))
 					var key []byte
 					if o.Keys > 0 {
 						key = fmt.Appendf(nil, "key-%d", rng.IntN(o.Keys))
@@ -234,7 +224,7 @@ func Run(ctx context.Context, o Options, s Sender, progress *os.File) (*Report, 
 	close(done)
 	elapsed := time.Since(start).Seconds()
 
-	rep := &Report{Target: o.Target, RunID: runID, Errors: map[string]int{}, Seconds: elapsed}
+	rep := &Report{Target: o.Target, RunID: runID, Errors: map[string]int{}, Seconds: elapsed, CPUSeconds: cpuSeconds() - cpuStart}
 	hist := newHist()
 	for _, w := range workers {
 		hist.Merge(w.hist)
@@ -253,6 +243,61 @@ func Run(ctx context.Context, o Options, s Sender, progress *os.File) (*Report, 
 	ms := func(q float64) float64 { return float64(hist.ValueAtQuantile(q)) / 1000 }
 	rep.LatencyMs = Latency{P50: ms(50), P90: ms(90), P99: ms(99), P999: ms(99.9), Max: float64(hist.Max()) / 1000}
 	return rep, nil
+}
+
+// load is what every target shares: the run's id, the topics, and how a
+// record's value is made.
+type load struct {
+	o       Options
+	runID   string
+	topics  []string
+	padding string
+}
+
+func newLoad(o Options) (*load, error) {
+	runID := strconv.FormatInt(time.Now().UnixNano()%1e12, 36)
+	idLen := len(runID) + 1 + 12
+	if o.Size < idLen {
+		return nil, fmt.Errorf("-size must be at least %d bytes to hold the record id", idLen)
+	}
+	topics := make([]string, max(o.Topics, 1))
+	for i := range topics {
+		topics[i] = o.Topic
+		if o.Topics > 1 {
+			topics[i] = fmt.Sprintf("%s-%d", o.Topic, i)
+		}
+	}
+	return &load{o: o, runID: runID, topics: topics, padding: strings.Repeat("x", o.Size)}, nil
+}
+
+// context ends the load: after -count records (the caller cancels), or
+// after -duration.
+func (l *load) context(ctx context.Context) (context.Context, context.CancelFunc) {
+	if l.o.Count > 0 {
+		return context.WithCancel(ctx) // -count wins over -duration
+	}
+	return context.WithTimeout(ctx, l.o.Duration)
+}
+
+// value is record seq's value: its id (RUNID-SEQ), a space, and padding up
+// to -size bytes.
+func (l *load) value(seq int64) []byte {
+	id := fmt.Sprintf("%s-%012d", l.runID, seq)
+	value := make([]byte, l.o.Size)
+	copy(value, id)
+	copy(value[len(id):], l.padding)
+	value[len(id)] = ' '
+	return value
+}
+
+// cpuSeconds is this process's CPU time so far, user and system (the
+// counters /proc/self/stat shows, at a finer grain).
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func showProgress(done <-chan struct{}, workers []*worker, start time.Time, out *os.File) {

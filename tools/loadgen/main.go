@@ -5,6 +5,7 @@
 //	loadgen -target http -addr http://127.0.0.1:18080 -concurrency 64 -duration 10s
 //	loadgen -target grpc-stream -addr 127.0.0.1:18282 -batch 100 -window 16 -rate 50000
 //	loadgen -target ndjson -batch 500 -count 100000 -verify 127.0.0.1:9092
+//	loadgen -target ambassador-stream -addr 127.0.0.1:18282 -concurrency 1 -count 200000
 //
 // Each record's value starts with a unique id, so that -verify can consume
 // the topics afterwards and report missing and duplicate records.
@@ -50,7 +51,7 @@ type Options struct {
 
 func run() int {
 	var o Options
-	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), kafka (kafka-go straight into -brokers: the limit), kgo (franz-go's kgo to -brokers: a broker, or the ingest's Kafka listener), jetstream (async publish straight into JetStream at -addr nats://…: the spill limit)")
+	flag.StringVar(&o.Target, "target", "http", "http (one record per request), ndjson, v2 (Confluent v2 json), grpc (unary Produce), grpc-stream (ProduceStream), ambassador-stream (kafka-ambassador's KafkaAmbassador/Produce, one record per message, as its own client: one stream per -concurrency, sent without waiting, acknowledgements read concurrently), kafka (kafka-go straight into -brokers: the limit), kgo (franz-go's kgo to -brokers: a broker, or the ingest's Kafka listener), jetstream (async publish straight into JetStream at -addr nats://…: the spill limit)")
 	flag.StringVar(&o.Addr, "addr", "", "address: http://127.0.0.1:18080 for HTTP targets, 127.0.0.1:18282 for gRPC (default by target)")
 	flag.StringVar(&o.Topic, "topic", "load", "topic (or prefix, with -topics > 1)")
 	flag.IntVar(&o.Topics, "topics", 1, "number of topics, records spread evenly: TOPIC-0 … TOPIC-(n-1)")
@@ -71,7 +72,7 @@ func run() int {
 
 	if o.Addr == "" {
 		switch o.Target {
-		case "grpc", "grpc-stream":
+		case "grpc", "grpc-stream", "ambassador-stream":
 			o.Addr = "127.0.0.1:18282"
 		default:
 			o.Addr = "http://127.0.0.1:18080"
@@ -83,17 +84,32 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	var rep *Report
+	if o.Target == "ambassador-stream" {
+		// Not a request-and-answer load: its own runner.
+		r, err := runAmbassador(ctx, o, os.Stderr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			return 1
+		}
+		return report(ctx, o, r)
+	}
 	sender, err := newSender(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		return 2
 	}
 	defer sender.Close()
-	rep, err := Run(ctx, o, sender, os.Stderr)
+	rep, err = Run(ctx, o, sender, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		return 1
 	}
+	return report(ctx, o, rep)
+}
+
+// report verifies the run when asked and prints its report.
+func report(ctx context.Context, o Options, rep *Report) int {
 	if o.Verify != "" {
 		v, err := verify(ctx, o, rep.RunID, rep.Acknowledged())
 		if err != nil {

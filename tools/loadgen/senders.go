@@ -36,7 +36,7 @@ func newSender(o Options) (Sender, error) {
 	case "jetstream":
 		return newJetStreamSender(o)
 	default:
-		return nil, fmt.Errorf("unknown -target %q; want http, ndjson, v2, grpc, grpc-stream, kafka, kgo or jetstream", o.Target)
+		return nil, fmt.Errorf("unknown -target %q; want http, ndjson, v2, grpc, grpc-stream, ambassador-stream, kafka, kgo or jetstream", o.Target)
 	}
 }
 
