@@ -153,19 +153,41 @@ func (b *Buffer) Subjects() Subjects { return b.subjects }
 func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, reason string) []record.Result {
 	results := make([]record.Result, len(recs))
 	futures := make([]jetstream.PubAckFuture, len(recs))
+	// One allocation holds the whole batch's encodings: each message's
+	// data is a part of it, kept until its publish is acknowledged.
+	size := 0
+	for i := range recs {
+		size += encodedSize(&recs[i], reason)
+	}
+	arena := make([]byte, 0, size)
+	// Records of a batch mostly share a topic: its subject and header
+	// value are made once per run of records of one topic.
+	var topic, subject string
+	var topicHeader, reasonHeader []string
+	if kind.deadLetter() { // for a person reading the dead letters; the record holds it too
+		reasonHeader = []string{reason}
+	}
 	for i := range recs {
 		r := &recs[i]
-		data, err := Encode(r, reason)
-		if err != nil {
+		start := len(arena)
+		var err error
+		if arena, err = appendRecord(arena, r, reason); err != nil {
 			results[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonInvalid, Message: "cannot encode the record for the buffer", Err: err})
 			continue
 		}
-		msg := &nats.Msg{Subject: b.subjects.For(kind, r.Topic), Data: data, Header: nats.Header{HeaderTopic: []string{r.Topic}}}
-		if kind.deadLetter() { // for a person reading the dead letters; the record holds it too
-			msg.Header[HeaderReason] = []string{reason}
+		if subject == "" || r.Topic != topic {
+			topic, subject, topicHeader = r.Topic, b.subjects.For(kind, r.Topic), []string{r.Topic}
 		}
-		copyTraceContext(r, msg.Header)
-		f, err := b.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID(kind, r.ID)))
+		// The message id is set as a header here, as jetstream.WithMsgID
+		// would: a publish without options skips their allocations.
+		h := make(nats.Header, 2+len(reasonHeader))
+		h[HeaderTopic] = topicHeader
+		h[nats.MsgIdHdr] = []string{msgID(kind, r.ID)}
+		if reasonHeader != nil {
+			h[HeaderReason] = reasonHeader
+		}
+		copyTraceContext(r, h)
+		f, err := b.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: arena[start:len(arena):len(arena)], Header: h})
 		if err != nil {
 			results[i] = record.Fail(r.Topic, classify(err))
 			continue

@@ -107,3 +107,61 @@ func TestUnavailableBuffer(t *testing.T) {
 	require.Equal(t, record.Failed, res[0].Outcome)
 	assert.Equal(t, record.ReasonUnavailable, record.ReasonOf(res[0].Err), res[0].Err)
 }
+
+// TestPublishHeadersAndSubjects: in one batch of several topics, each
+// message has its own topic's subject and Spillway-Topic, its record's id
+// as the JetStream message id (a mirror's copy and a dead letter their
+// own), and the record's trace context; a dead letter has its reason.
+func TestPublishHeadersAndSubjects(t *testing.T) {
+	c := walConfig(t)
+	b, js, _ := startBuffer(t, c)
+	recs := []record.Record{
+		{ID: "a1", Topic: "a", Value: []byte("1"), Partition: record.AnyPartition,
+			Headers: []record.Header{{Key: "traceparent", Value: []byte("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")}, {Key: "other", Value: []byte("x")}}},
+		{ID: "b1", Topic: "b.x", Value: []byte("2"), Partition: record.AnyPartition},
+		{ID: "a2", Topic: "a", Value: []byte("3"), Partition: record.AnyPartition},
+	}
+	for _, r := range b.Publish(t.Context(), spill.Spilled, recs, "breaker_open") {
+		require.Equal(t, record.Buffered, r.Outcome, r.Err)
+	}
+	for _, r := range b.Publish(t.Context(), spill.DeadLetter, recs[1:2], "too_large: over the limit") {
+		require.Equal(t, record.Buffered, r.Outcome, r.Err)
+	}
+	for _, r := range b.Publish(t.Context(), spill.Mirror("dr"), recs[2:], "unavailable") {
+		require.Equal(t, record.Buffered, r.Outcome, r.Err)
+	}
+	msgs := spilltest.Messages(t, js, c.Stream, "spillway.>", 5)
+	require.Len(t, msgs, 5)
+	type stored struct{ subject, topic, id, traceparent, reason, value string }
+	var got []stored
+	for _, m := range msgs {
+		r, err := spill.Decode(m.Data)
+		require.NoError(t, err)
+		got = append(got, stored{m.Subject, m.Header.Get(spill.HeaderTopic), m.Header.Get("Nats-Msg-Id"), m.Header.Get("traceparent"), m.Header.Get(spill.HeaderReason), string(r.Value)})
+	}
+	assert.Equal(t, []stored{
+		{"spillway.spill.a", "a", "a1", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "", "1"},
+		{"spillway.spill.b%2Ex", "b.x", "b1", "", "", "2"},
+		{"spillway.spill.a", "a", "a2", "", "", "3"},
+		{"spillway.dlq.b%2Ex", "b.x", "dlq:b1", "", "too_large: over the limit", "2"},
+		{"spillway.mirror.dr.a", "a", "mirror.dr:a2", "", "", "3"},
+	}, got)
+	assert.Empty(t, msgs[0].Header.Get("other"), "only the trace context is copied to the message")
+}
+
+// TestPublishRefusesRecordItCannotEncode: a record whose topic is not
+// UTF-8 fails as invalid; the others of its batch are buffered.
+func TestPublishRefusesRecordItCannotEncode(t *testing.T) {
+	c := walConfig(t)
+	b, _, _ := startBuffer(t, c)
+	res := b.Publish(t.Context(), spill.Spilled, []record.Record{
+		{ID: "ok1", Topic: "t", Value: []byte("1"), Partition: record.AnyPartition},
+		{ID: "bad", Topic: "t\xff", Value: []byte("2"), Partition: record.AnyPartition},
+		{ID: "ok2", Topic: "t", Value: []byte("3"), Partition: record.AnyPartition},
+	}, "unavailable")
+	assert.Equal(t, record.Buffered, res[0].Outcome, res[0].Err)
+	assert.Equal(t, record.Failed, res[1].Outcome)
+	assert.Equal(t, record.ReasonInvalid, record.ReasonOf(res[1].Err))
+	assert.Equal(t, "cannot encode the record for the buffer", record.ClientMessage(res[1].Err))
+	assert.Equal(t, record.Buffered, res[2].Outcome, res[2].Err)
+}
