@@ -33,7 +33,7 @@ import (
 
 // Producer writes records to Kafka and reports each one's outcome.
 type Producer interface {
-	Produce(ctx context.Context, recs []record.Record) []record.Result
+	breaker.Kafka
 }
 
 // Options configure a Drainer.
@@ -210,7 +210,7 @@ func (d *Drainer) drain(ctx context.Context) {
 			}
 			continue
 		}
-		var msgs []jetstream.Msg
+		msgs := make([]jetstream.Msg, 0, n)
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 		}

@@ -112,7 +112,9 @@ func measureWAL(t *testing.T, dir, listen string) config.WAL {
 func startPeers(t *testing.T, dir string) (kafkaAddr, natsAddr string, pid int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestMeasurePeers$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SPILLWAY_MEASURE_PEERS="+dir, "SPILLWAY_MEASURE=")
+	// The peers run with Go's defaults, whatever GOGC the mover is given.
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "GOGC=") }),
+		"SPILLWAY_MEASURE_PEERS="+dir, "SPILLWAY_MEASURE=")
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -219,9 +221,10 @@ func runResender(t *testing.T, e *env, _ string, n int) {
 	}, 5*time.Minute, 5*time.Millisecond)
 }
 
-// runBarePipe is the least a drain from JetStream to Kafka does: fetch
-// 500, write them in one synchronous kafka-go call with acks all, ack
-// each message.
+// runBarePipe is the least a drain from JetStream to Kafka does, as
+// bench -pipe (tools/bench/serve.go) does it: fetch 500, decode them,
+// write them in one synchronous kafka-go call with acks all, ack each
+// message.
 func runBarePipe(t *testing.T, e *env, addr string, n int) {
 	ctx := t.Context()
 	s, err := e.js.Stream(ctx, e.cfg.Producer.WAL.Stream)
@@ -231,29 +234,33 @@ func runBarePipe(t *testing.T, e *env, addr string, n int) {
 		AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1000,
 	})
 	require.NoError(t, err)
-	w := &kafka.Writer{Addr: kafka.TCP(addr), BatchSize: 500, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll,
-		AllowAutoTopicCreation: true, Transport: &kafka.Transport{MetadataTTL: time.Second}}
+	w := &kafka.Writer{Addr: kafka.TCP(addr), Balancer: kafka.Murmur2Balancer{}, BatchSize: 500, BatchTimeout: time.Millisecond,
+		RequiredAcks: kafka.RequireAll, AllowAutoTopicCreation: true, MaxAttempts: 3, Transport: &kafka.Transport{MetadataTTL: time.Second}}
 	defer w.Close()
-	msgs := make([]kafka.Message, 0, 500)
+	msgs := make([]jetstream.Msg, 0, 500)
+	kms := make([]kafka.Message, 0, 500)
 	for done := 0; done < n; {
 		batch, err := c.Fetch(500, jetstream.FetchMaxWait(time.Second))
 		require.NoError(t, err)
-		var got []jetstream.Msg
+		msgs, kms = msgs[:0], kms[:0]
 		for m := range batch.Messages() {
-			got = append(got, m)
+			r, err := spill.Decode(m.Data())
+			require.NoError(t, err)
+			km := kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Time: r.Timestamp,
+				Headers: []kafka.Header{{Key: record.IDHeader, Value: []byte(r.ID)}}}
+			for _, h := range r.Headers {
+				km.Headers = append(km.Headers, kafka.Header{Key: h.Key, Value: h.Value})
+			}
+			msgs, kms = append(msgs, m), append(kms, km)
 		}
-		if len(got) == 0 {
+		if len(kms) == 0 {
 			continue
 		}
-		msgs = msgs[:0]
-		for _, m := range got {
-			msgs = append(msgs, kafka.Message{Topic: "bench", Value: m.Data()})
-		}
-		require.NoError(t, w.WriteMessages(ctx, msgs...))
-		for _, m := range got {
+		require.NoError(t, w.WriteMessages(ctx, kms...))
+		for _, m := range msgs {
 			require.NoError(t, m.Ack())
 		}
-		done += len(got)
+		done += len(msgs)
 	}
 }
 
