@@ -71,9 +71,11 @@ var (
 	errStopped = errors.New("produce stopped at shutdown")
 )
 
-// Kafka is what the breaker guards.
+// Kafka is what the breaker guards (producer.Producer). Start queues recs
+// and calls done once, with one result per record, when Kafka has answered
+// each or the producer's own timeout passed.
 type Kafka interface {
-	Produce(ctx context.Context, recs []record.Record) []record.Result
+	Start(recs []record.Record, done func([]record.Result))
 }
 
 // Options configure a Producer.
@@ -86,7 +88,8 @@ type Options struct {
 	// waits for Kafka's answer (bounded by the producer's own timeout),
 	// as a drain does, which has no client waiting.
 	MaxWait time.Duration
-	// Stop ends the produces still running (shutdown); nil: never.
+	// Stop ends the waits still running (shutdown), and what Kafka then
+	// answers is not counted; nil: never.
 	Stop   context.Context
 	Logger *slog.Logger
 	// OnStateChange is called on every change of state, for the metrics.
@@ -197,38 +200,35 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.
 	}
 	var once sync.Once
 	report := func(err error) { once.Do(func() { done(err) }) }
-	stopSlow := func() bool { return false }
+	var slow *time.Timer
 	if p.slow > 0 { // 0: no slow calls, Kafka's answer only
-		stopSlow = time.AfterFunc(p.slow, func() { report(errSlow) }).Stop
+		slow = time.AfterFunc(p.slow, func() { report(errSlow) })
 	}
 
-	// The produce is the breaker's, not the caller's: it keeps ctx's
-	// values (trace context) but not its end, and ends at Stop.
-	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	unstop := context.AfterFunc(p.stop, cancel)
+	// The produce is the breaker's, not the caller's: it goes on when the
+	// caller stops waiting, and Kafka's answer is what counts.
 	type answer struct {
 		res []record.Result
 		err error
 	}
 	answered := make(chan answer, 1)
 	var finished atomic.Bool
-	go func() {
-		defer cancel()
-		defer unstop()
-		res := p.kafka.Produce(pctx, recs)
+	p.kafka.Start(recs, func(res []record.Result) {
 		var err error
 		if Failing(res) {
 			err = ErrFailing
 		}
-		stopSlow()
+		if slow != nil {
+			slow.Stop()
+		}
 		finished.Store(true) // first, so that a caller woken by this report waits for the answer
 		counted := err
-		if p.stop.Err() != nil && pctx.Err() != nil {
-			counted = errStopped // shutdown ended it: that says nothing about Kafka
+		if err != nil && p.stop.Err() != nil {
+			counted = errStopped // shutdown may have cut it: that says nothing about Kafka
 		}
 		report(counted) // before the answer, so that the caller finds it counted
 		answered <- answer{res, err}
-	}()
+	})
 
 	var maxWait <-chan time.Time
 	var opened <-chan struct{}
@@ -244,6 +244,7 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.
 	case <-ctx.Done():
 	case <-maxWait:
 	case <-opened:
+	case <-p.stop.Done():
 	}
 	if finished.Load() { // Kafka's answer came as the wait ended: better than none
 		a := <-answered

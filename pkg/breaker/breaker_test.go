@@ -18,7 +18,7 @@ import (
 
 // kafka answers every record with the reason it holds; "" delivers. While
 // hung is set it answers nothing until hung is closed, as a stopped
-// broker does, or until the produce's context ends, as the producer does.
+// broker does.
 type kafka struct {
 	reason atomic.Value // record.Reason
 	calls  atomic.Int64
@@ -32,19 +32,19 @@ func (k *kafka) hang() (resume func()) {
 	return sync.OnceFunc(func() { k.hung.Store(nil); close(ch) })
 }
 
-func (k *kafka) Produce(ctx context.Context, recs []record.Record) []record.Result {
+func (k *kafka) Start(recs []record.Record, done func([]record.Result)) {
 	k.calls.Add(1)
 	if ch := k.hung.Load(); ch != nil {
-		select {
-		case <-*ch:
-		case <-ctx.Done(): // as the producer does: the records may still arrive
-			out := make([]record.Result, len(recs))
-			for i, r := range recs {
-				out[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTimeout, "no answer before the produce's context ended"))
-			}
-			return out
-		}
+		go func() {
+			<-*ch
+			done(k.answer(recs))
+		}()
+		return
 	}
+	done(k.answer(recs))
+}
+
+func (k *kafka) answer(recs []record.Record) []record.Result {
 	reason, _ := k.reason.Load().(record.Reason)
 	out := make([]record.Result, len(recs))
 	for i, r := range recs {

@@ -8,10 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -31,12 +33,44 @@ import (
 const ownHeadersAllowance = 1024
 
 // Producer sends records to Kafka. It is safe for concurrent use.
+//
+// It batches on its own, over kafka-go's Client.Produce, rather than
+// through kafka-go's Writer: the Writer closes a batch linger.ms after its
+// first record whether or not the one before it is still in flight, so
+// under load it sends many small batches, and each costs the broker a
+// request. Here a batch fills for as long as its partition's request is in
+// flight (partitionQueue).
 type Producer struct {
-	writer         *kafka.Writer
 	client         *kafka.Client
+	balancer       kafka.Balancer
 	timeout        time.Duration
 	maxRecordBytes int
 	autoCreate     bool
+
+	acks         kafka.RequiredAcks
+	compression  kafka.Compression
+	batchSize    int
+	batchBytes   int
+	linger       time.Duration
+	maxAttempts  int
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	writeTimeout time.Duration
+	logger       *slog.Logger
+
+	metadataTTL time.Duration
+	layoutMu    sync.RWMutex
+	layouts     map[string]cachedLayout
+
+	mu      sync.Mutex
+	queues  map[topicPartition]*partitionQueue
+	senders map[int32]*brokerSender
+	running sync.WaitGroup // the senders' goroutines
+	// closeMu is held for reading while a call queues its records, and
+	// for writing while Close sets closing: no record is queued after it.
+	closeMu sync.RWMutex
+	closing atomic.Bool
+	closed  chan struct{}
 }
 
 // New builds a Producer from the Kafka configuration. It does not connect:
@@ -47,32 +81,27 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		return nil, err
 	}
 	p := &Producer{
+		client:         &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: transport, Timeout: cfg.SocketTimeout},
+		balancer:       newBalancer(cfg.Partitioner),
 		timeout:        cfg.MessageTimeout,
 		maxRecordBytes: cfg.MaxMessageBytes,
 		autoCreate:     cfg.AutoCreateTopics,
+		acks:           kafka.RequiredAcks(cfg.RequiredAcks),
+		compression:    compression(cfg.Compression),
+		batchSize:      max(cfg.BatchSize, 1),
+		batchBytes:     int(max(cfg.BatchBytes, 1)),
+		linger:         cfg.Linger,
+		maxAttempts:    max(cfg.MaxAttempts, 1),
+		backoffMin:     cfg.RetryBackoff,
+		backoffMax:     max(cfg.RetryBackoffMax, cfg.RetryBackoff),
+		writeTimeout:   cfg.SocketTimeout,
+		logger:         logger,
+		metadataTTL:    max(cfg.MetadataRefresh, time.Millisecond),
+		layouts:        map[string]cachedLayout{},
+		queues:         map[topicPartition]*partitionQueue{},
+		senders:        map[int32]*brokerSender{},
+		closed:         make(chan struct{}),
 	}
-	p.writer = &kafka.Writer{
-		Addr:                   kafka.TCP(cfg.Brokers...),
-		Balancer:               partitionBalancer{fallback: newBalancer(cfg.Partitioner)},
-		MaxAttempts:            cfg.MaxAttempts,
-		WriteBackoffMin:        cfg.RetryBackoff,
-		WriteBackoffMax:        cfg.RetryBackoffMax,
-		BatchSize:              cfg.BatchSize,
-		BatchBytes:             cfg.BatchBytes + 64<<10,           // room for kafka-go's per-record overhead; our own limit is checked first
-		BatchTimeout:           max(cfg.Linger, time.Microsecond), // kafka-go reads 0 as its default, 1s
-		ReadTimeout:            cfg.SocketTimeout,
-		WriteTimeout:           cfg.SocketTimeout,
-		RequiredAcks:           kafka.RequiredAcks(cfg.RequiredAcks),
-		Async:                  true,
-		Completion:             complete,
-		Compression:            compression(cfg.Compression),
-		Transport:              transport,
-		AllowAutoTopicCreation: cfg.AutoCreateTopics,
-		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
-			logger.Debug("kafka writer", "detail", fmt.Sprintf(format, args...))
-		}),
-	}
-	p.client = &kafka.Client{Addr: p.writer.Addr, Transport: transport, Timeout: cfg.SocketTimeout}
 	return p, nil
 }
 
@@ -142,76 +171,76 @@ func newBalancer(name string) kafka.Balancer {
 	}
 }
 
-// partitionBalancer sends a record to the partition its client chose, and
-// leaves the others to the configured partitioner.
-type partitionBalancer struct{ fallback kafka.Balancer }
-
-func (b partitionBalancer) Balance(msg kafka.Message, partitions ...int) int {
-	if s, ok := msg.WriterData.(*slot); ok && s.partition != record.AnyPartition {
-		if !slices.Contains(partitions, int(s.partition)) {
-			s.partitions = len(partitions)
-		}
-		return int(s.partition)
-	}
-	return b.fallback.Balance(msg, partitions...)
-}
-
-// call is one Produce call: its records' results and how many are still
-// waiting for Kafka.
+// call is one Start: its records' results, how many are still waiting for
+// Kafka, and whom to tell.
 type call struct {
 	mu        sync.Mutex
 	results   []record.Result
 	remaining int
-	abandoned bool // the caller stopped waiting; late completions are dropped
-	done      chan struct{}
+	answered  bool // done was called; later completions are dropped
+	done      func([]record.Result)
+	timeout   *time.Timer // message.timeout.ms
 }
 
-// slot ties one kafka.Message to its place in a call.
-type slot struct {
-	call      *call
-	index     int
-	partition int32
-	// partitions is set when the chosen partition is not in the topic:
-	// the topic's partition count.
-	partitions int
-}
-
-// complete is the kafka.Writer's completion callback: it runs once per
-// produced batch, on the writer's goroutine.
-func complete(msgs []kafka.Message, err error) {
-	for i := range msgs {
-		s, ok := msgs[i].WriterData.(*slot)
-		if !ok {
-			continue
-		}
-		c := s.call
-		c.mu.Lock()
-		if !c.abandoned {
-			r := &c.results[s.index]
-			switch {
-			case err != nil && s.partitions > 0:
-				*r = record.Fail(msgs[i].Topic, &record.Error{
-					Reason:  record.ReasonUnknownTopic,
-					Message: fmt.Sprintf("partition %d does not exist: the topic has %d partitions", s.partition, s.partitions),
-					Err:     err,
-				})
-			case err != nil:
-				*r = record.Fail(msgs[i].Topic, classify(err))
-			default:
-				*r = record.Result{
-					Outcome:   record.Delivered,
-					Topic:     msgs[i].Topic,
-					Partition: int32(msgs[i].Partition),
-					Offset:    msgs[i].Offset,
-					Timestamp: msgs[i].Time,
-				}
-			}
-			c.remaining--
-			if c.remaining == 0 {
-				close(c.done)
-			}
-		}
+// answer tells the caller when the last record is answered. c.mu is held;
+// it is released before done runs.
+func (c *call) answerIfDone() {
+	if c.remaining > 0 || c.answered {
 		c.mu.Unlock()
+		return
+	}
+	c.answered = true
+	if c.timeout != nil {
+		c.timeout.Stop()
+	}
+	c.mu.Unlock()
+	c.done(c.results)
+}
+
+// expire answers the records Kafka has not answered within the message
+// timeout with ReasonTimeout; they may still reach Kafka.
+func (c *call) expire() {
+	c.mu.Lock()
+	if c.answered {
+		c.mu.Unlock()
+		return
+	}
+	c.answered = true
+	out := slices.Clone(c.results)
+	c.mu.Unlock()
+	for i := range out {
+		if out[i].Outcome == record.Failed && out[i].Err == nil {
+			out[i] = record.Fail(out[i].Topic, &record.Error{
+				Reason:  record.ReasonTimeout,
+				Message: "Kafka did not acknowledge the record in time; it may still arrive",
+				Err:     context.DeadlineExceeded,
+			})
+		}
+	}
+	c.done(out)
+}
+
+// complete answers a produced batch's records: it runs once per batch,
+// on its broker's sender.
+func complete(batch []queued, err error) {
+	for i := range batch {
+		q, m := &batch[i], &batch[i].msg
+		c := q.call
+		c.mu.Lock()
+		r := &c.results[q.index]
+		if err != nil {
+			*r = record.Fail(m.Topic, classify(err))
+		} else {
+			*r = record.Result{
+				Outcome:   record.Delivered,
+				Topic:     m.Topic,
+				Partition: int32(m.Partition),
+				Offset:    m.Offset,
+				Timestamp: m.Time,
+			}
+		}
+		c.remaining--
+		c.answerIfDone()
 	}
 }
 
@@ -219,104 +248,135 @@ func complete(msgs []kafka.Message, err error) {
 // once Kafka acknowledged or failed each of them, or when ctx ends or the
 // message timeout (message.timeout.ms) passes: records still unanswered
 // then fail with record.ReasonTimeout. They may still reach Kafka later.
-// A record without a timestamp gets the current time, as Kafka's own
-// clients do, so that the answer can report it.
 func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.Result {
-	results := make([]record.Result, len(recs))
-	c := &call{results: results, done: make(chan struct{})}
-	slots := make([]slot, len(recs))
-	msgs := make([]kafka.Message, 0, len(recs))
+	answered := make(chan []record.Result, 1)
+	p.Start(recs, func(res []record.Result) { answered <- res })
+	select {
+	case res := <-answered:
+		return res
+	case <-ctx.Done():
+	}
+	select {
+	case res := <-answered:
+		return res
+	default:
+	}
+	out := make([]record.Result, len(recs))
+	for i := range recs {
+		out[i] = record.Fail(recs[i].Topic, &record.Error{
+			Reason:  record.ReasonTimeout,
+			Message: "Kafka did not acknowledge the record in time; it may still arrive",
+			Err:     ctx.Err(),
+		})
+	}
+	return out
+}
+
+// Start queues recs for Kafka and returns at once, unless it must first
+// ask Kafka about a topic it has not seen (then it goes on apart). done is
+// called once, with one result per record in order, when Kafka has
+// acknowledged or failed each of them, or when the message timeout
+// (message.timeout.ms) passes: records still unanswered then fail with
+// record.ReasonTimeout, and may still reach Kafka later. A record without
+// a timestamp gets the current time, as Kafka's own clients do, so that
+// the answer can report it.
+func (p *Producer) Start(recs []record.Record, done func([]record.Result)) {
+	for i := range recs {
+		if _, ok := p.cachedLayout(recs[i].Topic); !ok {
+			go p.start(recs, done)
+			return
+		}
+	}
+	p.start(recs, done)
+}
+
+// start is Start, whether or not it has to wait for Kafka's metadata.
+func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
+	c := &call{results: make([]record.Result, len(recs)), done: done}
 	now := time.Now()
+	queue := make([]queued, 0, len(recs))
+	leaders := map[topicPartition]int32{}
+	var (
+		lastTopic string
+		topic     layout
+		topicErr  error
+	)
 	for i := range recs {
 		r := &recs[i]
-		if n := r.Size(); n > p.maxRecordBytes+ownHeadersAllowance {
-			results[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTooLarge,
+		n := r.Size()
+		if n > p.maxRecordBytes+ownHeadersAllowance {
+			c.results[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTooLarge,
 				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", n, p.maxRecordBytes))
+			continue
+		}
+		if topic.partitions == nil && topicErr == nil || r.Topic != lastTopic {
+			lastTopic = r.Topic
+			topic, topicErr = p.topicLayout(r.Topic)
+		}
+		if topicErr != nil {
+			c.results[i] = record.Fail(r.Topic, classify(topicErr))
 			continue
 		}
 		if r.Timestamp.IsZero() {
 			r.Timestamp = now
 		}
-		slots[i] = slot{call: c, index: i, partition: r.Partition}
-		msgs = append(msgs, kafka.Message{
-			Topic:      r.Topic,
-			Key:        r.Key,
-			Value:      r.Value,
-			Headers:    kafkaHeaders(r.ID, r.Headers),
-			Time:       r.Timestamp,
-			WriterData: &slots[i],
-		})
-	}
-	if len(msgs) == 0 {
-		return results
-	}
-	c.remaining = len(msgs)
-
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	// WriteMessages checks every record's topic before it queues any, and
-	// fails them all for the first bad one: one call per topic, so that a
-	// bad topic fails only its own records.
-	for _, group := range byTopic(msgs) {
-		if err := p.writer.WriteMessages(ctx, group...); err != nil {
-			c.mu.Lock()
-			for _, m := range group {
-				s := m.WriterData.(*slot)
-				results[s.index] = record.Fail(m.Topic, classify(err))
-				c.remaining--
-			}
-			if c.remaining == 0 {
-				close(c.done)
-			}
-			c.mu.Unlock()
+		msg := kafka.Message{
+			Topic:   r.Topic,
+			Key:     r.Key,
+			Value:   r.Value,
+			Headers: kafkaHeaders(r.ID, r.Headers),
+			Time:    r.Timestamp,
 		}
+		partition := int(r.Partition)
+		switch {
+		case r.Partition == record.AnyPartition:
+			partition = p.balancer.Balance(msg, topic.partitions...)
+		case partition < 0 || partition >= len(topic.partitions):
+			c.results[i] = record.Fail(r.Topic, &record.Error{
+				Reason:  record.ReasonUnknownTopic,
+				Message: fmt.Sprintf("partition %d does not exist: the topic has %d partitions", r.Partition, len(topic.partitions)),
+			})
+			continue
+		}
+		msg.Partition = partition
+		queue = append(queue, queued{msg: msg, call: c, index: i, size: n})
+		leaders[topicPartition{r.Topic, partition}] = topic.leaders[partition]
 	}
-
-	select {
-	case <-c.done:
-		return results
-	case <-ctx.Done():
+	if len(queue) == 0 {
+		done(c.results)
+		return
+	}
+	p.closeMu.RLock()
+	if p.closing.Load() {
+		p.closeMu.RUnlock()
+		for _, q := range queue {
+			c.results[q.index] = record.Fail(q.msg.Topic, classify(io.ErrClosedPipe))
+		}
+		done(c.results)
+		return
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.remaining == 0 {
-		return results
-	}
-	c.abandoned = true
-	out := slices.Clone(results)
-	for _, m := range msgs {
-		s := m.WriterData.(*slot)
-		if out[s.index].Outcome == record.Failed && out[s.index].Err == nil {
-			out[s.index] = record.Fail(m.Topic, &record.Error{
-				Reason:  record.ReasonTimeout,
-				Message: "Kafka did not acknowledge the record in time; it may still arrive",
-				Err:     ctx.Err(),
-			})
+	c.remaining = len(queue)
+	c.timeout = time.AfterFunc(p.timeout, c.expire)
+	c.mu.Unlock()
+	if len(leaders) == 1 {
+		for tp, leader := range leaders {
+			p.add(tp, leader, queue)
+		}
+	} else {
+		byPartition := map[topicPartition][]queued{}
+		for _, q := range queue {
+			tp := topicPartition{q.msg.Topic, q.msg.Partition}
+			byPartition[tp] = append(byPartition[tp], q)
+		}
+		for tp, batch := range byPartition {
+			p.add(tp, leaders[tp], batch)
 		}
 	}
-	return out
+	p.closeMu.RUnlock()
 }
 
 // kafkaHeaders is the record's headers, then its id as spillway-id.
-// byTopic splits msgs by topic, keeping their order within a topic.
-func byTopic(msgs []kafka.Message) [][]kafka.Message {
-	if len(msgs) == 0 || !slices.ContainsFunc(msgs, func(m kafka.Message) bool { return m.Topic != msgs[0].Topic }) {
-		return [][]kafka.Message{msgs}
-	}
-	index := map[string]int{}
-	var groups [][]kafka.Message
-	for _, m := range msgs {
-		i, ok := index[m.Topic]
-		if !ok {
-			i = len(groups)
-			index[m.Topic] = i
-			groups = append(groups, nil)
-		}
-		groups[i] = append(groups[i], m)
-	}
-	return groups
-}
-
 func kafkaHeaders(id string, hs []record.Header) []kafka.Header {
 	if len(hs) == 0 && id == "" {
 		return nil
@@ -437,7 +497,93 @@ func (p *Producer) CreateTopics(ctx context.Context, topics []string) (map[strin
 	return out, nil
 }
 
-// Close flushes the records still queued and waits for Kafka's answers.
+// Close sends the records still queued without lingering, waits for
+// Kafka's answers, and refuses records produced after it.
 func (p *Producer) Close() error {
-	return p.writer.Close()
+	p.closeMu.Lock()
+	if p.closing.CompareAndSwap(false, true) {
+		close(p.closed)
+	}
+	p.closeMu.Unlock()
+	p.running.Wait()
+	return nil
+}
+
+// layout is a topic's partitions and their leaders.
+type layout struct {
+	partitions []int   // 0..n-1, for the balancer
+	leaders    []int32 // by partition
+}
+
+// cachedLayout is a topic's layout as last read, or the error reading it
+// gave, and when.
+type cachedLayout struct {
+	layout layout
+	err    error
+	at     time.Time
+}
+
+// cachedLayout is the topic's layout when read within
+// topic.metadata.refresh.interval.ms.
+func (p *Producer) cachedLayout(topic string) (cachedLayout, bool) {
+	p.layoutMu.RLock()
+	l, ok := p.layouts[topic]
+	p.layoutMu.RUnlock()
+	return l, ok && time.Since(l.at) < p.metadataTTL
+}
+
+// topicLayout is the topic's layout, read again from the transport when
+// the last reading is older than topic.metadata.refresh.interval.ms.
+func (p *Producer) topicLayout(topic string) (layout, error) {
+	if l, ok := p.cachedLayout(topic); ok {
+		return l.layout, l.err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	l, err := p.layout(ctx, topic)
+	p.layoutMu.Lock()
+	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now()}
+	p.layoutMu.Unlock()
+	return l, err
+}
+
+// layout reads a topic's partitions from the transport's cached
+// metadata, asking Kafka to create the topic when allow.auto.create.topics
+// is set (as kafka-go's Writer does).
+func (p *Producer) layout(ctx context.Context, topic string) (layout, error) {
+	resp, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, &metadataapi.Request{TopicNames: []string{topic}, AllowAutoTopicCreation: p.autoCreate})
+	if err != nil {
+		return layout{}, err
+	}
+	for _, t := range resp.(*metadataapi.Response).Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.ErrorCode != 0 {
+			return layout{}, kafka.Error(t.ErrorCode)
+		}
+		l := layout{partitions: partitionList(len(t.Partitions)), leaders: make([]int32, len(t.Partitions))}
+		for _, tp := range t.Partitions {
+			if int(tp.PartitionIndex) < len(l.leaders) {
+				l.leaders[tp.PartitionIndex] = tp.LeaderID
+			}
+		}
+		return l, nil
+	}
+	return layout{}, kafka.UnknownTopicOrPartition
+}
+
+// partitionLists are shared lists 0..n-1, for the balancer.
+var partitionLists sync.Map // int -> []int
+
+func partitionList(n int) []int {
+	if l, ok := partitionLists.Load(n); ok {
+		return l.([]int)
+	}
+	l := make([]int, n)
+	for i := range l {
+		l[i] = i
+	}
+	partitionLists.Store(n, l)
+	return l
 }

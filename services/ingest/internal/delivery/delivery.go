@@ -32,7 +32,7 @@ import (
 
 // Producer writes records to Kafka and reports each one's outcome.
 type Producer interface {
-	Produce(ctx context.Context, recs []record.Record) []record.Result
+	breaker.Kafka
 }
 
 // Buffer stores records in JetStream and reports each one's outcome.

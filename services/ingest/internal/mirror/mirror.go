@@ -37,7 +37,7 @@ const workers = 2
 
 // Producer writes records to the mirror cluster.
 type Producer interface {
-	Produce(ctx context.Context, recs []record.Record) []record.Result
+	breaker.Kafka
 	Close() error
 }
 
