@@ -92,5 +92,22 @@ func TestTraceContextWithoutExporter(t *testing.T) {
 	got := kafkatest.Consume(t, addr, "traced", 1, 10*time.Second)
 	tp, ok := kafkatest.HeaderValue(got[0], "traceparent")
 	require.True(t, ok, "the record carries a traceparent")
-	assert.Contains(t, tp, trace)
+	assert.Regexp(t, `^00-`+trace+`-[0-9a-f]{16}-01$`, tp, "the client's trace")
+	assert.NotContains(t, tp, "3333333333333333-01", "under the ingest's own span id, as a child of the client's")
+
+	// Without a traceparent each request starts a trace of its own.
+	for range 2 {
+		code, body := ingesttest.Post(t, in.URL+"/topics/untraced/messages", "text/plain", "x")
+		require.Equal(t, 200, code, body)
+	}
+	got = kafkatest.Consume(t, addr, "untraced", 2, 10*time.Second)
+	var traces []string
+	for _, r := range got {
+		tp, ok := kafkatest.HeaderValue(r, "traceparent")
+		require.True(t, ok, "a record without a client trace still carries one")
+		require.Regexp(t, `^00-[0-9a-f]{32}-[0-9a-f]{16}-01$`, tp)
+		assert.NotContains(t, tp, "00000000000000000000000000000000")
+		traces = append(traces, tp[3:35])
+	}
+	assert.NotEqual(t, traces[0], traces[1], "two requests, two traces")
 }

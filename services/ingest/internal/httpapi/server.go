@@ -66,7 +66,9 @@ type Options struct {
 	LatencyBuckets []float64
 	// Auth authenticates requests; nil: the client id is the principal.
 	Auth *identity.Authenticator
-	// TracerProvider and Propagators trace requests; none when nil.
+	// TracerProvider and Propagators trace requests; none when nil. With
+	// Propagators alone, requests carry a trace context but make no span
+	// (no span would leave the process).
 	TracerProvider trace.TracerProvider
 	Propagators    propagation.TextMapPropagator
 }
@@ -93,8 +95,11 @@ func New(o Options) http.Handler {
 	e.HTTPErrorHandler = errorHandler
 	e.JSONSerializer = jsonSerializer{}
 	mw := []echo.MiddlewareFunc{middleware.Recover()}
-	if o.TracerProvider != nil {
+	switch {
+	case o.TracerProvider != nil:
 		mw = append(mw, otelecho.Middleware("spillway-ingest", otelecho.WithTracerProvider(o.TracerProvider), otelecho.WithPropagators(o.Propagators)))
+	case o.Propagators != nil:
+		mw = append(mw, spanContext(o.Propagators))
 	}
 	e.Use(append(mw, h.observe, h.identify)...)
 
