@@ -115,9 +115,9 @@ var kafkaProperties = []kafkaProperty{
 		}
 		return nil
 	}},
-	{[]string{"batch.num.messages"}, "1000", "most records in one produce batch per partition (kafka-go allocates room for this many per batch: keep it at 100 to 1000)", intSetter(1, func(k *Kafka, n int) { k.BatchSize = n })},
+	{[]string{"batch.num.messages"}, "1000", "most records in one produce batch per partition", intSetter(1, func(k *Kafka, n int) { k.BatchSize = n })},
 	{[]string{"batch.size"}, "1000000", "most bytes in one produce batch per partition", intSetter(1, func(k *Kafka, n int) { k.BatchBytes = int64(n) })},
-	{[]string{"linger.ms", "queue.buffering.max.ms"}, "1", "how long a batch waits for more records before it is sent (1 ms doubled single-record throughput at 64 connections against 5 ms, docs/benchmarks.md)", msSetter(false, func(k *Kafka, d time.Duration) { k.Linger = d })},
+	{[]string{"linger.ms", "queue.buffering.max.ms"}, "1", "how long a batch waits for more records before it is sent; it keeps filling while its partition's previous batch is in flight", msSetter(false, func(k *Kafka, d time.Duration) { k.Linger = d })},
 	{[]string{"message.timeout.ms"}, "30000", "how long a record may wait for Kafka's acknowledgement before the client gets a timeout", msSetter(true, func(k *Kafka, d time.Duration) { k.MessageTimeout = d })},
 	{[]string{"socket.timeout.ms"}, "10000", "network timeout of one request to a broker", msSetter(true, func(k *Kafka, d time.Duration) { k.SocketTimeout = d })},
 	{[]string{"message.max.bytes"}, "1000000", "largest record accepted (key, value and headers); larger ones are refused with 413", intSetter(1, func(k *Kafka, n int) { k.MaxMessageBytes = n })},
