@@ -464,12 +464,8 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 // duplicate.
 func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
 	sp := d.startSpans(parents, "send "+recs[0].Topic, recs, kafkaAttrs(recs[0].Topic, len(recs))...)
-	pctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(d.opts.StopWaiting, cancel)
 	start := time.Now()
-	results, err := d.kafka.Produce(pctx, recs)
-	stop()
-	cancel()
+	results, err := d.kafka.Produce(ctx, recs) // its wait ends at StopWaiting too
 	spillReason := ""
 	if errors.Is(err, breaker.ErrOpen) {
 		for _, s := range sp.byParent {

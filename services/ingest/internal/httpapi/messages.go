@@ -82,7 +82,8 @@ func (h *handler) postMessages(c echo.Context) error {
 		if res.Outcome == record.Buffered {
 			status = http.StatusAccepted
 		}
-		return c.JSON(status, newResultBody(res))
+		body := newResultBody(res)
+		return writeJSON(c, status, body.appendJSON(make([]byte, 0, 160)))
 	}
 	status, first := batchStatus(results)
 	out := batchBody{Results: make([]resultBody, len(results))}
@@ -93,7 +94,7 @@ func (h *handler) postMessages(c echo.Context) error {
 		out.ErrorCode, out.Message = first.body.ErrorCode, first.body.Message
 	}
 	setRetryAfter(c, first)
-	return c.JSON(status, out)
+	return writeJSON(c, status, out.appendJSON(make([]byte, 0, 32+150*len(out.Results))))
 }
 
 // parseMessages reads the records of a kafka-ambassador request: one, or
