@@ -90,6 +90,7 @@ type Options struct {
 type Delivery struct {
 	opts       Options
 	tracer     trace.Tracer
+	recording  bool // spans are made (a TracerProvider was given)
 	inFlight   atomic.Int64
 	inBytes    atomic.Int64
 	kafka      *breaker.Producer
@@ -104,7 +105,8 @@ func New(o Options) *Delivery {
 	if o.StopWaiting == nil {
 		o.StopWaiting = context.Background()
 	}
-	if o.TracerProvider == nil {
+	recording := o.TracerProvider != nil
+	if !recording {
 		o.TracerProvider = noop.NewTracerProvider()
 	}
 	if o.Propagators == nil {
@@ -121,6 +123,7 @@ func New(o Options) *Delivery {
 	d := &Delivery{
 		opts:       o,
 		tracer:     o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
+		recording:  recording,
 		topics:     monitor.NewBoundedLabels(o.MaxTopics),
 		principals: monitor.NewBoundedLabels(max(o.MaxPrincipals, 1)),
 		libraries:  monitor.NewBoundedLabels(max(o.MaxLibraries, 1)),
@@ -463,14 +466,14 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 // answer in time may still reach Kafka, and is counted as a possible
 // duplicate.
 func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
-	sp := d.startSpans(parents, "send "+recs[0].Topic, recs, kafkaAttrs(recs[0].Topic, len(recs))...)
+	sp := d.startSpans(parents, recs, func() (string, []attribute.KeyValue) {
+		return "send " + recs[0].Topic, kafkaAttrs(recs[0].Topic, len(recs))
+	})
 	start := time.Now()
 	results, err := d.kafka.Produce(ctx, recs) // its wait ends at StopWaiting too
 	spillReason := ""
 	if errors.Is(err, breaker.ErrOpen) {
-		for _, s := range sp.byParent {
-			s.AddEvent("circuit breaker open: Kafka not tried")
-		}
+		sp.event("circuit breaker open: Kafka not tried")
 		spillReason = "breaker_open"
 		for i := range recs {
 			results[i] = record.Fail(recs[i].Topic, &record.Error{
@@ -512,7 +515,9 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 // the topics the client named.
 func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, named []string, parents []parent, reason string) []record.Result {
 	subject := spill.Subjects{Prefix: d.opts.WAL.SubjectPrefix}.For(kind, recs[0].Topic)
-	sp := d.startSpans(parents, "publish "+subject, recs, append(bufferAttrs(subject, len(recs)), attribute.String("spillway.buffer.reason", reason))...)
+	sp := d.startSpans(parents, recs, func() (string, []attribute.KeyValue) {
+		return "publish " + subject, append(bufferAttrs(subject, len(recs)), attribute.String("spillway.buffer.reason", reason))
+	})
 	res := d.opts.Buffer.Publish(ctx, kind, recs, reason)
 	sp.end(recs, res)
 	for i, r := range res {

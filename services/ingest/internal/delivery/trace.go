@@ -50,7 +50,18 @@ type spans struct {
 	keys     []string     // the parent key of each record
 }
 
-func (d *Delivery) startSpans(parents []parent, name string, recs []record.Record, attrs ...attribute.KeyValue) *spans {
+// Without an exporter (Options.TracerProvider nil) there are no spans to
+// make: each record's headers get its parent's context, and the nil
+// *spans that it returns does nothing. describe names the span and gives
+// its attributes, only when spans are made.
+func (d *Delivery) startSpans(parents []parent, recs []record.Record, describe func() (string, []attribute.KeyValue)) *spans {
+	if !d.recording {
+		for i := range recs {
+			d.opts.Propagators.Inject(parents[i].ctx, telemetry.RecordCarrier{Record: &recs[i]})
+		}
+		return nil
+	}
+	name, attrs := describe()
 	s := &spans{byParent: map[string]trace.Span{}, of: make([]trace.Span, len(recs)), keys: make([]string, len(recs))}
 	for i := range recs {
 		p := parents[i]
@@ -70,8 +81,21 @@ func (d *Delivery) startSpans(parents []parent, name string, recs []record.Recor
 	return s
 }
 
+// event adds an event to every span.
+func (s *spans) event(name string) {
+	if s == nil {
+		return
+	}
+	for _, sp := range s.byParent {
+		sp.AddEvent(name)
+	}
+}
+
 // end records each record's outcome on its span and ends the spans.
 func (s *spans) end(recs []record.Record, results []record.Result) {
+	if s == nil {
+		return
+	}
 	counts := map[string]int{}
 	for _, k := range s.keys {
 		counts[k]++
