@@ -39,7 +39,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/identity:FuzzBearerToken \
 	./services/ingest/internal/policy:FuzzPolicy
 
-.PHONY: all build run run-cluster test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench
+.PHONY: all build run run-cluster test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench bench-quick
 
 all: build
 
@@ -126,9 +126,13 @@ $(JAEGER_BIN):
 jaeger-run: jaeger
 	OTEL_TRACES_SAMPLER=always_off $(JAEGER_BIN) --config tools/jaeger/config.yaml
 
-## bench: throughput and latency through each API against the limits on this machine (about 3 minutes); the table goes into docs/benchmarks.md
+## bench: records/s, latency and CPU per record through each API against the limits on this machine, in one run (about 5 minutes; wrk for single-record HTTP when installed); the table goes into docs/benchmarks.md. ONLY=single,ambassador runs some groups (bin/bench -h lists them) and only prints their table
 bench: build
-	$(BIN)/bench -bin $(BIN)
+	$(BIN)/bench -bin $(BIN) $(if $(ONLY),-only $(ONLY))
+
+## bench-quick: each figure once, 2 s runs, printed and not written (ONLY=groups as for bench): to iterate on one figure
+bench-quick: build
+	$(BIN)/bench -bin $(BIN) -runs 1 -duration 2s -out '' $(if $(ONLY),-only $(ONLY))
 
 ## compose-secrets: the compose stack's NATS secrets (an nkey per service, a CA and certificate) into deploy/compose/secrets, which git ignores; keeps what exists
 compose-secrets:

@@ -1,404 +1,319 @@
 // Command bench is `make bench`: on one machine, in one run, it starts a
 // Kafka broker (kfake, in its own process) and the ingest, measures the
-// ingest through each API form with tools/loadgen, measures the limits the
-// same way (kafka-go straight into the broker; an HTTP server that only
-// answers 200), and writes the table, with the machine and the date, to
-// docs/benchmarks.md. Every figure is the median of -runs runs.
+// ingest through each API form and the limits it is held against (kafka-go
+// and kgo straight into the broker, an HTTP server that only answers, a
+// direct JetStream publish, a bare JetStream-to-Kafka pipe), and writes the
+// table, with the machine and the date, to docs/benchmarks.md. Every
+// figure is the median of -runs runs, taken in turns with its limit. Each
+// row gives the CPU µs per record of the process that moved the records
+// and of the broker, from /proc/PID/stat over the run.
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
-	"runtime"
-	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
 func main() { os.Exit(run()) }
 
-type report struct {
-	RecordsPerSec float64 `json:"records_per_second"`
-	Failed        int64   `json:"failed"`
-	Delivered     int64   `json:"delivered"`
-	Buffered      int64   `json:"buffered"`
-	LatencyMs     struct {
-		P99 float64 `json:"p99"`
-	} `json:"latency_ms"`
-}
-
-type row struct {
-	name, against string
-	rps, p99      float64
-	limit         float64 // records/s of what it is compared to; 0: none
-	rssMB         float64
-	cpuUs         float64 // the ingest's CPU µs per record; 0: not measured
-}
-
 var (
 	binDir   = flag.String("bin", "bin", "folder with the built binaries")
 	runs     = flag.Int("runs", 3, "runs of each measurement; the median is reported")
-	duration = flag.Duration("duration", 5*time.Second, "length of each run")
+	duration = flag.Duration("duration", 5*time.Second, "length of each timed run")
 	size     = flag.Int("size", 100, "record size in bytes")
-	out      = flag.String("out", "docs/benchmarks.md", "where the results go")
+	out      = flag.String("out", "docs/benchmarks.md", "file whose table (between the bench markers) is rewritten; empty: print only. With -only the file is written only when -out is given")
+	only     = flag.String("only", "", "comma-separated groups to run (default all): "+strings.Join(groupNames(), ", "))
+	wrkFlag  = flag.String("wrk", "auto", "wrk for the single-record HTTP rows: auto (wrk on PATH, else loadgen), a path, or off (loadgen)")
+
+	// Modes in which bench runs a measured process of its own.
+	serveAnswerAddr = flag.String("serve-answer", "", "internal: be the answer-only HTTP server on this address")
+	pipeURL         = flag.String("pipe", "", "internal: be the bare pipe, draining the spilled records of the JetStream at this URL into -pipe-brokers")
+	pipeCredentials = flag.String("pipe-credentials", "", "internal: the bare pipe's NATS nkey seed file")
+	pipeBrokers     = flag.String("pipe-brokers", "", "internal: the bare pipe's Kafka brokers")
 )
 
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+// groups are what -only selects, in the order they run.
+var groups = []struct{ name, what string }{
+	{"batched", "kafka-go straight into the broker, against HTTP NDJSON, Confluent v2 and the gRPC stream, batches of 500"},
+	{"ambassador", "kafka-ambassador's KafkaAmbassador/Produce stream, 200,000 records on one stream, driven as its own client does"},
+	{"listener", "kgo straight into the broker, against kgo through the ingest's Kafka listener"},
+	{"single", "one record per HTTP POST (wrk when installed) at 64 and 256 connections, against the answer-only server"},
+	{"spill", "the spill path (breaker open), against a direct JetStream async publish"},
+	{"resender", "the resender draining spilled records: at a configured rate, and without a limit against a bare pipe"},
+	{"always", "write-ahead to JetStream (producer.wal.mode always)"},
 }
 
-func start(name string, env []string, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(*binDir, name), args...)
-	cmd.Env = append(os.Environ(), env...)
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+func groupNames() []string {
+	var n []string
+	for _, g := range groups {
+		n = append(n, g.name)
 	}
-	return cmd
+	return n
 }
 
-func waitOK(url string) {
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
+func usage() {
+	w := flag.CommandLine.Output()
+	fmt.Fprintf(w, `Usage: bench [flags]
+
+bench measures Spillway against the limits of this machine in one run and
+writes the table into docs/benchmarks.md (make bench). Each row gives
+records/s, p99 latency, the ratio to its limit, and the CPU µs per record
+of the process that moved the records and of the broker.
+
+Groups (-only a,b runs some of them; the table is then printed, and
+written only with -out):
+`)
+	for _, g := range groups {
+		fmt.Fprintf(w, "  %-11s %s\n", g.name, g.what)
 	}
-	fmt.Fprintln(os.Stderr, "bench: not ready:", url)
-	os.Exit(1)
+	fmt.Fprintf(w, "\nExamples:\n  bin/bench -bin bin                                  # make bench\n  bin/bench -bin bin -only single,ambassador -runs 1  # one figure, quickly\n\nFlags:\n")
+	flag.PrintDefaults()
 }
 
-// cpuTicks is a process's user and system CPU time in clock ticks
-// (/proc/PID/stat fields 14 and 15).
-func cpuTicks(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The command name, field 2, is in parentheses and may hold spaces.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	var u, s float64
-	if len(f) > 12 {
-		fmt.Sscan(f[11], &u)
-		fmt.Sscan(f[12], &s)
-	}
-	return u + s
-}
-
-// clockTicks is USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on
-// Linux.
-const clockTicks = 100
-
-// measureOnce runs loadgen once and returns its records/s and p99
-// latency, and with cpuPID > 0 that process's CPU µs per record.
-func measureOnce(i, cpuPID int, args ...string) (rps, p99, cpuUs float64) {
-	before := 0.0
-	if cpuPID > 0 {
-		before = cpuTicks(cpuPID)
-	}
-	a := append([]string{"-json", "-duration", duration.String(), "-size", fmt.Sprint(*size), "-topic", fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i)}, args...)
-	outb, err := exec.Command(filepath.Join(*binDir, "loadgen"), a...).Output()
-	var r report
-	if err != nil || json.Unmarshal(outb, &r) != nil {
-		fmt.Fprintf(os.Stderr, "bench: loadgen %v: %v\n%s\n", a, err, outb)
-		os.Exit(1)
-	}
-	if n := r.Delivered + r.Buffered; cpuPID > 0 && n > 0 {
-		cpuUs = (cpuTicks(cpuPID) - before) / clockTicks * 1e6 / float64(n)
-	}
-	fmt.Fprintf(os.Stderr, "  %v: %.0f records/s, p99 %.1f ms, failed %d, cpu %.2f us/record\n", args, r.RecordsPerSec, r.LatencyMs.P99, r.Failed, cpuUs)
-	return r.RecordsPerSec, r.LatencyMs.P99, cpuUs
-}
-
-// spec is one measurement of a group.
-type spec struct {
-	name   string
-	args   []string
-	cpuPID int // a process whose CPU per record is measured; 0: none
-}
-
-// measureGroup runs the specs in turn, -runs rounds, and returns each
-// one's median records/s and p99. Taking turns, rather than all runs of
-// one then all of the next, keeps a limit and what is held against it
-// under the same conditions: these machines drift by 10–30% in minutes.
-func measureGroup(specs ...spec) (rps, p99, cpuUs []float64) {
-	rs := make([][]float64, len(specs))
-	ps := make([][]float64, len(specs))
-	cs := make([][]float64, len(specs))
-	for i := range *runs {
-		for j, sp := range specs {
-			fmt.Fprintf(os.Stderr, "%s (run %d)\n", sp.name, i+1)
-			r, p, c := measureOnce(i, sp.cpuPID, sp.args...)
-			rs[j], ps[j], cs[j] = append(rs[j], r), append(ps[j], p), append(cs[j], c)
-		}
-	}
-	for j := range specs {
-		rps, p99, cpuUs = append(rps, median(rs[j])), append(p99, median(ps[j])), append(cpuUs, median(cs[j]))
-	}
-	return rps, p99, cpuUs
-}
-
-func median(v []float64) float64 {
-	slices.Sort(v)
-	return v[len(v)/2]
-}
-
-// peakRSS is a process's peak resident memory in MB (VmHWM).
-func peakRSS(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb float64
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+// wrkPath is the wrk binary of the single-record rows; "": loadgen.
+var wrkPath string
 
 func run() int {
+	flag.Usage = usage
 	flag.Parse()
+	switch {
+	case *serveAnswerAddr != "":
+		return serveAnswer(*serveAnswerAddr)
+	case *pipeURL != "":
+		return runPipe(*pipeURL, *pipeCredentials, *pipeBrokers)
+	}
+	sel := map[string]bool{}
+	for _, g := range groupNames() {
+		sel[g] = *only == ""
+	}
+	if *only != "" {
+		for _, g := range strings.Split(*only, ",") {
+			g = strings.TrimSpace(g)
+			if _, ok := sel[g]; !ok {
+				fmt.Fprintf(os.Stderr, "bench: -only: no group %q; the groups are %s\n", g, strings.Join(groupNames(), ", "))
+				return 2
+			}
+			sel[g] = true
+		}
+		outGiven := false
+		flag.Visit(func(f *flag.Flag) { outGiven = outGiven || f.Name == "out" })
+		if !outGiven {
+			*out = ""
+		}
+	}
+	switch *wrkFlag {
+	case "off":
+	case "auto":
+		wrkPath, _ = exec.LookPath("wrk")
+	default:
+		wrkPath = *wrkFlag
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintln(os.Stderr, "bench:", s, "- stopping what it started")
+		stopAll()
+		os.Exit(130)
+	}()
+	defer stopAll()
+	began := time.Now()
+
 	broker := freeAddr()
-	_, port, _ := net.SplitHostPort(broker)
+	_, port, _ := strings.Cut(broker, ":")
 	kafka := start("devkafka", nil, "-port", port)
-	defer func() { _ = kafka.Process.Kill() }()
+	waitListening(kafka, broker)
+	kafkaPID := func() int { return kafka.pid() }
 	// freshKafka replaces the broker with an empty one on the same port:
 	// kfake keeps every record in memory, and a broker holding millions
 	// of them slows down what is measured after them.
 	freshKafka := func() {
-		_ = kafka.Process.Kill()
-		_ = kafka.Wait()
+		kafka.kill()
 		kafka = start("devkafka", nil, "-port", port)
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if c, err := net.Dial("tcp", broker); err == nil {
-				_ = c.Close()
+		waitListening(kafka, broker)
+	}
+
+	var walDir string // the last ingest's producer.wal.path, with its NATS credentials
+	type ingestAddrs struct{ http, grpc, mon, nats, kafka string }
+	ingestEnv := func(mode string) ([]string, ingestAddrs) {
+		a := ingestAddrs{freeAddr(), freeAddr(), freeAddr(), freeAddr(), freeAddr()}
+		dir, err := os.MkdirTemp("", "spillway-bench")
+		if err != nil {
+			fatal("%v", err)
+		}
+		walDir = dir
+		return []string{
+			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + a.http, "SPILLWAY_SERVER_GRPC_LISTEN=" + a.grpc,
+			"SPILLWAY_SERVER_MONITORING_LISTEN=" + a.mon, "SPILLWAY_PRODUCER_WAL_LISTEN=" + a.nats, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
+			"SPILLWAY_PRODUCER_WAL_MODE=" + mode, "SPILLWAY_GLOBAL_LOG_LEVEL=warn", "SPILLWAY_SERVER_KAFKA_LISTEN=" + a.kafka,
+		}, a
+	}
+	startIngest := func(env []string, a ingestAddrs) *service {
+		in := start("spillway-ingest", env)
+		waitOK(in, "http://"+a.mon+"/readyz")
+		return in
+	}
+	// warm sends a few records through the ingest until Kafka takes them
+	// (delivered, not buffered), for at most 30 seconds: after a new
+	// broker the ingest reconnects, and its breaker may be open a while.
+	warm := func(a ingestAddrs) {
+		var last []byte
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			out, err := runTool(filepath.Join(*binDir, "loadgen"), "-json", "-target", "http", "-addr", "http://"+a.http, "-count", "200", "-concurrency", "8", "-topic", "warm-up")
+			var r loadgenReport
+			if err == nil && json.Unmarshal(out, &r) == nil && r.Delivered == 200 {
 				return
 			}
+			last = out
 		}
+		fatal("the ingest does not deliver to the new broker after 30s: %s", last)
+	}
+	t := &table{}
+	lg := func(name string, mover, broker pidOf, args ...string) spec {
+		return spec{name: name, measure: loadgen(mover, broker, args...)}
 	}
 
-	// The answer-only HTTP server: the limit of HTTP on this machine.
-	answer := freeAddr()
-	go http.ListenAndServe(answer, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = r.Body.Read(make([]byte, 4096))
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"outcome":"delivered"}`))
-	}))
-
-	var walDir string      // the last ingest's producer.wal.path, with its NATS credentials
-	var kafkaListen string // the last ingest's server.kafka.listen
-	ingestEnv := func(mode string) (env []string, httpAddr, grpcAddr, monAddr, natsAddr string) {
-		h, g, m, n, k := freeAddr(), freeAddr(), freeAddr(), freeAddr(), freeAddr()
-		dir, _ := os.MkdirTemp("", "spillway-bench")
-		walDir, kafkaListen = dir, k
-		return []string{
-			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + h, "SPILLWAY_SERVER_GRPC_LISTEN=" + g,
-			"SPILLWAY_SERVER_MONITORING_LISTEN=" + m, "SPILLWAY_PRODUCER_WAL_LISTEN=" + n, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
-			"SPILLWAY_PRODUCER_WAL_MODE=" + mode, "SPILLWAY_GLOBAL_LOG_LEVEL=warn", "SPILLWAY_SERVER_KAFKA_LISTEN=" + k,
-		}, h, g, m, n
-	}
-	env, httpAddr, grpcAddr, mon, _ := ingestEnv("fallback")
-	ingest := start("spillway-ingest", env)
-	waitOK("http://" + mon + "/readyz")
-
-	var rows []row
-	// group measures specs in turn; the first is the limit the others are
-	// held against (against "" for none). It returns the limit.
-	group := func(against string, specs ...spec) float64 {
-		rps, p99, cpu := measureGroup(specs...)
-		limit := 0.0
-		for j, sp := range specs {
-			r := row{name: sp.name, rps: rps[j], p99: p99[j], cpuUs: cpu[j]}
-			if j > 0 && against != "" {
-				r.against, r.limit = against, rps[0]
+	if sel["batched"] || sel["ambassador"] || sel["listener"] || sel["single"] {
+		env, a := ingestEnv("fallback")
+		in := startIngest(env, a)
+		warm(a)
+		ingest := func() int { return in.pid() }
+		// fresh starts each group on an empty broker, with a new ingest:
+		// killing the broker under a running ingest opens its breaker,
+		// and it would buffer records in JetStream for a while.
+		fresh := func() {
+			in.stop()
+			freshKafka()
+			env, a = ingestEnv("fallback")
+			in = startIngest(env, a)
+			warm(a)
+		}
+		if sel["batched"] {
+			t.group("the kafka-go limit", true,
+				lg("kafka-go Writer straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8"),
+				lg("ingest, HTTP NDJSON, batches of 500, 8 connections", ingest, kafkaPID, "-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("ndjson").via(a.mon),
+				lg("ingest, Confluent v2, batches of 500, 8 connections", ingest, kafkaPID, "-target", "v2", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("v2").via(a.mon),
+				lg("ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", ingest, kafkaPID, "-target", "grpc-stream", "-addr", a.grpc, "-batch", "500", "-concurrency", "4", "-window", "4").as("grpc-stream").via(a.mon),
+			)
+		}
+		if sel["ambassador"] {
+			fresh()
+			t.group("", false,
+				lg("ingest, kafka-ambassador gRPC stream, 200,000 records on 1 stream, sent without waiting", ingest, kafkaPID, "-target", "ambassador-stream", "-addr", a.grpc, "-count", "200000", "-concurrency", "1").as("ambassador").via(a.mon),
+			)
+		}
+		if sel["listener"] {
+			// The same client, kgo with its defaults (idempotent, acks
+			// all), straight into the broker and through the listener.
+			fresh()
+			t.group("kgo straight into the broker", true,
+				lg("kgo straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kgo", "-brokers", broker, "-batch", "500", "-concurrency", "8"),
+				lg("ingest, Kafka listener, kgo batches of 500, 8 callers", ingest, kafkaPID, "-target", "kgo", "-brokers", a.kafka, "-create-topics-on", broker, "-batch", "500", "-concurrency", "8").via(a.mon),
+			)
+		}
+		if sel["single"] {
+			answerAddr := freeAddr()
+			answer := start("bench", nil, "-serve-answer", answerAddr)
+			waitListening(answer, answerAddr)
+			answerPID := func() int { return answer.pid() }
+			for _, c := range []int{64, 256} {
+				fresh()
+				var answerSpec, ingestSpec spec
+				tool := "wrk"
+				if wrkPath != "" {
+					answerSpec = spec{measure: wrkLoad(c, "http://"+answerAddr+"/topics/TOPIC/messages", answerPID, nil)}
+					ingestSpec = spec{measure: wrkLoad(c, "http://"+a.http+"/topics/TOPIC/messages", ingest, kafkaPID)}
+				} else {
+					tool = "loadgen"
+					answerSpec = lg("", answerPID, nil, "-target", "http", "-addr", "http://"+answerAddr, "-concurrency", fmt.Sprint(c))
+					ingestSpec = lg("", ingest, kafkaPID, "-target", "http", "-addr", "http://"+a.http, "-concurrency", fmt.Sprint(c))
+				}
+				answerSpec.name = fmt.Sprintf("answer-only HTTP server, single records, %d connections (%s)", c, tool)
+				ingestSpec.name = fmt.Sprintf("ingest, HTTP single records, %d connections (%s)", c, tool)
+				t.group("the answer-only server", true, answerSpec.as(fmt.Sprintf("answer-%d", c)), ingestSpec.as(fmt.Sprintf("single-%d", c)).via(a.mon))
 			}
-			rows = append(rows, r)
+			answer.stop()
 		}
-		if len(rps) > 0 {
-			limit = rps[0]
-		}
-		return limit
+		t.last().rssMB = peakRSS(in.pid())
+		in.stop()
 	}
-	batchedLimit := group("the kafka-go limit",
-		spec{name: "kafka-go Writer straight into the broker, batches of 500, 8 callers", args: []string{"-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8"}},
-		spec{name: "ingest, HTTP NDJSON, batches of 500, 8 connections", args: []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
-		spec{name: "ingest, Confluent v2, batches of 500, 8 connections", args: []string{"-target", "v2", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
-		spec{name: "ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", args: []string{"-target", "grpc-stream", "-addr", grpcAddr, "-batch", "500", "-concurrency", "4", "-window", "4"}},
-	)
-	freshKafka()
-	_ = exec.Command(filepath.Join(*binDir, "loadgen"), "-target", "http", "-addr", "http://"+httpAddr, "-count", "200", "-concurrency", "8", "-topic", "warm-up").Run()
-	// The Kafka listener: the same client, kgo with its defaults
-	// (idempotent, acks all), straight into the broker and through the
-	// ingest's listener; 8 callers of 500 records each.
-	group("kgo straight into the broker",
-		spec{name: "kgo straight into the broker, batches of 500, 8 callers", args: []string{"-target", "kgo", "-brokers", broker, "-batch", "500", "-concurrency", "8"}},
-		spec{name: "ingest, Kafka listener, kgo batches of 500, 8 callers", args: []string{"-target", "kgo", "-brokers", kafkaListen, "-create-topics-on", broker, "-batch", "500", "-concurrency", "8"}, cpuPID: ingest.Process.Pid},
-	)
-	for _, c := range []string{"64", "256"} {
-		freshKafka()
-		// The ingest finds the new broker on its next produce; a few
-		// records first, so that the measurement starts warm.
-		_ = exec.Command(filepath.Join(*binDir, "loadgen"), "-target", "http", "-addr", "http://"+httpAddr, "-count", "200", "-concurrency", "8", "-topic", "warm-up").Run()
-		group("the answer-only server",
-			spec{name: "answer-only HTTP server, single records, " + c + " connections", args: []string{"-target", "http", "-addr", "http://" + answer, "-concurrency", c}},
-			spec{name: "ingest, HTTP single records, " + c + " connections", args: []string{"-target", "http", "-addr", "http://" + httpAddr, "-concurrency", c}},
-		)
+
+	if sel["spill"] || sel["resender"] {
+		// The spill path: Kafka unreachable for the ingest and its breaker
+		// open, every record is published to its embedded JetStream.
+		env, a := ingestEnv("fallback")
+		env = append(env, "SPILLWAY_KAFKA_BROKERS="+freeAddr(), "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1h",
+			"SPILLWAY_PRODUCER_WAL_MAX_BYTES=8589934592")
+		in := startIngest(env, a)
+		ingest := func() int { return in.pid() }
+		spillArgs := []string{"-target", "ndjson", "-addr", "http://" + a.http, "-batch", "500", "-concurrency", "8"}
+		if sel["spill"] {
+			// The JetStream server is in the ingest's process: it is the
+			// broker of the direct publish.
+			t.group("direct JetStream publish", false,
+				lg("JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", moverSelf, ingest, "-target", "jetstream", "-addr", "nats://"+a.nats, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8"),
+				lg("ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", ingest, nil, spillArgs...).as("spill"),
+			)
+			t.last().rssMB = peakRSS(in.pid())
+		}
+		if sel["resender"] {
+			const rate = 20000
+			d := newDrains(a.nats, walDir)
+			// Enough spilled records for every drain run.
+			if have, want := d.buffered(), needed(rate); have < want {
+				fmt.Fprintf(os.Stderr, "adding %d spilled records for the drains\n", want-have)
+				d.fill(want - have)
+			}
+			freshKafka()
+			t.group("the configured rate", false,
+				spec{name: fmt.Sprintf("resender at a configured %d records/s", rate), measure: func(int) result {
+					return d.measure(rate, resender(broker, a.nats, walDir, rate), kafkaPID)
+				}},
+			)
+			t.last().limit, t.last().against = &measured{rps: rate}, "the configured rate"
+			t.group("the bare pipe", true,
+				spec{name: "bare pipe: JetStream pull consumer, fetches of 500, one kafka-go WriteMessages each (acks all), then the acks", measure: func(int) result {
+					return d.measure(drainRecords, pipe(broker, a.nats, walDir), kafkaPID)
+				}},
+				spec{name: "resender without a rate limit", key: "resender", measure: func(int) result {
+					return d.measure(drainRecords, resender(broker, a.nats, walDir, 0), kafkaPID)
+				}},
+			)
+			d.close()
+		}
+		in.stop()
 	}
-	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
-	_ = ingest.Process.Signal(os.Interrupt)
-	_ = ingest.Wait()
 
-	// The spill path: Kafka unreachable for the ingest and its breaker
-	// open, every record is published to JetStream; against a direct
-	// JetStream async publish into the same server.
-	deadKafka := freeAddr()
-	env, httpAddr, _, mon, natsAddr := ingestEnv("fallback")
-	env = append(env, "SPILLWAY_KAFKA_BROKERS="+deadKafka, "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1h",
-		"SPILLWAY_PRODUCER_WAL_MAX_BYTES=8589934592")
-	ingest = start("spillway-ingest", env)
-	waitOK("http://" + mon + "/readyz")
-	group("direct JetStream publish",
-		spec{name: "JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", args: []string{"-target", "jetstream", "-addr", "nats://" + natsAddr, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8"}},
-		spec{name: "ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", args: []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}},
-	)
-	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
-
-	// The resender, draining what was spilled into the broker: at a
-	// configured rate, then without a limit.
-	const rate = 20000
-	achieved := drainRate(broker, natsAddr, walDir, rate)
-	rows = append(rows, row{name: fmt.Sprintf("resender at a configured %d records/s (achieved over 4 s)", rate), against: "the configured rate", rps: achieved, limit: rate})
-	unlimited := drainRate(broker, natsAddr, walDir, 0)
-	rows = append(rows, row{name: "resender without a rate limit (over 4 s)", against: "the kafka-go limit", rps: unlimited, limit: batchedLimit})
-	_ = ingest.Process.Signal(os.Interrupt)
-	_ = ingest.Wait()
-
-	env, httpAddr, _, mon, _ = ingestEnv("always")
-	ingest = start("spillway-ingest", env)
-	waitOK("http://" + mon + "/readyz")
-	group("", spec{name: "ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", args: []string{"-target", "ndjson", "-addr", "http://" + httpAddr, "-batch", "500", "-concurrency", "8"}})
-	rows[len(rows)-1].rssMB = peakRSS(ingest.Process.Pid)
-	_ = ingest.Process.Signal(os.Interrupt)
-	_ = ingest.Wait()
-
-	var b bytes.Buffer
-	host, _ := os.Hostname()
-	goVersion, _ := exec.Command("go", "version").Output()
-	fmt.Fprintf(&b, "Measured by `make bench` (`bin/bench -runs %d -duration %v -size %d`) on %s, %s: %d cores, %s, %s.\n",
-		*runs, *duration, *size, time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), memTotal(), strings.TrimSpace(string(goVersion)))
-	fmt.Fprintf(&b, "The broker (kfake), the services and the load generator share the cores. Each figure is the median of %d runs, taken in turns with the limit it is compared with, because these shared machines drift by 10–30%% within minutes: compare within one table.\n\n", *runs)
-	fmt.Fprintln(&b, "| measurement | records/s | p99 ms | ratio | peak RSS MB | ingest CPU µs/record |")
-	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: | ---: |")
-	for _, r := range rows {
-		ratio := ""
-		if r.limit > 0 {
-			ratio = fmt.Sprintf("%.2f of %s", r.rps/r.limit, r.against)
-		}
-		rss := ""
-		if r.rssMB > 0 {
-			rss = fmt.Sprintf("%.0f", r.rssMB)
-		}
-		p99 := ""
-		if r.p99 > 0 {
-			p99 = fmt.Sprintf("%.1f", r.p99)
-		}
-		cpu := ""
-		if r.cpuUs > 0 {
-			cpu = fmt.Sprintf("%.2f", r.cpuUs)
-		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s |\n", r.name, r.rps, p99, ratio, rss, cpu)
+	if sel["always"] {
+		env, a := ingestEnv("always")
+		in := startIngest(env, a)
+		t.group("", false, lg("ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", func() int { return in.pid() }, nil,
+			"-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8"))
+		t.last().rssMB = peakRSS(in.pid())
+		in.stop()
 	}
-	if err := writeTable(*out, b.Bytes()); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+
+	doc := t.render()
+	if *out != "" {
+		if err := writeTable(*out, doc); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+	}
+	os.Stdout.Write(doc)
+	fmt.Fprintf(os.Stderr, "bench: %s\n", time.Since(began).Round(time.Second))
+	if failed := t.failed(); len(failed) > 0 {
+		fmt.Fprintf(os.Stderr, "bench: not reported, because records or answers failed: %s\n", strings.Join(failed, "; "))
 		return 1
 	}
-	os.Stdout.Write(b.Bytes())
 	return 0
-}
-
-// drainRate runs a resender against the spilled records in the JetStream at
-// natsAddr (the ingest's, storing under walDir, where its credentials
-// are), and returns the records it delivered per second between its first
-// and fifth second. rate 0 is no limit.
-func drainRate(broker, natsAddr, walDir string, rate int) float64 {
-	mon := freeAddr()
-	r := start("spillway-resender", []string{"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr, "SPILLWAY_PRODUCER_WAL_PATH=" + walDir,
-		"SPILLWAY_RESEND_MONITORING_LISTEN=" + mon, "SPILLWAY_PRODUCER_RESEND_PERIOD=100ms",
-		fmt.Sprintf("SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=%d", rate), "SPILLWAY_GLOBAL_LOG_LEVEL=warn"})
-	defer func() { _ = r.Process.Signal(os.Interrupt); _ = r.Wait() }()
-	waitOK("http://" + mon + "/readyz")
-	time.Sleep(time.Second) // past the first round's start
-	c1, t1 := drained(mon), time.Now()
-	time.Sleep(4 * time.Second)
-	c2, t2 := drained(mon), time.Now()
-	fmt.Fprintf(os.Stderr, "resender (rate %d): %.0f records in %.1fs\n", rate, c2-c1, t2.Sub(t1).Seconds())
-	return (c2 - c1) / t2.Sub(t1).Seconds()
-}
-
-// drained sums spillway_records_drained_total from a monitoring port.
-func drained(mon string) float64 {
-	resp, err := http.Get("http://" + mon + "/metrics")
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	_, _ = b.ReadFrom(resp.Body)
-	total := 0.0
-	for _, line := range strings.Split(b.String(), "\n") {
-		if strings.HasPrefix(line, "spillway_records_drained_total{") {
-			var v float64
-			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-			total += v
-		}
-	}
-	return total
-}
-
-func memTotal() string {
-	b, _ := os.ReadFile("/proc/meminfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			var kb float64
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
-			return fmt.Sprintf("%.0f GiB memory", kb/1024/1024)
-		}
-	}
-	return "memory unknown"
-}
-
-// The table goes between these markers in the output file; the prose
-// around it is kept.
-const (
-	startMarker = "<!-- bench:start -->"
-	endMarker   = "<!-- bench:end -->"
-)
-
-func writeTable(path string, table []byte) error {
-	doc, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	before, after := "# Benchmarks\n\n", "\n"
-	if i, j := bytes.Index(doc, []byte(startMarker)), bytes.Index(doc, []byte(endMarker)); i >= 0 && j > i {
-		before, after = string(doc[:i]), string(doc[j+len(endMarker):])
-	}
-	return os.WriteFile(path, []byte(before+startMarker+"\n"+string(table)+endMarker+after), 0o644)
 }
