@@ -307,9 +307,17 @@ func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 		}
 		return false
 	}
+	// The name the client gave and the Kafka topic it maps to, once per
+	// topic of the batch (records of one topic come in runs).
+	var (
+		last string
+		err  error
+	)
 	for i := range b.recs {
-		// The name the client gave and the Kafka topic it maps to.
-		if err := pol.Authorize(b.client, b.named[i]); err != nil {
+		if i == 0 || b.named[i] != last {
+			last, err = b.named[i], pol.Authorize(b.client, b.named[i])
+		}
+		if err != nil {
 			b.fail(i, b.named[i], err)
 			d.denied(b.client.Principal, record.ReasonForbidden)
 		}

@@ -2,7 +2,9 @@ package delivery
 
 import (
 	"context"
+	"slices"
 	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -56,8 +58,18 @@ type spans struct {
 // its attributes, only when spans are made.
 func (d *Delivery) startSpans(parents []parent, recs []record.Record, describe func() (string, []attribute.KeyValue)) *spans {
 	if !d.recording {
+		// A parent's context is formatted once, and set on each of its
+		// records (runs of one parent: a request's records, mostly).
+		var (
+			last    parent
+			encoded *headerCarrier
+		)
 		for i := range recs {
-			d.opts.Propagators.Inject(parents[i].ctx, telemetry.RecordCarrier{Record: &recs[i]})
+			if encoded == nil || parents[i].ctx != last.ctx || parents[i].key != last.key {
+				last, encoded = parents[i], &headerCarrier{}
+				d.opts.Propagators.Inject(last.ctx, encoded)
+			}
+			encoded.setOn(&recs[i])
 		}
 		return nil
 	}
@@ -119,6 +131,31 @@ func (s *spans) end(recs []record.Record, results []record.Result) {
 }
 
 var _ propagation.TextMapCarrier = telemetry.RecordCarrier{}
+
+// headerCarrier collects the headers a propagator sets, in order, to set
+// them on many records; the records share their values.
+type headerCarrier struct{ headers []record.Header }
+
+func (c *headerCarrier) Get(string) string { return "" }
+func (c *headerCarrier) Keys() []string    { return nil }
+func (c *headerCarrier) Set(key, value string) {
+	c.headers = append(c.headers, record.Header{Key: key, Value: []byte(value)})
+}
+
+// setOn sets c's headers on r, in place of any of the same names.
+func (c *headerCarrier) setOn(r *record.Record) {
+	kept := r.Headers[:0:0]
+	for _, h := range r.Headers {
+		if !slices.ContainsFunc(c.headers, func(o record.Header) bool { return strings.EqualFold(o.Key, h.Key) }) {
+			kept = append(kept, h)
+		}
+	}
+	if len(kept) == 0 {
+		r.Headers = c.headers[:len(c.headers):len(c.headers)] // appending to it copies
+		return
+	}
+	r.Headers = append(kept, c.headers...)
+}
 
 func kafkaAttrs(topic string, n int) []attribute.KeyValue {
 	return []attribute.KeyValue{

@@ -38,13 +38,13 @@ func (b *resultBody) appendJSON(dst []byte) []byte {
 	dst = append(dst, '{')
 	if b.ID != "" {
 		dst = append(dst, `"id":`...)
-		dst = fastjson.AppendEscape(dst, b.ID, fastjson.EscapeHTML)
+		dst = appendString(dst, b.ID)
 		dst = append(dst, ',')
 	}
 	dst = append(dst, `"outcome":`...)
-	dst = fastjson.AppendEscape(dst, b.Outcome, fastjson.EscapeHTML)
+	dst = appendString(dst, b.Outcome)
 	dst = append(dst, `,"topic":`...)
-	dst = fastjson.AppendEscape(dst, b.Topic, fastjson.EscapeHTML)
+	dst = appendString(dst, b.Topic)
 	if b.Partition != nil {
 		dst = append(dst, `,"partition":`...)
 		dst = strconv.AppendInt(dst, int64(*b.Partition), 10)
@@ -70,6 +70,20 @@ func (b *resultBody) appendJSON(dst []byte) []byte {
 		dst = fastjson.AppendEscape(dst, b.Message, fastjson.EscapeHTML)
 	}
 	return append(dst, '}')
+}
+
+// appendString appends s as a JSON string: as it is, quoted, when it has
+// nothing to escape (ids, outcomes and topic names, mostly), else escaped
+// as encoding/json escapes it.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return fastjson.AppendEscape(dst, s, fastjson.EscapeHTML)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // appendJSON appends b as encoding/json would encode it.

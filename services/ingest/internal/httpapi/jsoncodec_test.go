@@ -23,6 +23,7 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 		{ID: "01JQ8ZQ3K4M5N6P7Q8R9S0T1V3", Outcome: record.Delivered, Topic: "orders"},
 		{Outcome: record.Delivered, Topic: "t", Partition: -1, Offset: -1, Timestamp: time.Unix(0, 0)},
 		{ID: "id", Outcome: record.Buffered, Topic: "orders"},
+		{ID: "a\"b\\c<d>&e\x01\x7f\u00e9", Outcome: record.Buffered, Topic: "\u2028"},
 		record.Fail("orders", record.Errorf(record.ReasonRejected, `value <"quoted"> & \ escaped`+"\n\u2028 \xff")),
 		record.Fail("orders", record.Errorf(record.ReasonTooLarge, "too large")),
 		record.Fail("orders", errors.New("plain")),
