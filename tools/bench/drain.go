@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -88,10 +89,10 @@ func (d *drains) clearConsumers() {
 }
 
 // needed is the records the resender group drains: the rate-limited runs
-// (a second of the rate each) and the pipe and resender runs without a
+// (two seconds of the rate each) and the pipe and resender runs without a
 // limit.
 func needed(rate int) int64 {
-	perRate := int64(drainWarm + rate)
+	perRate := int64(drainWarm + 2*rate)
 	perRun := int64(drainWarm + drainRecords)
 	// The margin: what a drainer takes between the last count and its
 	// stop, about 10 ms of its rate.
@@ -118,10 +119,23 @@ func (d *drains) fill(n int64) {
 			fatal("encode: %v", err)
 		}
 		h := nats.Header{spill.HeaderTopic: []string{topic}, nats.MsgIdHdr: []string{r.ID}}
-		if _, err := js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: b, Header: h}); err != nil {
-			fatal("publish: %v", err)
+		for {
+			_, err := js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: b, Header: h})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				fatal("publish: %v", err)
+			}
+			waitPublished(js) // backpressure: the window is full
 		}
 	}
+	waitPublished(js)
+}
+
+// waitPublished waits until JetStream acknowledged every async publish,
+// for at most a minute.
+func waitPublished(js jetstream.JetStream) {
 	select {
 	case <-js.PublishAsyncComplete():
 	case <-time.After(time.Minute):

@@ -276,7 +276,7 @@ func run() int {
 			freshKafka()
 			t.group("the configured rate", false,
 				spec{name: fmt.Sprintf("resender at a configured %d records/s", rate), measure: func(int) result {
-					return d.measure(rate, resender(broker, a.nats, walDir, rate), kafkaPID)
+					return d.measure(2*rate, resender(broker, a.nats, walDir, rate), kafkaPID)
 				}},
 			)
 			t.last().limit, t.last().against = &measured{rps: rate}, "the configured rate"
