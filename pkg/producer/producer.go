@@ -222,21 +222,30 @@ func (c *call) expire() {
 
 // complete answers a produced batch's records: it runs once per batch,
 // on its broker's sender.
-func complete(batch []queued, err error) {
+// offset is Kafka's offset of the first record, -1 when not known (acks
+// 0).
+func complete(tp topicPartition, batch []queued, offset int64, err error) {
+	var failure error
+	if err != nil {
+		failure = classify(err)
+	}
 	for i := range batch {
-		q, m := &batch[i], &batch[i].msg
+		q := &batch[i]
 		c := q.call
 		c.mu.Lock()
 		r := &c.results[q.index]
-		if err != nil {
-			*r = record.Fail(m.Topic, classify(err))
+		if failure != nil {
+			*r = record.Fail(tp.topic, failure)
 		} else {
 			*r = record.Result{
 				Outcome:   record.Delivered,
-				Topic:     m.Topic,
-				Partition: int32(m.Partition),
-				Offset:    m.Offset,
-				Timestamp: m.Time,
+				Topic:     tp.topic,
+				Partition: int32(tp.partition),
+				Offset:    -1,
+				Timestamp: q.time,
+			}
+			if offset >= 0 {
+				r.Offset = offset + int64(i)
 			}
 		}
 		c.remaining--
@@ -295,7 +304,9 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 	c := &call{results: make([]record.Result, len(recs)), done: done}
 	now := time.Now()
 	queue := make([]queued, 0, len(recs))
-	leaders := map[topicPartition]int32{}
+	tps := make([]topicPartition, 0, len(recs)) // each queued record's partition
+	leaders := make([]int32, 0, len(recs))      // and its leader
+	onePartition := true
 	var (
 		lastTopic string
 		topic     layout
@@ -320,17 +331,10 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 		if r.Timestamp.IsZero() {
 			r.Timestamp = now
 		}
-		msg := kafka.Message{
-			Topic:   r.Topic,
-			Key:     r.Key,
-			Value:   r.Value,
-			Headers: kafkaHeaders(r.ID, r.Headers),
-			Time:    r.Timestamp,
-		}
 		partition := int(r.Partition)
 		switch {
 		case r.Partition == record.AnyPartition:
-			partition = p.balancer.Balance(msg, topic.partitions...)
+			partition = p.balancer.Balance(kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}, topic.partitions...)
 		case partition < 0 || partition >= len(topic.partitions):
 			c.results[i] = record.Fail(r.Topic, &record.Error{
 				Reason:  record.ReasonUnknownTopic,
@@ -338,9 +342,10 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 			})
 			continue
 		}
-		msg.Partition = partition
-		queue = append(queue, queued{msg: msg, call: c, index: i, size: n})
-		leaders[topicPartition{r.Topic, partition}] = topic.leaders[partition]
+		queue = append(queue, queued{key: r.Key, value: r.Value, headers: kafkaHeaders(r.ID, r.Headers), time: r.Timestamp, call: c, index: i, size: n})
+		tps = append(tps, topicPartition{r.Topic, partition})
+		leaders = append(leaders, topic.leaders[partition])
+		onePartition = onePartition && tps[len(tps)-1] == tps[0]
 	}
 	if len(queue) == 0 {
 		done(c.results)
@@ -350,7 +355,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 	if p.closing.Load() {
 		p.closeMu.RUnlock()
 		for _, q := range queue {
-			c.results[q.index] = record.Fail(q.msg.Topic, classify(io.ErrClosedPipe))
+			c.results[q.index] = record.Fail(recs[q.index].Topic, classify(io.ErrClosedPipe))
 		}
 		done(c.results)
 		return
@@ -359,18 +364,17 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 	c.remaining = len(queue)
 	c.timeout = time.AfterFunc(p.timeout, c.expire)
 	c.mu.Unlock()
-	if len(leaders) == 1 {
-		for tp, leader := range leaders {
-			p.add(tp, leader, queue)
-		}
+	if onePartition {
+		p.add(tps[0], leaders[0], queue)
 	} else {
 		byPartition := map[topicPartition][]queued{}
-		for _, q := range queue {
-			tp := topicPartition{q.msg.Topic, q.msg.Partition}
-			byPartition[tp] = append(byPartition[tp], q)
+		leaderOf := map[topicPartition]int32{}
+		for j, q := range queue {
+			byPartition[tps[j]] = append(byPartition[tps[j]], q)
+			leaderOf[tps[j]] = leaders[j]
 		}
 		for tp, batch := range byPartition {
-			p.add(tp, leaders[tp], batch)
+			p.add(tp, leaderOf[tp], batch)
 		}
 	}
 	p.closeMu.RUnlock()

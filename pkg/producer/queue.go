@@ -36,10 +36,12 @@ type topicPartition struct {
 // queued is a record waiting in its partition's queue, and its place in
 // the call that queued it.
 type queued struct {
-	msg   kafka.Message
-	call  *call
-	index int
-	size  int
+	key, value []byte
+	headers    []kafka.Header
+	time       time.Time
+	call       *call
+	index      int // in the call's results
+	size       int
 }
 
 // partitionQueue holds one partition's records until they are sent.
@@ -170,11 +172,16 @@ func (q *partitionQueue) takeBatch(maxRecords, maxBytes int) []queued {
 		size += q.recs[n].size
 		n++
 	}
-	batch := make([]queued, n)
-	copy(batch, q.recs)
-	rest := copy(q.recs, q.recs[n:])
-	clear(q.recs[rest:])
-	q.recs = q.recs[:rest]
+	var batch []queued
+	if n == len(q.recs) { // all of them, as mostly: no copy
+		batch, q.recs = q.recs, nil
+	} else {
+		batch = make([]queued, n)
+		copy(batch, q.recs)
+		rest := copy(q.recs, q.recs[n:])
+		clear(q.recs[rest:])
+		q.recs = q.recs[:rest]
+	}
 	q.bytes -= size
 	q.first = time.Now()
 	return batch
@@ -303,15 +310,7 @@ func (p *Producer) produceTo(batches []ready) {
 			b.q.mu.Unlock()
 			continue
 		}
-		for i := range b.batch {
-			m := &b.batch[i].msg
-			if offset >= 0 {
-				m.Offset = offset + int64(i)
-			} else {
-				m.Offset = -1
-			}
-		}
-		complete(b.batch, berr)
+		complete(b.q.tp, b.batch, offset, berr)
 		b.q.mu.Lock()
 		b.q.inFlight = false
 		b.q.mu.Unlock()
@@ -352,15 +351,15 @@ func (r *batchRecords) ReadRecord() (*kafka.Record, error) {
 	if r.index >= len(r.batch) {
 		return nil, io.EOF
 	}
-	m := &r.batch[r.index].msg
+	m := &r.batch[r.index]
 	r.index++
-	r.record = kafka.Record{Time: m.Time, Headers: m.Headers}
-	if m.Key != nil {
-		r.key.Reset(m.Key)
+	r.record = kafka.Record{Time: m.time, Headers: m.headers}
+	if m.key != nil {
+		r.key.Reset(m.key)
 		r.record.Key = &r.key
 	}
-	if m.Value != nil {
-		r.value.Reset(m.Value)
+	if m.value != nil {
+		r.value.Reset(m.value)
 		r.record.Value = &r.value
 	}
 	return &r.record, nil
