@@ -304,6 +304,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 	c := &call{results: make([]record.Result, len(recs)), done: done}
 	now := time.Now()
 	queue := make([]queued, 0, len(recs))
+	headers := newHeaderArena(recs)
 	tps := make([]topicPartition, 0, len(recs)) // each queued record's partition
 	leaders := make([]int32, 0, len(recs))      // and its leader
 	onePartition := true
@@ -342,7 +343,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 			})
 			continue
 		}
-		queue = append(queue, queued{key: r.Key, value: r.Value, headers: kafkaHeaders(r.ID, r.Headers), time: r.Timestamp, call: c, index: i, size: n})
+		queue = append(queue, queued{key: r.Key, value: r.Value, headers: headers.kafkaHeaders(r.ID, r.Headers), time: r.Timestamp, call: c, index: i, size: n})
 		tps = append(tps, topicPartition{r.Topic, partition})
 		leaders = append(leaders, topic.leaders[partition])
 		onePartition = onePartition && tps[len(tps)-1] == tps[0]
@@ -367,32 +368,81 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 	if onePartition {
 		p.add(tps[0], leaders[0], queue)
 	} else {
-		byPartition := map[topicPartition][]queued{}
-		leaderOf := map[topicPartition]int32{}
-		for j, q := range queue {
-			byPartition[tps[j]] = append(byPartition[tps[j]], q)
-			leaderOf[tps[j]] = leaders[j]
+		// Records in order, per partition: the partitions of a call are
+		// few, so a list beats a map; each partition's slice is sized
+		// once.
+		type group struct {
+			tp     topicPartition
+			leader int32
+			n      int
+			recs   []queued
 		}
-		for tp, batch := range byPartition {
-			p.add(tp, leaderOf[tp], batch)
+		var groups []group
+		of := make([]int, len(queue))
+		for j := range queue {
+			g := slices.IndexFunc(groups, func(g group) bool { return g.tp == tps[j] })
+			if g < 0 {
+				g = len(groups)
+				groups = append(groups, group{tp: tps[j], leader: leaders[j]})
+			}
+			groups[g].n++
+			of[j] = g
+		}
+		for g := range groups {
+			groups[g].recs = make([]queued, 0, groups[g].n)
+		}
+		for j, q := range queue {
+			groups[of[j]].recs = append(groups[of[j]].recs, q)
+		}
+		for _, g := range groups {
+			p.add(g.tp, g.leader, g.recs)
 		}
 	}
 	p.closeMu.RUnlock()
 }
 
 // kafkaHeaders is the record's headers, then its id as spillway-id.
-func kafkaHeaders(id string, hs []record.Header) []kafka.Header {
+//
+// The headers of a call's records are cut from one array, and their ids'
+// bytes from another (h), rather than allocated record by record.
+func (h *headerArena) kafkaHeaders(id string, hs []record.Header) []kafka.Header {
 	if len(hs) == 0 && id == "" {
 		return nil
 	}
-	out := make([]kafka.Header, 0, len(hs)+1)
-	for _, h := range hs {
-		out = append(out, kafka.Header{Key: h.Key, Value: h.Value})
+	n := len(hs) + 1
+	if len(h.headers)+n > cap(h.headers) {
+		h.headers = make([]kafka.Header, 0, max(h.want, n))
+	}
+	start := len(h.headers)
+	for _, hd := range hs {
+		h.headers = append(h.headers, kafka.Header{Key: hd.Key, Value: hd.Value})
 	}
 	if id != "" {
-		out = append(out, kafka.Header{Key: record.IDHeader, Value: []byte(id)})
+		if len(h.ids)+len(id) > cap(h.ids) {
+			h.ids = make([]byte, 0, max(h.wantBytes, len(id)))
+		}
+		b := len(h.ids)
+		h.ids = append(h.ids, id...)
+		h.headers = append(h.headers, kafka.Header{Key: record.IDHeader, Value: h.ids[b:len(h.ids):len(h.ids)]})
 	}
-	return out
+	return h.headers[start:len(h.headers):len(h.headers)]
+}
+
+// headerArena holds the arrays a call's records' headers are cut from;
+// want and wantBytes size them for the whole call.
+type headerArena struct {
+	headers         []kafka.Header
+	ids             []byte
+	want, wantBytes int
+}
+
+func newHeaderArena(recs []record.Record) *headerArena {
+	h := &headerArena{}
+	for i := range recs {
+		h.want += len(recs[i].Headers) + 1
+		h.wantBytes += len(recs[i].ID)
+	}
+	return h
 }
 
 // classify turns a kafka-go error into a record.Error with the reason a

@@ -68,7 +68,8 @@ type brokerSender struct {
 	running bool          // guarded by Producer.mu
 }
 
-// add queues recs (all of tp) and wakes the sender of tp's leader.
+// add queues recs (all of tp), which the caller no longer uses, and wakes
+// the sender of tp's leader.
 func (p *Producer) add(tp topicPartition, leader int32, recs []queued) {
 	p.mu.Lock()
 	q, ok := p.queues[tp]
@@ -83,7 +84,11 @@ func (p *Producer) add(tp topicPartition, leader int32, recs []queued) {
 	if len(q.recs) == 0 {
 		q.first = time.Now()
 	}
-	q.recs = append(q.recs, recs...)
+	if len(q.recs) == 0 {
+		q.recs = recs // the caller's, given up: no copy
+	} else {
+		q.recs = append(q.recs, recs...)
+	}
 	for _, r := range recs {
 		q.bytes += r.size
 	}
