@@ -151,7 +151,7 @@ func TestMoveBackIntoTheBuffer(t *testing.T) {
 		r, err := spill.Decode(m.Data)
 		require.NoError(t, err)
 		ids = append(ids, r.ID)
-		assert.Equal(t, "orders", m.Header.Get(spill.HeaderTopic))
+		assert.Equal(t, "orders", r.Topic)
 		if r.ID == "a1" {
 			assert.Equal(t, "k1", string(r.Key))
 			assert.Equal(t, strings.Repeat("x", 100), string(r.Value))

@@ -164,7 +164,8 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 	// value are made once per run of records of one topic.
 	var topic, subject string
 	var topicHeader, reasonHeader []string
-	if kind.deadLetter() { // for a person reading the dead letters; the record holds it too
+	dead := kind.deadLetter()
+	if dead {
 		reasonHeader = []string{reason}
 	}
 	for i := range recs {
@@ -180,13 +181,23 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 		}
 		// The message id is set as a header here, as jetstream.WithMsgID
 		// would: a publish without options skips their allocations.
-		h := make(nats.Header, 2+len(reasonHeader))
-		h[HeaderTopic] = topicHeader
-		h[nats.MsgIdHdr] = []string{msgID(kind, r.ID)}
-		if reasonHeader != nil {
+		h := nats.Header{nats.MsgIdHdr: []string{msgID(kind, r.ID)}}
+		if dead {
+			// For a person reading the dead letters, and the
+			// spillway-dead-letters command; the record holds them too.
+			// A record on its way to Kafka carries its message id alone:
+			// its topic and trace context are in the record, where the
+			// drain reads them. Each header is work for the NATS server
+			// on every message (it looks through them for its own ones,
+			// and makes a map of them all when one is a sampled
+			// traceparent, for its message tracing): with the topic and
+			// traceparent as headers too, the ingest took a fifth more
+			// CPU per record spilled from NDJSON batches (25.8 against
+			// 21.4 us, medians of 3).
+			h[HeaderTopic] = topicHeader
 			h[HeaderReason] = reasonHeader
+			copyTraceContext(r, h)
 		}
-		copyTraceContext(r, h)
 		f, err := b.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: arena[start:len(arena):len(arena)], Header: h})
 		if err != nil {
 			results[i] = record.Fail(r.Topic, classify(err))
@@ -252,9 +263,8 @@ func msgID(kind Kind, id string) string {
 // traceHeaders are the W3C trace context headers a record carries.
 var traceHeaders = []string{"traceparent", "tracestate", "baggage"}
 
-// copyTraceContext puts the record's trace context headers on the NATS
-// message too, so that a consumer of the stream continues the trace
-// without decoding the record.
+// copyTraceContext puts the record's trace context headers on a dead
+// letter's NATS message too, for a person reading it.
 func copyTraceContext(r *record.Record, h nats.Header) {
 	for _, h2 := range r.Headers {
 		for _, name := range traceHeaders {

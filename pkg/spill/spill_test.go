@@ -109,44 +109,55 @@ func TestUnavailableBuffer(t *testing.T) {
 }
 
 // TestPublishHeadersAndSubjects: in one batch of several topics, each
-// message has its own topic's subject and Spillway-Topic, its record's id
-// as the JetStream message id (a mirror's copy and a dead letter their
-// own), and the record's trace context; a dead letter has its reason.
+// message has its own topic's subject and its record's id as the
+// JetStream message id (a mirror's copy and a dead letter their own). A
+// record on its way to Kafka has no other header (its topic and trace
+// context are in the record); a dead letter has its topic, reason and
+// trace context as headers too, for a person reading it.
 func TestPublishHeadersAndSubjects(t *testing.T) {
 	c := walConfig(t)
 	b, js, _ := startBuffer(t, c)
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 	recs := []record.Record{
 		{ID: "a1", Topic: "a", Value: []byte("1"), Partition: record.AnyPartition,
-			Headers: []record.Header{{Key: "traceparent", Value: []byte("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")}, {Key: "other", Value: []byte("x")}}},
+			Headers: []record.Header{{Key: "traceparent", Value: []byte(tp)}, {Key: "other", Value: []byte("x")}}},
 		{ID: "b1", Topic: "b.x", Value: []byte("2"), Partition: record.AnyPartition},
 		{ID: "a2", Topic: "a", Value: []byte("3"), Partition: record.AnyPartition},
 	}
 	for _, r := range b.Publish(t.Context(), spill.Spilled, recs, "breaker_open") {
 		require.Equal(t, record.Buffered, r.Outcome, r.Err)
 	}
-	for _, r := range b.Publish(t.Context(), spill.DeadLetter, recs[1:2], "too_large: over the limit") {
+	for _, r := range b.Publish(t.Context(), spill.DeadLetter, recs[:2], "too_large: over the limit") {
 		require.Equal(t, record.Buffered, r.Outcome, r.Err)
 	}
 	for _, r := range b.Publish(t.Context(), spill.Mirror("dr"), recs[2:], "unavailable") {
 		require.Equal(t, record.Buffered, r.Outcome, r.Err)
 	}
-	msgs := spilltest.Messages(t, js, c.Stream, "spillway.>", 5)
-	require.Len(t, msgs, 5)
-	type stored struct{ subject, topic, id, traceparent, reason, value string }
+	msgs := spilltest.Messages(t, js, c.Stream, "spillway.>", 6)
+	require.Len(t, msgs, 6)
+	type stored struct {
+		subject, id, value string
+		headers            int
+		topic, reason, tp  string
+	}
 	var got []stored
 	for _, m := range msgs {
 		r, err := spill.Decode(m.Data)
 		require.NoError(t, err)
-		got = append(got, stored{m.Subject, m.Header.Get(spill.HeaderTopic), m.Header.Get("Nats-Msg-Id"), m.Header.Get("traceparent"), m.Header.Get(spill.HeaderReason), string(r.Value)})
+		got = append(got, stored{m.Subject, m.Header.Get("Nats-Msg-Id"), string(r.Value), len(m.Header),
+			m.Header.Get(spill.HeaderTopic), m.Header.Get(spill.HeaderReason), m.Header.Get("traceparent")})
 	}
 	assert.Equal(t, []stored{
-		{"spillway.spill.a", "a", "a1", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "", "1"},
-		{"spillway.spill.b%2Ex", "b.x", "b1", "", "", "2"},
-		{"spillway.spill.a", "a", "a2", "", "", "3"},
-		{"spillway.dlq.b%2Ex", "b.x", "dlq:b1", "", "too_large: over the limit", "2"},
-		{"spillway.mirror.dr.a", "a", "mirror.dr:a2", "", "", "3"},
+		{"spillway.spill.a", "a1", "1", 1, "", "", ""},
+		{"spillway.spill.b%2Ex", "b1", "2", 1, "", "", ""},
+		{"spillway.spill.a", "a2", "3", 1, "", "", ""},
+		{"spillway.dlq.a", "dlq:a1", "1", 4, "a", "too_large: over the limit", tp},
+		{"spillway.dlq.b%2Ex", "dlq:b1", "2", 3, "b.x", "too_large: over the limit", ""},
+		{"spillway.mirror.dr.a", "mirror.dr:a2", "3", 1, "", "", ""},
 	}, got)
-	assert.Empty(t, msgs[0].Header.Get("other"), "only the trace context is copied to the message")
+	r, err := spill.Decode(msgs[0].Data)
+	require.NoError(t, err)
+	assert.Equal(t, recs[0].Headers, r.Headers, "the trace context travels in the record")
 }
 
 // TestPublishRefusesRecordItCannotEncode: a record whose topic is not
