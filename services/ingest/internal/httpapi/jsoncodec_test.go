@@ -13,6 +13,45 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 )
 
+// The answers of POST /topics/{topic}/messages as structs: what
+// encoding/json gives for them is what appendResult and appendBatch must
+// write.
+// resultBody is one record's outcome on POST /topics/{topic}/messages.
+type resultBody struct {
+	ID        string     `json:"id,omitempty"`
+	Outcome   string     `json:"outcome"`
+	Topic     string     `json:"topic"`
+	Partition *int32     `json:"partition,omitempty"`
+	Offset    *int64     `json:"offset,omitempty"`
+	Timestamp *time.Time `json:"timestamp,omitempty"`
+	ErrorCode int        `json:"error_code,omitempty"`
+	Message   string     `json:"message,omitempty"`
+}
+
+func newResultBody(r record.Result) resultBody {
+	b := resultBody{ID: r.ID, Outcome: r.Outcome.String(), Topic: r.Topic}
+	switch r.Outcome {
+	case record.Delivered:
+		b.Partition, b.Offset = &r.Partition, &r.Offset
+		if !r.Timestamp.IsZero() {
+			ts := r.Timestamp.UTC()
+			b.Timestamp = &ts
+		}
+	case record.Failed:
+		he := fromError(r.Err)
+		b.ErrorCode, b.Message = he.body.ErrorCode, he.body.Message
+	}
+	return b
+}
+
+// batchBody answers a batch: a result per record and, when not every
+// record made it, the first failure at the top.
+type batchBody struct {
+	ErrorCode int          `json:"error_code,omitempty"`
+	Message   string       `json:"message,omitempty"`
+	Results   []resultBody `json:"results"`
+}
+
 // TestResultJSONMatchesEncodingJSON: the answers written field by field
 // are the bytes encoding/json (and segmentio/encoding, echo's serializer
 // here before) gives for every outcome, with strings that need escaping.
@@ -28,25 +67,33 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 		record.Fail("orders", record.Errorf(record.ReasonTooLarge, "too large")),
 		record.Fail("orders", errors.New("plain")),
 	}
-	var all []resultBody
 	for i, r := range results {
 		body := newResultBody(r)
-		all = append(all, body)
 		want, err := stdjson.Marshal(body)
 		require.NoError(t, err)
-		assert.Equal(t, string(want), string(body.appendJSON(nil)), "result %d", i)
+		assert.Equal(t, string(want), string(appendResult(nil, &r)), "result %d", i)
 		fast, err := fastjson.Marshal(body)
 		require.NoError(t, err)
-		assert.Equal(t, string(fast), string(body.appendJSON(nil)), "result %d against segmentio/encoding", i)
+		assert.Equal(t, string(fast), string(appendResult(nil, &r)), "result %d against segmentio/encoding", i)
 	}
-	for _, b := range []batchBody{
-		{Results: all},
-		{ErrorCode: 50301, Message: "Kafka & the buffer <failed>", Results: all[:2]},
-		{Results: []resultBody{}},
-		{},
+	for _, tc := range []struct {
+		results []record.Result
+		first   *httpError
+	}{
+		{results: results},
+		{results: results[:2], first: newHTTPError(503, 50301, "Kafka & the buffer <failed>")},
+		{results: results[5:6], first: fromError(results[5].Err)},
+		{results: []record.Result{}},
 	} {
+		b := batchBody{Results: make([]resultBody, len(tc.results))}
+		for i, r := range tc.results {
+			b.Results[i] = newResultBody(r)
+		}
+		if tc.first != nil {
+			b.ErrorCode, b.Message = tc.first.body.ErrorCode, tc.first.body.Message
+		}
 		want, err := stdjson.Marshal(b)
 		require.NoError(t, err)
-		assert.Equal(t, string(want), string(b.appendJSON(nil)))
+		assert.Equal(t, string(want), string(appendBatch(nil, tc.results, tc.first)))
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -20,41 +19,10 @@ const (
 	mediaNDJSON = "application/x-ndjson"
 )
 
-// resultBody is one record's outcome on POST /topics/{topic}/messages.
-type resultBody struct {
-	ID        string     `json:"id,omitempty"`
-	Outcome   string     `json:"outcome"`
-	Topic     string     `json:"topic"`
-	Partition *int32     `json:"partition,omitempty"`
-	Offset    *int64     `json:"offset,omitempty"`
-	Timestamp *time.Time `json:"timestamp,omitempty"`
-	ErrorCode int        `json:"error_code,omitempty"`
-	Message   string     `json:"message,omitempty"`
-}
-
-func newResultBody(r record.Result) resultBody {
-	b := resultBody{ID: r.ID, Outcome: r.Outcome.String(), Topic: r.Topic}
-	switch r.Outcome {
-	case record.Delivered:
-		b.Partition, b.Offset = &r.Partition, &r.Offset
-		if !r.Timestamp.IsZero() {
-			ts := r.Timestamp.UTC()
-			b.Timestamp = &ts
-		}
-	case record.Failed:
-		he := fromError(r.Err)
-		b.ErrorCode, b.Message = he.body.ErrorCode, he.body.Message
-	}
-	return b
-}
-
-// batchBody answers a batch: a result per record and, when not every
-// record made it, the first failure at the top.
-type batchBody struct {
-	ErrorCode int          `json:"error_code,omitempty"`
-	Message   string       `json:"message,omitempty"`
-	Results   []resultBody `json:"results"`
-}
+// The answers of POST /topics/{topic}/messages: one record's outcome
+// (appendResult), or a batch's (appendBatch), written field by field;
+// jsoncodec_test.go has the structs encoding/json gives the same bytes
+// for.
 
 // postMessages is kafka-ambassador's route: the body is one record's value,
 // or many values, one per line, with Content-Type application/x-ndjson.
@@ -82,19 +50,11 @@ func (h *handler) postMessages(c echo.Context) error {
 		if res.Outcome == record.Buffered {
 			status = http.StatusAccepted
 		}
-		body := newResultBody(res)
-		return writeJSON(c, status, body.appendJSON(make([]byte, 0, 160)))
+		return writeJSON(c, status, appendResult(make([]byte, 0, 160), &res))
 	}
 	status, first := batchStatus(results)
-	out := batchBody{Results: make([]resultBody, len(results))}
-	for i, r := range results {
-		out.Results[i] = newResultBody(r)
-	}
-	if first != nil {
-		out.ErrorCode, out.Message = first.body.ErrorCode, first.body.Message
-	}
 	setRetryAfter(c, first)
-	return writeJSON(c, status, out.appendJSON(make([]byte, 0, 32+150*len(out.Results))))
+	return writeJSON(c, status, appendBatch(make([]byte, 0, 32+150*len(results)), results, first))
 }
 
 // parseMessages reads the records of a kafka-ambassador request: one, or
