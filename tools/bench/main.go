@@ -123,6 +123,7 @@ func run() int {
 		s := <-sigs
 		fmt.Fprintln(os.Stderr, "bench:", s, "- stopping what it started")
 		stopAll()
+		removeTemp(true)
 		os.Exit(130)
 	}()
 	defer stopAll()
@@ -151,6 +152,7 @@ func run() int {
 			fatal("%v", err)
 		}
 		walDir = dir
+		tempDirs = append(tempDirs, dir)
 		return []string{
 			"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_SERVER_HTTP_LISTEN=" + a.http, "SPILLWAY_SERVER_GRPC_LISTEN=" + a.grpc,
 			"SPILLWAY_SERVER_MONITORING_LISTEN=" + a.mon, "SPILLWAY_PRODUCER_WAL_LISTEN=" + a.nats, "SPILLWAY_PRODUCER_WAL_PATH=" + dir,
@@ -159,6 +161,7 @@ func run() int {
 	}
 	startIngest := func(env []string, a ingestAddrs) *service {
 		in := start("spillway-ingest", env)
+		in.dir = walDir
 		waitOK(in, "http://"+a.mon+"/readyz")
 		return in
 	}
@@ -306,14 +309,20 @@ func run() int {
 	if *out != "" {
 		if err := writeTable(*out, doc); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
+			stopAll()
+			removeTemp(false)
 			return 1
 		}
 	}
 	os.Stdout.Write(doc)
 	fmt.Fprintf(os.Stderr, "bench: %s\n", time.Since(began).Round(time.Second))
 	if failed := t.failed(); len(failed) > 0 {
-		fmt.Fprintf(os.Stderr, "bench: not reported, because records or answers failed: %s\n", strings.Join(failed, "; "))
+		stopAll()
+		removeTemp(true)
+		fmt.Fprintf(os.Stderr, "bench: not reported, because records or answers failed: %s\nbench: the services' output is in %s\n", strings.Join(failed, "; "), logDir)
 		return 1
 	}
+	stopAll()
+	removeTemp(false)
 	return 0
 }

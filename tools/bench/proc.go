@@ -20,7 +20,21 @@ var (
 	procMu sync.Mutex
 	procs  = map[int]*exec.Cmd{}
 	logDir string // the services' output, kept for a failed run
+	// tempDirs are removed when bench ends: the ingests' stores, wrk's
+	// script.
+	tempDirs []string
 )
+
+// removeTemp removes bench's temporary folders, and its services'
+// output unless keepLogs.
+func removeTemp(keepLogs bool) {
+	for _, d := range tempDirs {
+		_ = os.RemoveAll(d)
+	}
+	if !keepLogs && logDir != "" {
+		_ = os.RemoveAll(logDir)
+	}
+}
 
 // track starts cmd in its own process group (a Ctrl-C in the terminal
 // reaches bench, which stops what it started) and remembers it.
@@ -60,6 +74,7 @@ func fatal(format string, args ...any) {
 		fmt.Fprintln(os.Stderr, "bench: the services' output is in", logDir)
 	}
 	stopAll()
+	removeTemp(true)
 	os.Exit(1)
 }
 
@@ -67,6 +82,9 @@ func fatal(format string, args ...any) {
 type service struct {
 	name string
 	cmd  *exec.Cmd
+	// dir is removed once the process has ended: an ingest's JetStream
+	// store, hundreds of MB after the spill loads.
+	dir string
 }
 
 // start runs a binary of -bin (or bench itself, for name "bench") with
@@ -110,6 +128,13 @@ func (s *service) stop() {
 		<-done
 	}
 	untrack(s.cmd)
+	s.removeDir()
+}
+
+func (s *service) removeDir() {
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
 }
 
 // kill ends the process at once.
@@ -117,6 +142,7 @@ func (s *service) kill() {
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
 	untrack(s.cmd)
+	s.removeDir()
 }
 
 // exited says whether the process has ended (it is a zombie or gone).

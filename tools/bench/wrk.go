@@ -81,6 +81,7 @@ func writeWrkScript() string {
 		if err != nil {
 			fatal("%v", err)
 		}
+		tempDirs = append(tempDirs, dir)
 		wrkFile = filepath.Join(dir, "post.lua")
 		if err := os.WriteFile(wrkFile, fmt.Appendf(nil, wrkScript, strings.Repeat("x", *size)), 0o644); err != nil {
 			fatal("%v", err)

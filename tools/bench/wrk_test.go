@@ -22,6 +22,7 @@ func TestWrkRun(t *testing.T) {
 	}
 	wrkPath = path
 	*size, *duration = 100, time.Second
+	t.Cleanup(func() { removeTemp(true) })
 	var n, bad, wrongBody atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
