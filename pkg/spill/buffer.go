@@ -111,6 +111,7 @@ func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*
 // acknowledged it.
 type Buffer struct {
 	js       jetstream.JetStream
+	pub      *publisher
 	stream   string
 	subjects Subjects
 	timeout  time.Duration
@@ -122,7 +123,7 @@ type Buffer struct {
 
 // NewBuffer returns a Buffer publishing through js.
 func NewBuffer(js jetstream.JetStream, c config.WAL) *Buffer {
-	return &Buffer{js: js, stream: c.Stream, subjects: Subjects{Prefix: c.SubjectPrefix}, timeout: c.PublishTimeout}
+	return &Buffer{js: js, pub: newPublisher(js.Conn()), stream: c.Stream, subjects: Subjects{Prefix: c.SubjectPrefix}, timeout: c.PublishTimeout}
 }
 
 // Fill is how full the stream is, from 0 to 1 of its byte limit, as
@@ -152,7 +153,9 @@ func (b *Buffer) Subjects() Subjects { return b.subjects }
 // limit, unavailable otherwise). reason says why they are buffered.
 func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, reason string) []record.Result {
 	results := make([]record.Result, len(recs))
-	futures := make([]jetstream.PubAckFuture, len(recs))
+	batch := newBatch(len(recs))
+	defer b.pub.finish(batch)
+	msgs := make([]nats.Msg, len(recs))
 	// One allocation holds the whole batch's encodings: each message's
 	// data is a part of it, kept until its publish is acknowledged.
 	size := 0
@@ -174,13 +177,14 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 		var err error
 		if arena, err = appendRecord(arena, r, reason); err != nil {
 			results[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonInvalid, Message: "cannot encode the record for the buffer", Err: err})
+			batch.answer(i, errNotSent)
 			continue
 		}
 		if subject == "" || r.Topic != topic {
 			topic, subject, topicHeader = r.Topic, b.subjects.For(kind, r.Topic), []string{r.Topic}
 		}
-		// The message id is set as a header here, as jetstream.WithMsgID
-		// would: a publish without options skips their allocations.
+		// The message id makes a publish retried within the stream's
+		// duplicate window count once.
 		h := nats.Header{nats.MsgIdHdr: []string{msgID(kind, r.ID)}}
 		if dead {
 			// For a person reading the dead letters, and the
@@ -198,54 +202,36 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 			h[HeaderReason] = reasonHeader
 			copyTraceContext(r, h)
 		}
-		f, err := b.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: arena[start:len(arena):len(arena)], Header: h})
-		if err != nil {
-			results[i] = record.Fail(r.Topic, classify(err))
-			continue
-		}
-		futures[i] = f
+		msgs[i] = nats.Msg{Subject: subject, Data: arena[start:len(arena):len(arena)], Header: h}
+		b.pub.publish(batch, i, &msgs[i])
 	}
 	deadline := time.NewTimer(b.timeout)
 	defer deadline.Stop()
-	expired := false
-	for i, f := range futures {
-		if f == nil {
-			continue
-		}
-		var err error
-		answered := false
-		if !expired {
-			select {
-			case <-f.Ok():
-				answered = true
-			case err = <-f.Err():
-				answered = true
-			case <-deadline.C:
-				expired = true
-			case <-ctx.Done():
-				expired = true
-			}
-		}
-		if !answered { // an answer that came by the deadline still counts
-			select {
-			case <-f.Ok():
-				answered = true
-			case err = <-f.Err():
-				answered = true
-			default:
-			}
-		}
+	select {
+	case <-batch.done:
+	case <-deadline.C:
+	case <-ctx.Done():
+	}
+	// An answer that came by the deadline still counts.
+	batch.mu.Lock()
+	defer batch.mu.Unlock()
+	for i := range recs {
+		e := &batch.entries[i]
 		switch {
-		case !answered:
+		case e.err == errNotSent:
+		case !e.answered:
 			results[i] = record.Fail(recs[i].Topic, &record.Error{Reason: record.ReasonUnavailable, Message: "the buffer (JetStream) did not acknowledge the record in time"})
-		case err != nil:
-			results[i] = record.Fail(recs[i].Topic, classify(err))
+		case e.err != nil:
+			results[i] = record.Fail(recs[i].Topic, classify(e.err))
 		default:
 			results[i] = record.Result{Outcome: record.Buffered, Topic: recs[i].Topic, Partition: record.AnyPartition, Offset: -1, Timestamp: recs[i].Timestamp}
 		}
 	}
 	return results
 }
+
+// errNotSent answers a record Publish could not encode: its result is set.
+var errNotSent = errors.New("not sent")
 
 // msgID is the JetStream message id of a record of kind: for a record
 // written ahead or spilled, its id, which makes a publish retried within
