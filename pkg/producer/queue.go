@@ -132,36 +132,62 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var (
-		out     []ready
-		wait    time.Duration
-		waiting bool
-		now     = time.Now()
-		closing = p.closing.Load()
+		wait       time.Duration
+		waiting    bool
+		now        = time.Now()
+		closing    = p.closing.Load()
+		send       = closing // a batch is full, a retry is due, or linger passed
+		oldest     time.Time
+		candidates []*partitionQueue
 	)
 	soonest := func(d time.Duration) {
 		if !waiting || d < wait {
 			wait, waiting = d, true
 		}
 	}
+	// The queues of s's broker that have records and none in flight; the
+	// request goes when one of them is full or due, or linger.ms after
+	// the oldest record of them all, and then takes them all: the
+	// partitions of a broker go together, not each at its own linger.
 	for _, q := range p.queues {
 		q.mu.Lock()
-		if q.leader != s.leader || q.inFlight || (len(q.recs) == 0 && q.retry == nil) {
-			q.mu.Unlock()
-			continue
-		}
 		switch {
+		case q.leader != s.leader || q.inFlight || (len(q.recs) == 0 && q.retry == nil):
 		case q.retry != nil && now.Before(q.notBefore) && !closing:
 			soonest(q.notBefore.Sub(now))
-		case q.retry != nil:
-			out = append(out, ready{q: q, batch: q.retry, attempt: q.attempts})
-			q.retry, q.inFlight = nil, true
-		case now.Sub(q.first) < p.linger && len(q.recs) < p.batchSize && q.bytes < p.batchBytes && !closing:
-			soonest(p.linger - now.Sub(q.first))
 		default:
-			out = append(out, ready{q: q, batch: q.takeBatch(p.batchSize, p.batchBytes)})
-			q.inFlight = true
+			candidates = append(candidates, q)
+			if q.retry != nil || len(q.recs) >= p.batchSize || q.bytes >= p.batchBytes {
+				send = true
+			}
+			if len(q.recs) > 0 && (oldest.IsZero() || q.first.Before(oldest)) {
+				oldest = q.first
+			}
 		}
 		q.mu.Unlock()
+	}
+	if len(candidates) > 0 && !send {
+		if age := now.Sub(oldest); age < p.linger {
+			soonest(p.linger - age)
+		} else {
+			send = true
+		}
+	}
+	var out []ready
+	if send {
+		for _, q := range candidates {
+			q.mu.Lock()
+			switch {
+			case q.inFlight:
+			case q.retry != nil:
+				out = append(out, ready{q: q, batch: q.retry, attempt: q.attempts})
+				q.retry, q.inFlight = nil, true
+			case len(q.recs) > 0:
+				out = append(out, ready{q: q, batch: q.takeBatch(p.batchSize, p.batchBytes)})
+				q.inFlight = true
+			}
+			q.mu.Unlock()
+		}
 	}
 	if len(out) == 0 && !waiting {
 		s.running = false
