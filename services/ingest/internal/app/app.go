@@ -228,7 +228,11 @@ func New(o Options) (_ *App, err error) {
 			Map:               func(topic string) string { return a.policy.Load().Map(topic) },
 			Auth:              auth,
 			MaxRequestBytes:   int(cfg.Server.HTTP.MaxBodyBytes),
-			MaxRequestRecords: cfg.Server.MaxRequestRecords,
+			// Kafka clients pack requests by bytes (kgo: 1 MiB a
+			// partition), as brokers bound them: a request holds up to
+			// what the ingest may hold in flight, not an HTTP body's
+			// server.max_request_records.
+			MaxRequestRecords: cfg.Server.MaxInFlightRecords,
 			Advertised:        cfg.Server.Kafka.Advertised,
 			Logger:            o.Logger.With("api", kafkaapi.API),
 		})
