@@ -1,0 +1,126 @@
+package producer
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/pkg/kafkatest"
+	"github.com/spillway/spillway/pkg/record"
+)
+
+// TestPartitionsShareARequest: records for every partition of a topic,
+// from concurrent callers, go to the broker in requests that carry
+// several partitions each, not one request per partition.
+func TestPartitionsShareARequest(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(3, "spread"))
+	var mu sync.Mutex
+	var requests, partitions int
+	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			if tp.Topic == "spread" {
+				requests++
+				partitions += len(tp.Partitions)
+			}
+		}
+		return nil, nil, false
+	})
+	p := newProducer(t, addr, "SPILLWAY_KAFKA_LINGER_MS=20")
+	var wg sync.WaitGroup
+	for i := range 300 {
+		wg.Go(func() {
+			res := p.Produce(t.Context(), []record.Record{{Topic: "spread", Key: []byte(strconv.Itoa(i)), Value: []byte("v"), Partition: int32(i % 3)}})
+			assert.Equal(t, record.Delivered, res[0].Outcome, res[0].Err)
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("300 records over 3 partitions: %d requests carrying %d partition batches", requests, partitions)
+	require.Positive(t, requests)
+	assert.Greater(t, float64(partitions)/float64(requests), 1.5, "a request carries the partitions that have records")
+}
+
+// TestRetriedBatchKeepsItsPlace: a batch Kafka refuses with an error that
+// may pass is sent again before the records queued after it, so a
+// partition's records land in the order they were produced.
+func TestRetriedBatchKeepsItsPlace(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "ordered"))
+	var refused atomic.Int32
+	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if refused.Add(1) <= 2 { // the first two produce requests
+			return kafkatest.FailProduce(req.(*kmsg.ProduceRequest), kerr.NotLeaderForPartition), nil, true
+		}
+		return nil, nil, false
+	})
+	// Batches of 3, so that records wait behind the refused batch.
+	p := newProducer(t, addr, "SPILLWAY_KAFKA_RETRIES=5", "SPILLWAY_KAFKA_RETRY_BACKOFF_MS=50", "SPILLWAY_KAFKA_BATCH_NUM_MESSAGES=3")
+	_, err := p.topicLayout("ordered") // so that Start queues at once, in call order
+	require.NoError(t, err)
+	var results [][]record.Result
+	var mu sync.Mutex
+	done := make(chan struct{})
+	for i := range 20 {
+		recs := []record.Record{{Topic: "ordered", Value: fmt.Appendf(nil, "%02d", i), Partition: 0}}
+		p.Start(recs, func(res []record.Result) {
+			mu.Lock()
+			defer mu.Unlock()
+			results = append(results, res)
+			if len(results) == 20 {
+				close(done)
+			}
+		})
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("not every record was answered")
+	}
+	for _, res := range results {
+		require.Equal(t, record.Delivered, res[0].Outcome, res[0].Err)
+	}
+	assert.GreaterOrEqual(t, refused.Load(), int32(3), "Kafka refused the first requests")
+	got := kafkatest.Consume(t, addr, "ordered", 20, 10*time.Second)
+	for i, r := range got {
+		assert.Equal(t, fmt.Sprintf("%02d", i), string(r.Value), "offset %d", r.Offset)
+	}
+}
+
+// TestCloseSendsLingeringRecords: Close sends what waits for linger.ms at
+// once, and answers it; a record produced after Close is refused.
+func TestCloseSendsLingeringRecords(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "late"))
+	p := newProducer(t, addr, "SPILLWAY_KAFKA_LINGER_MS=60000")
+	_, err := p.topicLayout("late") // so that Start queues at once
+	require.NoError(t, err)
+	answered := make(chan []record.Result, 1)
+	p.Start([]record.Record{{Topic: "late", Value: []byte("waiting"), Partition: record.AnyPartition}}, func(res []record.Result) { answered <- res })
+	closed := make(chan struct{})
+	go func() { _ = p.Close(); close(closed) }()
+	select {
+	case res := <-answered:
+		require.Equal(t, record.Delivered, res[0].Outcome, res[0].Err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close left the lingering record unsent")
+	}
+	<-closed
+	got := kafkatest.Consume(t, addr, "late", 1, 10*time.Second)
+	assert.Equal(t, "waiting", string(got[0].Value))
+
+	res := p.Produce(context.Background(), []record.Record{{Topic: "late", Value: []byte("after"), Partition: record.AnyPartition}})
+	assert.Equal(t, record.ReasonUnavailable, record.ReasonOf(res[0].Err), res[0].Err)
+}
