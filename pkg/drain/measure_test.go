@@ -41,11 +41,12 @@ import (
 // printed. It is skipped unless SPILLWAY_MEASURE names the records per
 // run:
 //
-//	SPILLWAY_MEASURE=200000 go test -count=1 -run 'TestMeasureResend$' -v ./pkg/drain/
+//	SPILLWAY_MEASURE=200000 GOGC=400 go test -count=1 -run 'TestMeasureResend$' -v ./pkg/drain/
 //
-// SPILLWAY_MEASURE_RUNS sets the runs per pipe (3); with
-// SPILLWAY_MEASURE_PROFILE naming a folder, the mover's CPU profile of
-// the last run of each pipe is written there. Each run fails the test
+// GOGC=400 is what the services set for themselves (config.TuneRuntime);
+// the peers keep Go's defaults. SPILLWAY_MEASURE_RUNS sets the runs per
+// pipe (3); with SPILLWAY_MEASURE_PROFILE naming a folder, the mover's
+// CPU profile of the last run of each pipe is written there. Each run fails the test
 // unless every record reached Kafka and left the stream; no timing is
 // asserted.
 func TestMeasureResend(t *testing.T) {

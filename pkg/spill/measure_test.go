@@ -28,8 +28,9 @@ import (
 // run has a new server; the runs alternate and the medians are printed.
 // It is skipped unless SPILLWAY_MEASURE names the records per run:
 //
-//	SPILLWAY_MEASURE=200000 go test -count=1 -run 'TestMeasureSpill$' -v ./pkg/spill/
+//	SPILLWAY_MEASURE=200000 GOGC=400 go test -count=1 -run 'TestMeasureSpill$' -v ./pkg/spill/
 //
+// GOGC=400 is what the ingest sets for itself (config.TuneRuntime).
 // SPILLWAY_MEASURE_RUNS sets the runs per way (3); with
 // SPILLWAY_MEASURE_PROFILE naming a folder, the CPU profile of the last
 // run of each way is written there. Each run fails the test unless the
