@@ -7,6 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	fastjson "github.com/segmentio/encoding/json"
+	valyala "github.com/valyala/fastjson"
 
 	"github.com/spillway/spillway/pkg/record"
 )
@@ -29,9 +30,45 @@ func (jsonSerializer) Deserialize(c echo.Context, i any) error {
 	return stdjson.NewDecoder(c.Request().Body).Decode(i)
 }
 
-// validJSON says whether b is one valid JSON value (segmentio/encoding's
-// validator: the same answer as encoding/json.Valid, faster).
-func validJSON(b []byte) bool { return fastjson.Valid(b) }
+// validJSON says whether b is one valid JSON value, as encoding/json.Valid
+// says (FuzzValidJSON holds them to the same answer): valyala/fastjson's
+// validator, three times as fast as segmentio/encoding's, which took 14%
+// of the ingest's CPU under NDJSON load. fastjson lets raw control
+// characters stand in strings, and has no bound on nesting (it recurses:
+// a body of brackets would exhaust the stack), so one pass first refuses
+// both, as encoding/json does, and bounds the nesting at its 10,000.
+func validJSON(b []byte) bool {
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			case c < 0x20:
+				return false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '[', '{':
+			if depth++; depth > maxJSONDepth {
+				return false
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return valyala.ValidateBytes(b) == nil
+}
+
+// maxJSONDepth is encoding/json's bound on nesting.
+const maxJSONDepth = 10000
 
 // appendResult appends one record's outcome, field by field: through
 // reflection an answer per request of a single record took about 7% of

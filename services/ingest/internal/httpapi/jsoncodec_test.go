@@ -3,6 +3,7 @@ package httpapi
 import (
 	stdjson "encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,4 +97,20 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, string(want), string(appendBatch(nil, tc.results, tc.first)))
 	}
+}
+
+// TestValidJSONNesting: nesting is bounded as encoding/json bounds it
+// (10,000 levels), and a body of millions of brackets is refused, not
+// recursed into until the stack runs out.
+func TestValidJSONNesting(t *testing.T) {
+	nested := func(n int) []byte {
+		return []byte(strings.Repeat("[", n) + strings.Repeat("]", n))
+	}
+	for _, n := range []int{1, 10000, 10001} {
+		assert.Equal(t, stdjson.Valid(nested(n)), validJSON(nested(n)), "%d levels", n)
+	}
+	assert.True(t, validJSON(nested(10000)))
+	assert.False(t, validJSON([]byte(strings.Repeat("[", 4<<20))))
+	assert.False(t, validJSON([]byte(`{"a":"`+"\x01"+`"}`)), "a raw control character in a string")
+	assert.True(t, validJSON([]byte(`{"a":"[[[{{{\"}"}`)), "brackets in a string do not nest")
 }
