@@ -291,6 +291,9 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 // the answer can report it.
 func (p *Producer) Start(recs []record.Record, done func([]record.Result)) {
 	for i := range recs {
+		if i > 0 && recs[i].Topic == recs[i-1].Topic {
+			continue
+		}
 		if _, ok := p.cachedLayout(recs[i].Topic); !ok {
 			go p.start(recs, done)
 			return
