@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -91,6 +90,7 @@ type Delivery struct {
 	opts       Options
 	tracer     trace.Tracer
 	recording  bool // spans are made (a TracerProvider was given)
+	ids        *idSource
 	inFlight   atomic.Int64
 	inBytes    atomic.Int64
 	kafka      *breaker.Producer
@@ -124,6 +124,7 @@ func New(o Options) *Delivery {
 		opts:       o,
 		tracer:     o.TracerProvider.Tracer("github.com/spillway/spillway/services/ingest/internal/delivery"),
 		recording:  recording,
+		ids:        newIDSource(),
 		topics:     monitor.NewBoundedLabels(o.MaxTopics),
 		principals: monitor.NewBoundedLabels(max(o.MaxPrincipals, 1)),
 		libraries:  monitor.NewBoundedLabels(max(o.MaxLibraries, 1)),
@@ -213,12 +214,10 @@ func (d *Delivery) admit(ctx context.Context, api string, recs []record.Record) 
 		closed:  make([]bool, len(recs)),
 	}
 	now := time.Now()
+	d.ids.assign(recs)
 	for i := range recs {
 		b.named[i] = recs[i].Topic
 		b.sizes[i] = recs[i].Size()
-		if recs[i].ID == "" {
-			recs[i].ID = ulid.Make().String()
-		}
 		if recs[i].Timestamp.IsZero() { // the receive time, wherever the record goes
 			recs[i].Timestamp = now
 		}
