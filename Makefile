@@ -37,7 +37,8 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/identity:FuzzClientID \
 	./services/ingest/internal/identity:FuzzAuthenticate \
 	./services/ingest/internal/identity:FuzzBearerToken \
-	./services/ingest/internal/policy:FuzzPolicy
+	./services/ingest/internal/policy:FuzzPolicy \
+	./pkg/spill:FuzzDecode
 
 .PHONY: all build run run-cluster test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench bench-quick
 
