@@ -222,12 +222,12 @@ func New(o Options) (_ *App, err error) {
 			a.kafkaLn = tls.NewListener(a.kafkaLn, tlsFiles.ServerConfig())
 		}
 		a.kafkaSrv = kafkaapi.New(kafkaapi.Options{
-			Sender:            d,
-			Partitions:        a.producer,
-			Writable:          d.Writable,
-			Map:               func(topic string) string { return a.policy.Load().Map(topic) },
-			Auth:              auth,
-			MaxRequestBytes:   int(cfg.Server.HTTP.MaxBodyBytes),
+			Sender:          d,
+			Partitions:      a.producer,
+			Writable:        d.Writable,
+			Map:             func(topic string) string { return a.policy.Load().Map(topic) },
+			Auth:            auth,
+			MaxRequestBytes: int(cfg.Server.HTTP.MaxBodyBytes),
 			// Kafka clients pack requests by bytes (kgo: 1 MiB a
 			// partition), as brokers bound them: a request holds up to
 			// what the ingest may hold in flight, not an HTTP body's
