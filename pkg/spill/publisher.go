@@ -114,13 +114,6 @@ func (b *pubBatch) answer(i int, err error) {
 	}
 }
 
-// outcome is message i's answer so far.
-func (b *pubBatch) outcome(i int) (answered bool, err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.entries[i].answered, b.entries[i].err
-}
-
 // publish sends msg as message i of the batch, with a reply subject of
 // the publisher's; an error answers it at once.
 func (p *publisher) publish(b *pubBatch, i int, msg *nats.Msg) {

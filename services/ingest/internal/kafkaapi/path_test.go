@@ -99,7 +99,7 @@ func TestTraceparentThroughTheListener(t *testing.T) {
 			var attr string
 			for _, kv := range send.Attributes() {
 				if kv.Key == "messaging.message.id" {
-					attr = kv.Value.Emit()
+					attr = kv.Value.AsString()
 				}
 			}
 			assert.Equal(t, id, attr, "the span names the record")
