@@ -109,6 +109,16 @@ const preallocateBytes = 1 << 20
 // never beyond limit or preallocateBytes: a client may claim any length and
 // send two bytes, and memory must go to bytes that arrived.
 func readAll(r io.Reader, contentLength, limit int64) ([]byte, error) {
+	if contentLength > 0 && contentLength <= min(limit, preallocateBytes) {
+		// The declared length, read at once: a bytes.Buffer would grow
+		// past it to have 512 bytes free for its last read. net/http ends
+		// the body at its Content-Length, and a shorter body fails.
+		buf := make([]byte, contentLength)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
 	var buf bytes.Buffer
 	if contentLength > 0 {
 		buf.Grow(int(min(contentLength, limit+1, preallocateBytes)))
