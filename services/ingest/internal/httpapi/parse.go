@@ -308,6 +308,9 @@ func v2Data(raw json.RawMessage, format string) ([]byte, error) {
 		}
 		return b, nil
 	}
+	if bytes.IndexAny(raw, " \t\n\r") < 0 {
+		return raw, nil // compact already (the decoder checked it is valid JSON)
+	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {
 		return nil, err
