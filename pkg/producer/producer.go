@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/segmentio/kafka-go/sasl/plain"
@@ -61,6 +62,11 @@ type Producer struct {
 	metadataTTL time.Duration
 	layoutMu    sync.RWMutex
 	layouts     map[string]cachedLayout
+	refreshing  map[string]bool
+
+	startMu   sync.Mutex
+	waiting   []waitingCall // Start calls waiting for a topic's first layout
+	lookingUp bool          // lookUp runs
 
 	mu      sync.Mutex
 	queues  map[topicPartition]*partitionQueue
@@ -98,6 +104,7 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		logger:         logger,
 		metadataTTL:    max(cfg.MetadataRefresh, time.Millisecond),
 		layouts:        map[string]cachedLayout{},
+		refreshing:     map[string]bool{},
 		queues:         map[topicPartition]*partitionQueue{},
 		senders:        map[int32]*brokerSender{},
 		closed:         make(chan struct{}),
@@ -178,8 +185,12 @@ type call struct {
 	results   []record.Result
 	remaining int
 	answered  bool // done was called; later completions are dropped
-	done      func([]record.Result)
-	timeout   *time.Timer // message.timeout.ms
+	// expired is set when the message timeout answered the call: its
+	// records still queued are dropped, not sent (the caller spilled or
+	// failed them).
+	expired atomic.Bool
+	done    func([]record.Result)
+	timeout *time.Timer // message.timeout.ms
 }
 
 // answer tells the caller when the last record is answered. c.mu is held;
@@ -206,6 +217,7 @@ func (c *call) expire() {
 		return
 	}
 	c.answered = true
+	c.expired.Store(true)
 	out := slices.Clone(c.results)
 	c.mu.Unlock()
 	for i := range out {
@@ -281,25 +293,81 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) []record.R
 	return out
 }
 
-// Start queues recs for Kafka and returns at once, unless it must first
-// ask Kafka about a topic it has not seen (then it goes on apart). done is
-// called once, with one result per record in order, when Kafka has
-// acknowledged or failed each of them, or when the message timeout
-// (message.timeout.ms) passes: records still unanswered then fail with
-// record.ReasonTimeout, and may still reach Kafka later. A record without
-// a timestamp gets the current time, as Kafka's own clients do, so that
-// the answer can report it.
+// Start queues recs for Kafka and returns at once. done is called once,
+// with one result per record in order, when Kafka has acknowledged or
+// failed each of them, or when the message timeout (message.timeout.ms)
+// passes: records still unanswered then fail with record.ReasonTimeout,
+// may still be in flight, and are no longer sent if they are not. A record
+// without a timestamp is sent with the current time, as Kafka's own
+// clients do, and its result reports it.
+//
+// A call that names a topic the producer has not seen yet waits, apart
+// from its caller, for Kafka's metadata; the calls after it wait behind
+// it, so that calls reach Kafka in the order they were made.
 func (p *Producer) Start(recs []record.Record, done func([]record.Result)) {
+	p.closeMu.RLock()
+	if !p.closing.Load() {
+		p.startMu.Lock()
+		if len(p.waiting) > 0 || p.lookingUp || !p.seenAll(recs) {
+			p.waiting = append(p.waiting, waitingCall{recs, done})
+			if !p.lookingUp {
+				p.lookingUp = true
+				p.running.Add(1)
+				go p.lookUp()
+			}
+			p.startMu.Unlock()
+			p.closeMu.RUnlock()
+			return
+		}
+		p.startMu.Unlock()
+	}
+	p.closeMu.RUnlock()
+	p.start(recs, done)
+}
+
+// waitingCall is a Start waiting for a topic's first layout.
+type waitingCall struct {
+	recs []record.Record
+	done func([]record.Result)
+}
+
+// lookUp starts the waiting calls in order, each once Kafka told the
+// layout of its topics.
+func (p *Producer) lookUp() {
+	defer p.running.Done()
+	for {
+		p.startMu.Lock()
+		if len(p.waiting) == 0 {
+			p.lookingUp = false
+			p.startMu.Unlock()
+			return
+		}
+		next := p.waiting[0]
+		p.waiting = p.waiting[1:]
+		p.startMu.Unlock()
+		if !p.closing.Load() {
+			for i := range next.recs {
+				if i == 0 || next.recs[i].Topic != next.recs[i-1].Topic {
+					_, _ = p.topicLayout(next.recs[i].Topic)
+				}
+			}
+		}
+		p.start(next.recs, next.done)
+	}
+}
+
+// seenAll says whether the producer has a layout (however old) of every
+// topic of recs.
+func (p *Producer) seenAll(recs []record.Record) bool {
 	for i := range recs {
 		if i > 0 && recs[i].Topic == recs[i-1].Topic {
 			continue
 		}
 		if _, ok := p.cachedLayout(recs[i].Topic); !ok {
-			go p.start(recs, done)
-			return
+			return false
 		}
 	}
-	p.start(recs, done)
+	return true
 }
 
 // start is Start, whether or not it has to wait for Kafka's metadata.
@@ -332,8 +400,9 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 			c.results[i] = record.Fail(r.Topic, classify(topicErr))
 			continue
 		}
-		if r.Timestamp.IsZero() {
-			r.Timestamp = now
+		ts := r.Timestamp
+		if ts.IsZero() {
+			ts = now
 		}
 		partition := int(r.Partition)
 		switch {
@@ -346,7 +415,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 			})
 			continue
 		}
-		queue = append(queue, queued{key: r.Key, value: r.Value, headers: headers.kafkaHeaders(r.ID, r.Headers), time: r.Timestamp, call: c, index: i, size: n})
+		queue = append(queue, queued{key: r.Key, value: r.Value, headers: headers.kafkaHeaders(r.ID, r.Headers), time: ts, call: c, index: i, size: n})
 		tps = append(tps, topicPartition{r.Topic, partition})
 		leaders = append(leaders, topic.leaders[partition])
 		onePartition = onePartition && tps[len(tps)-1] == tps[0]
@@ -466,7 +535,8 @@ func classify(err error) error {
 		var ke kafka.Error
 		errors.As(err, &ke)
 		return &record.Error{Reason: record.ReasonInvalid, Message: "Kafka refused the record: " + ke.Title() + ": " + ke.Description()}
-	case errors.Is(err, kafka.UnknownTopicOrPartition), errors.Is(err, kafka.UnknownTopicID):
+	case errors.Is(err, kafka.UnknownTopicOrPartition), errors.Is(err, kafka.UnknownTopicID),
+		errors.Is(err, protocol.ErrNoTopic), errors.Is(err, protocol.ErrNoPartition): // the last two: gone from the transport's metadata
 		return &record.Error{Reason: record.ReasonUnknownTopic, Message: "the topic does not exist and is not created automatically", Err: err}
 	case errors.Is(err, kafka.TopicAuthorizationFailed), errors.Is(err, kafka.ClusterAuthorizationFailed),
 		errors.Is(err, kafka.SASLAuthenticationFailed), errors.Is(err, kafka.TransactionalIDAuthorizationFailed),
@@ -563,6 +633,9 @@ func (p *Producer) Close() error {
 	}
 	p.closeMu.Unlock()
 	p.running.Wait()
+	if t, ok := p.client.Transport.(*kafka.Transport); ok {
+		t.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -580,28 +653,59 @@ type cachedLayout struct {
 	at     time.Time
 }
 
-// cachedLayout is the topic's layout when read within
-// topic.metadata.refresh.interval.ms.
+// cachedLayout is the topic's layout as last read, and whether there is
+// one.
 func (p *Producer) cachedLayout(topic string) (cachedLayout, bool) {
 	p.layoutMu.RLock()
 	l, ok := p.layouts[topic]
 	p.layoutMu.RUnlock()
-	return l, ok && time.Since(l.at) < p.metadataTTL
+	return l, ok
 }
 
-// topicLayout is the topic's layout, read again from the transport when
-// the last reading is older than topic.metadata.refresh.interval.ms.
+// topicLayout is the topic's layout. One read more than
+// topic.metadata.refresh.interval.ms ago is still used while it is read
+// again apart from the caller; a topic never read is read now, waiting up
+// to the message timeout.
 func (p *Producer) topicLayout(topic string) (layout, error) {
 	if l, ok := p.cachedLayout(topic); ok {
+		if time.Since(l.at) >= p.metadataTTL {
+			p.refreshLayout(topic)
+		}
 		return l.layout, l.err
 	}
+	return p.readLayout(topic)
+}
+
+// readLayout reads the topic's layout from the transport and keeps it.
+func (p *Producer) readLayout(topic string) (layout, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	l, err := p.layout(ctx, topic)
 	p.layoutMu.Lock()
 	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now()}
+	delete(p.refreshing, topic)
 	p.layoutMu.Unlock()
 	return l, err
+}
+
+// refreshLayout reads the topic's layout again in the background, once at
+// a time.
+func (p *Producer) refreshLayout(topic string) {
+	p.layoutMu.Lock()
+	if p.refreshing[topic] {
+		p.layoutMu.Unlock()
+		return
+	}
+	p.refreshing[topic] = true
+	p.layoutMu.Unlock()
+	go func() { _, _ = p.readLayout(topic) }()
+}
+
+// forgetLayout drops the topic's layout: the next call reads it again.
+func (p *Producer) forgetLayout(topic string) {
+	p.layoutMu.Lock()
+	delete(p.layouts, topic)
+	p.layoutMu.Unlock()
 }
 
 // layout reads a topic's partitions from the transport's cached

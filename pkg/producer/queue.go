@@ -177,14 +177,18 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 	if send {
 		for _, q := range candidates {
 			q.mu.Lock()
-			switch {
-			case q.inFlight:
-			case q.retry != nil:
-				out = append(out, ready{q: q, batch: q.retry, attempt: q.attempts})
-				q.retry, q.inFlight = nil, true
-			case len(q.recs) > 0:
-				out = append(out, ready{q: q, batch: q.takeBatch(p.batchSize, p.batchBytes)})
-				q.inFlight = true
+			if q.retry != nil && !q.inFlight {
+				if batch := unexpired(q.retry); len(batch) > 0 {
+					out = append(out, ready{q: q, batch: batch, attempt: q.attempts})
+					q.inFlight = true
+				}
+				q.retry = nil
+			}
+			for !q.inFlight && len(q.recs) > 0 {
+				if batch := q.takeBatch(p.batchSize, p.batchBytes); len(batch) > 0 {
+					out = append(out, ready{q: q, batch: batch})
+					q.inFlight = true
+				}
 			}
 			q.mu.Unlock()
 		}
@@ -196,8 +200,13 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 	return out, max(wait, time.Microsecond)
 }
 
-// takeBatch takes the first records of q, up to a batch's bounds.
+// takeBatch takes the first records of q, up to a batch's bounds, less
+// those whose call has expired.
 func (q *partitionQueue) takeBatch(maxRecords, maxBytes int) []queued {
+	return unexpired(q.takeRecords(maxRecords, maxBytes))
+}
+
+func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
 	n, size := 0, 0
 	for n < len(q.recs) && n < maxRecords && (n == 0 || size+q.recs[n].size <= maxBytes) {
 		size += q.recs[n].size
@@ -267,13 +276,13 @@ func (p *Producer) byLeader(batches []ready) [][]ready {
 	layouts := map[string]layout{}
 	for _, b := range batches {
 		l, ok := layouts[b.q.tp.topic]
-		var err error
 		if !ok {
-			l, err = p.topicLayout(b.q.tp.topic)
+			cached, _ := p.cachedLayout(b.q.tp.topic) // never a wait on the sender
+			l = cached.layout
 			layouts[b.q.tp.topic] = l
 		}
 		leader := int32(-1)
-		if err == nil && b.q.tp.partition < len(l.leaders) {
+		if b.q.tp.partition < len(l.leaders) {
 			leader = l.leaders[b.q.tp.partition]
 		}
 		leaders[leader] = append(leaders[leader], b)
@@ -310,6 +319,22 @@ func (p *Producer) produceTo(batches []ready) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
 	resp, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, req)
 	cancel()
+	var unrouted *produceapi.Error
+	if errors.As(err, &unrouted) {
+		// The transport's metadata routes none of it as we grouped it (a
+		// topic or partition gone, a leader moved or missing): nothing was
+		// sent. Our layouts are read again, and each batch goes alone, so
+		// that one partition's trouble is not its neighbours'.
+		for _, b := range batches {
+			p.forgetLayout(b.q.tp.topic)
+		}
+		if len(batches) > 1 {
+			for _, b := range batches {
+				p.produceTo([]ready{b})
+			}
+			return
+		}
+	}
 
 	answers := map[topicPartition]*produceapi.ResponsePartition{}
 	if r, ok := resp.(*produceapi.Response); ok && err == nil {
@@ -336,27 +361,61 @@ func (p *Producer) produceTo(batches []ready) {
 			p.logger.Debug("kafka produce failed; retrying", "topic", b.q.tp.topic, "partition", b.q.tp.partition,
 				"records", len(b.batch), "attempt", b.attempt+1, "error", berr)
 			b.q.mu.Lock()
-			b.q.retry, b.q.attempts, b.q.inFlight = b.batch, b.attempt+1, false
+			b.q.retry, b.q.attempts, b.q.inFlight = unexpired(b.batch), b.attempt+1, false
+			if len(b.q.retry) == 0 {
+				b.q.retry = nil
+			}
 			b.q.notBefore = time.Now().Add(backoff(b.attempt+1, p.backoffMin, p.backoffMax))
 			b.q.mu.Unlock()
+			p.wakeIfPending(b.q)
 			continue
 		}
 		complete(b.q.tp, b.batch, offset, berr)
 		b.q.mu.Lock()
 		b.q.inFlight = false
 		b.q.mu.Unlock()
+		p.wakeIfPending(b.q)
 	}
 }
 
+// wakeIfPending wakes the sender of q's leader when q has records: its
+// leader may have changed while its batch was in flight, and the sender
+// of the new one may have found it busy and stopped.
+func (p *Producer) wakeIfPending(q *partitionQueue) {
+	q.mu.Lock()
+	pending, leader := len(q.recs) > 0 || q.retry != nil, q.leader
+	q.mu.Unlock()
+	if pending {
+		p.wake(leader)
+	}
+}
+
+// unexpired is batch without the records whose call has been answered
+// already (message.timeout.ms passed): the caller spilled or failed them,
+// and sending them too would deliver them twice.
+func unexpired(batch []queued) []queued {
+	kept := batch[:0:0]
+	for i := range batch {
+		if !batch[i].call.expired.Load() {
+			kept = append(kept, batch[i])
+		}
+	}
+	if len(kept) == len(batch) {
+		return batch
+	}
+	return kept
+}
+
 // retriable is kafka-go's Writer's rule: Kafka errors it calls temporary,
-// and connections that broke.
+// and connections that broke; and a partition without a leader.
 func retriable(err error) bool {
 	var temporary interface{ Temporary() bool }
 	if errors.As(err, &temporary) && temporary.Temporary() {
 		return true
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, protocol.ErrNoLeader) // the transport knows no leader yet
 }
 
 // backoff doubles from min up to max, with jitter, as kafka-go's Writer.
