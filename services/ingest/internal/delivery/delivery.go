@@ -494,9 +494,14 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 
 	sp.end(recs, results)
 
+	// A record whose client has left is not spilled: it was never
+	// acknowledged, the client will send it again if it cares, and Kafka
+	// may still take the produce the breaker goes on with; spilling it
+	// too would only make a duplicate. It is counted as failed.
+	left := ctx.Err() != nil
 	byReason := map[string][]int{}
 	for i, r := range results {
-		if r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() && d.spills(recs[i].Topic) {
+		if r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() && d.spills(recs[i].Topic) && !left {
 			reason := spillReason
 			if reason == "" {
 				reason = string(record.ReasonOf(r.Err))
