@@ -5,6 +5,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/pkg/kafkatest"
 )
 
 // produceCounter counts, as the broker sees them, the produce requests
@@ -29,28 +31,12 @@ func countProduces(c *kfake.Cluster, topic string) *produceCounter {
 		pc.mu.Lock()
 		defer pc.mu.Unlock()
 		carried := false
-		for _, t := range pr.Topics {
-			if t.Topic != topic {
-				continue
-			}
-			for _, p := range t.Partitions {
-				for raw := p.Records; len(raw) > 0; {
-					var b kmsg.RecordBatch
-					if err := b.ReadFrom(raw); err != nil {
-						break
-					}
-					carried = true
-					pc.batches++
-					pc.records += int(b.NumRecords)
-					pc.largest = max(pc.largest, int(b.NumRecords))
-					n := 12 + int(b.Length) // the batch's offset and length fields, then its length
-					if n > len(raw) {
-						break
-					}
-					raw = raw[n:]
-				}
-			}
-		}
+		kafkatest.EachBatch(pr, topic, func(b kmsg.RecordBatch) {
+			carried = true
+			pc.batches++
+			pc.records += int(b.NumRecords)
+			pc.largest = max(pc.largest, int(b.NumRecords))
+		})
 		if carried {
 			pc.requests++
 		}

@@ -142,31 +142,15 @@ func countProduces(c *kfake.Cluster, topic string) *produceCounter {
 
 // eachRecord calls fn for each record of topic in req.
 func eachRecord(req *kmsg.ProduceRequest, topic string, fn func(kmsg.Record)) {
-	for _, t := range req.Topics {
-		if t.Topic != topic {
-			continue
+	kafkatest.EachBatch(req, topic, func(b kmsg.RecordBatch) {
+		recs, err := kfake.BatchRecords(b)
+		if err != nil {
+			return
 		}
-		for _, p := range t.Partitions {
-			for raw := p.Records; len(raw) > 0; {
-				var b kmsg.RecordBatch
-				if err := b.ReadFrom(raw); err != nil {
-					break
-				}
-				recs, err := kfake.BatchRecords(b)
-				if err != nil {
-					break
-				}
-				for _, r := range recs {
-					fn(r)
-				}
-				n := 12 + int(b.Length) // the batch's offset and length fields, then its length
-				if n > len(raw) {
-					break
-				}
-				raw = raw[n:]
-			}
+		for _, r := range recs {
+			fn(r)
 		}
-	}
+	})
 }
 
 // TestAmbassadorStreamBurstInOrder: a client that sends many records
