@@ -308,7 +308,7 @@ func v2Data(raw json.RawMessage, format string) ([]byte, error) {
 		}
 		return b, nil
 	}
-	if bytes.IndexAny(raw, " \t\n\r") < 0 {
+	if !bytes.ContainsAny(raw, " \t\n\r") {
 		return raw, nil // compact already (the decoder checked it is valid JSON)
 	}
 	var buf bytes.Buffer
