@@ -595,31 +595,24 @@ type TopicState struct {
 	ErrorCode  int16
 }
 
-// unknownTopicOrPartition is Kafka's error code 3.
-const unknownTopicOrPartition = 3
-
 // CreateTopics asks Kafka about topics the way a first produce to them
-// does: with allow.auto.create.topics set, the broker creates each one it
-// does not have, if its own auto.create.topics.enable allows; without it,
-// an unknown topic stays unknown and Kafka is not asked.
+// does, and keeps their layouts for it: with allow.auto.create.topics set,
+// the broker creates each one it does not have, if its own
+// auto.create.topics.enable allows; without it, an unknown topic stays
+// unknown.
 func (p *Producer) CreateTopics(ctx context.Context, topics []string) (map[string]TopicState, error) {
 	out := make(map[string]TopicState, len(topics))
-	if !p.autoCreate {
-		for _, t := range topics {
-			out[t] = TopicState{ErrorCode: unknownTopicOrPartition}
+	for _, t := range topics {
+		l, err := p.readLayout(ctx, t)
+		var code kafka.Error
+		switch {
+		case err == nil:
+			out[t] = TopicState{Partitions: len(l.partitions)}
+		case errors.As(err, &code):
+			out[t] = TopicState{ErrorCode: int16(code)}
+		default:
+			return nil, fmt.Errorf("kafka metadata: %w", err)
 		}
-		return out, nil
-	}
-	resp, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, &metadataapi.Request{TopicNames: topics, AllowAutoTopicCreation: true})
-	if err != nil {
-		return nil, fmt.Errorf("kafka metadata: %w", err)
-	}
-	md, ok := resp.(*metadataapi.Response)
-	if !ok {
-		return nil, fmt.Errorf("kafka metadata: unexpected answer %T", resp)
-	}
-	for _, t := range md.Topics {
-		out[t.Name] = TopicState{Partitions: len(t.Partitions), ErrorCode: t.ErrorCode}
 	}
 	return out, nil
 }
@@ -673,13 +666,13 @@ func (p *Producer) topicLayout(topic string) (layout, error) {
 		}
 		return l.layout, l.err
 	}
-	return p.readLayout(topic)
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	return p.readLayout(ctx, topic)
 }
 
 // readLayout reads the topic's layout from the transport and keeps it.
-func (p *Producer) readLayout(topic string) (layout, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
-	defer cancel()
+func (p *Producer) readLayout(ctx context.Context, topic string) (layout, error) {
 	l, err := p.layout(ctx, topic)
 	p.layoutMu.Lock()
 	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now()}
@@ -698,7 +691,11 @@ func (p *Producer) refreshLayout(topic string) {
 	}
 	p.refreshing[topic] = true
 	p.layoutMu.Unlock()
-	go func() { _, _ = p.readLayout(topic) }()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+		defer cancel()
+		_, _ = p.readLayout(ctx, topic)
+	}()
 }
 
 // forgetLayout drops the topic's layout: the next call reads it again.

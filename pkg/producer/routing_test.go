@@ -116,7 +116,7 @@ func leaderMovesInFlight(t *testing.T, m *movingCluster, p *Producer) (one, two 
 	one = startOne(p, "one")
 	require.Equal(t, []string{"one"}, <-m.produces)
 	m.leader.Store(2)
-	_, err = p.readLayout("t")
+	_, err = p.readLayout(t.Context(), "t")
 	require.NoError(t, err)
 	two = startOne(p, "two")
 	require.Eventually(t, func() bool {
