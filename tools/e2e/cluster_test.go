@@ -555,34 +555,11 @@ func TestMakeRunCluster(t *testing.T) {
 	}
 	kafkaPort := freePort(t)
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
-	cmd := exec.Command(filepath.Join(binDir, "devrun"), "-cluster", "-bin", binDir, "-data", t.TempDir(),
-		"-port-offset", fmt.Sprint(offset), "-dev-broker-port", fmt.Sprint(kafkaPort))
-	cmd.Env = append(os.Environ(),
+	cmd, out, exited := startDevrun(t, 90*time.Second, []string{
 		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
 		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
-	)
-	out := &syncBuffer{}
-	cmd.Stdout = captured(t, cmd, out)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("devrun output:\n%s", out.String())
-		}
-	})
-	eventually(t, 90*time.Second, "devrun -cluster to say Spillway is running", func() bool {
-		select {
-		case err := <-exited:
-			t.Fatalf("devrun exited early: %v", err)
-		default:
-		}
-		return strings.Contains(out.String(), "Spillway is running")
-	})
+	}, "-cluster", "-bin", binDir, "-data", t.TempDir(),
+		"-port-offset", fmt.Sprint(offset), "-dev-broker-port", fmt.Sprint(kafkaPort))
 	httpAddrs := []string{fmt.Sprintf("127.0.0.1:%d", 18080+offset), fmt.Sprintf("127.0.0.1:%d", 18180+offset)}
 	for _, a := range httpAddrs {
 		if !strings.Contains(out.String(), "http://"+a) {

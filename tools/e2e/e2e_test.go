@@ -139,41 +139,17 @@ func kcatConsume(t *testing.T, broker, topic string) []kcatRecord {
 func TestMakeRun(t *testing.T) {
 	kafkaPort, httpPort, monPort, grpcPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
-	cmd := exec.Command(filepath.Join(binDir, "devrun"), "-bin", binDir, "-dev-broker-port", fmt.Sprint(kafkaPort))
-	cmd.Env = append(os.Environ(),
+	cmd, out, exited := startDevrun(t, 60*time.Second, []string{
 		fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
 		fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", monPort),
 		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
 		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)),
 		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
-		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
-		credentialsVar+"=", // the ingest makes its credentials under the path, where the forwarder and resender read them
+		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
+		credentialsVar + "=", // the ingest makes its credentials under the path, where the forwarder and resender read them
 		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
 		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
-	)
-	out := &syncBuffer{}
-	cmd.Stdout = captured(t, cmd, out)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("devrun output:\n%s", out.String())
-		}
-	})
-
-	eventually(t, 60*time.Second, "devrun to say Spillway is running", func() bool {
-		select {
-		case err := <-exited:
-			t.Fatalf("devrun exited early: %v", err)
-		default:
-		}
-		return strings.Contains(out.String(), "Spillway is running")
-	})
+	}, "-bin", binDir, "-dev-broker-port", fmt.Sprint(kafkaPort))
 	if !strings.Contains(out.String(), "NO kafka.brokers CONFIGURED") {
 		t.Errorf("the ingest does not warn that it uses the development broker")
 	}
@@ -270,4 +246,37 @@ func TestInvalidConfigurationExits(t *testing.T) {
 func captured(t *testing.T, cmd *exec.Cmd, out io.Writer) io.Writer {
 	t.Helper()
 	return io.MultiWriter(out, securitytest.LogWriter(t, filepath.Base(cmd.Path)))
+}
+
+// startDevrun starts devrun with args, env added to the environment, and
+// waits up to timeout until it says Spillway is running. It is killed
+// when the test ends, and its output shown if the test failed; exited
+// gives its end.
+func startDevrun(t *testing.T, timeout time.Duration, env []string, args ...string) (cmd *exec.Cmd, out *syncBuffer, exited <-chan error) {
+	t.Helper()
+	cmd = exec.Command(filepath.Join(binDir, "devrun"), args...)
+	cmd.Env = append(os.Environ(), env...)
+	out = &syncBuffer{}
+	cmd.Stdout = captured(t, cmd, out)
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("devrun output:\n%s", out.String())
+		}
+	})
+	eventually(t, timeout, "devrun to say Spillway is running", func() bool {
+		select {
+		case err := <-ended:
+			t.Fatalf("devrun exited early: %v", err)
+		default:
+		}
+		return strings.Contains(out.String(), "Spillway is running")
+	})
+	return cmd, out, ended
 }
