@@ -76,6 +76,9 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if s.monitor, err = monitor.New(listen, o.Registry, monitor.WithPprof(cfg.Server.Monitoring.Pprof)); err != nil {
 		return nil, fmt.Errorf("monitoring listen %s: %w", listen, err)
 	}
+	// Said at once, with the bound address (the listen may name port 0):
+	// /healthz and /readyz answer while the rest starts.
+	o.Logger.Info("monitoring listening", "addr", s.MonitorAddr())
 	primary, err := producer.New(cfg.Kafka, o.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)

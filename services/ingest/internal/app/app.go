@@ -129,6 +129,9 @@ func New(o Options) (_ *App, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("server.monitoring.listen: %w", err)
 	}
+	// Said at once, with the bound address (the listen may name port 0):
+	// /healthz and /readyz answer while the rest starts.
+	o.Logger.Info("monitoring listening", "addr", a.monitor.Addr())
 
 	authCtx, stopAuth := context.WithCancel(context.Background())
 	a.cleanups = append(a.cleanups, stopAuth) // ends the JWKS refresh
@@ -462,7 +465,8 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	a.monitor.SetReady(true)
 	a.grpcSrv.SetServing(true)
-	log.Info("ingest started", "http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "kafka", a.KafkaAddr(), "monitoring", a.MonitorAddr(), "brokers", a.opts.Config.Kafka.Brokers)
+	log.Info("ingest started", "http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "kafka", a.KafkaAddr(), "monitoring", a.MonitorAddr(),
+		"nats", a.NATSAddr(), "brokers", a.opts.Config.Kafka.Brokers)
 
 	g.Go(func() error {
 		<-gctx.Done()
