@@ -77,8 +77,8 @@ func (t *table) render() []byte {
 	if wrkPath != "" {
 		single = "wrk (2 threads, a Lua script for the body)"
 	}
-	fmt.Fprintf(&b, "Measured by `make bench` (`bin/bench -runs %d -duration %v -size %d`) on %s, %s: %d cores, %s, %s. Single-record HTTP load: %s.\n\n",
-		*runs, *duration, *size, time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), memTotal(), strings.TrimSpace(string(goVersion)), single)
+	fmt.Fprintf(&b, "Measured by `make bench` (`bin/bench -runs %d -duration %v -size %d`) on %s at commit %s, %s: %d cores, %s, %s. Single-record HTTP load: %s.\n\n",
+		*runs, *duration, *size, time.Now().UTC().Format("2006-01-02"), commit(), host, runtime.NumCPU(), memTotal(), strings.TrimSpace(string(goVersion)), single)
 	fmt.Fprintln(&b, "| measurement | records/s | p99 ms | ratio | mover CPU µs/record | broker CPU µs/record | peak RSS MB |")
 	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")
 	for _, r := range t.rows {
@@ -160,4 +160,15 @@ func writeTable(path string, table []byte) error {
 		before, after = string(doc[:i]), string(doc[j+len(endMarker):])
 	}
 	return os.WriteFile(path, []byte(before+startMarker+"\n"+string(table)+endMarker+after), 0o644)
+}
+
+// commit is the checked-out commit the binaries were built from, so that
+// a reader (and docs/scaling.md's test) can tell a stale table; marked
+// -dirty when the work tree has changes.
+func commit() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
 }

@@ -1,6 +1,8 @@
-// Package docsync holds the tests that keep the metric reference
-// (docs/operations.md) in step with the metrics the three services
-// register: the ingest, the forwarder and the resender. It has no code of
-// its own; it lives in the ingest's module so that its test can boot the
-// ingest from its internal packages.
+// Package docsync holds the tests that keep the docs in step with what
+// they describe: the metric reference (docs/operations.md) with the
+// metrics the three services register (the ingest, the forwarder and the
+// resender), and the capacity model (docs/scaling.md) with the table
+// `make bench` writes into docs/benchmarks.md. It has no code of its own;
+// it lives in the ingest's module so that its test can boot the ingest
+// from its internal packages.
 package docsync
