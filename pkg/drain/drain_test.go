@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -160,22 +158,17 @@ func TestKafkaRecordTooLargeIsDeadLettered(t *testing.T) {
 }
 
 func TestResenderWaitsForKafka(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close() // Kafka is down: nothing listens there
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	e := setup(t, addr, "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=500ms")
+	k := kafkatest.NewCuttable(t)
+	k.Cut() // Kafka is down: connections are closed at once
+	e := setup(t, k.Addr, "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=500ms")
 	e.spill(t, spill.Spilled, records("late", 20)...)
 	e.run(t, Resender, 0, 100*time.Millisecond)
 	require.Eventually(t, func() bool {
 		return testutil.ToFloat64(e.metrics.breakerState.WithLabelValues("resender")) == 2
 	}, 10*time.Second, 20*time.Millisecond, "the breaker opens while Kafka is down")
 
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3))
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	got := kafkatest.Consume(t, addr, "late", 20, 20*time.Second)
+	k.Restore()
+	got := kafkatest.Consume(t, k.Addr, "late", 20, 20*time.Second)
 	assert.Len(t, got, 20, "every spilled record reaches Kafka once it is back")
 }
 

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -69,10 +68,10 @@ func natsConnect(addr string) (*nats.Conn, error) {
 // store (the same producer.wal.path) drains the record to Kafka.
 func TestBufferIsLocked(t *testing.T) {
 	broker := newBroker(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	store := t.TempDir()
 	own := []string{credentialsVar + "=", "SPILLWAY_PRODUCER_WAL_PATH=" + store} // the ingest makes them
-	in := startIngest(t, broker, append([]string{"SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr}, own...)...)
+	in := startIngest(t, broker, append([]string{"SPILLWAY_PRODUCER_WAL_MODE=always"}, own...)...)
+	natsAddr := in.natsAddr
 	const topic = "locked"
 	req, _ := http.NewRequest(http.MethodPost, "http://"+in.httpAddr+"/topics/"+topic+"/messages", strings.NewReader("secret"))
 	req.Header.Set("Content-Type", "text/plain")
@@ -112,7 +111,7 @@ func TestBufferIsLocked(t *testing.T) {
 	// A forwarder given another key is refused, and says why.
 	p := spawn(t, "spillway-forwarder",
 		"SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,
-		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)), credentialsVar+"="+stranger)
+		"SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:0", credentialsVar+"="+stranger)
 	if code := p.exitCode(t, 30*time.Second); code == 0 {
 		t.Errorf("a forwarder with another key exited 0")
 	}

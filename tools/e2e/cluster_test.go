@@ -52,8 +52,10 @@ func startNATSCluster(t *testing.T) *natsCluster {
 	c := &natsCluster{t: t}
 	bin := devnatsBin(t)
 	for i := range 3 {
-		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("nats-%d", i+1), port: freePort(t), monitor: freePort(t),
-			routePort: freePort(t), store: t.TempDir()})
+		// Reserved ports: the routes name them before the nodes listen,
+		// and a node restarts on its own.
+		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("nats-%d", i+1), port: reservedPort(t), monitor: reservedPort(t),
+			routePort: reservedPort(t), store: t.TempDir()})
 	}
 	for _, n := range c.nodes {
 		c.start(bin, n)
@@ -301,14 +303,14 @@ func TestClusterFaults(t *testing.T) {
 	ingests := []*ingestProcess{startIngest(t, k.addr, ingestEnv...), startIngest(t, k.addr, ingestEnv...)}
 	addrs := func() []string { return []string{ingests[0].httpAddr, ingests[1].httpAddr} }
 	// The resender that runs throughout; (c) starts and kills a second.
-	resender := startResender(t, k.addr, fmt.Sprintf("127.0.0.1:%d", freePort(t)), append(drainEnv, "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=50")...)
+	resender := startResender(t, k.addr, "", append(drainEnv, "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=50")...)
 
 	t.Run("b ingest killed under load", func(t *testing.T) {
 		s := newSpread(addrs()...).start("cluster-b", 6)
 		defer s.finish() // when the test fails before it
 		eventually(t, 30*time.Second, "100 records acknowledged", func() bool { return s.l.count() >= 100 })
 		_ = ingests[0].cmd.Process.Signal(syscall.SIGKILL)
-		_ = ingests[0].cmd.Wait()
+		<-ingests[0].exited
 		killedAt := s.l.count()
 		eventually(t, 30*time.Second, "100 more records acknowledged by the other ingest", func() bool { return s.l.count() >= killedAt+100 })
 		s.finish()
@@ -334,15 +336,8 @@ func TestClusterFaults(t *testing.T) {
 			failedBefore, _, _ := s.counts()
 			s.setAddr(i, ingests[1-i].httpAddr)
 			_ = ingests[i].cmd.Process.Signal(syscall.SIGTERM)
-			exited := make(chan error, 1)
-			go func() { exited <- ingests[i].cmd.Wait() }()
-			select {
-			case err := <-exited:
-				if err != nil {
-					t.Errorf("ingest %d exited with %v after SIGTERM", i+1, err)
-				}
-			case <-time.After(45 * time.Second):
-				t.Fatalf("ingest %d did not stop within 45s of SIGTERM", i+1)
+			if code := ingests[i].exitCode(t, 45*time.Second); code != 0 {
+				t.Errorf("ingest %d exited %d after SIGTERM", i+1, code)
 			}
 			failedAfter, _, _ := s.counts()
 			t.Logf("ingest %d stopped (SIGTERM) under load: %d requests failed meanwhile", i+1, failedAfter-failedBefore)
@@ -448,16 +443,9 @@ func TestClusterFaults(t *testing.T) {
 		s.l.requireAnswers(t, http.StatusAccepted, http.StatusServiceUnavailable)
 
 		k.restore()
-		monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		cmd := exec.Command(filepath.Join(binDir, "spillway-resender"))
-		cmd.Env = append(append(os.Environ(), "SPILLWAY_KAFKA_BROKERS="+k.addr, "SPILLWAY_RESEND_MONITORING_LISTEN="+monitor,
-			"SPILLWAY_PRODUCER_RESEND_PERIOD=100ms", "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=100", "SPILLWAY_PRODUCER_CB_TIMEOUT=500ms"), drainEnv...)
-		cmd.Stdout = captured(t, cmd, io.Discard)
-		cmd.Stderr = cmd.Stdout
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		second := spawn(t, "spillway-resender", append([]string{"SPILLWAY_KAFKA_BROKERS=" + k.addr, "SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:0",
+			"SPILLWAY_PRODUCER_RESEND_PERIOD=100ms", "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=100", "SPILLWAY_PRODUCER_CB_TIMEOUT=500ms"}, drainEnv...)...)
+		monitor := second.loggedAddr(t, "resender started", "monitoring")
 		waitOK(t, "http://"+monitor+"/readyz", "the second resender to be ready")
 		drained := func() float64 {
 			return max(0, metricValue(t, monitor, `spillway_records_drained_total{consumer="resender",topic="cluster-c"}`)) +
@@ -479,8 +467,8 @@ func TestClusterFaults(t *testing.T) {
 			}
 		}
 		byKilled := drained()
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
+		_ = second.cmd.Process.Signal(syscall.SIGKILL)
+		<-second.exited
 		// What is in Kafka at the kill (either topic may not exist yet):
 		// read until two reads a quarter second apart agree.
 		atKill := map[string]bool{}
@@ -553,11 +541,13 @@ func TestMakeRunCluster(t *testing.T) {
 	if offset < 0 {
 		t.Fatal("found no free set of ports for the cluster")
 	}
-	kafkaPort := freePort(t)
+	// devrun hands the development broker's port, and the drains', to
+	// what it starts: reserved ones.
+	kafkaPort := reservedPort(t)
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
 	cmd, out, exited := startDevrun(t, 90*time.Second, []string{
-		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
-		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", reservedPort(t)),
+		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", reservedPort(t)),
 	}, "-cluster", "-bin", binDir, "-data", t.TempDir(),
 		"-port-offset", fmt.Sprint(offset), "-dev-broker-port", fmt.Sprint(kafkaPort))
 	httpAddrs := []string{fmt.Sprintf("127.0.0.1:%d", 18080+offset), fmt.Sprintf("127.0.0.1:%d", 18180+offset)}

@@ -2,15 +2,11 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -68,18 +64,9 @@ func scrape(t *testing.T, addr string) string {
 // metric the Grafana dashboard queries is exported by one of them.
 func TestDashboardMetricsExist(t *testing.T) {
 	broker := newBroker(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_PRODUCER_WAL_ALWAYS_TOPICS=audit", "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=1000")
-	forwarder := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(filepath.Join(binDir, "spillway-forwarder"))
-	cmd.Env = append(os.Environ(), "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_FORWARD_MONITORING_LISTEN="+forwarder)
-	cmd.Stdout = captured(t, cmd, io.Discard)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
-	waitOK(t, "http://"+forwarder+"/readyz", "the forwarder to be ready")
+	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_ALWAYS_TOPICS=audit", "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=1000")
+	natsAddr := in.natsAddr
+	_, forwarder := startForwarder(t, broker, natsAddr)
 
 	// Traffic of every kind: delivered, written ahead and forwarded, failed.
 	postStatus(t, in.httpAddr, "direct", "x")

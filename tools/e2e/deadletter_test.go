@@ -43,10 +43,10 @@ func deadLetters(t *testing.T, natsAddr string, args ...string) string {
 // into the buffer, the resender delivers it, and Kafka holds it once with
 // its key, value and spillway-id; the gauge says 0.
 func TestDeadLetterMovedBackAndDelivered(t *testing.T) {
-	kafkaPort := freePort(t) // nothing listens there yet: Kafka is down
+	kafkaPort := reservedPort(t) // nothing listens there yet: Kafka is down, and comes up on this port
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1")
+	in := startIngest(t, broker, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1")
+	natsAddr := in.natsAddr
 
 	const topic, key = "dl", "k-big"
 	value := strings.Repeat("0123456789", 200) // 2000 bytes: over the topic's limit below

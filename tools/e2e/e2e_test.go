@@ -59,14 +59,67 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) int {
+// The services under test listen on port 0 and say what they bound in
+// their start log lines (proc.logged reads them). reservedPort is only for
+// the peers whose address must be known before they listen, each named
+// where it is called:
+//   - a Kafka that comes up after the services that use it (TestKafkaDownThenBack,
+//     TestDeadLetters, TestKillIngestWithBufferedRecords);
+//   - the TCP fault proxy, which listens again on the same port when a cut
+//     is restored (newFaultyKafka);
+//   - the NATS nodes of a cluster, whose routes name one another and which
+//     restart on their own ports (startNATSCluster);
+//   - devrun, which hands fixed ports to what it starts (TestMakeRun,
+//     TestMakeRunCluster), and Jaeger, which does not report what it bound;
+//   - an address where nothing listens (TestProbeFlag).
+//
+// Such a port comes from below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default), which no port-0
+// bind and no outgoing connection is ever given: between the check and the
+// peer's own bind, only a process that picks ports as this one does could
+// take it. It is handed out once in this process, from a random start (so
+// that two suites on one machine seldom meet), and checked free first.
+// TestMakeRunCluster's ports (devrun's own layout, shifted) lie elsewhere.
+const reservedLow, reservedHigh = 12500, 18000
+
+var reserved = struct {
+	sync.Mutex
+	next int
+}{next: reservedLow + int(time.Now().UnixNano()/1000)%(reservedHigh-reservedLow)}
+
+func reservedPort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if low := ephemeralLow(); low <= reservedHigh {
+		t.Fatalf("the kernel's ephemeral ports start at %d, inside the range the tests reserve (%d-%d)", low, reservedLow, reservedHigh)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	reserved.Lock()
+	defer reserved.Unlock()
+	for range reservedHigh - reservedLow {
+		p := reserved.next
+		reserved.next++
+		if reserved.next == reservedHigh {
+			reserved.next = reservedLow
+		}
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			ln.Close()
+			return p
+		}
+	}
+	t.Fatalf("no free port in %d-%d", reservedLow, reservedHigh)
+	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768 // Linux's default
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		return 32768
+	}
+	return low
 }
 
 // syncBuffer collects a process's output for the test to read while it
@@ -137,18 +190,20 @@ func kcatConsume(t *testing.T, broker, topic string) []kcatRecord {
 // TestMakeRun runs devrun (what `make run` runs) with the development
 // broker, posts a record with curl's equivalent, and finds it with kcat.
 func TestMakeRun(t *testing.T) {
-	kafkaPort, httpPort, monPort, grpcPort := freePort(t), freePort(t), freePort(t), freePort(t)
+	// devrun hands these ports to what it starts and prints them:
+	// reserved ones.
+	kafkaPort, httpPort, monPort, grpcPort := reservedPort(t), reservedPort(t), reservedPort(t), reservedPort(t)
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
 	cmd, out, exited := startDevrun(t, 60*time.Second, []string{
 		fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
 		fmt.Sprintf("SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:%d", monPort),
 		fmt.Sprintf("SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:%d", grpcPort),
-		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)),
-		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", reservedPort(t)),
+		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", reservedPort(t)),
 		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
 		credentialsVar + "=", // the ingest makes its credentials under the path, where the forwarder and resender read them
-		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
-		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:%d", reservedPort(t)),
+		fmt.Sprintf("SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:%d", reservedPort(t)),
 	}, "-bin", binDir, "-dev-broker-port", fmt.Sprint(kafkaPort))
 	if !strings.Contains(out.String(), "NO kafka.brokers CONFIGURED") {
 		t.Errorf("the ingest does not warn that it uses the development broker")

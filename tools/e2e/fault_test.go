@@ -5,9 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,7 +39,9 @@ func (l advertisedListener) Addr() net.Addr { return l.addr }
 
 func newFaultyKafka(t *testing.T) *faultyKafka {
 	t.Helper()
-	proxyAddr, err := net.ResolveTCPAddr("tcp", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	// The proxy listens again on its port when a cut is restored: a
+	// reserved one, which no port-0 bind takes meanwhile.
+	proxyAddr, err := net.ResolveTCPAddr("tcp", fmt.Sprintf("127.0.0.1:%d", reservedPort(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,9 +509,9 @@ func TestFaultKafkaCutMidLoad(t *testing.T) {
 		margin = 15 * time.Second
 	)
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1500",
+	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1500",
 		fmt.Sprintf("SPILLWAY_PRODUCER_CB_TIMEOUT=%v", cbTimeout))
+	natsAddr := in.natsAddr
 	startResender(t, k.addr, natsAddr)
 	breaker := func() float64 { return metricValue(t, in.monitorAddr, "spillway_breaker_state") }
 	transitions := func(to string) float64 {
@@ -570,9 +569,9 @@ func TestFaultKafkaCutMidLoad(t *testing.T) {
 // out (in the ingest or the resender) and that Kafka took anyway.
 func TestFaultKafkaSlowerThanTimeout(t *testing.T) {
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500",
+	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500",
 		"SPILLWAY_PRODUCER_CB_FAILS=3", "SPILLWAY_PRODUCER_CB_TIMEOUT=1s")
+	natsAddr := in.natsAddr
 	resender := startResender(t, k.addr, natsAddr)
 	l := newLoad()
 	if status, body := l.post(http.DefaultClient, in.httpAddr, "slow", "warm-up", "slow-warm-up"); status != http.StatusOK && status != http.StatusAccepted {
@@ -613,8 +612,8 @@ func distinctIDs(recs []kcatRecord) map[string]bool {
 func TestFaultResenderKilledMidDrain(t *testing.T) {
 	const inFlight = 4 * 10 // drain workers × batch (rate_limit/10)
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")
+	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")
+	natsAddr := in.natsAddr
 	k.cut()
 	l := startLoad(in.httpAddr, "drained", 4)
 	eventually(t, 30*time.Second, "300 records buffered", func() bool { return l.count() >= 300 })
@@ -622,22 +621,16 @@ func TestFaultResenderKilledMidDrain(t *testing.T) {
 	l.requireAnswers(t, http.StatusAccepted)
 	k.restore()
 
-	monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(filepath.Join(binDir, "spillway-resender"))
-	cmd.Env = append(os.Environ(), "SPILLWAY_KAFKA_BROKERS="+k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,
-		"SPILLWAY_RESEND_MONITORING_LISTEN="+monitor, "SPILLWAY_PRODUCER_RESEND_PERIOD=100ms", "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=100",
+	killed := spawn(t, "spillway-resender", "SPILLWAY_KAFKA_BROKERS="+k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,
+		"SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:0", "SPILLWAY_PRODUCER_RESEND_PERIOD=100ms", "SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=100",
 		"SPILLWAY_PRODUCER_WAL_ACK_WAIT=3s", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
-	cmd.Stdout = captured(t, cmd, io.Discard)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	monitor := killed.monitorAddr(t)
 	eventually(t, 30*time.Second, "the resender to deliver some records", func() bool {
 		return metricValue(t, monitor, `spillway_records_drained_total{consumer="resender",topic="drained"}`) >= 30
 	})
 	drained := metricValue(t, monitor, `spillway_records_drained_total{consumer="resender",topic="drained"}`)
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
+	_ = killed.cmd.Process.Signal(syscall.SIGKILL)
+	<-killed.exited
 	atKill := distinctIDs(settledRead(t, k.addr, "drained"))
 	t.Logf("resender killed (kill -9) after delivering about %v records; %d of %d in Kafka", drained, len(atKill), l.count())
 	if len(atKill) == 0 || len(atKill) >= l.count() {
@@ -708,9 +701,9 @@ func TestFaultStreamFull(t *testing.T) {
 		bound    = 1000  // requests before the stream must be full
 	)
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, fmt.Sprintf("SPILLWAY_PRODUCER_WAL_MAX_BYTES=%d", maxBytes),
+	in := startIngest(t, k.addr, fmt.Sprintf("SPILLWAY_PRODUCER_WAL_MAX_BYTES=%d", maxBytes),
 		"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")
+	natsAddr := in.natsAddr
 	k.cut()
 	l := newLoad()
 	full := -1
@@ -773,8 +766,8 @@ func streamSubjects(t *testing.T, natsAddr string) map[string]uint64 {
 // topic beside it is buffered, which shows where to look.
 func TestFaultDisableTopicWhileKafkaDown(t *testing.T) {
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_PRODUCER_WAL_DISABLE_TOPICS=ordered", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500")
+	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_DISABLE_TOPICS=ordered", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500")
+	natsAddr := in.natsAddr
 	k.cut()
 	for i := range 10 {
 		status, body := postStatus(t, in.httpAddr, "ordered", fmt.Sprint(i))

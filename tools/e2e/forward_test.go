@@ -24,12 +24,12 @@ import (
 // monitoring address.
 func startForwarder(t *testing.T, broker, natsAddr string, env ...string) (*proc, string) {
 	t.Helper()
-	monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := spawn(t, "spillway-forwarder", append([]string{
 		"SPILLWAY_KAFKA_BROKERS=" + broker,
 		"SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr,
-		"SPILLWAY_FORWARD_MONITORING_LISTEN=" + monitor,
+		"SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:0",
 	}, env...)...)
+	monitor := p.loggedAddr(t, "forwarder started", "monitoring")
 	waitOK(t, "http://"+monitor+"/readyz", "the forwarder to be ready")
 	return p, monitor
 }
@@ -105,8 +105,8 @@ func headerList(r *kgo.Record) []string {
 // client gave, byte for byte.
 func TestForwarderDeliversExactly(t *testing.T) {
 	broker := newBroker(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always")
+	natsAddr := in.natsAddr
 	const topic = "wal-exact"
 	url := "http://" + in.httpAddr + "/topics/" + topic + "/messages"
 
@@ -223,8 +223,8 @@ func checkHeaders(t *testing.T, r *kgo.Record, id string, want ...string) {
 // worth of burst, so the 200 take at least 3 s; all of them arrive, once.
 func TestForwarderRateLimit(t *testing.T) {
 	broker := newBroker(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always")
+	natsAddr := in.natsAddr
 	const topic, n, rate = "wal-rate", 200, 50
 	var values []string
 	for i := range n {
@@ -295,8 +295,8 @@ func forwarderStoppedMidDrain(t *testing.T, sig syscall.Signal) (byID map[string
 	t.Helper()
 	k := newFaultyKafka(t)
 	broker := k.addr
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always")
+	natsAddr := in.natsAddr
 	const topic, n = "wal-stopped", 3000
 	byID = map[string]string{}
 	for b := range n / 100 {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,50 +17,6 @@ import (
 
 	"github.com/spillway/spillway/tools/e2e/ambassadorpb"
 )
-
-// ingestProcess is the spillway-ingest binary, running.
-type ingestProcess struct {
-	httpAddr, grpcAddr, monitorAddr string
-	out                             *syncBuffer
-	cmd                             *exec.Cmd
-}
-
-// startIngest runs the built ingest against broker until the test ends.
-func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
-	t.Helper()
-	p := &ingestProcess{
-		httpAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		grpcAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		monitorAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		out:         &syncBuffer{},
-	}
-	args, env := splitArgs(env)
-	cmd := exec.Command(filepath.Join(binDir, "spillway-ingest"), args...)
-	cmd.Env = append(append(os.Environ(),
-		"SPILLWAY_KAFKA_BROKERS="+broker,
-		"SPILLWAY_SERVER_HTTP_LISTEN="+p.httpAddr,
-		"SPILLWAY_SERVER_GRPC_LISTEN="+p.grpcAddr,
-		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)), // a test may name another
-		"SPILLWAY_SERVER_MONITORING_LISTEN="+p.monitorAddr,
-		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", freePort(t)),
-		"SPILLWAY_PRODUCER_WAL_PATH="+t.TempDir(),
-	), env...)
-	cmd.Stdout = captured(t, cmd, p.out)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = cmd
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("ingest output:\n%s", p.out.String())
-		}
-	})
-	waitOK(t, "http://"+p.monitorAddr+"/readyz", "the ingest to be ready")
-	return p
-}
 
 // splitArgs takes the command-line arguments (those starting with "-",
 // such as "-config=FILE") out of a list of environment settings.

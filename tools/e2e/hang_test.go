@@ -47,8 +47,8 @@ func TestFaultKafkaHung(t *testing.T) {
 		bound   = 5 * time.Second // the issue's: every request answered within it
 	)
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	in := startIngest(t, k.addr)
+	natsAddr := in.natsAddr
 	resender := startResender(t, k.addr, natsAddr)
 
 	l := startLoad(in.httpAddr, "hung", workers) // its clients give up after 10 s

@@ -184,8 +184,8 @@ func TestSASLPasswordRotatedWhileBuffered(t *testing.T) {
 		"SPILLWAY_KAFKA_SECURITY_PROTOCOL=sasl_plaintext", "SPILLWAY_KAFKA_SASL_MECHANISM=SCRAM-SHA-256",
 		"SPILLWAY_KAFKA_SASL_USERNAME=spillway", "SPILLWAY_KAFKA_SASL_PASSWORD=" + password,
 	}
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, append(sasl, "SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)...)
+	in := startIngest(t, broker, append(sasl, "SPILLWAY_PRODUCER_WAL_MODE=always")...)
+	natsAddr := in.natsAddr
 
 	// kfake drops the connection of a failed login; Kafka answers
 	// SASL_AUTHENTICATION_FAILED first. While Kafka has the rotated
@@ -270,9 +270,9 @@ func TestMissingTopicCreatedWhileBuffered(t *testing.T) {
 	}
 	t.Cleanup(c.Close)
 	broker := c.ListenAddrs()[0]
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	noAuto := "SPILLWAY_KAFKA_ALLOW_AUTO_CREATE_TOPICS=false"
-	in := startIngest(t, broker, noAuto, "SPILLWAY_PRODUCER_WAL_MODE=always", "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	in := startIngest(t, broker, noAuto, "SPILLWAY_PRODUCER_WAL_MODE=always")
+	natsAddr := in.natsAddr
 	const topic = "created-later"
 	byID := writeAhead(t, in.httpAddr, topic)
 	fwd, monitor := startForwarder(t, broker, natsAddr, noAuto)

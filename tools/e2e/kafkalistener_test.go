@@ -38,14 +38,12 @@ func TestKafkaListenerKcat(t *testing.T) {
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "kl", 3)
 	kafkatest.CreateTopic(t, k.addr, "strict", 1)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := filepath.Join(t.TempDir(), "spillway.yaml")
 	if err := os.WriteFile(cfg, []byte("validation:\n  rules:\n    - topics: [strict]\n      json: true\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	in := startIngest(t, k.addr, "-config="+cfg, "SPILLWAY_SERVER_KAFKA_LISTEN="+listen, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,
-		"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")
+	in := startIngest(t, k.addr, "-config="+cfg, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")
+	natsAddr, listen := in.natsAddr, in.kafkaAddr
 
 	want := map[string]string{} // key -> value
 	for _, codec := range []string{"lz4", "zstd"} {

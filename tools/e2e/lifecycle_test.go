@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -90,31 +91,99 @@ func (p *proc) exitCode(t *testing.T, timeout time.Duration) int {
 	}
 }
 
-// ingestAddrs are where an ingest started by spawnIngest listens.
-type ingestAddrs struct {
-	http, grpc, monitor, nats string
+// logged waits, at most 60 s, until p has written the JSON log line whose
+// msg is msg, and returns its fields: a service started on port 0 says
+// there what it bound. The test fails if p exits first.
+func (p *proc) logged(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	find := func() map[string]any {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			var fields map[string]any
+			if strings.Contains(line, `"msg":"`+msg+`"`) && json.Unmarshal([]byte(line), &fields) == nil && fields["msg"] == msg {
+				return fields
+			}
+		}
+		return nil
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if fields := find(); fields != nil {
+			return fields
+		}
+		select {
+		case <-p.exited:
+			if fields := find(); fields != nil {
+				return fields
+			}
+			t.Fatalf("%s exited before it logged %q: %v", filepath.Base(p.cmd.Path), msg, p.err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not log %q within 60s", filepath.Base(p.cmd.Path), msg)
+		}
+	}
 }
 
-// spawnIngest starts the ingest binary against broker without waiting for
-// it to be ready.
-func spawnIngest(t *testing.T, broker string, env ...string) (*proc, ingestAddrs) {
+// loggedAddr is the address a service logged under key in the line msg.
+func (p *proc) loggedAddr(t *testing.T, msg, key string) string {
 	t.Helper()
-	a := ingestAddrs{
-		http:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		grpc:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		monitor: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		nats:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	a, _ := p.logged(t, msg)[key].(string)
+	if a == "" {
+		t.Fatalf("%s logged %q without an address under %q", filepath.Base(p.cmd.Path), msg, key)
 	}
-	p := spawn(t, "spillway-ingest", append([]string{
+	return a
+}
+
+// monitorAddr is the monitoring port a service bound, which it says as
+// soon as it listens, before it is ready.
+func (p *proc) monitorAddr(t *testing.T) string {
+	t.Helper()
+	return p.loggedAddr(t, "monitoring listening", "addr")
+}
+
+// ingestProcess is the spillway-ingest binary, running, and where it
+// listens.
+type ingestProcess struct {
+	*proc
+	httpAddr, grpcAddr, kafkaAddr, monitorAddr string
+	natsAddr                                   string // the embedded JetStream's; "" with an external one
+}
+
+// spawnIngest starts the ingest binary against broker, every listener on
+// port 0 unless env names another, without waiting for it to be ready.
+func spawnIngest(t *testing.T, broker string, env ...string) *proc {
+	t.Helper()
+	return spawn(t, "spillway-ingest", append([]string{
 		"SPILLWAY_KAFKA_BROKERS=" + broker,
-		"SPILLWAY_SERVER_HTTP_LISTEN=" + a.http,
-		"SPILLWAY_SERVER_GRPC_LISTEN=" + a.grpc,
-		fmt.Sprintf("SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:%d", freePort(t)),
-		"SPILLWAY_SERVER_MONITORING_LISTEN=" + a.monitor,
-		"SPILLWAY_PRODUCER_WAL_LISTEN=" + a.nats,
+		"SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_GRPC_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_KAFKA_LISTEN=127.0.0.1:0",
+		"SPILLWAY_SERVER_MONITORING_LISTEN=127.0.0.1:0",
+		"SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:0",
 		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
 	}, env...)...)
-	return p, a
+}
+
+// startIngest runs the built ingest against broker until the test ends,
+// and returns it once it is ready, with the addresses it bound.
+func startIngest(t *testing.T, broker string, env ...string) *ingestProcess {
+	t.Helper()
+	return ingestStarted(t, spawnIngest(t, broker, env...))
+}
+
+// ingestStarted waits until the ingest p says it started, and reads what
+// it bound from that line.
+func ingestStarted(t *testing.T, p *proc) *ingestProcess {
+	t.Helper()
+	started := p.logged(t, "ingest started")
+	in := &ingestProcess{proc: p}
+	for key, to := range map[string]*string{"http": &in.httpAddr, "grpc": &in.grpcAddr, "kafka": &in.kafkaAddr, "monitoring": &in.monitorAddr, "nats": &in.natsAddr} {
+		*to, _ = started[key].(string)
+	}
+	if in.httpAddr == "" || in.grpcAddr == "" || in.monitorAddr == "" {
+		t.Fatalf("the ingest's start line lacks an address: %v", started)
+	}
+	waitOK(t, "http://"+in.monitorAddr+"/readyz", "the ingest to be ready")
+	return in
 }
 
 // get fetches url with a short timeout and returns the status and body;
@@ -225,16 +294,14 @@ func TestNotReadyWhileStarting(t *testing.T) {
 		t.Run(binary, func(t *testing.T) {
 			broker := newBroker(t)
 			js := newHeldJetStream(t)
-			monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			var p *proc
 			if binary == "spillway-ingest" {
-				var a ingestAddrs
-				p, a = spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url, credentialsVar+"=")
-				monitor = a.monitor
+				p = spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url, credentialsVar+"=")
 			} else {
 				p = spawn(t, binary, "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+js.url, credentialsVar+"=",
-					"SPILLWAY_FORWARD_MONITORING_LISTEN="+monitor)
+					"SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:0")
 			}
+			monitor := p.monitorAddr(t)
 			select {
 			case <-js.held:
 			case <-p.exited:
@@ -271,17 +338,17 @@ func TestNotReadyWhileStarting(t *testing.T) {
 // answered 200 delivered, the record is in Kafka, and the ingest exits 0.
 func TestIngestSIGTERM(t *testing.T) {
 	k := newFaultyKafka(t)
-	p, a := spawnIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=60000", "SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=60s")
-	readyz, healthz := "http://"+a.monitor+"/readyz", "http://"+a.monitor+"/healthz"
-	waitOK(t, readyz, "the ingest to be ready")
+	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=60000", "SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=60s")
+	p := in.proc
+	readyz, healthz := "http://"+in.monitorAddr+"/readyz", "http://"+in.monitorAddr+"/healthz"
 	if status, body := get(readyz); status != http.StatusOK || body != "ready\n" {
 		t.Fatalf("/readyz answered %d %q; want 200 %q", status, body, "ready\n")
 	}
-	if status, body := postStatus(t, a.http, "lifecycle", "warm-up"); status != http.StatusOK || !strings.Contains(body, `"outcome":"delivered"`) {
+	if status, body := postStatus(t, in.httpAddr, "lifecycle", "warm-up"); status != http.StatusOK || !strings.Contains(body, `"outcome":"delivered"`) {
 		t.Fatalf("warm-up answered %d %s; want 200 delivered", status, body)
 	}
 
-	conn, err := grpc.NewClient(a.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(in.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +390,7 @@ func TestIngestSIGTERM(t *testing.T) {
 	}
 	answered := make(chan answer, 1)
 	go func() {
-		resp, err := http.Post("http://"+a.http+"/topics/lifecycle/messages", "text/plain", strings.NewReader("in flight at SIGTERM"))
+		resp, err := http.Post("http://"+in.httpAddr+"/topics/lifecycle/messages", "text/plain", strings.NewReader("in flight at SIGTERM"))
 		if err != nil {
 			answered <- answer{err: err}
 			return
@@ -333,7 +400,7 @@ func TestIngestSIGTERM(t *testing.T) {
 		answered <- answer{status: resp.StatusCode, body: string(b)}
 	}()
 	eventually(t, 10*time.Second, "the request to wait for Kafka", func() bool {
-		return metricValue(t, a.monitor, "spillway_records_in_flight") == 1
+		return metricValue(t, in.monitorAddr, "spillway_records_in_flight") == 1
 	})
 
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -373,7 +440,7 @@ func TestIngestSIGTERM(t *testing.T) {
 		t.Fatal("health watch: no NOT_SERVING within 10s of SIGTERM")
 	}
 	inFlight("gRPC health said NOT_SERVING")
-	for _, addr := range []string{a.http, a.grpc} {
+	for _, addr := range []string{in.httpAddr, in.grpcAddr} {
 		eventually(t, 10*time.Second, addr+" to refuse connections", func() bool {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
 			if err == nil {
@@ -428,7 +495,7 @@ func TestIngestSIGTERM(t *testing.T) {
 func TestProbeFlag(t *testing.T) {
 	in := startIngest(t, newBroker(t))
 	base := "http://" + in.monitorAddr
-	nothing := fmt.Sprintf("http://127.0.0.1:%d/readyz", freePort(t))
+	nothing := fmt.Sprintf("http://127.0.0.1:%d/readyz", reservedPort(t)) // nothing listens there
 	for _, binary := range []string{"spillway-ingest", "spillway-forwarder", "spillway-resender"} {
 		t.Run(binary, func(t *testing.T) {
 			for _, c := range []struct {

@@ -25,7 +25,6 @@ func TestFaultMirrorCutOff(t *testing.T) {
 	const mirrorWorkers = 2
 	primary := newBroker(t)
 	mirror := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	config := filepath.Join(t.TempDir(), "spillway.yaml")
 	if err := os.WriteFile(config, []byte(`
 mirrors:
@@ -37,7 +36,8 @@ mirrors:
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	in := startIngest(t, primary, "-config="+config, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_PRODUCER_CB_TIMEOUT=1s", "SPILLWAY_PRODUCER_CB_FAILS=2")
+	in := startIngest(t, primary, "-config="+config, "SPILLWAY_PRODUCER_CB_TIMEOUT=1s", "SPILLWAY_PRODUCER_CB_FAILS=2")
+	natsAddr := in.natsAddr
 	mirrored := func(outcome string) float64 {
 		return metricValue(t, in.monitorAddr, `spillway_mirror_records_total{mirror="dr",outcome="`+outcome+`"}`)
 	}

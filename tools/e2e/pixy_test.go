@@ -256,8 +256,8 @@ func ptr(s string) *string { return &s }
 // never an error, and each record reaches Kafka once it is back.
 func TestKafkaPixyKafkaCutOff(t *testing.T) {
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=3")
+	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=3")
+	natsAddr := in.natsAddr
 	startResender(t, k.addr, natsAddr)
 	client := dialPixy(t, in.grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

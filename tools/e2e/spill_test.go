@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,32 +15,21 @@ import (
 )
 
 // startResender runs the built resender until the test ends, and returns
-// its monitoring address.
+// its monitoring address once it is ready. natsAddr is the ingest's
+// embedded JetStream ("" when env names the NATS URLs).
 func startResender(t *testing.T, broker, natsAddr string, env ...string) string {
 	t.Helper()
-	monitor := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	args, env := splitArgs(env)
-	cmd := exec.Command(filepath.Join(binDir, "spillway-resender"), args...)
-	cmd.Env = append(append(os.Environ(),
-		"SPILLWAY_KAFKA_BROKERS="+broker,
-		"SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr,
-		"SPILLWAY_RESEND_MONITORING_LISTEN="+monitor,
+	own := []string{
+		"SPILLWAY_KAFKA_BROKERS=" + broker,
+		"SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:0",
 		"SPILLWAY_PRODUCER_RESEND_PERIOD=200ms",
 		"SPILLWAY_PRODUCER_CB_TIMEOUT=500ms",
-	), env...)
-	out := &syncBuffer{}
-	cmd.Stdout = captured(t, cmd, out)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("resender output:\n%s", out.String())
-		}
-	})
+	if natsAddr != "" {
+		own = append(own, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr)
+	}
+	p := spawn(t, "spillway-resender", append(own, env...)...)
+	monitor := p.loggedAddr(t, "resender started", "monitoring")
 	waitOK(t, "http://"+monitor+"/readyz", "the resender to be ready")
 	return monitor
 }
@@ -50,10 +38,10 @@ func startResender(t *testing.T, broker, natsAddr string, env ...string) string 
 // answered 202 (buffered). When Kafka comes back the resender delivers
 // every acknowledged record, once, with its key and value.
 func TestKafkaDownThenBack(t *testing.T) {
-	kafkaPort := freePort(t) // nothing listens there yet: Kafka is down
+	kafkaPort := reservedPort(t) // nothing listens there yet: Kafka is down, and comes up on this port
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_LISTEN="+natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=3")
+	in := startIngest(t, broker, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=3")
+	natsAddr := in.natsAddr
 	startResender(t, broker, natsAddr)
 
 	const n = 40
@@ -112,11 +100,10 @@ func kcatConsumeMaybe(broker, topic string) []kcatRecord {
 // acknowledged reaches Kafka once, with its key and value; of the records
 // not acknowledged, only the one in flight at the kill may be there.
 func TestIngestKilledMidLoad(t *testing.T) {
-	kafkaPort := freePort(t)
+	kafkaPort := reservedPort(t) // Kafka comes up on it later
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	store := t.TempDir()
-	env := []string{"SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr, "SPILLWAY_PRODUCER_WAL_PATH=" + store, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1"}
+	env := []string{"SPILLWAY_PRODUCER_WAL_PATH=" + store, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1"}
 	in := startIngest(t, broker, env...)
 
 	// One loader: at most one request is in flight at the kill.
@@ -141,7 +128,7 @@ func TestIngestKilledMidLoad(t *testing.T) {
 	if err := in.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	_ = in.cmd.Wait()
+	<-in.exited
 	close(stop)
 	<-loaderDone
 	// Before the kill every answer was 202; after it, none.
@@ -156,8 +143,8 @@ func TestIngestKilledMidLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	startIngest(t, broker, env...) // the same store: the buffered records are still there
-	startResender(t, broker, natsAddr)
+	again := startIngest(t, broker, env...) // the same store: the buffered records are still there
+	startResender(t, broker, again.natsAddr)
 
 	t.Logf("kill -9 after %d records sent, %d acknowledged", l.sent, l.count())
 	waitInKafka(t, broker, "killed", l, 60*time.Second, promise{unacknowledged: 1})

@@ -66,7 +66,8 @@ func startJaeger(t *testing.T) (query, otlpHTTP string) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("Jaeger is not built (%v): run `make jaeger`", err)
 	}
-	addr := func() string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
+	// Jaeger does not report the ports it bound: reserved ones.
+	addr := func() string { return fmt.Sprintf("127.0.0.1:%d", reservedPort(t)) }
 	query, otlpHTTP = addr(), addr()
 	path := filepath.Join(t.TempDir(), "jaeger.yaml")
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(jaegerConfig, query, addr(), addr(), otlpHTTP)), 0o600); err != nil {
@@ -134,9 +135,9 @@ func spansOf(query, traceID string) map[string]bool {
 func TestTraceInJaeger(t *testing.T) {
 	query, otlp := startJaeger(t)
 	k := newFaultyKafka(t)
-	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	otelEnv := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlp, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "OTEL_BSP_SCHEDULE_DELAY=100"}
-	in := startIngest(t, k.addr, append([]string{"SPILLWAY_PRODUCER_WAL_LISTEN=" + natsAddr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500"}, otelEnv...)...)
+	in := startIngest(t, k.addr, append([]string{"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500"}, otelEnv...)...)
+	natsAddr := in.natsAddr
 	startResender(t, k.addr, natsAddr, otelEnv...)
 
 	k.cut()
