@@ -232,39 +232,6 @@ func (c *call) expire() {
 	c.done(out)
 }
 
-// complete answers a produced batch's records: it runs once per batch,
-// on its broker's sender.
-// offset is Kafka's offset of the first record, -1 when not known (acks
-// 0).
-func complete(tp topicPartition, batch []queued, offset int64, err error) {
-	var failure error
-	if err != nil {
-		failure = classify(err)
-	}
-	for i := range batch {
-		q := &batch[i]
-		c := q.call
-		c.mu.Lock()
-		r := &c.results[q.index]
-		if failure != nil {
-			*r = record.Fail(tp.topic, failure)
-		} else {
-			*r = record.Result{
-				Outcome:   record.Delivered,
-				Topic:     tp.topic,
-				Partition: int32(tp.partition),
-				Offset:    -1,
-				Timestamp: q.time,
-			}
-			if offset >= 0 {
-				r.Offset = offset + int64(i)
-			}
-		}
-		c.remaining--
-		c.answerIfDone()
-	}
-}
-
 // Start queues recs for Kafka and returns at once. done is called once,
 // with one result per record in order, when Kafka has acknowledged or
 // failed each of them, or when the message timeout (message.timeout.ms)
@@ -387,7 +354,8 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 			})
 			continue
 		}
-		queue = append(queue, queued{key: r.Key, value: r.Value, headers: headers.kafkaHeaders(r.ID, r.Headers), time: ts, call: c, index: i, size: n})
+		hs := headers.kafkaHeaders(r.ID, r.Headers)
+		queue = append(queue, queued{key: r.Key, value: r.Value, headers: hs, time: ts, call: c, index: i, size: encodedSize(r.Key, r.Value, hs)})
 		tps = append(tps, topicPartition{r.Topic, partition})
 		leaders = append(leaders, topic.leaders[partition])
 		onePartition = onePartition && tps[len(tps)-1] == tps[0]
@@ -521,6 +489,21 @@ func classify(err error) error {
 		// error, a network error...
 		return &record.Error{Reason: record.ReasonUnavailable, Message: "Kafka cannot take the record now", Err: err}
 	}
+}
+
+// refusal is classify(err) for a record Kafka refused, with Kafka's own
+// message for it (ErrorMessage, or the record's in RecordErrors) where
+// that says more than the error code: why the record is invalid.
+func refusal(err error, message string) error {
+	failure := classify(err)
+	var (
+		re   *record.Error
+		code kafka.Error
+	)
+	if message != "" && errors.As(failure, &re) && re.Reason == record.ReasonInvalid && errors.As(err, &code) {
+		re.Message = "Kafka refused the record: " + code.Title() + ": " + message
+	}
+	return failure
 }
 
 // Topics lists the topics in the cluster, without Kafka's internal ones.

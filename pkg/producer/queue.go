@@ -2,10 +2,13 @@ package producer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -13,6 +16,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
+
+	"github.com/spillway/spillway/pkg/record"
 )
 
 // How records reach Kafka. Each partition has a queue. Each broker that
@@ -25,7 +30,12 @@ import (
 // batches grow with the load, and a request carries as many partitions as
 // have records: a batch is ready once linger.ms has passed since its
 // first record, or at once when it is full (batch.num.messages,
-// batch.size) or the producer is closing.
+// batch.size, counted as Kafka counts it: encodedSize) or the producer
+// is closing.
+//
+// A batch mixes many callers' records, so when Kafka refuses it for some
+// of its records (invalid, too large), only those fail: answer sends the
+// others again (see there).
 
 // topicPartition names one partition's queue.
 type topicPartition struct {
@@ -41,7 +51,7 @@ type queued struct {
 	time       time.Time
 	call       *call
 	index      int // in the call's results
-	size       int
+	size       int // encodedSize
 }
 
 // partitionQueue holds one partition's records until they are sent.
@@ -51,12 +61,16 @@ type partitionQueue struct {
 	mu       sync.Mutex
 	leader   int32 // the broker that leads the partition, as metadata last said
 	recs     []queued
-	bytes    int
+	bytes    int       // the encodedSize of recs
 	first    time.Time // when recs[0] was queued
 	inFlight bool
-	// retry is a batch that failed with an error that may pass: it goes
-	// again, alone and first, after notBefore.
+	// retry holds records Kafka did not store, to go again before recs,
+	// in order: a batch that failed with an error that may pass (not
+	// before notBefore, attempts made), or what is left of a batch Kafka
+	// refused for some of its records. While such a batch is split, at
+	// most split records of retry go in one batch (0: no such bound).
 	retry     []queued
+	split     int
 	attempts  int
 	notBefore time.Time
 }
@@ -152,12 +166,12 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 	for _, q := range p.queues {
 		q.mu.Lock()
 		switch {
-		case q.leader != s.leader || q.inFlight || (len(q.recs) == 0 && q.retry == nil):
-		case q.retry != nil && now.Before(q.notBefore) && !closing:
+		case q.leader != s.leader || q.inFlight || (len(q.recs) == 0 && len(q.retry) == 0):
+		case len(q.retry) > 0 && now.Before(q.notBefore) && !closing:
 			soonest(q.notBefore.Sub(now))
 		default:
 			candidates = append(candidates, q)
-			if q.retry != nil || len(q.recs) >= p.batchSize || q.bytes >= p.batchBytes {
+			if len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= p.batchBytes {
 				send = true
 			}
 			if len(q.recs) > 0 && (oldest.IsZero() || q.first.Before(oldest)) {
@@ -177,12 +191,11 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 	if send {
 		for _, q := range candidates {
 			q.mu.Lock()
-			if q.retry != nil && !q.inFlight {
-				if batch := unexpired(q.retry); len(batch) > 0 {
+			if len(q.retry) > 0 && !q.inFlight {
+				if batch := q.takeRetry(p.batchSize, p.batchBytes); len(batch) > 0 {
 					out = append(out, ready{q: q, batch: batch, attempt: q.attempts})
 					q.inFlight = true
 				}
-				q.retry = nil
 			}
 			for !q.inFlight && len(q.recs) > 0 {
 				if batch := q.takeBatch(p.batchSize, p.batchBytes); len(batch) > 0 {
@@ -207,11 +220,7 @@ func (q *partitionQueue) takeBatch(maxRecords, maxBytes int) []queued {
 }
 
 func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
-	n, size := 0, 0
-	for n < len(q.recs) && n < maxRecords && (n == 0 || size+q.recs[n].size <= maxBytes) {
-		size += q.recs[n].size
-		n++
-	}
+	n, size := fit(q.recs, maxRecords, maxBytes)
 	var batch []queued
 	if n == len(q.recs) { // all of them, as mostly: no copy
 		batch, q.recs = q.recs, nil
@@ -225,6 +234,64 @@ func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
 	q.bytes -= size
 	q.first = time.Now()
 	return batch
+}
+
+// takeRetry takes the first records of q.retry, up to a batch's bounds
+// and the split's, less those whose call has expired.
+func (q *partitionQueue) takeRetry(maxRecords, maxBytes int) []queued {
+	q.retry = unexpired(q.retry)
+	if q.split > 0 {
+		maxRecords = min(maxRecords, q.split)
+	}
+	n, _ := fit(q.retry, maxRecords, maxBytes)
+	batch := q.retry[:n:n]
+	if q.retry = q.retry[n:]; len(q.retry) == 0 {
+		q.retry = nil
+	}
+	return batch
+}
+
+// fit is how many of recs, from the first, go in one batch of at most
+// maxRecords records and maxBytes bytes as Kafka counts them (one at
+// least, however large), and their encodedSize.
+func fit(recs []queued, maxRecords, maxBytes int) (n, size int) {
+	for n < len(recs) && n < maxRecords && (n == 0 || batchOverhead+size+recs[n].size <= maxBytes) {
+		size += recs[n].size
+		n++
+	}
+	return n, size
+}
+
+// batchOverhead is a record batch's header (magic 2), which Kafka counts
+// against message.max.bytes with the records.
+const batchOverhead = 61
+
+// encodedSize is a record's size in a batch (magic 2), uncompressed, as
+// Kafka counts it against message.max.bytes: its key, value and headers
+// (Spillway's own too) with their lengths, its length and attributes, and
+// its timestamp and offset deltas at their largest (a varlong and a
+// varint), since they depend on the batch the record joins. It is at most
+// about a dozen bytes over; compression only makes the batch smaller.
+func encodedSize(key, value []byte, headers []kafka.Header) int {
+	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + bytesSize(key) + bytesSize(value) + varintSize(len(headers))
+	for _, h := range headers {
+		n += varintSize(len(h.Key)) + len(h.Key) + bytesSize(h.Value)
+	}
+	return varintSize(n) + n
+}
+
+// bytesSize is b's size in a record: its length (-1 for nil), then b.
+func bytesSize(b []byte) int {
+	if b == nil {
+		return varintSize(-1)
+	}
+	return varintSize(len(b)) + len(b)
+}
+
+// varintSize is n's size as a Kafka varint (zigzag, as binary.PutVarint).
+func varintSize(n int) int {
+	var buf [binary.MaxVarintLen64]byte
+	return binary.PutVarint(buf[:], int64(n))
 }
 
 // send is s's goroutine: it runs until none of its partitions has records.
@@ -254,8 +321,7 @@ func (p *Producer) send(s *brokerSender) {
 
 // produce sends batches in one request per broker that leads them (one,
 // unless a leader moved since they were queued), and answers each batch's
-// records, or queues it again when its error may pass and it has attempts
-// left (retries, retry.backoff.ms, retry.backoff.max.ms).
+// records, or queues them again (answer).
 func (p *Producer) produce(batches []ready) {
 	groups := p.byLeader(batches)
 	if len(groups) == 1 {
@@ -346,36 +412,151 @@ func (p *Producer) produceTo(batches []ready) {
 		}
 	}
 	for _, b := range batches {
-		berr, offset := err, int64(-1)
-		if err == nil && p.acks != kafka.RequireNone {
-			switch rp := answers[b.q.tp]; {
-			case rp == nil:
-				berr = errors.New("kafka's answer did not name the partition")
-			case rp.ErrorCode != 0:
-				berr = kafka.Error(rp.ErrorCode)
-			default:
-				offset = rp.BaseOffset
-			}
-		}
-		if berr != nil && retriable(berr) && b.attempt+1 < p.maxAttempts && !p.closing.Load() {
-			p.logger.Debug("kafka produce failed; retrying", "topic", b.q.tp.topic, "partition", b.q.tp.partition,
-				"records", len(b.batch), "attempt", b.attempt+1, "error", berr)
-			b.q.mu.Lock()
-			b.q.retry, b.q.attempts, b.q.inFlight = unexpired(b.batch), b.attempt+1, false
-			if len(b.q.retry) == 0 {
-				b.q.retry = nil
-			}
-			b.q.notBefore = time.Now().Add(backoff(b.attempt+1, p.backoffMin, p.backoffMax))
-			b.q.mu.Unlock()
-			p.wakeIfPending(b.q)
-			continue
-		}
-		complete(b.q.tp, b.batch, offset, berr)
-		b.q.mu.Lock()
-		b.q.inFlight = false
-		b.q.mu.Unlock()
-		p.wakeIfPending(b.q)
+		p.answer(b, answers[b.q.tp], err)
 	}
+}
+
+// answer completes b from Kafka's answer: rp, its partition's part of the
+// response, or err when the request failed as a whole (rp is nil with
+// acks 0). It is the one place that decides each record's outcome:
+//
+//   - Kafka stored the batch: its records are delivered.
+//   - Kafka refused the batch for some of its records (inRecord: invalid,
+//     too large), and a batch mixes many callers' records, so only those
+//     fail. When Kafka names them (RecordErrors, KIP-467, produce v8 and
+//     later) they fail with its message, and the others go again in a new
+//     batch. When it names none (older brokers, or a batch over
+//     message.max.bytes), the batch goes again in halves, halved again
+//     while refused, until a record refused alone fails. Kafka stores
+//     nothing of a batch it refuses, so nothing is sent twice; these sends
+//     do not count as retries, since each one answers records or halves
+//     the batch.
+//   - An error that may pass sends the batch again after a backoff, while
+//     attempts are left and the producer is not closing.
+//   - Otherwise every record of the batch fails.
+//
+// What goes again goes first, before the records queued after it, so a
+// partition's records keep their order.
+func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) {
+	q, offset := b.q, int64(-1)
+	if err == nil && p.acks != kafka.RequireNone {
+		switch {
+		case rp == nil:
+			err = errors.New("kafka's answer did not name the partition")
+		case rp.ErrorCode != 0:
+			err = kafka.Error(rp.ErrorCode)
+		default:
+			offset = rp.BaseOffset
+		}
+	}
+	var message string // Kafka's, for the batch
+	if rp != nil {
+		message = rp.ErrorMessage
+	}
+	var (
+		again    []queued // to send again, first
+		split    int      // then at most this many records a batch
+		attempts = b.attempt
+		delay    time.Duration
+	)
+	switch named := culprits(rp, len(b.batch)); {
+	case err == nil:
+		for i := range b.batch {
+			r := record.Result{Outcome: record.Delivered, Topic: q.tp.topic, Partition: int32(q.tp.partition), Offset: -1, Timestamp: b.batch[i].time}
+			if offset >= 0 {
+				r.Offset = offset + int64(i)
+			}
+			b.batch[i].answer(r)
+		}
+		attempts = 0
+	case inRecord(err) && len(named) > 0:
+		again = make([]queued, 0, len(b.batch)-len(named))
+		for i := range b.batch {
+			if m, ok := named[i]; ok {
+				b.batch[i].answer(record.Fail(q.tp.topic, refusal(err, m)))
+			} else {
+				again = append(again, b.batch[i])
+			}
+		}
+	case inRecord(err) && len(b.batch) > 1:
+		again, split = b.batch, (len(b.batch)+1)/2
+		p.logger.Debug("kafka refused a batch for some of its records; splitting it", "topic", q.tp.topic, "partition", q.tp.partition,
+			"records", len(b.batch), "error", err)
+	case retriable(err) && b.attempt+1 < p.maxAttempts && !p.closing.Load():
+		p.logger.Debug("kafka produce failed; retrying", "topic", q.tp.topic, "partition", q.tp.partition,
+			"records", len(b.batch), "attempt", b.attempt+1, "error", err)
+		again, attempts, delay = b.batch, b.attempt+1, backoff(b.attempt+1, p.backoffMin, p.backoffMax)
+	default:
+		failure := refusal(err, message)
+		for i := range b.batch {
+			b.batch[i].answer(record.Fail(q.tp.topic, failure))
+		}
+		attempts = 0
+	}
+
+	q.mu.Lock()
+	switch {
+	case len(again) > 0:
+		q.retry = slices.Concat(unexpired(again), q.retry)
+		q.notBefore = time.Now().Add(delay)
+		if split > 0 {
+			q.split = split
+		}
+	case q.split > 0: // a part of a split batch went: try twice as many
+		q.split *= 2
+	}
+	q.attempts = attempts
+	if len(q.retry) == 0 {
+		q.retry, q.split, q.attempts = nil, 0, 0
+	}
+	q.inFlight = false
+	q.mu.Unlock()
+	p.wakeIfPending(q)
+}
+
+// culprits are the records of a batch of n that Kafka named as those it
+// refused the batch for (RecordErrors), each with Kafka's message; none
+// when it named none that the batch has.
+func culprits(rp *produceapi.ResponsePartition, n int) map[int]string {
+	if rp == nil {
+		return nil
+	}
+	var out map[int]string
+	for _, e := range rp.RecordErrors {
+		if i := int(e.BatchIndex); i >= 0 && i < n {
+			if out == nil {
+				out = make(map[int]string, len(rp.RecordErrors))
+			}
+			out[i] = cmp.Or(e.BatchIndexErrorMessage, rp.ErrorMessage)
+		}
+	}
+	return out
+}
+
+// inRecord says whether Kafka refused a batch for what some of its
+// records are rather than for the state of the partition or the cluster:
+// a batch without those records would be stored.
+func inRecord(err error) bool {
+	var code kafka.Error
+	if !errors.As(err, &code) {
+		return false
+	}
+	switch code {
+	case kafka.InvalidRecord, kafka.InvalidTimestamp, kafka.InvalidMessage, kafka.InvalidMessageSize,
+		kafka.MessageSizeTooLarge, kafka.RecordListTooLarge:
+		return true
+	}
+	return false
+}
+
+// answer sets the record's result, and answers its call when it was the
+// call's last record.
+func (r *queued) answer(res record.Result) {
+	c := r.call
+	c.mu.Lock()
+	c.results[r.index] = res
+	c.remaining--
+	c.answerIfDone()
 }
 
 // wakeIfPending wakes the sender of q's leader when q has records: its
@@ -383,7 +564,7 @@ func (p *Producer) produceTo(batches []ready) {
 // of the new one may have found it busy and stopped.
 func (p *Producer) wakeIfPending(q *partitionQueue) {
 	q.mu.Lock()
-	pending, leader := len(q.recs) > 0 || q.retry != nil, q.leader
+	pending, leader := len(q.recs) > 0 || len(q.retry) > 0, q.leader
 	q.mu.Unlock()
 	if pending {
 		p.wake(leader)
