@@ -1,18 +1,15 @@
 package producer
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -20,90 +17,9 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 )
 
-// compactedMessage is what Kafka says of a record without a key sent to a
-// compacted topic.
-const compactedMessage = "Compacted topic cannot accept message without key in topic partition mixed-0."
-
-// keylessRefusals are the batches refuseKeyless made the broker refuse:
-// how many records each had.
-type keylessRefusals struct {
-	mu      sync.Mutex
-	batches []int
-}
-
-// refuseKeyless makes c refuse, as Kafka refuses them for a compacted
-// topic, the batches of topic (one partition) that hold a record without
-// a key: INVALID_RECORD, naming those records (RecordErrors, KIP-467) when
-// named, as Kafka 2.4 and later do, or naming none, as older brokers do.
-// Batches without such a record are stored as usual.
-func refuseKeyless(t *testing.T, c *kfake.Cluster, topic string, named bool) *keylessRefusals {
-	t.Helper()
-	kr := &keylessRefusals{}
-	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		pr := req.(*kmsg.ProduceRequest)
-		var keyless []int32
-		records := 0
-		kafkatest.EachBatch(pr, topic, func(b kmsg.RecordBatch) {
-			for i, r := range decodeRecords(t, b) {
-				if r.Key == nil {
-					keyless = append(keyless, int32(i))
-				}
-			}
-			records += int(b.NumRecords)
-		})
-		if len(keyless) == 0 {
-			return nil, nil, false
-		}
-		kr.mu.Lock()
-		kr.batches = append(kr.batches, records)
-		kr.mu.Unlock()
-		resp := kafkatest.FailProduce(pr, kerr.InvalidRecord)
-		if named {
-			sp := &resp.Topics[0].Partitions[0]
-			summary := fmt.Sprintf("One or more records have been rejected due to %d record errors in total, and only showing the first three errors at most: [RecordError(batchIndex=%d, message='%s')]",
-				len(keyless), keyless[0], compactedMessage)
-			sp.ErrorMessage = &summary
-			for _, i := range keyless {
-				e := kmsg.NewProduceResponseTopicPartitionErrorRecord()
-				e.RelativeOffset, e.ErrorMessage = i, kmsg.StringPtr(compactedMessage)
-				sp.ErrorRecords = append(sp.ErrorRecords, e)
-			}
-		}
-		return resp, nil, true
-	})
-	return kr
-}
-
-func (kr *keylessRefusals) sizes() []int {
-	kr.mu.Lock()
-	defer kr.mu.Unlock()
-	return append([]int(nil), kr.batches...)
-}
-
-// decodeRecords decodes an uncompressed batch's records.
-func decodeRecords(t *testing.T, b kmsg.RecordBatch) []kmsg.Record {
-	if b.Attributes&0x7 != 0 {
-		t.Errorf("a compressed batch: the test reads uncompressed ones")
-		return nil
-	}
-	var out []kmsg.Record
-	for raw := b.Records; len(raw) > 0; {
-		length, n := binary.Varint(raw)
-		if n <= 0 || n+int(length) > len(raw) {
-			t.Errorf("a record's length is cut short")
-			return out
-		}
-		var r kmsg.Record
-		if err := r.ReadFrom(raw[:n+int(length)]); err != nil {
-			t.Errorf("read a record: %v", err)
-			return out
-		}
-		out = append(out, r)
-		raw = raw[n+int(length):]
-	}
-	return out
-}
+// compactedMessage is what Kafka says of a record without a key sent to
+// the partition of topic "mixed".
+var compactedMessage = kafkatest.CompactedMessage("mixed", 0)
 
 // TestRefusedRecordFailsAlone: two callers' records share a partition's
 // batch, and Kafka refuses the batch as INVALID_RECORD for one of them
@@ -123,7 +39,7 @@ func TestRefusedRecordFailsAlone(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "mixed"))
-			refusals := refuseKeyless(t, c, "mixed", tt.named)
+			refusals := kafkatest.RefuseKeyless(t, c, "mixed", tt.named)
 			p := newProducer(t, addr, "SPILLWAY_KAFKA_LINGER_MS=100")
 			_, err := p.topicLayout("mixed") // so that both calls queue at once, into one batch
 			require.NoError(t, err)
@@ -133,7 +49,7 @@ func TestRefusedRecordFailsAlone(t *testing.T) {
 
 			refused := answerOf(t, bad)
 			delivered := answerOf(t, good)
-			assert.Equal(t, tt.refused, refusals.sizes(), "the first batch held both callers' records")
+			assert.Equal(t, tt.refused, refusals.Sizes(), "the first batch held both callers' records")
 			assert.Equal(t, record.Failed, refused.Outcome)
 			assert.Equal(t, record.ReasonInvalid, record.ReasonOf(refused.Err), refused.Err)
 			assert.Contains(t, record.ClientMessage(refused.Err), tt.message)
@@ -155,7 +71,7 @@ func TestRefusedRecordsKeepTheirNeighboursInOrder(t *testing.T) {
 	for _, named := range []bool{true, false} {
 		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
 			c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "mixed"))
-			refuseKeyless(t, c, "mixed", named)
+			kafkatest.RefuseKeyless(t, c, "mixed", named)
 			p := newProducer(t, addr)
 			const n = 100
 			recs := make([]record.Record, n)
