@@ -233,10 +233,12 @@ func TestAmbassadorStreamBadTopicMidBurst(t *testing.T) {
 	assert.Equal(t, float64(bad), ingesttest.Metric(t, in.Monitor, `spillway_records_delivered_total{topic="mid"}`))
 }
 
-// TestAmbassadorStreamKafkaFailureMidBurst: Kafka refusing a produce
-// request in the middle of a burst (INVALID_RECORD, not retriable) ends
-// the stream at the first refused record's streamOffset; the records
-// before it are acknowledged and in Kafka, none after it acknowledged.
+// TestAmbassadorStreamKafkaFailureMidBurst: Kafka refusing every batch
+// that holds one poisoned record in the middle of a burst (INVALID_RECORD,
+// not retriable, naming no record) fails that record alone (the producer
+// splits the batch until it is alone) and ends the stream at its
+// streamOffset; the records before it are acknowledged and in Kafka, none
+// after it acknowledged.
 func TestAmbassadorStreamKafkaFailureMidBurst(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	const topic, n, warm, poison = "poisoned", 1000, 100, 500
@@ -293,13 +295,14 @@ func TestAmbassadorStreamKafkaFailureMidBurst(t *testing.T) {
 	<-read
 
 	mu.Lock()
-	first := uint64(n)
+	lowest := uint64(n)
 	for o := range refused {
-		first = min(first, o)
+		lowest = min(lowest, o)
 	}
 	mu.Unlock()
 	require.True(t, refused[poison], "Kafka was asked for the poisoned record")
-	t.Logf("Kafka refused %d records, the first at streamOffset %d", len(refused), first)
+	t.Logf("Kafka refused batches holding %d records, the lowest at streamOffset %d", len(refused), lowest)
+	first := uint64(poison) // its neighbours in a refused batch are sent again
 	st := status.Convert(end)
 	assert.Equal(t, codes.InvalidArgument, st.Code(), "%v", end)
 	assert.Contains(t, st.Message(), fmt.Sprintf("streamOffset %d: Kafka refused the record", first))
