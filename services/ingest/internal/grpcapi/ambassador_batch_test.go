@@ -240,8 +240,10 @@ func TestAmbassadorStreamBadTopicMidBurst(t *testing.T) {
 // streamOffset; the records before it are acknowledged and in Kafka, none
 // after it acknowledged.
 func TestAmbassadorStreamKafkaFailureMidBurst(t *testing.T) {
-	c, addr := kafkatest.NewCluster(t)
 	const topic, n, warm, poison = "poisoned", 1000, 100, 500
+	// One partition: the hook fails a whole request, as Kafka fails only
+	// the partition whose batch holds the poison.
+	c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, topic))
 	var mu sync.Mutex
 	refused := map[uint64]bool{} // the offsets of every record Kafka refused
 	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
