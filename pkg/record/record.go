@@ -104,6 +104,27 @@ const (
 	ReasonUnauthenticated Reason = "unauthenticated"
 )
 
+// Reasons is every Reason, in the order of their constants. Each API
+// answers a reason from a table with a row for every one of them, and its
+// tests walk this list: a new reason goes here (TestReasonsHoldsEveryReason
+// fails until it does), and then needs a row in every API's table.
+func Reasons() []Reason {
+	return []Reason{
+		ReasonInvalid,
+		ReasonTooLarge,
+		ReasonUnknownTopic,
+		ReasonNotAuthorized,
+		ReasonUnavailable,
+		ReasonTimeout,
+		ReasonBufferFull,
+		ReasonOverloaded,
+		ReasonForbidden,
+		ReasonRateLimited,
+		ReasonRejected,
+		ReasonUnauthenticated,
+	}
+}
+
 // Retriable says whether the failure is Kafka's, not the record's nor the
 // client's, so that trying again later may succeed: Kafka was unavailable
 // or slow, or refused Spillway's own credentials (a rotated SASL password,

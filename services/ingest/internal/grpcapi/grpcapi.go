@@ -186,26 +186,33 @@ func (w *watchStream) Send(m *healthpb.HealthCheckResponse) error {
 	return err
 }
 
-// codeOf maps a failure reason to its gRPC status code.
+// reasonCodes is the gRPC status code of each failure reason, for every
+// gRPC service: Spillway's, kafka-pixy's and kafka-ambassador's. Every
+// reason in record.Reasons has a row (TestEveryReasonMapped).
+var reasonCodes = map[record.Reason]codes.Code{
+	record.ReasonInvalid:         codes.InvalidArgument,
+	record.ReasonTooLarge:        codes.ResourceExhausted,
+	record.ReasonUnknownTopic:    codes.NotFound,
+	record.ReasonNotAuthorized:   codes.Unavailable, // Kafka refused Spillway's own credentials: not the client's fault
+	record.ReasonUnavailable:     codes.Unavailable,
+	record.ReasonTimeout:         codes.DeadlineExceeded,
+	record.ReasonBufferFull:      codes.ResourceExhausted,
+	record.ReasonOverloaded:      codes.Unavailable,
+	record.ReasonForbidden:       codes.PermissionDenied,
+	record.ReasonRateLimited:     codes.ResourceExhausted,
+	record.ReasonRejected:        codes.InvalidArgument,
+	record.ReasonUnauthenticated: codes.Unauthenticated, // as identify answers
+}
+
+// codeOf maps a failure reason to its gRPC status code. A reason without a
+// row (TestEveryReasonMapped sees that none is) is answered as
+// unavailable, as record.ReasonOf names an error without one.
 func codeOf(reason record.Reason) codes.Code {
-	switch reason {
-	case record.ReasonInvalid, record.ReasonRejected:
-		return codes.InvalidArgument
-	case record.ReasonTooLarge, record.ReasonBufferFull, record.ReasonRateLimited:
-		return codes.ResourceExhausted
-	case record.ReasonUnknownTopic:
-		return codes.NotFound
-	case record.ReasonForbidden:
-		return codes.PermissionDenied
-	case record.ReasonNotAuthorized: // Spillway's own credentials: not the client's fault
-		return codes.Unavailable
-	case record.ReasonTimeout:
-		return codes.DeadlineExceeded
-	case record.ReasonOverloaded:
-		return codes.Unavailable
-	default:
-		return codes.Unavailable
+	c, ok := reasonCodes[reason]
+	if !ok {
+		c = reasonCodes[record.ReasonUnavailable]
 	}
+	return c
 }
 
 // statusOf is the gRPC status for a failed record.

@@ -26,34 +26,34 @@ const (
 	codeInternal             = 50000
 )
 
-// statusOf maps a failure reason to its HTTP status and error code.
+// reasonAnswers is the HTTP status and error code of each failure reason,
+// for every API over HTTP: Spillway's, Confluent's, kafka-pixy's and
+// kafka-ambassador's. Every reason in record.Reasons has a row
+// (TestEveryReasonMapped).
+var reasonAnswers = map[record.Reason]struct{ status, code int }{
+	record.ReasonInvalid:         {http.StatusBadRequest, 40001},
+	record.ReasonTooLarge:        {http.StatusRequestEntityTooLarge, 41301},
+	record.ReasonUnknownTopic:    {http.StatusNotFound, 40401},
+	record.ReasonNotAuthorized:   {http.StatusServiceUnavailable, 50304}, // Kafka refused Spillway's own credentials: not the client's fault
+	record.ReasonUnavailable:     {http.StatusServiceUnavailable, 50301},
+	record.ReasonTimeout:         {http.StatusGatewayTimeout, 50401},
+	record.ReasonBufferFull:      {http.StatusInsufficientStorage, 50701},
+	record.ReasonOverloaded:      {http.StatusServiceUnavailable, 50303},
+	record.ReasonForbidden:       {http.StatusForbidden, 40302},
+	record.ReasonRateLimited:     {http.StatusTooManyRequests, 42901},
+	record.ReasonRejected:        {http.StatusUnprocessableEntity, 42201},
+	record.ReasonUnauthenticated: {http.StatusUnauthorized, 40101}, // as identify answers
+}
+
+// statusOf maps a failure reason to its HTTP status and error code. A
+// reason without a row (TestEveryReasonMapped sees that none is) is
+// answered as unavailable, as record.ReasonOf names an error without one.
 func statusOf(reason record.Reason) (status, code int) {
-	switch reason {
-	case record.ReasonInvalid:
-		return http.StatusBadRequest, 40001
-	case record.ReasonTooLarge:
-		return http.StatusRequestEntityTooLarge, 41301
-	case record.ReasonUnknownTopic:
-		return http.StatusNotFound, 40401
-	case record.ReasonNotAuthorized:
-		// Kafka refused Spillway's own credentials: not the client's fault.
-		// Seen only where the record could not be spilled.
-		return http.StatusServiceUnavailable, 50304
-	case record.ReasonForbidden:
-		return http.StatusForbidden, 40302
-	case record.ReasonTimeout:
-		return http.StatusGatewayTimeout, 50401
-	case record.ReasonBufferFull:
-		return http.StatusInsufficientStorage, 50701
-	case record.ReasonOverloaded:
-		return http.StatusServiceUnavailable, 50303
-	case record.ReasonRateLimited:
-		return http.StatusTooManyRequests, 42901
-	case record.ReasonRejected:
-		return http.StatusUnprocessableEntity, 42201
-	default:
-		return http.StatusServiceUnavailable, 50301
+	a, ok := reasonAnswers[reason]
+	if !ok {
+		a = reasonAnswers[record.ReasonUnavailable]
 	}
+	return a.status, a.code
 }
 
 // httpError is an error answered with its own status and code.

@@ -107,27 +107,33 @@ func answer(rp *kmsg.ProduceResponseTopicPartition, results []record.Result) {
 	}
 }
 
-// errorCode is the Kafka error a client gets for a record that failed
-// for reason: retriable codes where trying again may succeed.
+// reasonErrors is the Kafka error a client gets for a record that failed
+// for each reason: a retriable error where trying again may succeed.
+// Every reason in record.Reasons has a row (TestEveryReasonMapped).
+var reasonErrors = map[record.Reason]*kerr.Error{
+	record.ReasonInvalid:         kerr.InvalidRecord,
+	record.ReasonTooLarge:        kerr.MessageTooLarge,
+	record.ReasonUnknownTopic:    kerr.UnknownTopicOrPartition,
+	record.ReasonNotAuthorized:   kerr.NotEnoughReplicas, // Kafka refused Spillway's own credentials: not the client's fault, retry
+	record.ReasonUnavailable:     kerr.NotEnoughReplicas,
+	record.ReasonTimeout:         kerr.RequestTimedOut,
+	record.ReasonBufferFull:      kerr.NotEnoughReplicas,
+	record.ReasonOverloaded:      kerr.NotEnoughReplicas,
+	record.ReasonForbidden:       kerr.TopicAuthorizationFailed,
+	record.ReasonRateLimited:     kerr.ThrottlingQuotaExceeded,
+	record.ReasonRejected:        kerr.InvalidRecord,
+	record.ReasonUnauthenticated: kerr.SaslAuthenticationFailed, // as a produce without credentials is answered
+}
+
+// errorCode is the Kafka error code for reason. A reason without a row
+// (TestEveryReasonMapped sees that none is) is answered as unavailable, as
+// record.ReasonOf names an error without one.
 func errorCode(reason record.Reason) int16 {
-	switch reason {
-	case record.ReasonInvalid, record.ReasonRejected:
-		return kerr.InvalidRecord.Code
-	case record.ReasonTooLarge:
-		return kerr.MessageTooLarge.Code
-	case record.ReasonUnknownTopic:
-		return kerr.UnknownTopicOrPartition.Code
-	case record.ReasonForbidden:
-		return kerr.TopicAuthorizationFailed.Code
-	case record.ReasonRateLimited:
-		return kerr.ThrottlingQuotaExceeded.Code
-	case record.ReasonTimeout:
-		return kerr.RequestTimedOut.Code
-	case record.ReasonUnauthenticated:
-		return kerr.SaslAuthenticationFailed.Code
-	default: // unavailable, not_authorized, buffer_full, overloaded: retry
-		return kerr.NotEnoughReplicas.Code
+	e, ok := reasonErrors[reason]
+	if !ok {
+		e = reasonErrors[record.ReasonUnavailable]
 	}
+	return e.Code
 }
 
 // parseError is a partition's records refused before delivery.

@@ -1,0 +1,104 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
+)
+
+// failSender fails every record with one reason.
+type failSender struct{ reason record.Reason }
+
+func (s failSender) Send(_ context.Context, _ string, recs []record.Record) []record.Result {
+	out := make([]record.Result, len(recs))
+	for i, r := range recs {
+		out[i] = record.Fail(r.Topic, record.Errorf(s.reason, "failed for %s", s.reason))
+	}
+	return out
+}
+
+func (failSender) Refuse(context.Context, string, string, int, record.Reason) {}
+
+// TestEveryReasonMapped checks that every failure reason has a row of its
+// own in reasonAnswers, and that each HTTP API answers a record failed for
+// it with that row's status and error code.
+func TestEveryReasonMapped(t *testing.T) {
+	codes := map[int]record.Reason{}
+	for reason, a := range reasonAnswers {
+		if !slices.Contains(record.Reasons(), reason) {
+			t.Errorf("reasonAnswers has a row for %q, which is not in record.Reasons()", reason)
+		}
+		if a.code/100 != a.status {
+			t.Errorf("%s: error code %d is not its status %d times 100 plus a number", reason, a.code, a.status)
+		}
+		if other, ok := codes[a.code]; ok {
+			t.Errorf("%s and %s share error code %d: a program cannot tell them apart", reason, other, a.code)
+		}
+		codes[a.code] = reason
+	}
+
+	routes := []struct {
+		name, path, contentType, body string
+	}{
+		{"kafka-ambassador and Spillway", "/topics/t/messages", "text/plain", "v"},
+		{"kafka-pixy", "/clusters/default/topics/t/messages", "text/plain", "v"},
+		{"Confluent v2", "/topics/t", "application/vnd.kafka.binary.v2+json", `{"records":[{"value":"dg=="}]}`},
+	}
+	for _, reason := range record.Reasons() {
+		t.Run(string(reason), func(t *testing.T) {
+			want, ok := reasonAnswers[reason]
+			if !ok {
+				t.Fatalf("reason %q has no row in reasonAnswers (errors.go): give it an HTTP status and error code", reason)
+			}
+			h := New(Options{Sender: failSender{reason}, MaxBodyBytes: 1 << 16, Registry: prometheus.NewRegistry(),
+				Logger: slog.New(slog.DiscardHandler), LatencyBuckets: prometheus.DefBuckets})
+			for _, rt := range routes {
+				req := httptest.NewRequest(http.MethodPost, rt.path, strings.NewReader(rt.body))
+				req.Header.Set("Content-Type", rt.contentType)
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				var got errorBody
+				if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+					t.Fatalf("%s: %v: %s", rt.name, err, w.Body)
+				}
+				if w.Code != want.status || got.ErrorCode != want.code {
+					t.Errorf("%s: answered %d %d; want %d %d (%s)", rt.name, w.Code, got.ErrorCode, want.status, want.code, w.Body)
+				}
+			}
+		})
+	}
+}
+
+// TestUnauthenticatedAnswersAsSignIn checks that the unauthenticated row
+// is what a request without credentials is answered.
+func TestUnauthenticatedAnswersAsSignIn(t *testing.T) {
+	auth, err := identity.NewAuthenticator(t.Context(), config.Security{RequireCredentials: true}, config.ServerTLS{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(Options{Sender: failSender{record.ReasonUnavailable}, Auth: auth, MaxBodyBytes: 1 << 16, Registry: prometheus.NewRegistry(),
+		Logger: slog.New(slog.DiscardHandler), LatencyBuckets: prometheus.DefBuckets})
+	req := httptest.NewRequest(http.MethodPost, "/topics/t/messages", strings.NewReader("v"))
+	req.Header.Set("Content-Type", "text/plain")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	var got errorBody
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+		t.Fatalf("%v: %s", err, w.Body)
+	}
+	want := reasonAnswers[record.ReasonUnauthenticated]
+	if w.Code != want.status || got.ErrorCode != want.code {
+		t.Errorf("a request without credentials is answered %d %d; the unauthenticated row says %d %d", w.Code, got.ErrorCode, want.status, want.code)
+	}
+}

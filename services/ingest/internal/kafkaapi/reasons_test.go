@@ -1,0 +1,78 @@
+package kafkaapi
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/identity"
+)
+
+// TestEveryReasonMapped checks that every failure reason has a row in
+// reasonErrors, and that a partition whose record failed for it is
+// answered with that row's error and the record's message.
+func TestEveryReasonMapped(t *testing.T) {
+	for reason := range reasonErrors {
+		if !slices.Contains(record.Reasons(), reason) {
+			t.Errorf("reasonErrors has a row for %q, which is not in record.Reasons()", reason)
+		}
+	}
+	for _, reason := range record.Reasons() {
+		t.Run(string(reason), func(t *testing.T) {
+			want, ok := reasonErrors[reason]
+			if !ok {
+				t.Fatalf("reason %q has no row in reasonErrors (produce.go): give it a Kafka error", reason)
+			}
+			rp := kmsg.NewProduceResponseTopicPartition()
+			answer(&rp, []record.Result{
+				{Outcome: record.Delivered, Offset: 7},
+				record.Fail("t", record.Errorf(reason, "failed for %s", reason)),
+			})
+			if got := kerr.ErrorForCode(rp.ErrorCode); got != want {
+				t.Errorf("answered %v; want %v", got, want)
+			}
+			if rp.ErrorMessage == nil || *rp.ErrorMessage != "failed for "+string(reason) {
+				t.Errorf("error message %v; want the record's", rp.ErrorMessage)
+			}
+			if len(rp.ErrorRecords) != 1 || rp.ErrorRecords[0].RelativeOffset != 1 || rp.BaseOffset != -1 {
+				t.Errorf("error records %+v, base offset %d; want record 1, -1", rp.ErrorRecords, rp.BaseOffset)
+			}
+		})
+	}
+}
+
+// refuseSender is a Sender for a listener that refuses every produce
+// before delivery: Send is never called.
+type refuseSender struct{}
+
+func (refuseSender) Send(context.Context, string, []record.Record) []record.Result {
+	panic("a record was sent without credentials")
+}
+
+func (refuseSender) Refuse(context.Context, string, string, int, record.Reason) {}
+
+// TestUnauthenticatedAnswersAsSignIn checks that the unauthenticated row
+// is what a produce without credentials is answered.
+func TestUnauthenticatedAnswersAsSignIn(t *testing.T) {
+	auth, err := identity.NewAuthenticator(t.Context(), config.Security{RequireCredentials: true}, config.ServerTLS{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{s: New(Options{Sender: refuseSender{}, Auth: auth})}
+	req := kmsg.NewPtrProduceRequest()
+	rt := kmsg.NewProduceRequestTopic()
+	rt.Topic = "t"
+	rt.Partitions = append(rt.Partitions, kmsg.NewProduceRequestTopicPartition())
+	req.Topics = append(req.Topics, rt)
+	resp := c.produce(req, "client")
+	got := kerr.ErrorForCode(resp.Topics[0].Partitions[0].ErrorCode)
+	if want := reasonErrors[record.ReasonUnauthenticated]; got != want {
+		t.Errorf("a produce without credentials is answered %v; the unauthenticated row says %v", got, want)
+	}
+}
