@@ -4,7 +4,8 @@
 // port, a monitoring port and routes to its peers on loopback. It admits
 // only the user whose nkey seed is in -credentials, as the ingest's
 // embedded server does. It runs until SIGINT or SIGTERM; the e2e tests
-// kill -9 it to lose a node for real.
+// kill -9 it to lose a node for real, and devrun starts it again on its
+// store.
 package main
 
 import (
@@ -52,6 +53,7 @@ func run() int {
 		JetStreamMaxStore:  -1,
 		MaxPayload:         64 << 20,
 		NoSigs:             true,
+		Logtime:            true, // devrun interleaves these lines with the services' timed JSON
 		Cluster: server.ClusterOpts{
 			Name: *cluster,
 			Host: "127.0.0.1",

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -35,7 +37,8 @@ var (
 // runCluster is `make run-cluster`: the development broker unless brokers
 // are configured, three NATS nodes clustered with JetStream (stores under
 // dataDir), two ingests on that cluster with a 3-replica stream, and the
-// forwarder and resender. Ctrl-C stops everything, in reverse order.
+// forwarder and resender. A NATS node or a drain that exits is started
+// again (supervise); Ctrl-C stops everything, in reverse order.
 func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dataDir string, devPort, offset int, env []string, tracingNote string) int {
 	nodes, ingests := shiftPorts(offset)
 	var children []*child
@@ -77,8 +80,11 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", n.routePrt))
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", n.port))
 	}
+	// A node or a drain that exits is started again (supervise).
+	restartable := map[string]bool{"forwarder": true, "resender": true}
 	var nodeProcs []*child
 	for _, n := range nodes {
+		restartable[n.name] = true
 		c, err := start(n.name, filepath.Join(binDir, "devnats"), env,
 			"-name", n.name, "-port", fmt.Sprint(n.port), "-monitor", fmt.Sprint(n.monitor),
 			"-route-port", fmt.Sprint(n.routePrt), "-routes", strings.Join(routes, ","),
@@ -90,9 +96,9 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 		nodeProcs = append(nodeProcs, c)
 	}
 	for i, n := range nodes {
-		url := fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor)
-		if err := waitFor(ctx, nodeProcs[i], func() error { return healthy(url) }); err != nil {
-			return fail("NATS node %s did not become healthy: %v", n.name, err)
+		url := fmt.Sprintf("http://127.0.0.1:%d", n.monitor)
+		if err := waitFor(ctx, nodeProcs[i], func() error { return nodeReady(url) }); err != nil {
+			return fail("NATS node %s did not become ready: %v", n.name, err)
 		}
 	}
 
@@ -135,8 +141,25 @@ func runCluster(ctx context.Context, cfg *config.Config, configPath, binDir, dat
 		}
 		children = append(children, c)
 		url := "http://" + loopback(d.listen)
-		if err := waitFor(ctx, c, func() error { return ready(url) }); err != nil {
-			return fail("the %s did not become ready: %v", d.name, err)
+		// A drain that exits before it is ready is started again, as
+		// supervise does later: after a restart on the stores, its
+		// consumer can still be without a leader when the drain asks for
+		// it (seen once in eight restarts), and JetStream leaves the
+		// request unanswered until the drain's deadline.
+		for try := 1; ; try++ {
+			err := waitFor(ctx, c, func() error { return ready(url) })
+			if err == nil {
+				break
+			}
+			if try == 3 || !c.exited() || ctx.Err() != nil {
+				return fail("the %s did not become ready: %v", d.name, err)
+			}
+			fmt.Fprintf(os.Stderr, "devrun: the %s exited before it was ready; starting it again in %v\n", d.name, restartDelay)
+			time.Sleep(restartDelay)
+			if c, err = c.restart(); err != nil {
+				return fail("%v", err)
+			}
+			children[len(children)-1] = c
 		}
 	}
 
@@ -157,13 +180,13 @@ Try:
   kcat -b %s -C -t demo -e -f 'key=%%k value=%%s partition=%%p offset=%%o\n'
   curl -s 'http://127.0.0.1:%d/jsz?streams=true'   # which node leads the stream
 
-Ctrl-C stops everything.
+A NATS node or a drain that exits is started again after %v; Ctrl-C stops everything.
 `, cfg.Producer.WAL.Stream, in1.http, in2.http, in1.grpc, in2.grpc, in1.kafka, in2.kafka, in1.monitor, in2.monitor,
 		loopback(cfg.Forward.MonitoringListen), loopback(cfg.Resend.MonitoringListen),
 		strings.Join(urls, ","), nodes[0].monitor, nodes[1].monitor, nodes[2].monitor, dataDir,
-		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, in1.http, in2.http, brokers, nodes[0].monitor)
+		brokers, devNote(cfg.Kafka.UsingDevBroker), tracingNote, in1.http, in2.http, brokers, nodes[0].monitor, restartDelay)
 
-	return waitExit(ctx, children)
+	return supervise(ctx, children, restartable)
 }
 
 // shiftPorts returns the nodes and ingests with offset added to each port.
@@ -200,37 +223,114 @@ func ensureSeed(file string) error {
 	return os.WriteFile(file, append(seed, '\n'), 0o600)
 }
 
-// healthy checks a NATS monitoring /healthz URL.
-func healthy(url string) error {
-	resp, err := http.Get(url)
+// nodeReady checks a NATS node through its monitoring URL: every
+// JetStream group the node is in has a leader (the meta layer, each stream
+// and each consumer), then /healthz. /healthz alone is not enough when the
+// cluster starts again on its stores: it passes once the meta layer has a
+// leader, while each stream and consumer elects its own leader up to a few
+// seconds later, and JetStream leaves a request about a stream without a
+// leader unanswered (an update applied then is never answered), so the
+// ingest's create-or-update of the stream would wait out its deadline.
+func nodeReady(monitorURL string) error {
+	type group struct{ Leader string }
+	var jsz struct {
+		Meta     *group `json:"meta_cluster"`
+		Accounts []struct {
+			Streams []struct {
+				Name      string
+				Cluster   *group
+				Consumers []struct {
+					Name    string
+					Cluster *group
+				} `json:"consumer_detail"`
+			} `json:"stream_detail"`
+		} `json:"account_details"`
+	}
+	resp, err := http.Get(monitorURL + "/jsz?streams=true&consumers=true")
+	if err != nil {
+		return err
+	}
+	err = json.NewDecoder(resp.Body).Decode(&jsz)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("/jsz: %w", err)
+	}
+	led := func(g *group) bool { return g != nil && g.Leader != "" }
+	if !led(jsz.Meta) {
+		return errors.New("JetStream has no meta leader yet")
+	}
+	for _, a := range jsz.Accounts {
+		for _, s := range a.Streams {
+			if !led(s.Cluster) {
+				return fmt.Errorf("stream %s has no leader yet", s.Name)
+			}
+			for _, c := range s.Consumers {
+				if !led(c.Cluster) {
+					return fmt.Errorf("consumer %s of stream %s has no leader yet", c.Name, s.Name)
+				}
+			}
+		}
+	}
+	resp, err = http.Get(monitorURL + "/healthz")
 	if err != nil {
 		return err
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s answered %d", url, resp.StatusCode)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/healthz answered %d", resp.StatusCode)
 	}
 	return nil
 }
 
-// waitExit waits for Ctrl-C (0) or for a child to exit on its own (1).
-func waitExit(ctx context.Context, children []*child) int {
-	exited := make(chan *child, len(children))
-	for _, c := range children {
+// restartDelay is how long devrun waits before it starts again a NATS node
+// or a drain that exited, as a supervisor would.
+const restartDelay = 2 * time.Second
+
+// supervise keeps the cluster running until Ctrl-C (0). A child named in
+// restartable (a NATS node, a drain) that exits is a fault to show, not a
+// reason to stop: it is started again after restartDelay with the same
+// arguments (a node on its own store), in its place in children, so that
+// Ctrl-C still stops everything in reverse order. Any other child that
+// exits (the development broker, an ingest) stops devrun (1).
+func supervise(ctx context.Context, children []*child, restartable map[string]bool) int {
+	exited := make(chan int, len(children)) // indexes into children
+	due := make(chan int, len(children))
+	watch := func(i int) {
+		c := children[i]
 		go func() {
 			err := <-c.done
 			c.done <- err // for stop, which waits on it again
-			exited <- c
+			exited <- i
 		}()
 	}
-	select {
-	case <-ctx.Done():
-		fmt.Println("\ndevrun: stopping")
-		return 0
-	case c := <-exited:
-		err := <-c.done
-		c.done <- err
-		fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
-		return 1
+	for i := range children {
+		watch(i)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println("\ndevrun: stopping")
+			return 0
+		case i := <-exited:
+			c := children[i]
+			err := <-c.done
+			c.done <- err
+			if !restartable[c.name] {
+				fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
+				return 1
+			}
+			fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v; starting it again in %v\n", c.name, err, restartDelay)
+			time.AfterFunc(restartDelay, func() { due <- i })
+		case i := <-due:
+			c, err := children[i].restart()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "devrun: %v; trying again in %v\n", err, restartDelay)
+				time.AfterFunc(restartDelay, func() { due <- i })
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "devrun: %s started again (pid %d)\n", c.name, c.cmd.Process.Pid)
+			children[i] = c
+			watch(i)
+		}
 	}
 }

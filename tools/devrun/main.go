@@ -50,6 +50,23 @@ func start(name, path string, env []string, args ...string) (*child, error) {
 	return c, nil
 }
 
+// restart starts c's program again, with the same arguments and
+// environment, as a new child.
+func (c *child) restart() (*child, error) {
+	return start(c.name, c.cmd.Path, c.cmd.Env, c.cmd.Args[1:]...)
+}
+
+// exited tells whether c's process has ended.
+func (c *child) exited() bool {
+	select {
+	case err := <-c.done:
+		c.done <- err // for the others who wait on it
+		return true
+	default:
+		return false
+	}
+}
+
 // stop sends SIGTERM and waits; SIGKILL after the grace period.
 func (c *child) stop(grace time.Duration) {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
@@ -245,5 +262,28 @@ func waitFor(ctx context.Context, c *child, check func() error) error {
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// waitExit is make run's wait: for Ctrl-C (0), or for a child to exit on
+// its own (1), after which devrun stops the others.
+func waitExit(ctx context.Context, children []*child) int {
+	exited := make(chan *child, len(children))
+	for _, c := range children {
+		go func() {
+			err := <-c.done
+			c.done <- err // for stop, which waits on it again
+			exited <- c
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		fmt.Println("\ndevrun: stopping")
+		return 0
+	case c := <-exited:
+		err := <-c.done
+		c.done <- err
+		fmt.Fprintf(os.Stderr, "devrun: %s exited unexpectedly: %v\n", c.name, err)
+		return 1
 	}
 }

@@ -522,25 +522,7 @@ func TestClusterFaults(t *testing.T) {
 func TestMakeRunCluster(t *testing.T) {
 	devnatsBin(t) // devrun starts it from binDir
 	base := []int{4222, 4223, 4224, 8222, 8223, 8224, 6222, 6223, 6224, 18080, 18180, 18282, 18382, 19092, 19192, 28080, 28180}
-	offset := -1
-	for try := 0; try < 20 && offset < 0; try++ {
-		o := 100 + (int(time.Now().UnixNano()/1000)+try*197)%4000 // every port below the ephemeral range
-		free := true
-		for _, p := range base {
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+o))
-			if err != nil {
-				free = false
-				break
-			}
-			ln.Close()
-		}
-		if free {
-			offset = o
-		}
-	}
-	if offset < 0 {
-		t.Fatal("found no free set of ports for the cluster")
-	}
+	offset := clusterPortOffset(t)
 	// devrun hands the development broker's port, and the drains', to
 	// what it starts: reserved ones.
 	kafkaPort := reservedPort(t)
