@@ -5,9 +5,10 @@
 // them, dead-letter them, or leave them buffered).
 //
 // A produce counts as failed when Kafka fails a record with a reason that
-// may pass, and also when Kafka has not answered within Settings.SlowCall:
-// a hung broker answers nothing, and waiting for its timeouts would keep
-// the breaker closed while every client waits. The breaker opens after
+// may pass, other than one topic's ACL refusing it (failing), and also
+// when Kafka has not answered within Settings.SlowCall: a hung broker
+// answers nothing, and waiting for its timeouts would keep the breaker
+// closed while every client waits. The breaker opens after
 // Settings.Fails failed produces in a row, or when the share of failed
 // produces in its window (Settings.Interval) reaches Settings.FailureRate
 // after Settings.MinCalls produces, as resilience4j's slow-call and failure
@@ -15,9 +16,10 @@
 //
 // The produce runs apart from the caller's wait: a caller that stops
 // waiting (its client left, the wait passed Options.MaxWait, or the
-// breaker opened) leaves the produce running until Kafka answers or the
-// producer's own timeout, so that what the breaker learns is Kafka's
-// answer, never the client's patience.
+// breaker opened) withdraws its records not yet sent, which Kafka then
+// never gets, and leaves those on the wire to Kafka until it answers or
+// the producer's own timeout passes, so that what the breaker learns is
+// Kafka's answer, never the client's patience.
 package breaker
 
 import (
@@ -29,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/spillway/spillway/pkg/config"
@@ -59,23 +62,32 @@ var ErrFailing = errors.New("kafka failed records with a retriable error")
 
 // ErrStoppedWaiting is returned when the caller stopped waiting before
 // Kafka answered: its context ended, Options.MaxWait passed, or the
-// breaker opened. Every record then fails with ReasonTimeout, and Kafka
-// may still take it: a record spilled after this can arrive twice.
+// breaker opened. A record Kafka had not answered then fails with
+// ReasonTimeout: withdrawn, never sent (its error wraps
+// record.ErrWithdrawn), or on the wire, and Kafka may still take it: such a
+// record spilled after this can arrive twice.
 var ErrStoppedWaiting = errors.New("stopped waiting for Kafka; the records may still arrive")
 
-// errSlow reports a produce not answered within Settings.SlowCall, and
-// errStopped one that ended because Options.Stop did: the first counts as
-// a failure, the second as nothing.
+// errSlow reports a produce not answered within Settings.SlowCall,
+// errStopped one that ended because Options.Stop did, and errNotSent one
+// whose records were all withdrawn: the first counts as a failure, the
+// others as nothing.
 var (
 	errSlow    = errors.New("kafka did not answer within producer.cb.slow_call")
 	errStopped = errors.New("produce stopped at shutdown")
+	errNotSent = errors.New("every record was withdrawn before it was sent")
 )
 
 // Kafka is what the breaker guards (producer.Producer). Start queues recs
 // and calls done once, with one result per record, when Kafka has answered
-// each or the producer's own timeout passed.
+// each or the producer's own timeout passed. The withdraw it returns is
+// for a caller that stops waiting, called at most once: it takes back the
+// records not yet sent, which then fail with record.ErrWithdrawn and are
+// never sent, and returns the results as they stand (those on the wire
+// fail with ReasonTimeout), or nil when done was called already. done is
+// still called once Kafka answered the records sent.
 type Kafka interface {
-	Start(recs []record.Record, done func([]record.Result))
+	Start(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result)
 }
 
 // Options configure a Producer.
@@ -133,7 +145,7 @@ func New(kafka Kafka, o Options) *Producer {
 		BucketPeriod: bucket,
 		Timeout:      s.Timeout,
 		ReadyToTrip:  func(c gobreaker.Counts) bool { return trips(s, c) },
-		IsExcluded:   func(err error) bool { return errors.Is(err, errStopped) },
+		IsExcluded:   func(err error) bool { return errors.Is(err, errStopped) || errors.Is(err, errNotSent) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			p.changed(State(to))
 			if o.OnStateChange != nil {
@@ -212,8 +224,7 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.
 		err error
 	}
 	answered := make(chan answer, 1)
-	var finished atomic.Bool
-	p.kafka.Start(recs, func(res []record.Result) {
+	withdraw := p.kafka.Start(recs, func(res []record.Result) {
 		var err error
 		if Failing(res) {
 			err = ErrFailing
@@ -221,10 +232,12 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.
 		if slow != nil {
 			slow.Stop()
 		}
-		finished.Store(true) // first, so that a caller woken by this report waits for the answer
 		counted := err
-		if err != nil && p.stop.Err() != nil {
+		switch {
+		case err != nil && p.stop.Err() != nil:
 			counted = errStopped // shutdown may have cut it: that says nothing about Kafka
+		case !slices.ContainsFunc(res, sentOrRefused):
+			counted = errNotSent // Kafka had none of it: it says nothing either
 		}
 		report(counted) // before the answer, so that the caller finds it counted
 		answered <- answer{res, err}
@@ -246,21 +259,18 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.
 	case <-opened:
 	case <-p.stop.Done():
 	}
-	if finished.Load() { // Kafka's answer came as the wait ended: better than none
-		a := <-answered
-		return a.res, a.err
+	// The records not yet sent are withdrawn before the caller spills
+	// them, so that Kafka never gets them too.
+	if res := withdraw(); res != nil {
+		return res, ErrStoppedWaiting
 	}
-	return stoppedWaiting(recs), ErrStoppedWaiting
+	a := <-answered // Kafka's answer came as the wait ended: better than none
+	return a.res, a.err
 }
 
 // refused is the results of a produce the breaker did not let through.
 func refused(recs []record.Record) []record.Result {
 	return failAll(recs, record.ReasonUnavailable, "Kafka is failing (circuit breaker open)", nil)
-}
-
-// stoppedWaiting is the results of a produce whose caller stopped waiting.
-func stoppedWaiting(recs []record.Record) []record.Result {
-	return failAll(recs, record.ReasonTimeout, "Kafka did not answer in time (producer.cb.max_wait, or the circuit breaker opened); the record may still arrive", ErrStoppedWaiting)
 }
 
 func failAll(recs []record.Record, reason record.Reason, msg string, err error) []record.Result {
@@ -271,10 +281,27 @@ func failAll(recs []record.Record, reason record.Reason, msg string, err error) 
 	return results
 }
 
-// Failing says whether Kafka failed some record of results with a reason
-// that may pass.
+// Failing says whether some record of results counts as Kafka failing
+// (failing).
 func Failing(results []record.Result) bool {
-	return slices.ContainsFunc(results, func(r record.Result) bool {
-		return r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable()
-	})
+	return slices.ContainsFunc(results, failing)
+}
+
+// failing is the one rule for what counts against Kafka: a record Kafka
+// failed with a reason that may pass (unavailable, timeout, Spillway's own
+// credentials refused), unless the refusal is one topic's, or the record
+// was withdrawn unsent. A topic's ACL (TOPIC_AUTHORIZATION_FAILED) says
+// nothing about the other topics, and opening the breaker for it would
+// spill them all; that topic's records are still spilled, one by one. A
+// record too large or invalid never counts: its reason is not one that
+// may pass.
+func failing(r record.Result) bool {
+	return r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() &&
+		!errors.Is(r.Err, kafka.TopicAuthorizationFailed) && !errors.Is(r.Err, record.ErrWithdrawn)
+}
+
+// sentOrRefused says whether r is not a withdrawn record's: Kafka had it,
+// or it failed before it was queued.
+func sentOrRefused(r record.Result) bool {
+	return r.Outcome != record.Failed || !errors.Is(r.Err, record.ErrWithdrawn)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	kafkago "github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -18,11 +19,14 @@ import (
 
 // kafka answers every record with the reason it holds; "" delivers. While
 // hung is set it answers nothing until hung is closed, as a stopped
-// broker does.
+// broker does; its records are then on the wire, or, with queued set,
+// still queued: a withdrawal takes those back.
 type kafka struct {
 	reason atomic.Value // record.Reason
+	cause  atomic.Value // error: Kafka's error under the reason, if any
 	calls  atomic.Int64
 	hung   atomic.Pointer[chan struct{}]
+	queued atomic.Bool
 }
 
 // hang makes Kafka answer nothing until the returned function is called.
@@ -32,16 +36,45 @@ func (k *kafka) hang() (resume func()) {
 	return sync.OnceFunc(func() { k.hung.Store(nil); close(ch) })
 }
 
-func (k *kafka) Start(recs []record.Record, done func([]record.Result)) {
+func (k *kafka) Start(recs []record.Record, done func([]record.Result)) func() []record.Result {
 	k.calls.Add(1)
-	if ch := k.hung.Load(); ch != nil {
-		go func() {
-			<-*ch
-			done(k.answer(recs))
-		}()
-		return
+	ch := k.hung.Load()
+	if ch == nil {
+		done(k.answer(recs))
+		return func() []record.Result { return nil }
 	}
-	done(k.answer(recs))
+	var (
+		mu       sync.Mutex
+		answered bool // done was called
+	)
+	finish := func(res []record.Result) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if answered {
+			return false
+		}
+		answered = true
+		done(res)
+		return true
+	}
+	go func() {
+		<-*ch
+		finish(k.answer(recs))
+	}()
+	queued := k.queued.Load()
+	return func() []record.Result {
+		out := make([]record.Result, len(recs))
+		for i, r := range recs {
+			out[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonTimeout, Message: "may still arrive"})
+			if queued {
+				out[i] = record.Fail(r.Topic, &record.Error{Reason: record.ReasonTimeout, Message: "withdrawn", Err: record.ErrWithdrawn})
+			}
+		}
+		if queued && !finish(out) { // nothing on the wire: done at once
+			return nil
+		}
+		return out
+	}
 }
 
 func (k *kafka) answer(recs []record.Record) []record.Result {
@@ -52,7 +85,8 @@ func (k *kafka) answer(recs []record.Record) []record.Result {
 			out[i] = record.Result{Outcome: record.Delivered, Topic: r.Topic}
 			continue
 		}
-		out[i] = record.Fail(r.Topic, record.Errorf(reason, "kafka says %s", reason))
+		cause, _ := k.cause.Load().(error)
+		out[i] = record.Fail(r.Topic, &record.Error{Reason: reason, Message: "kafka says " + string(reason), Err: cause})
 	}
 	return out
 }
@@ -108,6 +142,34 @@ func TestFailuresThatWillNotPassDoNotOpen(t *testing.T) {
 		assert.Equal(t, record.ReasonTooLarge, record.ReasonOf(res[0].Err))
 	}
 	assert.Equal(t, breaker.Closed, p.State())
+}
+
+// TestOneTopicsACLDoesNotOpen: Kafka refusing one topic to Spillway
+// (TOPIC_AUTHORIZATION_FAILED) counts for nothing, however often; Kafka
+// refusing Spillway itself (its SASL login, a cluster ACL) opens the
+// breaker as Kafka being unavailable does.
+func TestOneTopicsACLDoesNotOpen(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cause error
+		want  breaker.State
+	}{
+		{"topic", kafkago.TopicAuthorizationFailed, breaker.Closed},
+		{"sasl", kafkago.SASLAuthenticationFailed, breaker.Open},
+		{"cluster", kafkago.ClusterAuthorizationFailed, breaker.Open},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := &kafka{}
+			k.reason.Store(record.ReasonNotAuthorized)
+			k.cause.Store(tc.cause)
+			p := breaker.New(k, breaker.Options{Settings: config.Breaker{Fails: 5, Requests: 1, Timeout: time.Minute}})
+			for range 5 {
+				res, _ := p.Produce(t.Context(), recs(1))
+				require.Equal(t, record.ReasonNotAuthorized, record.ReasonOf(res[0].Err))
+			}
+			assert.Equal(t, tc.want, p.State())
+		})
+	}
 }
 
 // produce runs p.Produce in the background and hands back its error.
@@ -197,6 +259,58 @@ func TestClientLeavingIsNeutral(t *testing.T) {
 			require.Eventually(t, func() bool { return p.State() == tc.want }, 5*time.Second, time.Millisecond, "Kafka's answer counts")
 		})
 	}
+}
+
+// TestWithdrawnProduceCountsForNothing: a caller that stops waiting while
+// its records are still queued withdraws them. They fail with
+// record.ErrWithdrawn, Kafka never gets them, and the produce counts
+// neither way, in any state: a withdrawn half-open probe frees its place
+// for the next one.
+func TestWithdrawnProduceCountsForNothing(t *testing.T) {
+	k := &kafka{}
+	k.reason.Store(record.ReasonUnavailable)
+	p := breaker.New(k, breaker.Options{Settings: config.Breaker{Fails: 1, Requests: 1, Timeout: 50 * time.Millisecond, SlowCall: time.Minute}})
+	resume := k.hang()
+	t.Cleanup(resume)
+	k.queued.Store(true)
+	ctx, leave := context.WithCancel(t.Context())
+	leave()
+	res, err := p.Produce(ctx, recs(1))
+	require.ErrorIs(t, err, breaker.ErrStoppedWaiting, "a caller gone before Kafka is tried")
+	assert.Equal(t, record.ReasonTimeout, record.ReasonOf(res[0].Err))
+
+	ctx, leave = context.WithCancel(t.Context())
+	wait := make(chan []record.Result, 1)
+	go func() { res, _ := p.Produce(ctx, recs(2)); wait <- res }()
+	require.Eventually(t, func() bool { return k.calls.Load() == 1 }, 5*time.Second, time.Millisecond)
+	leave()
+	res = <-wait
+	require.Len(t, res, 2)
+	for _, r := range res {
+		assert.ErrorIs(t, r.Err, record.ErrWithdrawn)
+	}
+	assert.Equal(t, breaker.Closed, p.State(), "withdrawn records say nothing about Kafka")
+
+	resume()
+	k.queued.Store(false)
+	_, err = p.Produce(t.Context(), recs(1))
+	require.ErrorIs(t, err, breaker.ErrFailing)
+	require.Eventually(t, func() bool { return p.State() == breaker.HalfOpen }, 5*time.Second, time.Millisecond)
+	resume = k.hang()
+	t.Cleanup(resume)
+	k.queued.Store(true)
+	ctx, leave = context.WithCancel(t.Context())
+	go func() { res, _ := p.Produce(ctx, recs(1)); wait <- res }()
+	require.Eventually(t, func() bool { return k.calls.Load() == 3 }, 5*time.Second, time.Millisecond)
+	leave()
+	assert.ErrorIs(t, (<-wait)[0].Err, record.ErrWithdrawn)
+	assert.Equal(t, breaker.HalfOpen, p.State())
+	resume()
+	k.reason.Store(record.Reason(""))
+	res, err = p.Produce(t.Context(), recs(1))
+	require.NoError(t, err, "the withdrawn probe's place is free: a new probe goes")
+	assert.Equal(t, record.Delivered, res[0].Outcome)
+	assert.Equal(t, breaker.Closed, p.State())
 }
 
 // TestHalfOpenProbeIsDecidedByKafka: the probe's client leaving neither

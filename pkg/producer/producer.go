@@ -183,18 +183,39 @@ func newBalancer(name string) kafka.Balancer {
 type call struct {
 	mu        sync.Mutex
 	results   []record.Result
-	remaining int
+	remaining int  // records not yet answered
 	answered  bool // done was called; later completions are dropped
-	// expired is set when the message timeout answered the call: its
-	// records still queued are dropped, not sent (the caller spilled or
-	// failed them).
+	// state is each record's sendState. A record leaves pending once:
+	// taken into a batch (sent, by a sender, under its queue's lock) or
+	// withdrawn (takeBack, under mu), never both: whichever comes first.
+	state []atomic.Uint32
+	// expired is set when the caller stopped waiting (withdraw) or the
+	// message timeout answered the call: its records still queued are
+	// dropped, not sent (the caller spilled or failed them), and those
+	// sent are not sent again.
 	expired atomic.Bool
 	done    func([]record.Result)
 	timeout *time.Timer // message.timeout.ms
 }
 
-// answer tells the caller when the last record is answered. c.mu is held;
-// it is released before done runs.
+// A record's sendState.
+const (
+	pending   uint32 = iota // not yet sent: queued, or not yet queued
+	refused                 // failed before it was queued
+	sent                    // taken into a batch: on the wire, or queued again after Kafka answered
+	withdrawn               // left unsent: its caller stopped waiting
+)
+
+func newCall(recs []record.Record, done func([]record.Result)) *call {
+	c := &call{results: make([]record.Result, len(recs)), remaining: len(recs), state: make([]atomic.Uint32, len(recs)), done: done}
+	for i := range recs {
+		c.results[i] = record.Fail(recs[i].Topic, nil) // unanswered: Failed without an error
+	}
+	return c
+}
+
+// answerIfDone tells the caller when the last record is answered. c.mu is
+// held; it is released before done runs.
 func (c *call) answerIfDone() {
 	if c.remaining > 0 || c.answered {
 		c.mu.Unlock()
@@ -208,18 +229,69 @@ func (c *call) answerIfDone() {
 	c.done(c.results)
 }
 
-// expire answers the records Kafka has not answered within the message
-// timeout with ReasonTimeout; they may still reach Kafka.
+// refuse answers record i, not yet queued, with err, unless it was
+// withdrawn meanwhile.
+func (c *call) refuse(i int, err error) {
+	c.mu.Lock()
+	if c.state[i].CompareAndSwap(pending, refused) {
+		c.results[i] = record.Fail(c.results[i].Topic, err)
+		c.remaining--
+	}
+	c.answerIfDone()
+}
+
+// withdraw is for a caller that stops waiting (its client left,
+// producer.cb.max_wait passed, the breaker opened): the call's records not
+// yet sent leave their queues and are never sent, answered with
+// record.ErrWithdrawn. It returns the call's results as they stand: Kafka's
+// answer where it came, ErrWithdrawn for the records withdrawn, and
+// ReasonTimeout for those on the wire (or sent and waiting to go again),
+// which may still reach Kafka. done is still called, once Kafka answered
+// each record sent, so that what it reports is Kafka's answer.
+//
+// withdraw returns nil when done was called already (or is being called):
+// its results are the caller's answer. Call it at most once.
+func (c *call) withdraw() []record.Result {
+	c.mu.Lock()
+	if c.answered || c.expired.Load() {
+		c.mu.Unlock()
+		return nil
+	}
+	out := c.takeBack()
+	c.answerIfDone() // nothing left on the wire: done now
+	return out
+}
+
+// expire answers the call when the message timeout passes: its records not
+// yet sent are withdrawn, those unanswered fail with ReasonTimeout and may
+// still reach Kafka.
 func (c *call) expire() {
 	c.mu.Lock()
 	if c.answered {
 		c.mu.Unlock()
 		return
 	}
+	out := c.takeBack()
 	c.answered = true
-	c.expired.Store(true)
-	out := slices.Clone(c.results)
 	c.mu.Unlock()
+	c.done(out)
+}
+
+// takeBack withdraws the records of c not yet sent, and returns c's
+// results with those still unanswered failed as timed out. c.mu is held.
+func (c *call) takeBack() []record.Result {
+	c.expired.Store(true)
+	for i := range c.state {
+		if c.state[i].CompareAndSwap(pending, withdrawn) {
+			c.results[i] = record.Fail(c.results[i].Topic, &record.Error{
+				Reason:  record.ReasonTimeout,
+				Message: "Kafka did not answer in time; the record was withdrawn before it was sent",
+				Err:     record.ErrWithdrawn,
+			})
+			c.remaining--
+		}
+	}
+	out := slices.Clone(c.results)
 	for i := range out {
 		if out[i].Outcome == record.Failed && out[i].Err == nil {
 			out[i] = record.Fail(out[i].Topic, &record.Error{
@@ -229,7 +301,7 @@ func (c *call) expire() {
 			})
 		}
 	}
-	c.done(out)
+	return out
 }
 
 // Start queues recs for Kafka and returns at once. done is called once,
@@ -240,15 +312,19 @@ func (c *call) expire() {
 // without a timestamp is sent with the current time, as Kafka's own
 // clients do, and its result reports it.
 //
+// The function it returns is for a caller that stops waiting: it takes
+// back the records not yet sent and answers at once (call.withdraw).
+//
 // A call that names a topic the producer has not seen yet waits, apart
 // from its caller, for Kafka's metadata; the calls after it wait behind
 // it, so that calls reach Kafka in the order they were made.
-func (p *Producer) Start(recs []record.Record, done func([]record.Result)) {
+func (p *Producer) Start(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result) {
+	c := newCall(recs, done)
 	p.closeMu.RLock()
 	if !p.closing.Load() {
 		p.startMu.Lock()
 		if len(p.waiting) > 0 || p.lookingUp || !p.seenAll(recs) {
-			p.waiting = append(p.waiting, waitingCall{recs, done})
+			p.waiting = append(p.waiting, waitingCall{recs, c})
 			if !p.lookingUp {
 				p.lookingUp = true
 				p.running.Add(1)
@@ -256,18 +332,19 @@ func (p *Producer) Start(recs []record.Record, done func([]record.Result)) {
 			}
 			p.startMu.Unlock()
 			p.closeMu.RUnlock()
-			return
+			return c.withdraw
 		}
 		p.startMu.Unlock()
 	}
 	p.closeMu.RUnlock()
-	p.start(recs, done)
+	p.start(recs, c)
+	return c.withdraw
 }
 
 // waitingCall is a Start waiting for a topic's first layout.
 type waitingCall struct {
 	recs []record.Record
-	done func([]record.Result)
+	call *call
 }
 
 // lookUp starts the waiting calls in order, each once Kafka told the
@@ -291,7 +368,7 @@ func (p *Producer) lookUp() {
 				}
 			}
 		}
-		p.start(next.recs, next.done)
+		p.start(next.recs, next.call)
 	}
 }
 
@@ -310,8 +387,7 @@ func (p *Producer) seenAll(recs []record.Record) bool {
 }
 
 // start is Start, whether or not it has to wait for Kafka's metadata.
-func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
-	c := &call{results: make([]record.Result, len(recs)), done: done}
+func (p *Producer) start(recs []record.Record, c *call) {
 	now := time.Now()
 	queue := make([]queued, 0, len(recs))
 	headers := newHeaderArena(recs)
@@ -327,7 +403,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 		r := &recs[i]
 		n := r.Size()
 		if n > p.maxRecordBytes+ownHeadersAllowance {
-			c.results[i] = record.Fail(r.Topic, record.Errorf(record.ReasonTooLarge,
+			c.refuse(i, record.Errorf(record.ReasonTooLarge,
 				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", n, p.maxRecordBytes))
 			continue
 		}
@@ -336,7 +412,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 			topic, topicErr = p.topicLayout(r.Topic)
 		}
 		if topicErr != nil {
-			c.results[i] = record.Fail(r.Topic, classify(topicErr))
+			c.refuse(i, classify(topicErr))
 			continue
 		}
 		ts := r.Timestamp
@@ -348,7 +424,7 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 		case r.Partition == record.AnyPartition:
 			partition = p.balancer.Balance(kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}, topic.partitions...)
 		case partition < 0 || partition >= len(topic.partitions):
-			c.results[i] = record.Fail(r.Topic, &record.Error{
+			c.refuse(i, &record.Error{
 				Reason:  record.ReasonUnknownTopic,
 				Message: fmt.Sprintf("partition %d does not exist: the topic has %d partitions", r.Partition, len(topic.partitions)),
 			})
@@ -361,21 +437,20 @@ func (p *Producer) start(recs []record.Record, done func([]record.Result)) {
 		onePartition = onePartition && tps[len(tps)-1] == tps[0]
 	}
 	if len(queue) == 0 {
-		done(c.results)
-		return
+		return // each record was answered
 	}
 	p.closeMu.RLock()
 	if p.closing.Load() {
 		p.closeMu.RUnlock()
 		for _, q := range queue {
-			c.results[q.index] = record.Fail(recs[q.index].Topic, classify(io.ErrClosedPipe))
+			c.refuse(q.index, classify(io.ErrClosedPipe))
 		}
-		done(c.results)
 		return
 	}
 	c.mu.Lock()
-	c.remaining = len(queue)
-	c.timeout = time.AfterFunc(p.timeout, c.expire)
+	if !c.answered {
+		c.timeout = time.AfterFunc(p.timeout, c.expire)
+	}
 	c.mu.Unlock()
 	if onePartition {
 		p.add(tps[0], leaders[0], queue)

@@ -52,6 +52,10 @@ type queued struct {
 	call       *call
 	index      int // in the call's results
 	size       int // encodedSize
+	// failure is Kafka's answer to an earlier send of the record that
+	// failed with an error that may pass (and Kafka may have stored it):
+	// its answer if its call stops waiting before it is sent again.
+	failure error
 }
 
 // partitionQueue holds one partition's records until they are sent.
@@ -141,12 +145,13 @@ type ready struct {
 
 // take takes the batches ready to go to s's broker. When none is, it
 // returns how long until the first one will be, or 0 when none is queued:
-// s is then marked stopped, and its goroutine ends.
-func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
+// s is then marked stopped, and its goroutine ends. left are the records
+// sent before that left a queue unsent again because their call stopped
+// waiting, to be answered once the locks are released.
+func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var (
-		wait       time.Duration
 		waiting    bool
 		now        = time.Now()
 		closing    = p.closing.Load()
@@ -187,12 +192,13 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 			send = true
 		}
 	}
-	var out []ready
 	if send {
 		for _, q := range candidates {
 			q.mu.Lock()
 			if len(q.retry) > 0 && !q.inFlight {
-				if batch := q.takeRetry(p.batchSize, p.batchBytes); len(batch) > 0 {
+				batch, dropped := q.takeRetry(p.batchSize, p.batchBytes)
+				left = append(left, dropped...)
+				if len(batch) > 0 {
 					out = append(out, ready{q: q, batch: batch, attempt: q.attempts})
 					q.inFlight = true
 				}
@@ -208,15 +214,17 @@ func (p *Producer) take(s *brokerSender) ([]ready, time.Duration) {
 	}
 	if len(out) == 0 && !waiting {
 		s.running = false
-		return nil, 0
+		return nil, left, 0
 	}
-	return out, max(wait, time.Microsecond)
+	return out, left, max(wait, time.Microsecond)
 }
 
 // takeBatch takes the first records of q, up to a batch's bounds, less
-// those whose call has expired.
+// those withdrawn or whose call has expired. q.recs holds no record sent
+// before: none is left to answer.
 func (q *partitionQueue) takeBatch(maxRecords, maxBytes int) []queued {
-	return unexpired(q.takeRecords(maxRecords, maxBytes))
+	batch, _ := toSend(q.takeRecords(maxRecords, maxBytes))
+	return batch
 }
 
 func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
@@ -237,18 +245,19 @@ func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
 }
 
 // takeRetry takes the first records of q.retry, up to a batch's bounds
-// and the split's, less those whose call has expired.
-func (q *partitionQueue) takeRetry(maxRecords, maxBytes int) []queued {
-	q.retry = unexpired(q.retry)
+// and the split's, less those whose call has expired: it returns those
+// apart, to be answered (toSend).
+func (q *partitionQueue) takeRetry(maxRecords, maxBytes int) (batch, left []queued) {
+	q.retry, left = toSend(q.retry)
 	if q.split > 0 {
 		maxRecords = min(maxRecords, q.split)
 	}
 	n, _ := fit(q.retry, maxRecords, maxBytes)
-	batch := q.retry[:n:n]
+	batch = q.retry[:n:n]
 	if q.retry = q.retry[n:]; len(q.retry) == 0 {
 		q.retry = nil
 	}
-	return batch
+	return batch, left
 }
 
 // fit is how many of recs, from the first, go in one batch of at most
@@ -300,7 +309,10 @@ func (p *Producer) send(s *brokerSender) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		batches, wait := p.take(s)
+		batches, left, wait := p.take(s)
+		for i := range left {
+			left[i].leave()
+		}
 		if len(batches) > 0 {
 			p.produce(batches)
 			continue
@@ -486,6 +498,10 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		p.logger.Debug("kafka produce failed; retrying", "topic", q.tp.topic, "partition", q.tp.partition,
 			"records", len(b.batch), "attempt", b.attempt+1, "error", err)
 		again, attempts, delay = b.batch, b.attempt+1, backoff(b.attempt+1, p.backoffMin, p.backoffMax)
+		failure := refusal(err, message)
+		for i := range again {
+			again[i].failure = failure
+		}
 	default:
 		failure := refusal(err, message)
 		for i := range b.batch {
@@ -494,10 +510,14 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		attempts = 0
 	}
 
+	again, left := toSend(again)
+	for i := range left {
+		left[i].leave()
+	}
 	q.mu.Lock()
 	switch {
 	case len(again) > 0:
-		q.retry = slices.Concat(unexpired(again), q.retry)
+		q.retry = slices.Concat(again, q.retry)
 		q.notBefore = time.Now().Add(delay)
 		if split > 0 {
 			q.split = split
@@ -571,20 +591,46 @@ func (p *Producer) wakeIfPending(q *partitionQueue) {
 	}
 }
 
-// unexpired is batch without the records whose call has been answered
-// already (message.timeout.ms passed): the caller spilled or failed them,
-// and sending them too would deliver them twice.
-func unexpired(batch []queued) []queued {
-	kept := batch[:0:0]
+// toSend splits batch, records about to be sent (again), into those to
+// send and those whose call no longer waits for them: withdrawn, or
+// expired. Those are not sent, since the caller spilled or failed them and
+// sending them too would deliver them twice. A record not sent before is
+// marked sent here, unless it was withdrawn first (the two are decided by
+// one compare-and-swap, so a withdrawn record is never sent and a record
+// sent is never reported withdrawn); a withdrawn one is answered already.
+// left are those sent before, to be answered (leave) once no lock is held.
+func toSend(batch []queued) (kept, left []queued) {
+	kept = batch[:0:0]
 	for i := range batch {
-		if !batch[i].call.expired.Load() {
-			kept = append(kept, batch[i])
+		r := &batch[i]
+		state := &r.call.state[r.index]
+		switch {
+		case state.Load() == sent && r.call.expired.Load():
+			left = append(left, *r)
+		case state.Load() == sent || state.CompareAndSwap(pending, sent):
+			kept = append(kept, *r)
 		}
 	}
 	if len(kept) == len(batch) {
-		return batch
+		return batch, nil
 	}
-	return kept
+	return kept, left
+}
+
+// leave answers a record sent before that is not sent again because its
+// call stopped waiting: with Kafka's answer to its last send when that may
+// pass (Kafka may have stored it), or as withdrawn when Kafka stored
+// nothing of its batch (refused for another record).
+func (r *queued) leave() {
+	err := r.failure
+	if err == nil {
+		err = &record.Error{Reason: record.ReasonTimeout, Message: "the record was withdrawn before it was sent again; Kafka stored none of its earlier batch", Err: record.ErrWithdrawn}
+	}
+	c := r.call
+	c.mu.Lock()
+	c.results[r.index] = record.Fail(c.results[r.index].Topic, err)
+	c.remaining--
+	c.answerIfDone()
 }
 
 // retriable is kafka-go's Writer's rule: Kafka errors it calls temporary,

@@ -15,7 +15,7 @@ func TestReasonClasses(t *testing.T) {
 		{ReasonRejected, false, true},
 		// Conditions in Kafka that heal: never a dead letter.
 		{ReasonUnknownTopic, false, false}, // the client's error at the ingest; created later, delivered
-		{ReasonNotAuthorized, true, false}, // Spillway's own credentials: spill, open the breaker
+		{ReasonNotAuthorized, true, false}, // Spillway's own credentials: spill (and open the breaker, unless one topic's ACL)
 		{ReasonUnavailable, true, false},   // broker or leader not available, throttled, unknown server error
 		{ReasonTimeout, true, false},       // no answer in time
 		{ReasonBufferFull, false, false},   // the ingest's answers, never a drain's

@@ -129,7 +129,8 @@ func Reasons() []Reason {
 // client's, so that trying again later may succeed: Kafka was unavailable
 // or slow, or refused Spillway's own credentials (a rotated SASL password,
 // a changed ACL). The ingest spills such records and its breaker counts
-// them as failures; the client is not told it did wrong.
+// them as failures (but for one topic's ACL, and records withdrawn unsent:
+// see breaker); the client is not told it did wrong.
 func (r Reason) Retriable() bool {
 	return r == ReasonUnavailable || r == ReasonTimeout || r == ReasonNotAuthorized
 }
@@ -193,3 +194,9 @@ func ReasonOf(err error) Reason {
 func Fail(topic string, err error) Result {
 	return Result{Outcome: Failed, Topic: topic, Partition: AnyPartition, Offset: -1, Err: err}
 }
+
+// ErrWithdrawn is the cause of a record's failure when its producer took it
+// back before sending it, because its caller stopped waiting (its client
+// left, producer.cb.max_wait passed, the breaker opened): Kafka never had
+// it, so a copy spilled to the buffer is not a duplicate.
+var ErrWithdrawn = errors.New("withdrawn before it was sent to Kafka")

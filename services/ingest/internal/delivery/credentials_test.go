@@ -15,15 +15,16 @@ import (
 )
 
 // TestKafkaRefusingOwnCredentialsSpills: Kafka refusing Spillway's own
-// credentials (a changed ACL: TOPIC_AUTHORIZATION_FAILED) is not the
-// client's fault. The record is buffered (202, not 403) and the breaker
-// counts the failure and opens; a topic that is never buffered gets 503,
-// not 403.
+// credentials (a changed cluster ACL: CLUSTER_AUTHORIZATION_FAILED) is not
+// the client's fault. The record is buffered (202, not 403) and the
+// breaker counts the failure and opens; a topic that is never buffered
+// gets 503, not 403. (One topic's ACL opens nothing:
+// TestOneTopicsACLDoesNotOpenTheBreaker.)
 func TestKafkaRefusingOwnCredentialsSpills(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	var refusing atomic.Bool
 	refusing.Store(true)
-	kafkatest.RefuseProduce(c, &refusing, kerr.TopicAuthorizationFailed)
+	kafkatest.RefuseProduce(c, &refusing, kerr.ClusterAuthorizationFailed)
 	in := ingesttest.Start(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=2", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m",
 		"SPILLWAY_PRODUCER_WAL_DISABLE_TOPICS=ordered")
 

@@ -469,9 +469,10 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 // toKafka produces recs behind the breaker and spills those Kafka could
 // not take, where their topic allows it. named are the topics the client
 // gave, for the metrics. A record waits at most producer.cb.max_wait, and
-// less when the breaker opens meanwhile; one spilled after Kafka did not
-// answer in time may still reach Kafka, and is counted as a possible
-// duplicate.
+// less when the breaker opens meanwhile; the records not yet sent then
+// are withdrawn before they are spilled (record.ErrWithdrawn), and Kafka
+// never gets them. One spilled after it was sent and Kafka did not answer
+// in time may still reach Kafka, and is counted as a possible duplicate.
 func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
 	sp := d.startSpans(parents, recs, func() (string, []attribute.KeyValue) {
 		return "send " + recs[0].Topic, kafkaAttrs(recs[0].Topic, len(recs))
@@ -496,8 +497,8 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 
 	// A record whose client has left is not spilled: it was never
 	// acknowledged, the client will send it again if it cares, and Kafka
-	// may still take the produce the breaker goes on with; spilling it
-	// too would only make a duplicate. It is counted as failed.
+	// may still take it if it was on the wire; spilling it too would only
+	// make a duplicate. It is counted as failed.
 	left := ctx.Err() != nil
 	byReason := map[string][]int{}
 	for i, r := range results {
@@ -510,12 +511,16 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 		}
 	}
 	for reason, idx := range byReason {
-		scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
-		if reason != string(record.ReasonTimeout) {
-			continue
+		var sent []bool // on the wire when the wait ended: Kafka may still take it
+		if reason == string(record.ReasonTimeout) {
+			sent = make([]bool, len(idx))
+			for j, i := range idx {
+				sent[j] = !errors.Is(results[i].Err, record.ErrWithdrawn)
+			}
 		}
-		for _, i := range idx {
-			if results[i].Outcome == record.Buffered {
+		scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
+		for j, i := range idx {
+			if sent != nil && sent[j] && results[i].Outcome == record.Buffered {
 				d.m.duplicates.WithLabelValues(d.topics.Value(named[i])).Inc()
 			}
 		}
