@@ -253,6 +253,11 @@ type Security struct {
 	SCRAMUsers []SCRAMUser
 	// RequireCredentials refuses requests without an API key (401).
 	RequireCredentials bool
+	// MaxSessionLifetime bounds a SASL session on the Kafka listener
+	// (KIP-368), as Kafka's connections.max.reauth.ms: within it the
+	// client signs in again on its connection, or the connection closes.
+	// A credential that expires sooner (a JWT) ends its session sooner.
+	MaxSessionLifetime time.Duration
 	// AllowTopics is the global topic allow-list (globs); empty: any.
 	AllowTopics []string
 	// DenyTopics are topics no client may produce to or see listed

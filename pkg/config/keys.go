@@ -92,6 +92,7 @@ func options(c *Config) []option {
 		{"security.api_keys", []any{}, bind(&sec.APIKeys, (*getter).apiKeys)},
 		{"security.scram_users", []any{}, bind(&sec.SCRAMUsers, (*getter).scramUsers)},
 		{"security.require_credentials", false, bind(&sec.RequireCredentials, (*getter).boolean)},
+		{"security.sasl.max_session_lifetime", "1h", bind(&sec.MaxSessionLifetime, positiveDuration)},
 		{"security.allow_topics", []string{}, bind(&sec.AllowTopics, (*getter).globs)},
 		{"security.deny_topics", DefaultDenyTopics, bind(&sec.DenyTopics, (*getter).globs)},
 		{"security.rate_limit.records_per_second", 0, bind(&rl.RecordsPerSecond, (*getter).rate)},

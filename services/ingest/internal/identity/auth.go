@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spillway/spillway/pkg/config"
 )
@@ -31,6 +32,9 @@ type Authenticator struct {
 	principalFrom config.PrincipalFrom        // which name of a client certificate is its principal
 	scram         map[string]config.SCRAMUser // by mechanism and user: "SCRAM-SHA-256 billing"
 	require       bool
+	// maxSession bounds a SASL session (security.sasl.max_session_lifetime);
+	// 0: only the credential's expiry does.
+	maxSession time.Duration
 	// verifies is true when any credential can be checked (API keys, JWTs
 	// or client certificates): then a client id a request merely claims is
 	// marked unverified, so that it cannot pass for a principal.
@@ -45,7 +49,7 @@ const Unverified = "unverified:"
 // the listeners' TLS. With a JWKS URL, the keys are fetched again until
 // ctx ends.
 func NewAuthenticator(ctx context.Context, s config.Security, t config.ServerTLS, logger *slog.Logger) (*Authenticator, error) {
-	a := &Authenticator{require: s.RequireCredentials, principalFrom: t.PrincipalFrom,
+	a := &Authenticator{require: s.RequireCredentials, principalFrom: t.PrincipalFrom, maxSession: s.MaxSessionLifetime,
 		verifies: len(s.APIKeys) > 0 || len(s.SCRAMUsers) > 0 || s.JWT.Enabled() || t.ClientCAFile != "",
 		scram:    map[string]config.SCRAMUser{}}
 	for _, u := range s.SCRAMUsers {

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"crypto/tls"
+	"time"
 
 	"github.com/spillway/spillway/pkg/config"
 )
@@ -46,4 +47,19 @@ func (a *Authenticator) HasSCRAM() bool { return a != nil && len(a.scram) > 0 }
 // listener's form of the same credential, and shares its ACLs and limits.
 func FromKafkaSCRAM(user string) Client {
 	return Client{Principal: user, Kind: APIKey, Name: user}
+}
+
+// SessionEnd is when the SASL session of c, signed in at now, ends
+// (KIP-368): security.sasl.max_session_lifetime after now, or sooner when
+// c's credential expires (a JWT's exp, with the leeway), as a gRPC stream
+// ends then. Zero: it does not end (nothing is checked).
+func (a *Authenticator) SessionEnd(c Client, now time.Time) time.Time {
+	if a == nil {
+		return time.Time{}
+	}
+	end := c.Until
+	if a.maxSession > 0 && (end.IsZero() || now.Add(a.maxSession).Before(end)) {
+		end = now.Add(a.maxSession)
+	}
+	return end
 }

@@ -200,8 +200,13 @@ type conn struct {
 	busy     bool
 
 	software, softwareVersion string
-	// authed is the principal SASL established; nil before.
-	authed    *identity.Client
+	// authed is the principal SASL established; nil before. sessionEnd is
+	// when its session ends (zero: never), unless it signs in again.
+	authed     *identity.Client
+	sessionEnd time.Time
+	// signed says the connection may send more than ApiVersions and SASL
+	// (signedIn): once true it stays so.
+	signed    bool
 	saslReady bool // a SaslHandshake chose a mechanism, whose exchange is not over
 	saslMech  string
 	scram     *scram.ServerConversation // SCRAM's exchange, between its two steps
@@ -228,8 +233,12 @@ func (c *conn) serve() {
 			return
 		}
 		n := binary.BigEndian.Uint32(size)
-		if n > uint32(c.s.o.MaxRequestBytes)+1024 || n < 8 {
-			log.Debug("kafka request refused: size", "bytes", n, "max", c.s.o.MaxRequestBytes)
+		limit := uint32(c.s.o.MaxRequestBytes) + 1024
+		if !c.signedIn() {
+			limit = min(limit, maxRequestBeforeSignIn)
+		}
+		if n > limit || n < 8 {
+			log.Debug("kafka request refused: size", "bytes", n, "max", limit)
 			return
 		}
 		c.mu.Lock()
@@ -260,12 +269,53 @@ func (c *conn) serve() {
 	}
 }
 
+// maxRequestBeforeSignIn bounds a request on a connection that has not
+// signed in, as Kafka's broker bounds one during SASL
+// (sasl.server.max.receive.size, 512 KiB): a client that has not said who
+// it is cannot make the listener hold server.http.max_body_bytes for it.
+const maxRequestBeforeSignIn = 512 << 10
+
+// signedIn says whether the connection may send requests other than
+// ApiVersions and SASL's: SASL established its principal, or it needs no
+// sign-in because credentials are not required or a verified client
+// certificate names its principal. A client that offered a certificate
+// naming no principal is not signed in either: as a broker whose
+// principal builder fails, the listener serves it nothing but SASL.
+func (c *conn) signedIn() bool {
+	c.mu.Lock()
+	signed := c.signed || c.authed != nil
+	c.mu.Unlock()
+	if signed {
+		return true
+	}
+	if _, err := c.client(""); err != nil {
+		return false
+	}
+	c.mu.Lock()
+	c.signed = true
+	c.mu.Unlock()
+	return true
+}
+
+// beforeSignIn are the APIs served to a connection that has not signed
+// in, as Kafka's broker serves them on a SASL listener: any other request
+// closes the connection.
+func beforeSignIn(key int16) bool {
+	return key == kmsg.ApiVersions.Int16() || signingIn(key)
+}
+
+// signingIn says whether key is one of SASL's: the requests of a sign-in,
+// the only ones served once a SASL session has ended.
+func signingIn(key int16) bool {
+	return key == kmsg.SASLHandshake.Int16() || key == kmsg.SASLAuthenticate.Int16()
+}
+
 // appendResponse frames resp: its size, the correlation id, the empty
 // tag section of a flexible response header (never for ApiVersions,
 // whose response header stays v0), and the body.
 func appendResponse(dst []byte, resp kmsg.Response, corr int32) []byte {
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
-	if resp.IsFlexible() && resp.Key() != 18 {
+	if resp.IsFlexible() && resp.Key() != kmsg.ApiVersions.Int16() {
 		dst = append(dst, 0)
 	}
 	dst = resp.AppendTo(dst)
@@ -310,14 +360,14 @@ func parseRequest(body []byte) (request, error) {
 	if req.version < 0 {
 		return req, fmt.Errorf("api key %d: negative version %d", req.key, req.version)
 	}
-	if req.key == 18 && req.version > 3 {
+	if req.key == kmsg.ApiVersions.Int16() && req.version > 3 {
 		return req, nil // answered with our ranges in a v0 body
 	}
 	if req.version > req.kreq.MaxVersion() {
 		return req, fmt.Errorf("api key %d: version %d is newer than this server knows", req.key, req.version)
 	}
 	req.kreq.SetVersion(req.version)
-	if req.key != 18 && (req.key == fetchKey || !supported(req.key, req.version)) {
+	if req.key != kmsg.ApiVersions.Int16() && (req.key == kmsg.Fetch.Int16() || !supported(req.key, req.version)) {
 		req.unparsed = true
 		return req, nil
 	}
@@ -330,7 +380,7 @@ func parseRequest(body []byte) (request, error) {
 			return req, errors.New("short request header")
 		}
 	}
-	if req.key == 18 && req.version == 3 {
+	if req.key == kmsg.ApiVersions.Int16() && req.version == 3 {
 		b := r
 		b.CompactString()
 		b.CompactString()
@@ -340,7 +390,7 @@ func parseRequest(body []byte) (request, error) {
 		}
 	}
 	if err := req.kreq.ReadFrom(r.Src); err != nil {
-		if req.key == 18 {
+		if req.key == kmsg.ApiVersions.Int16() {
 			req.version = 4 // answered as a version we do not know
 			return req, nil
 		}
@@ -362,14 +412,23 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	if err != nil {
 		return nil, req.corr, err
 	}
-	if req.key == 18 {
+	if !beforeSignIn(req.key) && !c.signedIn() {
+		cl, err := c.client(req.clientID)
+		cl.Principal = identity.Anonymous // a claimed id is no label of the client's making
+		c.s.o.Sender.Refuse(identity.With(context.Background(), cl), API, "", 0, record.ReasonUnauthenticated)
+		return nil, req.corr, fmt.Errorf("%s before signing in: %w", kmsg.NameForKey(req.key), err)
+	}
+	if !signingIn(req.key) && c.sessionOver(time.Now()) {
+		return nil, req.corr, fmt.Errorf("%s after the SASL session ended: the client did not sign in again within its lifetime", kmsg.NameForKey(req.key))
+	}
+	if req.key == kmsg.ApiVersions.Int16() {
 		return c.apiVersions(req), req.corr, nil
 	}
 	if req.unparsed || !supported(req.key, req.version) {
 		resp, err := unsupported(req.kreq)
 		return resp, req.corr, err
 	}
-	if c.saslReady && req.key != 36 {
+	if c.saslReady && req.key != kmsg.SASLAuthenticate.Int16() {
 		return nil, req.corr, errors.New("a SASL handshake must be followed by SaslAuthenticate")
 	}
 	switch r := req.kreq.(type) {
@@ -412,17 +471,14 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 // without Fetch v4 it sends magic 1 batches and turns idempotence and
 // zstd off (rdkafka_feature.c: MsgVer2 needs Fetch v4, zstd Fetch v10).
 var versions = []struct{ key, min, max int16 }{
-	{0, 3, 8},  // Produce
-	{1, 4, 12}, // Fetch: advertised only, see above
-	{3, 0, 8},  // Metadata
-	{17, 1, 1}, // SaslHandshake (v0 would send raw SASL bytes)
-	{18, 0, 3}, // ApiVersions
-	{22, 0, 1}, // InitProducerId
-	{36, 0, 1}, // SaslAuthenticate
+	{kmsg.Produce.Int16(), 3, 8},
+	{kmsg.Fetch.Int16(), 4, 12}, // advertised only, see above
+	{kmsg.Metadata.Int16(), 0, 8},
+	{kmsg.SASLHandshake.Int16(), 1, 1}, // v0 would send raw SASL bytes
+	{kmsg.ApiVersions.Int16(), 0, 3},
+	{kmsg.InitProducerID.Int16(), 0, 1},
+	{kmsg.SASLAuthenticate.Int16(), 0, 1},
 }
-
-// fetchKey is Fetch's: advertised, never served.
-const fetchKey = 1
 
 func supported(key, version int16) bool {
 	for _, v := range versions {

@@ -19,7 +19,9 @@ const nodeID = 0
 
 // metadata names Spillway as the only broker, at the address the client
 // reached it on, and as the leader of every partition of the topics the
-// client may produce to, with the real cluster's partition counts.
+// client may produce to, with the real cluster's partition counts. A
+// client whose principal cannot be established may produce to none: it
+// is shown no topic, and none is created for it.
 func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.MetadataResponse {
 	resp := req.ResponseKind().(*kmsg.MetadataResponse)
 	host, port := c.advertised()
@@ -29,7 +31,20 @@ func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.Metada
 	resp.ControllerID = nodeID
 	resp.ClusterID = ptr("spillway")
 
-	cl, _ := c.client(clientID)
+	cl, authErr := c.client(clientID)
+	if authErr != nil {
+		// Not signed in: handle closes such a connection before it gets
+		// here; should another path call this, still nothing is listed
+		// and nothing created.
+		for _, rt := range req.Topics {
+			if rt.Topic != nil {
+				t := kmsg.NewMetadataResponseTopic()
+				t.Topic, t.ErrorCode = rt.Topic, kerr.TopicAuthorizationFailed.Code
+				resp.Topics = append(resp.Topics, t)
+			}
+		}
+		return resp
+	}
 	ctx := identity.With(context.Background(), cl)
 	counts, err := c.s.partitions(ctx)
 	writable := map[string]bool{}

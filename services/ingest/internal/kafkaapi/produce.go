@@ -222,11 +222,11 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 				return nil, corrupt("record %d of a batch of %d: %v", i, b.NumRecords, err)
 			}
 			data = data[n+int(l):]
+			// A null key or value (a tombstone) stays null, and an empty one
+			// empty, in Kafka and in the buffer: on a compacted topic a
+			// null value deletes the key and an empty one does not.
 			rec := record.Record{Topic: topic, Key: r.Key, Value: r.Value, Partition: partition,
 				Timestamp: base.Add(time.Duration(r.TimestampDelta64) * time.Millisecond)}
-			if r.Value == nil {
-				rec.Value = []byte{} // a tombstone's null value is sent as empty
-			}
 			for _, h := range r.Headers {
 				rec.Headers = append(rec.Headers, record.Header{Key: h.Key, Value: h.Value})
 			}

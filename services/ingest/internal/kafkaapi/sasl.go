@@ -6,6 +6,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -62,7 +63,11 @@ func (c *conn) saslHandshake(req *kmsg.SASLHandshakeRequest) *kmsg.SASLHandshake
 
 // saslAuthenticate checks PLAIN's "authzid NUL user NUL password", or
 // takes one step of SCRAM's exchange (client-first, then client-final).
-// A failure is answered, then the connection closes, as brokers do.
+// A failure is answered, then the connection closes, as brokers do. A
+// success starts a session (KIP-368) that lasts until the credential
+// expires, at most security.sasl.max_session_lifetime; v1 answers its
+// lifetime, within which the client signs in again on the connection, as
+// the same principal.
 func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID string) (kmsg.Response, error) {
 	resp := req.ResponseKind().(*kmsg.SASLAuthenticateResponse)
 	c.mu.Lock()
@@ -101,6 +106,13 @@ func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID stri
 			cl, err = identity.FromKafkaPassword(string(parts[1]), string(parts[2]), c.s.o.Auth)
 		}
 	}
+	c.mu.Lock()
+	before := c.authed
+	c.mu.Unlock()
+	if err == nil && before != nil && before.Key() != cl.Key() {
+		// As Kafka: signing in again (KIP-368) keeps the principal.
+		err = errors.New("invalid credentials: signing in again on a connection cannot change its principal")
+	}
 	if err != nil {
 		cl.Principal = identity.Anonymous
 		c.s.o.Sender.Refuse(identity.With(context.Background(), cl), API, "", 0, record.ReasonUnauthenticated)
@@ -112,11 +124,28 @@ func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID stri
 		c.mu.Unlock()
 		return resp, nil
 	}
+	now := time.Now()
+	end := c.s.o.Auth.SessionEnd(cl, now)
+	if !end.IsZero() && req.Version >= 1 {
+		resp.SessionLifetimeMillis = max(end.Sub(now).Milliseconds(), 1)
+	}
 	c.mu.Lock()
 	c.authed = &cl
+	c.sessionEnd = end
 	c.scram = nil
 	c.mu.Unlock()
 	return resp, nil
+}
+
+// sessionOver says whether the connection's SASL session has ended
+// (KIP-368): it may then only sign in again (SaslHandshake and
+// SaslAuthenticate); any other request closes it, as Kafka's broker
+// closes it. A client of SaslAuthenticate v0, which is not told the
+// session's lifetime, has its connection closed too, and connects again.
+func (c *conn) sessionOver(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.sessionEnd.IsZero() && now.After(c.sessionEnd)
 }
 
 // unsupported answers a request for an API Spillway does not serve with
