@@ -52,8 +52,12 @@ type Service struct {
 	watchers  []func(context.Context) // run beside the drainers until ctx ends
 }
 
-// NewService connects to JetStream and Kafka, creates the durable consumer
-// and binds the monitoring port.
+// NewService binds the monitoring port, connects to JetStream and Kafka,
+// and creates or updates the stream and the durable consumer. While
+// JetStream cannot answer (no meta leader, no quorum, a stream or consumer
+// without a leader: a cluster starting), it tries again with short tries
+// until ctx ends, and /readyz says what it waits for; a configuration
+// error ends it at once.
 func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
@@ -84,11 +88,16 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	s.producers = append(s.producers, primary)
-	nc, js, err := spill.Connect(ctx, cfg.Producer.WAL, nil, "spillway-"+o.Role.Name, o.Logger)
+	nc, js, err := spill.Dial(cfg.Producer.WAL, nil, "spillway-"+o.Role.Name, o.Logger)
 	if err != nil {
 		return nil, err
 	}
 	s.nc = nc
+	if err := s.waitFor(ctx, "stream "+cfg.Producer.WAL.Stream, func(ctx context.Context) error {
+		return spill.EnsureStream(ctx, js, cfg.Producer.WAL)
+	}); err != nil {
+		return nil, err
+	}
 	opts := Options{
 		JS:        js,
 		WAL:       cfg.Producer.WAL,
@@ -110,15 +119,18 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 			opts.TracerProvider = noop.NewTracerProvider()
 		}
 	}
-	d, err := New(ctx, opts)
+	d, err := s.newDrainer(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	s.drainers = append(s.drainers, d)
 	if o.Role == Resender {
 		// The dead letters held, for the operator who moves them back.
-		dl, err := deadletter.Open(ctx, js, cfg.Producer.WAL)
-		if err != nil {
+		var dl *deadletter.Store
+		if err := s.waitFor(ctx, "stream "+cfg.Producer.WAL.Stream, func(ctx context.Context) (err error) {
+			dl, err = deadletter.Open(ctx, js, cfg.Producer.WAL)
+			return err
+		}); err != nil {
 			return nil, err
 		}
 		g := deadletter.NewGauge(o.Registry, cfg.Server.Monitoring.MaxTopicLabels)
@@ -135,7 +147,7 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 			mo := opts
 			mo.Kind, mo.Consumer, mo.Producer, mo.Logger = spill.Mirror(m.Name), "mirror-"+m.Name, p, logger
 			mo.DeadLetter, mo.ReasonPrefix = spill.MirrorDeadLetter(m.Name), "mirror "+m.Name+": "
-			d, err := New(ctx, mo)
+			d, err := s.newDrainer(ctx, mo)
 			if err != nil {
 				return nil, err
 			}
@@ -149,6 +161,30 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 		return nil
 	})
 	return s, nil
+}
+
+// waitFor runs one step of the buffer's set-up until JetStream answers
+// (spill.Retry: short tries, a growing pause between them), with /readyz
+// naming the step's last error meanwhile. A configuration error, or ctx's
+// end, stops it.
+func (s *Service) waitFor(ctx context.Context, step string, try func(context.Context) error) error {
+	r := spill.Retry{Step: step, Logger: s.opts.Logger, Report: func(err error) {
+		if err != nil {
+			err = fmt.Errorf("buffer: %w", err)
+		}
+		s.monitor.SetStarting(err)
+	}}
+	return r.Run(ctx, try)
+}
+
+// newDrainer makes a Drainer, waiting for its stream and durable consumer
+// (waitFor).
+func (s *Service) newDrainer(ctx context.Context, o Options) (d *Drainer, err error) {
+	err = s.waitFor(ctx, "consumer "+o.Consumer, func(ctx context.Context) error {
+		d, err = New(ctx, o)
+		return err
+	})
+	return d, err
 }
 
 // MonitorAddr is the monitoring port's bound address.

@@ -24,9 +24,14 @@ type Server struct {
 	ready  atomic.Bool
 	served chan error // Serve's result, once the server stopped
 
-	mu     sync.Mutex
-	checks []func() error
+	mu       sync.Mutex
+	checks   []func() error
+	starting error // why not ready while starting; nil: ErrStarting
 }
+
+// ErrStarting is the reason /readyz gives while the service is not ready
+// and has said no other (SetStarting): it is starting or shutting down.
+var ErrStarting = errors.New("starting or shutting down")
 
 // Option changes what the monitoring server serves.
 type Option func(*options)
@@ -73,8 +78,20 @@ func New(addr string, reg *prometheus.Registry, opts ...Option) (*Server, error)
 // Addr is the bound address, useful when New was given port 0.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// SetReady says whether the service takes records.
-func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
+// SetReady says whether the service takes records. It forgets the reason
+// SetStarting gave.
+func (s *Server) SetReady(ready bool) {
+	s.SetStarting(nil)
+	s.ready.Store(ready)
+}
+
+// SetStarting says why the service, not ready yet, is still starting: a
+// dependency it waits for, which /readyz names. nil: ErrStarting.
+func (s *Server) SetStarting(reason error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.starting = reason
+}
 
 // AddReadinessCheck adds a check that must pass for /readyz to say ready.
 func (s *Server) AddReadinessCheck(check func() error) {
@@ -84,13 +101,16 @@ func (s *Server) AddReadinessCheck(check func() error) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	checks, reason := s.checks, s.starting
+	s.mu.Unlock()
 	if !s.ready.Load() {
-		http.Error(w, "not ready: starting or shutting down", http.StatusServiceUnavailable)
+		if reason == nil {
+			reason = ErrStarting
+		}
+		http.Error(w, "not ready: "+reason.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	s.mu.Lock()
-	checks := s.checks
-	s.mu.Unlock()
 	for _, check := range checks {
 		if err := check(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"testing"
@@ -48,5 +49,29 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 			assert.Equal(t, http.StatusOK, status)
 			assert.Equal(t, "ok\n", body)
 		})
+	}
+}
+
+// /readyz names what a starting service waits for, and says "starting or
+// shutting down" otherwise, before and after.
+func TestReadyzNamesWhatStartWaitsFor(t *testing.T) {
+	s, err := New("127.0.0.1:0", prometheus.NewRegistry())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	for _, step := range []struct {
+		do         func()
+		status     int
+		body, name string
+	}{
+		{func() {}, http.StatusServiceUnavailable, "not ready: starting or shutting down\n", "starting"},
+		{func() { s.SetStarting(errors.New("buffer: no quorum")) }, http.StatusServiceUnavailable, "not ready: buffer: no quorum\n", "waiting"},
+		{func() { s.SetStarting(nil) }, http.StatusServiceUnavailable, "not ready: starting or shutting down\n", "waited"},
+		{func() { s.SetStarting(errors.New("buffer: no quorum")); s.SetReady(true) }, http.StatusOK, "ready\n", "ready"},
+		{func() { s.SetReady(false) }, http.StatusServiceUnavailable, "not ready: starting or shutting down\n", "shutting down"},
+	} {
+		step.do()
+		status, body := get(t, s, "/readyz")
+		assert.Equal(t, step.status, status, step.name)
+		assert.Equal(t, step.body, body, step.name)
 	}
 }

@@ -27,20 +27,18 @@ type InProcess interface {
 
 // Connect connects to the embedded server (in-process, when embedded is
 // not nil) or to the external JetStream in c.NATS, and creates or updates
-// the stream. The connection reconnects forever.
+// the stream, trying again (Retry) while JetStream does not answer, until
+// ctx ends; a configuration error ends it at once. The connection
+// reconnects forever.
 func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	nc, js, err := Dial(c, embedded, name, logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(c)); err != nil {
+	r := Retry{Step: "stream " + c.Stream, Logger: logger}
+	if err := r.Run(ctx, func(ctx context.Context) error { return EnsureStream(ctx, js, c) }); err != nil {
 		nc.Close()
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "retention policy") {
-			return nil, nil, fmt.Errorf("stream %s exists with another retention policy, and Spillway needs a work queue: "+
-				"let the forwarder and resender empty it, then delete it, or set producer.wal.stream to a new name: %w", c.Stream, err)
-		}
-		return nil, nil, fmt.Errorf("create or update stream %s: %w", c.Stream, err)
+		return nil, nil, err
 	}
 	return nc, js, nil
 }

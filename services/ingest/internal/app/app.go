@@ -72,6 +72,9 @@ type App struct {
 	kafkaLn  net.Listener
 	draining chan struct{}
 	natsAddr string
+	// bufferFailed receives the configuration error that ends the wait
+	// for the buffer; nil when the buffer was ready in New.
+	bufferFailed chan error
 	// policy is what a reload replaces: topic ACLs, rate limits,
 	// validation and topic mapping.
 	policy   atomic.Pointer[policy.Policy]
@@ -301,14 +304,24 @@ func grpcTLS(files *certs.Reloader) *tls.Config {
 // startBuffer connects to the JetStream buffer, starting the embedded
 // server unless an external one is configured. It returns nil (no buffer)
 // when the configuration needs none.
+//
+// It tries the stream's create-or-update once (spill.TryTimeout). When
+// JetStream does not answer it or cannot yet (no meta leader, no quorum:
+// a cluster starting), the ingest starts anyway: the buffer is a
+// spill.PendingBuffer that answers every record unavailable, /readyz says
+// why, and the create-or-update is tried again in the background until it
+// succeeds. Records that do not need the buffer (mode fallback, Kafka
+// healthy) go to Kafka meanwhile. A configuration error stops the ingest:
+// at once, or from Run when a later try meets it.
 func (a *App) startBuffer() (delivery.Buffer, error) {
 	if !a.opts.Config.NeedsBuffer() {
 		return nil, nil
 	}
 	wal := a.opts.Config.Producer.WAL
+	log := a.opts.Logger
 	var embedded spill.InProcess
 	if len(wal.NATS.URLs) == 0 {
-		srv, err := embeddednats.Start(wal, a.opts.Logger)
+		srv, err := embeddednats.Start(wal, log)
 		if err != nil {
 			return nil, err
 		}
@@ -319,18 +332,44 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 			srv.WaitForShutdown()
 		})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	nc, js, err := spill.Connect(ctx, wal, embedded, "spillway-ingest", a.opts.Logger)
+	nc, js, err := spill.Dial(wal, embedded, "spillway-ingest", log)
 	if err != nil {
 		return nil, err
 	}
 	a.cleanups = append(a.cleanups, func() {
 		if err := nc.Drain(); err != nil {
-			a.opts.Logger.Warn("draining the NATS connection", "error", err)
+			log.Warn("draining the NATS connection", "error", err)
 		}
 	})
-	return spill.NewBuffer(js, wal), nil
+	pending := &spill.PendingBuffer{}
+	r := &spill.Retry{Step: "stream " + wal.Stream, Logger: log, Report: pending.SetReason}
+	ensure := func(ctx context.Context) error { return spill.EnsureStream(ctx, js, wal) }
+	err = r.Once(context.Background(), ensure)
+	if err == nil {
+		return spill.NewBuffer(js, wal), nil
+	}
+	if spill.IsConfigError(err) {
+		return nil, err
+	}
+	a.monitor.AddReadinessCheck(pending.Ready)
+	a.bufferFailed = make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Run(ctx, ensure); err != nil {
+			if ctx.Err() == nil { // a configuration error
+				a.bufferFailed <- err
+			}
+			return
+		}
+		pending.Set(spill.NewBuffer(js, wal))
+	}()
+	a.cleanups = append(a.cleanups, func() {
+		cancel()
+		<-done
+	})
+	return pending, nil
 }
 
 // startMirrors starts a producer and a mirror for each of mirrors; at
@@ -461,6 +500,16 @@ func (a *App) Run(ctx context.Context) error {
 				return fmt.Errorf("kafka listener: %w", err)
 			}
 			return nil
+		})
+	}
+	if a.bufferFailed != nil {
+		g.Go(func() error {
+			select {
+			case err := <-a.bufferFailed:
+				return err
+			case <-gctx.Done():
+				return nil
+			}
 		})
 	}
 	a.monitor.SetReady(true)
