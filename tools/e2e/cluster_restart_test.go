@@ -56,6 +56,48 @@ func TestMakeRunClusterRestarts(t *testing.T) {
 	second.stop(t)
 }
 
+// TestMakeRunClusterRestartsWithRecordsBuffered: with Kafka cut, load on
+// both ingests of devrun -cluster buffers records in the 3-replica
+// stream; devrun is then stopped, with SIGTERM or with kill -9 of every
+// process it started, and started again on the same stores with Kafka
+// back: both ingests are ready within 60 s, and every acknowledged record
+// reaches Kafka from the stores, once.
+func TestMakeRunClusterRestartsWithRecordsBuffered(t *testing.T) {
+	const buffered = 2000
+	devnatsBin(t)
+	for _, stop := range []string{"SIGTERM", "kill -9"} {
+		t.Run(stop, func(t *testing.T) {
+			k := newFaultyKafka(t)
+			offset, data := clusterPortOffset(t), t.TempDir()
+			env := append(clusterEnv(t, k.addr), "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_CB_FAILS=1")
+			mark := env[0]
+			args := []string{"-cluster", "-bin", binDir, "-data", data, "-port-offset", fmt.Sprint(offset)}
+			first := startDevrunCluster(t, 90*time.Second, env, args...)
+			k.cut()
+			s := newSpread(fmt.Sprintf("127.0.0.1:%d", 18080+offset), fmt.Sprintf("127.0.0.1:%d", 18180+offset)).start("restart-buffered", 8)
+			eventually(t, 90*time.Second, fmt.Sprint(buffered, " records buffered"), func() bool { return s.l.count() >= buffered })
+			s.finish()
+			if n := s.buffered(); n < buffered {
+				t.Fatalf("%d records buffered, want %d (Kafka is cut)", n, buffered)
+			}
+			if stop == "SIGTERM" {
+				first.stop(t)
+			} else {
+				first.stopped = true
+				reapCluster(mark) // devrun and every process it started
+				<-first.exited
+			}
+
+			k.restore()
+			start := time.Now()
+			startDevrunCluster(t, 60*time.Second, env, args...)
+			t.Logf("after %s with %d records buffered, devrun -cluster was running again %v after its start on the same stores",
+				stop, s.buffered(), time.Since(start).Round(100*time.Millisecond))
+			waitInKafka(t, k.addr, "restart-buffered", s.l, 120*time.Second, promise{unacknowledged: s.unacked()})
+		})
+	}
+}
+
 // TestMakeRunClusterNodeKilled kills the NATS node that leads the stream
 // (kill -9) under devrun -cluster: devrun says so and keeps running, and
 // so do the other processes it started; the node is started again on its
