@@ -63,6 +63,11 @@ type Producer struct {
 	layoutMu    sync.RWMutex
 	layouts     map[string]cachedLayout
 	refreshing  map[string]bool
+	// moved is, per topic, when its leaders were last read again because a
+	// produce found one moved, and whether that reading still runs
+	// (planLeaderRefresh). layoutMu is taken with a queue's mu held there,
+	// never the other way round.
+	moved map[string]leaderRefresh
 
 	startMu   sync.Mutex
 	waiting   []waitingCall // Start calls waiting for a topic's first layout
@@ -105,6 +110,7 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		metadataTTL:    max(cfg.MetadataRefresh, time.Millisecond),
 		layouts:        map[string]cachedLayout{},
 		refreshing:     map[string]bool{},
+		moved:          map[string]leaderRefresh{},
 		queues:         map[topicPartition]*partitionQueue{},
 		senders:        map[int32]*brokerSender{},
 		closed:         make(chan struct{}),

@@ -15,6 +15,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	createtopicsapi "github.com/segmentio/kafka-go/protocol/createtopics"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 
 	"github.com/spillway/spillway/pkg/record"
@@ -36,6 +37,16 @@ import (
 // A batch mixes many callers' records, so when Kafka refuses it for some
 // of its records (invalid, too large), only those fail: answer sends the
 // others again (see there).
+//
+// When a partition's leader moves (Kafka answers NOT_LEADER_OR_FOLLOWER,
+// LEADER_NOT_AVAILABLE or, for a topic it has, UNKNOWN_TOPIC_OR_PARTITION;
+// or the connection breaks), its batch waits in the queue's retry list
+// while the topic's leaders are read again at once (refreshLeaders, at
+// most once per minLeaderRefresh a topic); then the queue moves to the
+// new leader's sender, its retry list first, so its records keep their
+// order. retries bounds the attempts at one leader: at a new leader they
+// start again, so a batch follows its partition from leader to leader
+// until its records' message timeout passes.
 
 // topicPartition names one partition's queue.
 type topicPartition struct {
@@ -77,6 +88,11 @@ type partitionQueue struct {
 	split     int
 	attempts  int
 	notBefore time.Time
+	// awaitsLeaders: retry waits for the topic's leaders to be read again
+	// (refreshLeaders), or for notBefore if that takes longer; its last
+	// attempt was at sentTo.
+	awaitsLeaders bool
+	sentTo        int32
 }
 
 // brokerSender sends the batches of the partitions one broker leads.
@@ -141,6 +157,7 @@ type ready struct {
 	q       *partitionQueue
 	batch   []queued
 	attempt int
+	leader  int32 // the partition's leader as the producer's layout said when it was sent (byLeader)
 }
 
 // take takes the batches ready to go to s's broker. When none is, it
@@ -337,7 +354,7 @@ func (p *Producer) send(s *brokerSender) {
 func (p *Producer) produce(batches []ready) {
 	groups := p.byLeader(batches)
 	if len(groups) == 1 {
-		p.produceTo(batches)
+		p.produceTo(groups[0])
 		return
 	}
 	var wg sync.WaitGroup
@@ -359,11 +376,11 @@ func (p *Producer) byLeader(batches []ready) [][]ready {
 			l = cached.layout
 			layouts[b.q.tp.topic] = l
 		}
-		leader := int32(-1)
+		b.leader = -1
 		if b.q.tp.partition < len(l.leaders) {
-			leader = l.leaders[b.q.tp.partition]
+			b.leader = l.leaders[b.q.tp.partition]
 		}
-		leaders[leader] = append(leaders[leader], b)
+		leaders[b.leader] = append(leaders[b.leader], b)
 	}
 	out := make([][]ready, 0, len(leaders))
 	for _, g := range leaders {
@@ -443,8 +460,15 @@ func (p *Producer) produceTo(batches []ready) {
 //     nothing of a batch it refuses, so nothing is sent twice; these sends
 //     do not count as retries, since each one answers records or halves
 //     the batch.
-//   - An error that may pass sends the batch again after a backoff, while
-//     attempts are left and the producer is not closing.
+//   - A leader that moved (movedLeader) sends the batch again once the
+//     topic's leaders were read again (planLeaderRefresh), while attempts
+//     are left at the leader it was sent to, or the partition has another
+//     leader now, where its attempts start again (refreshLeaders), and the
+//     producer is not closing. So it follows the partition from leader to
+//     leader until its records' message timeout passes (toSend drops them
+//     then), and their callers see nothing of it.
+//   - Another error that may pass sends the batch again after a backoff,
+//     while attempts are left (retries) and the producer is not closing.
 //   - Otherwise every record of the batch fails.
 //
 // What goes again goes first, before the records queued after it, so a
@@ -470,6 +494,7 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		split    int      // then at most this many records a batch
 		attempts = b.attempt
 		delay    time.Duration
+		moved    bool // the batch waits for its leader to be read again
 	)
 	switch named := culprits(rp, len(b.batch)); {
 	case err == nil:
@@ -494,6 +519,17 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		again, split = b.batch, (len(b.batch)+1)/2
 		p.logger.Debug("kafka refused a batch for some of its records; splitting it", "topic", q.tp.topic, "partition", q.tp.partition,
 			"records", len(b.batch), "error", err)
+	case p.movedLeader(q.tp.topic, err) && !p.closing.Load() && (b.attempt+1 < p.maxAttempts || p.leaderOf(q.tp) != b.leader):
+		p.logger.Debug("kafka produce found the partition's leader moved; retrying at the new leader", "topic", q.tp.topic, "partition", q.tp.partition,
+			"records", len(b.batch), "attempt", b.attempt+1, "error", err)
+		again, attempts, moved = b.batch, b.attempt+1, true
+		if p.leaderOf(q.tp) != b.leader { // read again since it was sent: a new leader, new attempts
+			attempts = 0
+		}
+		failure := refusal(err, message)
+		for i := range again {
+			again[i].failure = failure
+		}
 	case retriable(err) && b.attempt+1 < p.maxAttempts && !p.closing.Load():
 		p.logger.Debug("kafka produce failed; retrying", "topic", q.tp.topic, "partition", q.tp.partition,
 			"records", len(b.batch), "attempt", b.attempt+1, "error", err)
@@ -515,10 +551,15 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		left[i].leave()
 	}
 	q.mu.Lock()
+	var refresh bool
+	if moved { // under q.mu, so that the reading's move finds the retry
+		refresh, delay = p.planLeaderRefresh(q.tp.topic)
+	}
 	switch {
 	case len(again) > 0:
 		q.retry = slices.Concat(again, q.retry)
 		q.notBefore = time.Now().Add(delay)
+		q.awaitsLeaders, q.sentTo = moved, b.leader
 		if split > 0 {
 			q.split = split
 		}
@@ -527,11 +568,124 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 	}
 	q.attempts = attempts
 	if len(q.retry) == 0 {
-		q.retry, q.split, q.attempts = nil, 0, 0
+		q.retry, q.split, q.attempts, q.awaitsLeaders = nil, 0, 0, false
 	}
 	q.inFlight = false
 	q.mu.Unlock()
+	if refresh {
+		p.running.Add(1) // this sender is running: Close waits for both
+		go p.refreshLeaders(q.tp.topic)
+	}
 	p.wakeIfPending(q)
+}
+
+// movedLeader says whether err says that the partition's leader moved, or
+// may have: Kafka's NOT_LEADER_OR_FOLLOWER or LEADER_NOT_AVAILABLE, its
+// UNKNOWN_TOPIC_OR_PARTITION for a topic the producer has a layout of
+// (the leader it asked is not one of the partition's replicas any more),
+// no leader in the transport's metadata, or a connection that broke.
+func (p *Producer) movedLeader(topic string, err error) bool {
+	switch {
+	case errors.Is(err, kafka.NotLeaderForPartition), errors.Is(err, kafka.LeaderNotAvailable),
+		errors.Is(err, protocol.ErrNoLeader),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return true
+	case errors.Is(err, kafka.UnknownTopicOrPartition):
+		l, ok := p.cachedLayout(topic)
+		return ok && l.err == nil
+	}
+	return false
+}
+
+// leaderOf is tp's leader as the producer's layout of its topic says, or
+// -1.
+func (p *Producer) leaderOf(tp topicPartition) int32 {
+	l, _ := p.cachedLayout(tp.topic)
+	if tp.partition < len(l.layout.leaders) {
+		return l.layout.leaders[tp.partition]
+	}
+	return -1
+}
+
+// leaderRefresh is when a topic's leaders were last read again because a
+// produce found one moved, and whether that reading still runs.
+type leaderRefresh struct {
+	at      time.Time
+	running bool
+}
+
+// minLeaderRefresh spaces the readings of a topic's leaders after a move:
+// a move fails every batch in flight to the partition, and each would ask.
+const minLeaderRefresh = 100 * time.Millisecond
+
+// planLeaderRefresh is for a batch of topic's that goes again because its
+// leader moved: it says whether to read the topic's leaders again now (no
+// reading runs, and none began in the last minLeaderRefresh), and how long
+// the batch waits. It waits for the reading, or the one running, to move
+// it (refreshLeaders), or longer if that reading takes longer than
+// retry.backoff.max.ms; after a reading that ended in the last
+// minLeaderRefresh, it waits until minLeaderRefresh after that reading
+// began, when it may ask for another. q.mu is held.
+func (p *Producer) planLeaderRefresh(topic string) (refresh bool, wait time.Duration) {
+	readingWait := max(p.backoffMax, minLeaderRefresh)
+	p.layoutMu.Lock()
+	defer p.layoutMu.Unlock()
+	r := p.moved[topic]
+	switch since := time.Since(r.at); {
+	case r.running:
+		return false, readingWait
+	case since < minLeaderRefresh:
+		return false, minLeaderRefresh - since
+	}
+	p.moved[topic] = leaderRefresh{at: time.Now(), running: true}
+	return true, readingWait
+}
+
+// refreshLeaders reads topic's leaders again after a produce found one
+// moved, moves the topic's queues to the senders of their partitions' new
+// leaders, and sends at once the batches that waited for it.
+func (p *Producer) refreshLeaders(topic string) {
+	defer p.running.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
+	defer cancel()
+	// The transport routes a produce by its own copy of the cluster's
+	// metadata, read every topic.metadata.refresh.interval.ms, and at once
+	// after it has an answer to a CreateTopics request (kafka-go's
+	// connPool.roundTrip): one that creates no topic has it read the
+	// metadata now, and returns once it has.
+	if _, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, &createtopicsapi.Request{}); err != nil {
+		p.logger.Debug("kafka metadata could not be read again after a leader moved", "topic", topic, "error", err)
+	}
+	l, err := p.readLayout(ctx, topic)
+	p.layoutMu.Lock()
+	r := p.moved[topic]
+	r.running = false
+	p.moved[topic] = r
+	p.layoutMu.Unlock()
+
+	var queues []*partitionQueue
+	p.mu.Lock()
+	for tp, q := range p.queues {
+		if tp.topic == topic {
+			queues = append(queues, q)
+		}
+	}
+	p.mu.Unlock()
+	for _, q := range queues {
+		q.mu.Lock()
+		if err == nil && q.tp.partition < len(l.leaders) {
+			q.leader = l.leaders[q.tp.partition]
+		}
+		if q.awaitsLeaders {
+			q.notBefore, q.awaitsLeaders = time.Time{}, false
+			if q.leader != q.sentTo {
+				q.attempts = 0 // the attempts at the leader that moved do not count at the new one
+			}
+		}
+		q.mu.Unlock()
+		p.wakeIfPending(q)
+	}
 }
 
 // culprits are the records of a batch of n that Kafka named as those it
