@@ -63,7 +63,7 @@ func TestMakeRunClusterRestarts(t *testing.T) {
 // back: both ingests are ready within 60 s, and every acknowledged record
 // reaches Kafka from the stores, once.
 func TestMakeRunClusterRestartsWithRecordsBuffered(t *testing.T) {
-	const buffered = 2000
+	const buffered = 10000
 	devnatsBin(t)
 	for _, stop := range []string{"SIGTERM", "kill -9"} {
 		t.Run(stop, func(t *testing.T) {
