@@ -32,6 +32,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/httpapi:FuzzPixyRequest \
 	./services/ingest/internal/grpcapi:FuzzCappedCodec \
 	./services/ingest/internal/kafkaapi:FuzzParseRequest \
+	./services/ingest/internal/kafkaapi:FuzzOversizedProduce \
 	./pkg/config:FuzzParse \
 	./services/ingest/internal/identity:FuzzParseUserAgent \
 	./services/ingest/internal/identity:FuzzClientID \

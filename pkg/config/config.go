@@ -105,6 +105,18 @@ type KafkaListener struct {
 	// (a container's port mapping, a load balancer); "": the address each
 	// client connected to.
 	Advertised string
+	// MaxConnections bounds the connections open at once, and
+	// MaxConnectionsPerAddress those of one client address (Kafka's
+	// max.connections and max.connections.per.ip): one more is closed at
+	// once.
+	MaxConnections           int
+	MaxConnectionsPerAddress int
+	// ConnectionsMaxIdle closes a connection that sends nothing for this
+	// long (Kafka's connections.max.idle.ms).
+	ConnectionsMaxIdle time.Duration
+	// SignInTimeout bounds the TLS handshake and signing in, from the
+	// moment the connection is accepted.
+	SignInTimeout time.Duration
 }
 
 type GRPC struct {

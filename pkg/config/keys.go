@@ -45,6 +45,10 @@ func options(c *Config) []option {
 		{"server.grpc.monitoring.histogram.enable", true, accepted((*getter).boolean)}, // kafka-ambassador's; histograms are always on
 		{"server.kafka.listen", ":19092", bind(&s.Kafka.Listen, (*getter).optionalAddress)},
 		{"server.kafka.advertised", "", bind(&s.Kafka.Advertised, (*getter).optionalAddress)},
+		{"server.kafka.max_connections", 10000, bind(&s.Kafka.MaxConnections, positive[int])},
+		{"server.kafka.max_connections_per_address", 1000, bind(&s.Kafka.MaxConnectionsPerAddress, positive[int])},
+		{"server.kafka.connections_max_idle", "10m", bind(&s.Kafka.ConnectionsMaxIdle, positiveDuration)},
+		{"server.kafka.sign_in_timeout", "10s", bind(&s.Kafka.SignInTimeout, positiveDuration)},
 		{"server.monitoring.listen", ":28080", bind(&s.Monitoring.Listen, (*getter).address)},
 		{"server.monitoring.max_topic_labels", 100, bind(&s.Monitoring.MaxTopicLabels, positive[int])},
 		{"server.monitoring.max_principal_labels", 100, bind(&s.Monitoring.MaxPrincipalLabels, positive[int])},

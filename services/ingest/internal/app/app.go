@@ -241,6 +241,12 @@ func New(o Options) (_ *App, err error) {
 			MaxRequestRecords: cfg.Server.MaxInFlightRecords,
 			Advertised:        cfg.Server.Kafka.Advertised,
 			Logger:            o.Logger.With("api", kafkaapi.API),
+
+			MaxConnections:           cfg.Server.Kafka.MaxConnections,
+			MaxConnectionsPerAddress: cfg.Server.Kafka.MaxConnectionsPerAddress,
+			IdleTimeout:              cfg.Server.Kafka.ConnectionsMaxIdle,
+			SignInTimeout:            cfg.Server.Kafka.SignInTimeout,
+			Registry:                 o.Registry,
 		})
 	}
 

@@ -9,7 +9,9 @@
 // (record batches, every codec), InitProducerId (idempotent producers)
 // and SASL PLAIN and SCRAM; every other API is answered UNSUPPORTED_VERSION.
 // Requests and responses are franz-go's kmsg types: no wire format is
-// written by hand here.
+// written by hand here, and only one is read by hand: the fields of a
+// produce request over the request bound, read as they arrive so that
+// its batches need not be held (handleOversized).
 package kafkaapi
 
 import (
@@ -25,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -73,17 +76,35 @@ type Options struct {
 	// Advertised is the host:port Metadata names; "": the address each
 	// client connected to.
 	Advertised string
-	Logger     *slog.Logger
+	// MaxConnections bounds the connections open at once and
+	// MaxConnectionsPerAddress those from one client address: one more
+	// is closed as soon as it is accepted (server.kafka.max_connections,
+	// server.kafka.max_connections_per_address; 0: 10,000 and 1,000).
+	MaxConnections           int
+	MaxConnectionsPerAddress int
+	// IdleTimeout closes a connection from which no byte arrived for
+	// this long, between requests or within one
+	// (server.kafka.connections_max_idle; 0: 10 minutes).
+	IdleTimeout time.Duration
+	// SignInTimeout bounds the TLS handshake and signing in, from the
+	// moment the connection is accepted (server.kafka.sign_in_timeout;
+	// 0: 10 s).
+	SignInTimeout time.Duration
+	// Registry receives the listener's metrics; nil: none.
+	Registry prometheus.Registerer
+	Logger   *slog.Logger
 }
 
 // Server serves Kafka's protocol on a listener.
 type Server struct {
 	o          Options
+	m          metrics
 	producerID atomic.Int64
 
 	mu      sync.Mutex
 	ln      net.Listener
 	conns   map[*conn]struct{}
+	perAddr map[string]int // open connections per client address
 	closing bool
 	wg      sync.WaitGroup
 	// lastCounts is the last topic layout Kafka gave.
@@ -98,10 +119,22 @@ func New(o Options) *Server {
 	if o.MaxRequestRecords <= 0 {
 		o.MaxRequestRecords = 100_000
 	}
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 10_000
+	}
+	if o.MaxConnectionsPerAddress <= 0 {
+		o.MaxConnectionsPerAddress = 1_000
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.SignInTimeout <= 0 {
+		o.SignInTimeout = 10 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, conns: map[*conn]struct{}{}}
+	s := &Server{o: o, m: newMetrics(o.Registry), conns: map[*conn]struct{}{}, perAddr: map[string]int{}}
 	// Producer ids differ across restarts, so that a client that keeps
 	// its id over a restart is not mistaken for another one downstream.
 	s.producerID.Store(time.Now().UnixMilli() << 10)
@@ -137,22 +170,33 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		c := &conn{s: s, nc: nc}
+		c := &conn{s: s, nc: nc, addr: clientAddress(nc)}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			_ = nc.Close()
 			return ErrServerClosed
 		}
-		s.conns[c] = struct{}{}
+		if refused := s.admit(c); refused != "" {
+			s.mu.Unlock()
+			s.m.refused.WithLabelValues(refused).Inc()
+			s.o.Logger.Debug("kafka connection refused", "remote", nc.RemoteAddr().String(), "reason", refused)
+			_ = nc.Close()
+			continue
+		}
 		s.wg.Add(1)
 		s.mu.Unlock()
+		s.m.open.Inc()
 		go func() {
 			defer s.wg.Done()
 			c.serve()
 			s.mu.Lock()
 			delete(s.conns, c)
+			if s.perAddr[c.addr]--; s.perAddr[c.addr] <= 0 {
+				delete(s.perAddr, c.addr)
+			}
 			s.mu.Unlock()
+			s.m.open.Dec()
 		}()
 	}
 }
@@ -192,8 +236,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // conn is one client connection. Requests are handled one at a time, in
 // order, as a broker does.
 type conn struct {
-	s  *Server
-	nc net.Conn
+	s    *Server
+	nc   net.Conn
+	addr string // the client's address, without its port
 
 	mu       sync.Mutex
 	stopping bool
@@ -226,37 +271,88 @@ func (c *conn) stop() {
 func (c *conn) serve() {
 	defer c.nc.Close()
 	log := c.s.o.Logger.With("remote", c.nc.RemoteAddr().String())
+	signInBy := time.Now().Add(c.s.o.SignInTimeout)
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if err := c.handshake(tc, signInBy); err != nil {
+			log.Debug("kafka connection closed: TLS handshake", "error", err)
+			return
+		}
+	}
 	size := make([]byte, 4)
 	var out []byte
 	for {
+		signed := c.signedIn()
+		// By when the next byte must come, and why the connection closes
+		// if it does not.
+		by, why := func() time.Time { return time.Now().Add(c.s.o.IdleTimeout) }, closedIdle
+		if !signed && signInBy.Before(by()) {
+			by, why = func() time.Time {
+				if idle := time.Now().Add(c.s.o.IdleTimeout); idle.Before(signInBy) {
+					return idle
+				}
+				return signInBy
+			}, closedSignIn
+		}
+		c.mu.Lock()
+		if c.stopping {
+			c.mu.Unlock()
+			return
+		}
+		_ = c.nc.SetReadDeadline(by())
+		c.mu.Unlock()
 		if _, err := io.ReadFull(c.nc, size); err != nil {
+			c.closedBy(err, why, log)
 			return
 		}
 		n := binary.BigEndian.Uint32(size)
 		limit := uint32(c.s.o.MaxRequestBytes) + 1024
-		if !c.signedIn() {
+		if !signed {
 			limit = min(limit, maxRequestBeforeSignIn)
 		}
-		if n > limit || n < 8 {
+		if n < 8 {
+			return
+		}
+		if n > limit && (!signed || n > maxRequestSize) {
 			log.Debug("kafka request refused: size", "bytes", n, "max", limit)
+			c.s.m.closed.WithLabelValues(closedTooLarge).Inc()
 			return
 		}
 		c.mu.Lock()
 		c.busy = true
 		c.mu.Unlock()
-		body := make([]byte, n)
-		if _, err := io.ReadFull(c.nc, body); err != nil {
-			return
+		r := idleReader{c: c, by: by}
+		var resp kmsg.Response
+		var corr int32
+		var err error
+		if n > limit {
+			// Over the request bound, and not beyond reason: a produce is
+			// read on and answered partition by partition, as a broker
+			// answers a batch over message.max.bytes.
+			resp, corr, err = c.handleOversized(r, int(n))
+		} else {
+			var body []byte
+			if body, err = readBody(r, int(n)); err != nil {
+				c.closedBy(err, why, log)
+				return
+			}
+			resp, corr, err = c.handle(body)
 		}
-		resp, corr, err := c.handle(body)
 		if err != nil {
+			if timedOut(err) {
+				c.closedBy(err, why, log)
+				return
+			}
 			log.Debug("kafka request not served; closing the connection", "error", err)
 			return
 		}
 		if resp != nil {
 			out = appendResponse(out[:0], resp, corr)
+			_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.o.IdleTimeout))
 			if _, err := c.nc.Write(out); err != nil {
 				return
+			}
+			if cap(out) > 1<<20 {
+				out = nil // a large answer is not kept for the connection's life
 			}
 		}
 		c.mu.Lock()
