@@ -1,6 +1,7 @@
 // Package app wires the ingest service together: the Kafka producer, the
-// delivery path, the HTTP API and the monitoring port. Tests boot the whole
-// service in-process through it.
+// JetStream buffer, the delivery path, the HTTP, gRPC and Kafka-protocol
+// listeners and the monitoring port. Tests boot the whole service
+// in-process through it.
 package app
 
 import (
