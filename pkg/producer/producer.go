@@ -69,9 +69,11 @@ type Producer struct {
 	// never the other way round.
 	moved map[string]leaderRefresh
 
-	startMu   sync.Mutex
-	waiting   []waitingCall // Start calls waiting for a topic's first layout
-	lookingUp bool          // lookUp runs
+	// startMu guards lookups: the topics whose first layout is being
+	// read, each with the records that wait for it (Start). It is taken
+	// with closeMu held for reading, and layoutMu is taken with it held.
+	startMu sync.Mutex
+	lookups map[string]*topicLookup
 
 	mu      sync.Mutex
 	queues  map[topicPartition]*partitionQueue
@@ -110,6 +112,7 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		metadataTTL:    max(cfg.MetadataRefresh, time.Millisecond),
 		layouts:        map[string]cachedLayout{},
 		refreshing:     map[string]bool{},
+		lookups:        map[string]*topicLookup{},
 		moved:          map[string]leaderRefresh{},
 		queues:         map[topicPartition]*partitionQueue{},
 		senders:        map[int32]*brokerSender{},
@@ -321,60 +324,128 @@ func (c *call) takeBack() []record.Result {
 // The function it returns is for a caller that stops waiting: it takes
 // back the records not yet sent and answers at once (call.withdraw).
 //
-// A call that names a topic the producer has not seen yet waits, apart
-// from its caller, for Kafka's metadata; the calls after it wait behind
-// it, so that calls reach Kafka in the order they were made.
+// Records of a topic the producer has not seen yet wait, apart from their
+// caller, for Kafka's metadata of that topic, and so do the records of
+// later calls to that topic while it is looked up, so that a topic's
+// records reach Kafka in the order their calls were made. Records of
+// other topics never wait for it: a call that names a known topic and one
+// being looked up queues its known topic's records at once, and the
+// others once their topic's metadata came (or its reading failed, which
+// answers them). So the records of one call to one partition stay in
+// order, and so do those of successive calls.
 func (p *Producer) Start(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result) {
 	c := newCall(recs, done)
 	p.closeMu.RLock()
-	if !p.closing.Load() {
-		p.startMu.Lock()
-		if len(p.waiting) > 0 || p.lookingUp || !p.seenAll(recs) {
-			p.waiting = append(p.waiting, waitingCall{recs, c})
-			if !p.lookingUp {
-				p.lookingUp = true
-				p.running.Add(1)
-				go p.lookUp()
-			}
-			p.startMu.Unlock()
-			p.closeMu.RUnlock()
-			return c.withdraw
-		}
-		p.startMu.Unlock()
+	if p.closing.Load() {
+		p.closeMu.RUnlock()
+		p.start(recs, nil, c) // refuses them
+		return c.withdraw
 	}
+	p.startMu.Lock()
+	if len(p.lookups) == 0 && p.seenAll(recs) {
+		p.startMu.Unlock()
+		p.closeMu.RUnlock()
+		p.start(recs, nil, c)
+		return c.withdraw
+	}
+	now := p.holdUnknown(recs, c)
+	p.startMu.Unlock()
 	p.closeMu.RUnlock()
-	p.start(recs, c)
+	if len(now) == len(recs) {
+		p.start(recs, nil, c)
+	} else if len(now) > 0 {
+		p.start(pick(recs, now), now, c)
+	}
 	return c.withdraw
 }
 
-// waitingCall is a Start waiting for a topic's first layout.
-type waitingCall struct {
-	recs []record.Record
-	call *call
+// topicLookup is a topic whose first layout is being read (lookUp), and
+// the calls' records that wait for it, in the order of their calls.
+type topicLookup struct {
+	waiting []waitingPart
 }
 
-// lookUp starts the waiting calls in order, each once Kafka told the
-// layout of its topics.
-func (p *Producer) lookUp() {
+// waitingPart is the records of one Start call to one topic that wait
+// for the topic's layout, and their indexes in the call.
+type waitingPart struct {
+	recs  []record.Record
+	index []int
+	call  *call
+}
+
+// holdUnknown puts the records of recs whose topic has no layout yet, or
+// is being looked up, in their topic's lookup, starting the lookups it
+// needs, and returns the indexes of the others, which go at once.
+// p.startMu and p.closeMu (for reading) are held, and the producer is not
+// closing.
+func (p *Producer) holdUnknown(recs []record.Record, c *call) (now []int) {
+	type topicWait struct {
+		topic string
+		wait  bool
+		index []int
+	}
+	var topics []topicWait // few: a list beats a map
+	now = make([]int, 0, len(recs))
+	for i := range recs {
+		t := slices.IndexFunc(topics, func(tw topicWait) bool { return tw.topic == recs[i].Topic })
+		if t < 0 {
+			_, looking := p.lookups[recs[i].Topic]
+			_, seen := p.cachedLayout(recs[i].Topic)
+			t = len(topics)
+			topics = append(topics, topicWait{topic: recs[i].Topic, wait: looking || !seen})
+		}
+		if topics[t].wait {
+			topics[t].index = append(topics[t].index, i)
+		} else {
+			now = append(now, i)
+		}
+	}
+	for _, tw := range topics {
+		if !tw.wait {
+			continue
+		}
+		l, ok := p.lookups[tw.topic]
+		if !ok {
+			l = &topicLookup{}
+			p.lookups[tw.topic] = l
+			p.running.Add(1)
+			go p.lookUp(tw.topic, l)
+		}
+		l.waiting = append(l.waiting, waitingPart{recs: pick(recs, tw.index), index: tw.index, call: c})
+	}
+	return now
+}
+
+// pick is the records of recs at index, in order.
+func pick(recs []record.Record, index []int) []record.Record {
+	out := make([]record.Record, len(index))
+	for j, i := range index {
+		out[j] = recs[i]
+	}
+	return out
+}
+
+// lookUp reads topic's layout, then starts the records waiting for it, in
+// order, and those that came meanwhile, until none is left: then the topic
+// is no longer looked up, and its calls go at once.
+func (p *Producer) lookUp(topic string, l *topicLookup) {
 	defer p.running.Done()
+	if !p.closing.Load() {
+		_, _ = p.topicLayout(topic)
+	}
 	for {
 		p.startMu.Lock()
-		if len(p.waiting) == 0 {
-			p.lookingUp = false
+		parts := l.waiting
+		l.waiting = nil
+		if len(parts) == 0 {
+			delete(p.lookups, topic)
 			p.startMu.Unlock()
 			return
 		}
-		next := p.waiting[0]
-		p.waiting = p.waiting[1:]
 		p.startMu.Unlock()
-		if !p.closing.Load() {
-			for i := range next.recs {
-				if i == 0 || next.recs[i].Topic != next.recs[i-1].Topic {
-					_, _ = p.topicLayout(next.recs[i].Topic)
-				}
-			}
+		for _, w := range parts {
+			p.start(w.recs, w.index, w.call)
 		}
-		p.start(next.recs, next.call)
 	}
 }
 
@@ -392,8 +463,11 @@ func (p *Producer) seenAll(recs []record.Record) bool {
 	return true
 }
 
-// start is Start, whether or not it has to wait for Kafka's metadata.
-func (p *Producer) start(recs []record.Record, c *call) {
+// start queues recs, records of c, once their topics' layouts are known
+// (or will be read here). index is each record's index in c, or nil when
+// recs are all of c's records: a call whose topics are known and one being
+// looked up is started in parts (Start).
+func (p *Producer) start(recs []record.Record, index []int, c *call) {
 	now := time.Now()
 	queue := make([]queued, 0, len(recs))
 	headers := newHeaderArena(recs)
@@ -405,8 +479,11 @@ func (p *Producer) start(recs []record.Record, c *call) {
 		topic     layout
 		topicErr  error
 	)
-	for i := range recs {
-		r := &recs[i]
+	for j := range recs {
+		r, i := &recs[j], j
+		if index != nil {
+			i = index[j]
+		}
 		n := r.Size()
 		if n > p.maxRecordBytes+ownHeadersAllowance {
 			c.refuse(i, record.Errorf(record.ReasonTooLarge,
@@ -454,7 +531,7 @@ func (p *Producer) start(recs []record.Record, c *call) {
 		return
 	}
 	c.mu.Lock()
-	if !c.answered {
+	if !c.answered && c.timeout == nil { // a call started in parts: its first
 		c.timeout = time.AfterFunc(p.timeout, c.expire)
 	}
 	c.mu.Unlock()

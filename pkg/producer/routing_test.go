@@ -181,10 +181,12 @@ func TestExpiredRecordNotSent(t *testing.T) {
 	}
 }
 
-// TestCallsKeepTheirOrderWhileATopicIsLookedUp: a call for a topic not
-// seen yet waits for its metadata apart from the caller, and the calls
-// made after it wait behind it: both reach Kafka in the order made.
-func TestCallsKeepTheirOrderWhileATopicIsLookedUp(t *testing.T) {
+// TestCallsKeepTheirOrderWhileTheirTopicIsLookedUp: a call for a topic
+// not seen yet waits for its metadata apart from the caller, and the calls
+// to that topic made after it wait behind it: both reach Kafka in the
+// order made. (Calls to other topics do not wait:
+// TestSlowLookupHoldsOnlyItsTopic.)
+func TestCallsKeepTheirOrderWhileTheirTopicIsLookedUp(t *testing.T) {
 	m := &movingCluster{metaGate: make(chan struct{}), produces: make(chan []string, 10)}
 	m.leader.Store(1)
 	p := movingProducer(t, m, "SPILLWAY_KAFKA_LINGER_MS=200")
