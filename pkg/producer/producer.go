@@ -12,12 +12,14 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	describeconfigsapi "github.com/segmentio/kafka-go/protocol/describeconfigs"
 	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/segmentio/kafka-go/sasl/plain"
@@ -473,6 +475,7 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 	headers := newHeaderArena(recs)
 	tps := make([]topicPartition, 0, len(recs)) // each queued record's partition
 	leaders := make([]int32, 0, len(recs))      // and its leader
+	limits := make([]int, 0, len(recs))         // and its topic's max.message.bytes
 	onePartition := true
 	var (
 		lastTopic string
@@ -517,6 +520,7 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 		queue = append(queue, queued{key: r.Key, value: r.Value, headers: hs, time: ts, call: c, index: i, size: encodedSize(r.Key, r.Value, hs)})
 		tps = append(tps, topicPartition{r.Topic, partition})
 		leaders = append(leaders, topic.leaders[partition])
+		limits = append(limits, topic.maxBytes)
 		onePartition = onePartition && tps[len(tps)-1] == tps[0]
 	}
 	if len(queue) == 0 {
@@ -536,16 +540,17 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 	}
 	c.mu.Unlock()
 	if onePartition {
-		p.add(tps[0], leaders[0], queue)
+		p.add(tps[0], leaders[0], topic.maxBytes, queue)
 	} else {
 		// Records in order, per partition: the partitions of a call are
 		// few, so a list beats a map; each partition's slice is sized
 		// once.
 		type group struct {
-			tp     topicPartition
-			leader int32
-			n      int
-			recs   []queued
+			tp       topicPartition
+			leader   int32
+			maxBytes int
+			n        int
+			recs     []queued
 		}
 		var groups []group
 		of := make([]int, len(queue))
@@ -553,7 +558,7 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 			g := slices.IndexFunc(groups, func(g group) bool { return g.tp == tps[j] })
 			if g < 0 {
 				g = len(groups)
-				groups = append(groups, group{tp: tps[j], leader: leaders[j]})
+				groups = append(groups, group{tp: tps[j], leader: leaders[j], maxBytes: limits[j]})
 			}
 			groups[g].n++
 			of[j] = g
@@ -565,7 +570,7 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 			groups[of[j]].recs = append(groups[of[j]].recs, q)
 		}
 		for _, g := range groups {
-			p.add(g.tp, g.leader, g.recs)
+			p.add(g.tp, g.leader, g.maxBytes, g.recs)
 		}
 	}
 	p.closeMu.RUnlock()
@@ -745,19 +750,28 @@ func (p *Producer) Close() error {
 	return nil
 }
 
-// layout is a topic's partitions and their leaders.
+// layout is a topic's partitions and their leaders, and its
+// max.message.bytes.
 type layout struct {
 	partitions []int   // 0..n-1, for the balancer
 	leaders    []int32 // by partition
+	maxBytes   int     // the topic's max.message.bytes; 0: not known (topicMaxBytes)
 }
 
 // cachedLayout is a topic's layout as last read, or the error reading it
-// gave, and when.
+// gave, and when; and when its max.message.bytes was last read.
 type cachedLayout struct {
-	layout layout
-	err    error
-	at     time.Time
+	layout  layout
+	err     error
+	at      time.Time
+	limitAt time.Time
 }
+
+// topicConfigRefresh is how often a topic's max.message.bytes is read
+// again: an operator may change it, but seldom, and each reading is a
+// request to the cluster (a layout's is served from the transport's
+// cache).
+const topicConfigRefresh = time.Minute
 
 // cachedLayout is the topic's layout as last read, and whether there is
 // one.
@@ -784,11 +798,21 @@ func (p *Producer) topicLayout(topic string) (layout, error) {
 	return p.readLayout(ctx, topic)
 }
 
-// readLayout reads the topic's layout from the transport and keeps it.
+// readLayout reads the topic's layout from the transport and keeps it,
+// with its max.message.bytes, read from Kafka when the topic is first
+// described and then every topicConfigRefresh.
 func (p *Producer) readLayout(ctx context.Context, topic string) (layout, error) {
 	l, err := p.layout(ctx, topic)
+	var limitAt time.Time
+	if err == nil {
+		prev, _ := p.cachedLayout(topic)
+		l.maxBytes, limitAt = prev.layout.maxBytes, prev.limitAt
+		if limitAt.IsZero() || time.Since(limitAt) >= topicConfigRefresh {
+			l.maxBytes, limitAt = p.topicMaxBytes(ctx, topic), time.Now()
+		}
+	}
 	p.layoutMu.Lock()
-	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now()}
+	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now(), limitAt: limitAt}
 	delete(p.refreshing, topic)
 	p.layoutMu.Unlock()
 	return l, err
@@ -843,6 +867,38 @@ func (p *Producer) layout(ctx context.Context, topic string) (layout, error) {
 	}
 	return layout{}, kafka.UnknownTopicOrPartition
 }
+
+// topicMaxBytes is the topic's max.message.bytes as Kafka's
+// DescribeConfigs gives it, or 0 when it cannot be read (the principal
+// may not describe the topic's configs, or the broker does not answer):
+// then batches are bounded by batch.size and what refusals taught
+// (partitionQueue.taught).
+func (p *Producer) topicMaxBytes(ctx context.Context, topic string) int {
+	resp, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, &describeconfigsapi.Request{
+		Resources: []describeconfigsapi.RequestResource{{ResourceType: topicResource, ResourceName: topic, ConfigNames: []string{"max.message.bytes"}}},
+	})
+	if err != nil {
+		p.logger.Debug("kafka did not tell the topic's max.message.bytes", "topic", topic, "error", err)
+		return 0
+	}
+	for _, r := range resp.(*describeconfigsapi.Response).Resources {
+		if r.ResourceName != topic || r.ErrorCode != 0 {
+			continue
+		}
+		for _, e := range r.ConfigEntries {
+			if e.ConfigName != "max.message.bytes" {
+				continue
+			}
+			if n, err := strconv.Atoi(e.ConfigValue); err == nil && n > batchOverhead {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// topicResource is DescribeConfigs' resource type of a topic.
+const topicResource = 2
 
 // partitionLists are shared lists 0..n-1, for the balancer.
 var partitionLists sync.Map // int -> []int

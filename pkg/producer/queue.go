@@ -31,8 +31,8 @@ import (
 // batches grow with the load, and a request carries as many partitions as
 // have records: a batch is ready once linger.ms has passed since its
 // first record, or at once when it is full (batch.num.messages,
-// batch.size, counted as Kafka counts it: encodedSize) or the producer
-// is closing.
+// batch.size or the topic's max.message.bytes, counted as Kafka counts
+// it: encodedSize, batchBound) or the producer is closing.
 //
 // A batch mixes many callers' records, so when Kafka refuses it for some
 // of its records (invalid, too large), only those fail: answer sends the
@@ -93,6 +93,24 @@ type partitionQueue struct {
 	// attempt was at sentTo.
 	awaitsLeaders bool
 	sentTo        int32
+	// topicMax is the topic's max.message.bytes, as last read (0: not
+	// known), and taught a bound that a MESSAGE_TOO_LARGE refusal of a
+	// batch of several records taught (0: none): batchBound.
+	topicMax, taught int
+}
+
+// batchBound is the most bytes, as Kafka counts them, of one of q's
+// batches: batch.size, or the topic's max.message.bytes where it is
+// smaller, or, while that is not known, half the size of the last batch
+// Kafka refused as too large. q.mu is held.
+func (q *partitionQueue) batchBound(batchBytes int) int {
+	if q.topicMax > 0 {
+		batchBytes = min(batchBytes, q.topicMax)
+	}
+	if q.taught > 0 {
+		batchBytes = min(batchBytes, q.taught)
+	}
+	return batchBytes
 }
 
 // brokerSender sends the batches of the partitions one broker leads.
@@ -103,8 +121,9 @@ type brokerSender struct {
 }
 
 // add queues recs (all of tp), which the caller no longer uses, and wakes
-// the sender of tp's leader.
-func (p *Producer) add(tp topicPartition, leader int32, recs []queued) {
+// the sender of tp's leader. topicMax is tp's topic's max.message.bytes as
+// last read, or 0.
+func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []queued) {
 	p.mu.Lock()
 	q, ok := p.queues[tp]
 	if !ok {
@@ -115,6 +134,9 @@ func (p *Producer) add(tp topicPartition, leader int32, recs []queued) {
 
 	q.mu.Lock()
 	q.leader = leader
+	if topicMax != q.topicMax {
+		q.topicMax, q.taught = topicMax, 0 // what a refusal taught is for the limit before
+	}
 	if len(q.recs) == 0 {
 		q.first = time.Now()
 	}
@@ -193,7 +215,7 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 			soonest(q.notBefore.Sub(now))
 		default:
 			candidates = append(candidates, q)
-			if len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= p.batchBytes {
+			if len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= q.batchBound(p.batchBytes) {
 				send = true
 			}
 			if len(q.recs) > 0 && (oldest.IsZero() || q.first.Before(oldest)) {
@@ -213,7 +235,7 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 		for _, q := range candidates {
 			q.mu.Lock()
 			if len(q.retry) > 0 && !q.inFlight {
-				batch, dropped := q.takeRetry(p.batchSize, p.batchBytes)
+				batch, dropped := q.takeRetry(p.batchSize, q.batchBound(p.batchBytes))
 				left = append(left, dropped...)
 				if len(batch) > 0 {
 					out = append(out, ready{q: q, batch: batch, attempt: q.attempts})
@@ -221,7 +243,7 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 				}
 			}
 			for !q.inFlight && len(q.recs) > 0 {
-				if batch := q.takeBatch(p.batchSize, p.batchBytes); len(batch) > 0 {
+				if batch := q.takeBatch(p.batchSize, q.batchBound(p.batchBytes)); len(batch) > 0 {
 					out = append(out, ready{q: q, batch: batch})
 					q.inFlight = true
 				}
@@ -492,6 +514,7 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 	var (
 		again    []queued // to send again, first
 		split    int      // then at most this many records a batch
+		taught   int      // a bound on q's batches that a refusal as too large taught
 		attempts = b.attempt
 		delay    time.Duration
 		moved    bool // the batch waits for its leader to be read again
@@ -517,6 +540,13 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		}
 	case inRecord(err) && len(b.batch) > 1:
 		again, split = b.batch, (len(b.batch)+1)/2
+		if tooLarge(err) {
+			size := batchOverhead
+			for i := range b.batch {
+				size += b.batch[i].size
+			}
+			taught = max(size/2, batchOverhead+1)
+		}
 		p.logger.Debug("kafka refused a batch for some of its records; splitting it", "topic", q.tp.topic, "partition", q.tp.partition,
 			"records", len(b.batch), "error", err)
 	case p.movedLeader(q.tp.topic, err) && !p.closing.Load() && (b.attempt+1 < p.maxAttempts || p.leaderOf(q.tp) != b.leader):
@@ -562,6 +592,9 @@ func (p *Producer) answer(b ready, rp *produceapi.ResponsePartition, err error) 
 		q.awaitsLeaders, q.sentTo = moved, b.leader
 		if split > 0 {
 			q.split = split
+		}
+		if taught > 0 {
+			q.taught = min(taught, cmp.Or(q.taught, taught))
 		}
 	case q.split > 0: // a part of a split batch went: try twice as many
 		q.split *= 2
@@ -721,6 +754,11 @@ func inRecord(err error) bool {
 		return true
 	}
 	return false
+}
+
+// tooLarge says whether Kafka refused a batch for its size.
+func tooLarge(err error) bool {
+	return errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge)
 }
 
 // answer sets the record's result, and answers its call when it was the

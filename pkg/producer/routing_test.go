@@ -2,6 +2,7 @@ package producer
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	describeconfigsapi "github.com/segmentio/kafka-go/protocol/describeconfigs"
 	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 	"github.com/stretchr/testify/assert"
@@ -73,6 +75,9 @@ func (m *movingCluster) RoundTrip(_ context.Context, _ net.Addr, req kafka.Reque
 			}
 		})
 		return resp, nil
+	}
+	if _, ok := req.(*describeconfigsapi.Request); ok {
+		return nil, errors.New("the topic's configs are not told here")
 	}
 	panic("unexpected request")
 }
