@@ -2,6 +2,20 @@
 // whether Kafka acknowledged it with the configured acks, and where it
 // went. Concurrent callers share produce batches: a caller waits only for
 // the batch its records joined.
+//
+// The records of one Start call that go to one partition (a unit) go to
+// Kafka together: consecutive and in call order in one record batch, so
+// Kafka gives them consecutive offsets, base+i, as it does a Kafka
+// client's batch. batch.num.messages never cuts a unit: a unit over it
+// goes whole, in a batch of its own. Only a unit whose records alone are
+// over the batch's byte bound (batch.size, or the topic's
+// max.message.bytes: Kafka would refuse it whole) is cut, into as few
+// batches as that bound allows, sent one after the other, the first ones
+// its own; their offsets are consecutive unless another producer writes
+// to the partition between them. Kafka's answers stay per record: when it
+// refuses a batch for some of its records, those fail alone and the rest
+// of their unit goes again together (Producer.answer). A caller that stops
+// waiting withdraws a unit whole or not at all (toSend).
 package producer
 
 import (

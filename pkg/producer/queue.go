@@ -34,6 +34,11 @@ import (
 // batch.size or the topic's max.message.bytes, counted as Kafka counts
 // it: encodedSize, batchBound) or the producer is closing.
 //
+// A batch is whole units (the records of one call to the partition, which
+// a queue holds consecutively, since a call adds them at once): fit cuts
+// between units, and inside one only when it alone is over the byte
+// bound, or while a refused batch is halved to find its culprits.
+//
 // A batch mixes many callers' records, so when Kafka refuses it for some
 // of its records (invalid, too large), only those fail: answer sends the
 // others again (see there).
@@ -288,10 +293,12 @@ func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
 // apart, to be answered (toSend).
 func (q *partitionQueue) takeRetry(maxRecords, maxBytes int) (batch, left []queued) {
 	q.retry, left = toSend(q.retry)
-	if q.split > 0 {
-		maxRecords = min(maxRecords, q.split)
+	var n int
+	if q.split > 0 { // halving a refused batch to find its culprits: units are cut
+		n, _ = fitRecords(q.retry, min(maxRecords, q.split), maxBytes)
+	} else {
+		n, _ = fit(q.retry, maxRecords, maxBytes)
 	}
-	n, _ := fit(q.retry, maxRecords, maxBytes)
 	batch = q.retry[:n:n]
 	if q.retry = q.retry[n:]; len(q.retry) == 0 {
 		q.retry = nil
@@ -299,10 +306,35 @@ func (q *partitionQueue) takeRetry(maxRecords, maxBytes int) (batch, left []queu
 	return batch, left
 }
 
-// fit is how many of recs, from the first, go in one batch of at most
-// maxRecords records and maxBytes bytes as Kafka counts them (one at
-// least, however large), and their encodedSize.
+// fit is how many of recs, from the first, go in one batch, and their
+// encodedSize: whole units (the records of one call, which are
+// consecutive in a queue: see the package comment on units) while the
+// batch stays within maxRecords records and maxBytes bytes as Kafka
+// counts them. The first unit goes whole whatever its count, and alone
+// when it is over maxRecords; a first unit over maxBytes goes in as many
+// of its records as fit (one at least, however large), the rest of it
+// first in the next batch.
 func fit(recs []queued, maxRecords, maxBytes int) (n, size int) {
+	for n < len(recs) {
+		end, unit := n, 0
+		for end < len(recs) && recs[end].call == recs[n].call {
+			unit += recs[end].size
+			end++
+		}
+		switch {
+		case n > 0 && (end > maxRecords || batchOverhead+size+unit > maxBytes):
+			return n, size
+		case n == 0 && batchOverhead+unit > maxBytes:
+			return fitRecords(recs[:end], end, maxBytes)
+		}
+		n, size = end, size+unit
+	}
+	return n, size
+}
+
+// fitRecords is fit without units: as many records as fit, from the
+// first (one at least, however large).
+func fitRecords(recs []queued, maxRecords, maxBytes int) (n, size int) {
 	for n < len(recs) && n < maxRecords && (n == 0 || batchOverhead+size+recs[n].size <= maxBytes) {
 		size += recs[n].size
 		n++
@@ -791,10 +823,23 @@ func (p *Producer) wakeIfPending(q *partitionQueue) {
 // one compare-and-swap, so a withdrawn record is never sent and a record
 // sent is never reported withdrawn); a withdrawn one is answered already.
 // left are those sent before, to be answered (leave) once no lock is held.
+//
+// The records of one call that are consecutive in batch (a unit) are
+// decided under the call's lock, which withdraw holds while it withdraws:
+// a unit goes whole or not at all. q.mu may be held: it is taken before a
+// call's mu, never after.
 func toSend(batch []queued) (kept, left []queued) {
 	kept = batch[:0:0]
+	var locked *call
 	for i := range batch {
 		r := &batch[i]
+		if r.call != locked {
+			if locked != nil {
+				locked.mu.Unlock()
+			}
+			locked = r.call
+			locked.mu.Lock()
+		}
 		state := &r.call.state[r.index]
 		switch {
 		case state.Load() == sent && r.call.expired.Load():
@@ -802,6 +847,9 @@ func toSend(batch []queued) (kept, left []queued) {
 		case state.Load() == sent || state.CompareAndSwap(pending, sent):
 			kept = append(kept, *r)
 		}
+	}
+	if locked != nil {
+		locked.mu.Unlock()
 	}
 	if len(kept) == len(batch) {
 		return batch, nil
