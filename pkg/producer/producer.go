@@ -91,10 +91,20 @@ type Producer struct {
 	startMu sync.Mutex
 	lookups map[string]*topicLookup
 
-	mu      sync.Mutex
-	queues  map[topicPartition]*partitionQueue
-	senders map[int32]*brokerSender
-	running sync.WaitGroup // the senders' goroutines
+	// mu guards queues (by topic, then partition) and senders (a sink
+	// per broker, by its id), and the count of queues.
+	//
+	// The locks, in the order they are taken: a lock is never taken while
+	// one later in this list is held.
+	//
+	//	closeMu (read), startMu, mu, a sink's mu (brokerSender), a queue's
+	//	mu (partitionQueue), layoutMu, a call's mu
+	mu         sync.Mutex
+	queues     map[string][]*partitionQueue
+	senders    map[int32]*brokerSender
+	queueCount int
+	visits     atomic.Int64   // queues visited by the sinks' passes (take), for tests
+	running    sync.WaitGroup // the sinks', lookUps' and janitor's goroutines
 	// closeMu is held for reading while a call queues its records, and
 	// for writing while Close sets closing: no record is queued after it.
 	closeMu sync.RWMutex
@@ -130,10 +140,12 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 		refreshing:     map[string]bool{},
 		lookups:        map[string]*topicLookup{},
 		moved:          map[string]leaderRefresh{},
-		queues:         map[topicPartition]*partitionQueue{},
+		queues:         map[string][]*partitionQueue{},
 		senders:        map[int32]*brokerSender{},
 		closed:         make(chan struct{}),
 	}
+	p.running.Add(1)
+	go p.janitor()
 	return p, nil
 }
 
@@ -773,12 +785,14 @@ type layout struct {
 }
 
 // cachedLayout is a topic's layout as last read, or the error reading it
-// gave, and when; and when its max.message.bytes was last read.
+// gave, and when; and when its max.message.bytes was last read. used says
+// a call used it since the last prune (kept from reading to reading).
 type cachedLayout struct {
 	layout  layout
 	err     error
 	at      time.Time
 	limitAt time.Time
+	used    *atomic.Bool
 }
 
 // topicConfigRefresh is how often a topic's max.message.bytes is read
@@ -802,6 +816,9 @@ func (p *Producer) cachedLayout(topic string) (cachedLayout, bool) {
 // to the message timeout.
 func (p *Producer) topicLayout(topic string) (layout, error) {
 	if l, ok := p.cachedLayout(topic); ok {
+		if l.used != nil && !l.used.Load() {
+			l.used.Store(true)
+		}
 		if time.Since(l.at) >= p.metadataTTL {
 			p.refreshLayout(topic)
 		}
@@ -817,18 +834,26 @@ func (p *Producer) topicLayout(topic string) (layout, error) {
 // described and then every topicConfigRefresh.
 func (p *Producer) readLayout(ctx context.Context, topic string) (layout, error) {
 	l, err := p.layout(ctx, topic)
+	prev, _ := p.cachedLayout(topic)
 	var limitAt time.Time
 	if err == nil {
-		prev, _ := p.cachedLayout(topic)
 		l.maxBytes, limitAt = prev.layout.maxBytes, prev.limitAt
 		if limitAt.IsZero() || time.Since(limitAt) >= topicConfigRefresh {
 			l.maxBytes, limitAt = p.topicMaxBytes(ctx, topic), time.Now()
 		}
 	}
+	used := prev.used
+	if used == nil {
+		used = new(atomic.Bool)
+		used.Store(true)
+	}
 	p.layoutMu.Lock()
-	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now(), limitAt: limitAt}
+	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now(), limitAt: limitAt, used: used}
 	delete(p.refreshing, topic)
 	p.layoutMu.Unlock()
+	if err == nil {
+		p.rehome(topic, l)
+	}
 	return l, err
 }
 

@@ -21,11 +21,16 @@ import (
 	"github.com/spillway/spillway/pkg/record"
 )
 
-// How records reach Kafka. Each partition has a queue. Each broker that
-// leads a partition has a sender, a goroutine that runs while its
-// partitions have records: it takes every batch that is ready from the
-// queues of the partitions that broker leads, sends them in one produce
-// request, and answers their records when Kafka has answered. A queue has
+// How records reach Kafka, shaped like franz-go's sink (kgo/sink.go).
+// Each partition has a queue. Each broker has a sink (brokerSender) that
+// owns the queues of the partitions it leads, as the topics' layouts say:
+// the layouts are the one source of leaders, and each reading of one
+// moves the queues whose leader changed to their new leader's sink, with
+// their records in order (rehome). A sink keeps a list of its queues that
+// have records, and runs a goroutine while that list is not empty: it
+// takes every batch that is ready from those queues only, sends them in
+// one produce request, and answers their records when Kafka has
+// answered. A queue has
 // at most one batch in flight, so records keep their order. Records that
 // arrive while a request is in flight go out together in the next one, so
 // batches grow with the load, and a request carries as many partitions as
@@ -47,11 +52,16 @@ import (
 // LEADER_NOT_AVAILABLE or, for a topic it has, UNKNOWN_TOPIC_OR_PARTITION;
 // or the connection breaks), its batch waits in the queue's retry list
 // while the topic's leaders are read again at once (refreshLeaders, at
-// most once per minLeaderRefresh a topic); then the queue moves to the
-// new leader's sender, its retry list first, so its records keep their
-// order. retries bounds the attempts at one leader: at a new leader they
+// most once per minLeaderRefresh a topic); that reading moves the queue
+// to the new leader's sink, its retry list first, so its records keep
+// their order. retries bounds the attempts at one leader: at a new leader they
 // start again, so a batch follows its partition from leader to leader
 // until its records' message timeout passes.
+//
+// What the producer keeps grows with the topics in use: once a minute
+// (janitor), the topics no call used since the minute before, and the
+// names of topics that do not exist, are forgotten with their empty
+// queues, and so are the sinks that then own no queue (prune).
 
 // topicPartition names one partition's queue.
 type topicPartition struct {
@@ -78,8 +88,14 @@ type queued struct {
 type partitionQueue struct {
 	tp topicPartition
 
-	mu       sync.Mutex
-	leader   int32 // the broker that leads the partition, as metadata last said
+	mu sync.Mutex
+	// sink owns the queue: the sink of the broker that leads the
+	// partition, as the topic's layout last said (rehome); listed says
+	// the queue is in sink.active; dead says it was pruned, and add makes
+	// another.
+	sink     *brokerSender
+	listed   bool
+	dead     bool
 	recs     []queued
 	bytes    int       // the encodedSize of recs
 	first    time.Time // when recs[0] was queued
@@ -118,27 +134,66 @@ func (q *partitionQueue) batchBound(batchBytes int) int {
 	return batchBytes
 }
 
-// brokerSender sends the batches of the partitions one broker leads.
+// brokerSender is the sink of one broker: it owns the queues of the
+// partitions that broker leads, as the topics' layouts say (q.sink), and
+// sends their batches. active lists those of its queues that have records
+// or a batch in flight: the only ones take visits. A queue joins it when
+// it gets records (activate) and leaves it when take finds it empty, or
+// owned by another sink since its leader moved (rehome).
 type brokerSender struct {
-	leader  int32
-	wake    chan struct{} // a batch may be ready
-	running bool          // guarded by Producer.mu
+	leader int32
+	wake   chan struct{} // a batch may be ready
+
+	mu      sync.Mutex
+	running bool              // its goroutine (send) runs
+	active  []*partitionQueue // may hold a queue twice, or one owned by another sink now: take drops those
+}
+
+// queueOf is tp's queue, made (owned by the sink of leader) if there is
+// none yet.
+func (p *Producer) queueOf(tp topicPartition, leader int32) *partitionQueue {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	qs := p.queues[tp.topic]
+	if tp.partition < len(qs) && qs[tp.partition] != nil {
+		return qs[tp.partition]
+	}
+	if tp.partition >= len(qs) {
+		qs = append(qs, make([]*partitionQueue, tp.partition+1-len(qs))...)
+		p.queues[tp.topic] = qs
+	}
+	q := &partitionQueue{tp: tp, sink: p.sinkOf(leader)}
+	qs[tp.partition] = q
+	p.queueCount++
+	return q
+}
+
+// sinkOf is leader's sink, made if there is none. p.mu is held.
+func (p *Producer) sinkOf(leader int32) *brokerSender {
+	s, ok := p.senders[leader]
+	if !ok {
+		s = &brokerSender{leader: leader, wake: make(chan struct{}, 1)}
+		p.senders[leader] = s
+	}
+	return s
 }
 
 // add queues recs (all of tp), which the caller no longer uses, and wakes
-// the sender of tp's leader. topicMax is tp's topic's max.message.bytes as
-// last read, or 0.
+// the sink that owns tp's queue. leader is tp's leader as the caller's
+// layout said: it only places a queue made now (later moves are the
+// layouts' to make: rehome). topicMax is tp's topic's max.message.bytes as
+// last read, or 0. The caller holds closeMu for reading, and the producer
+// is not closing.
 func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []queued) {
-	p.mu.Lock()
-	q, ok := p.queues[tp]
-	if !ok {
-		q = &partitionQueue{tp: tp}
-		p.queues[tp] = q
+	var q *partitionQueue
+	for {
+		q = p.queueOf(tp, leader)
+		q.mu.Lock()
+		if !q.dead {
+			break
+		}
+		q.mu.Unlock() // pruned meanwhile: make another
 	}
-	p.mu.Unlock()
-
-	q.mu.Lock()
-	q.leader = leader
 	if topicMax != q.topicMax {
 		q.topicMax, q.taught = topicMax, 0 // what a refusal taught is for the limit before
 	}
@@ -154,28 +209,45 @@ func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []que
 		q.bytes += r.size
 	}
 	q.mu.Unlock()
-	p.wake(leader)
+	p.activate(q, true)
 }
 
-// wake starts leader's sender, or tells the running one to look again.
-func (p *Producer) wake(leader int32) {
-	p.mu.Lock()
-	s, ok := p.senders[leader]
-	if !ok {
-		s = &brokerSender{leader: leader, wake: make(chan struct{}, 1)}
-		p.senders[leader] = s
-	}
-	start := !s.running
-	s.running = true
-	p.mu.Unlock()
-	if start {
-		p.running.Add(1)
-		go p.send(s)
+// activate lists q among its sink's active queues and wakes the sink:
+// starts its goroutine, or tells the running one to look again. A sink
+// not running is started only when mayStart: the caller is a goroutine
+// Close waits for (a sender, refreshLeaders, lookUp), or holds closeMu for
+// reading while the producer is not closing; otherwise q waits, listed,
+// for the next wake.
+func (p *Producer) activate(q *partitionQueue, mayStart bool) {
+	for {
+		q.mu.Lock()
+		s := q.sink
+		q.mu.Unlock()
+		s.mu.Lock()
+		q.mu.Lock()
+		if q.sink != s { // moved meanwhile: to its new sink
+			q.mu.Unlock()
+			s.mu.Unlock()
+			continue
+		}
+		if !q.listed {
+			q.listed = true
+			s.active = append(s.active, q)
+		}
+		q.mu.Unlock()
+		start := !s.running && mayStart
+		s.running = s.running || mayStart
+		s.mu.Unlock()
+		if start {
+			p.running.Add(1)
+			go p.send(s)
+			return
+		}
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 		return
-	}
-	select {
-	case s.wake <- struct{}{}:
-	default:
 	}
 }
 
@@ -184,17 +256,19 @@ type ready struct {
 	q       *partitionQueue
 	batch   []queued
 	attempt int
-	leader  int32 // the partition's leader as the producer's layout said when it was sent (byLeader)
+	leader  int32 // the broker it is sent to: its sink's
 }
 
 // take takes the batches ready to go to s's broker. When none is, it
 // returns how long until the first one will be, or 0 when none is queued:
 // s is then marked stopped, and its goroutine ends. left are the records
 // sent before that left a queue unsent again because their call stopped
-// waiting, to be answered once the locks are released.
+// waiting, to be answered once the locks are released. It visits s's
+// active queues only, and drops from them those found empty or moved to
+// another sink.
 func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.Duration) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var (
 		waiting    bool
 		now        = time.Now()
@@ -212,10 +286,19 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 	// request goes when one of them is full or due, or linger.ms after
 	// the oldest record of them all, and then takes them all: the
 	// partitions of a broker go together, not each at its own linger.
-	for _, q := range p.queues {
+	p.visits.Add(int64(len(s.active)))
+	kept := s.active[:0]
+	for _, q := range s.active {
 		q.mu.Lock()
 		switch {
-		case q.leader != s.leader || q.inFlight || (len(q.recs) == 0 && len(q.retry) == 0):
+		case q.sink != s: // moved: listed at its new sink
+		case !q.inFlight && len(q.recs) == 0 && len(q.retry) == 0:
+			q.listed = false
+		default:
+			kept = append(kept, q)
+		}
+		switch {
+		case q.sink != s || q.inFlight || (len(q.recs) == 0 && len(q.retry) == 0):
 		case len(q.retry) > 0 && now.Before(q.notBefore) && !closing:
 			soonest(q.notBefore.Sub(now))
 		default:
@@ -228,6 +311,11 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 			}
 		}
 		q.mu.Unlock()
+	}
+	clear(s.active[len(kept):])
+	s.active = kept
+	if cap(s.active) > 64 && cap(s.active) > 4*len(s.active) { // once many partitions were active: give the array back
+		s.active = slices.Clip(slices.Clone(s.active))
 	}
 	if len(candidates) > 0 && !send {
 		if age := now.Sub(oldest); age < p.linger {
@@ -243,13 +331,13 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 				batch, dropped := q.takeRetry(p.batchSize, q.batchBound(p.batchBytes))
 				left = append(left, dropped...)
 				if len(batch) > 0 {
-					out = append(out, ready{q: q, batch: batch, attempt: q.attempts})
+					out = append(out, ready{q: q, batch: batch, attempt: q.attempts, leader: s.leader})
 					q.inFlight = true
 				}
 			}
 			for !q.inFlight && len(q.recs) > 0 {
 				if batch := q.takeBatch(p.batchSize, q.batchBound(p.batchBytes)); len(batch) > 0 {
-					out = append(out, ready{q: q, batch: batch})
+					out = append(out, ready{q: q, batch: batch, leader: s.leader})
 					q.inFlight = true
 				}
 			}
@@ -402,45 +490,10 @@ func (p *Producer) send(s *brokerSender) {
 	}
 }
 
-// produce sends batches in one request per broker that leads them (one,
-// unless a leader moved since they were queued), and answers each batch's
-// records, or queues them again (answer).
+// produce sends batches, all of one sink, in one request, and answers
+// each batch's records, or queues them again (answer).
 func (p *Producer) produce(batches []ready) {
-	groups := p.byLeader(batches)
-	if len(groups) == 1 {
-		p.produceTo(groups[0])
-		return
-	}
-	var wg sync.WaitGroup
-	for _, g := range groups {
-		wg.Go(func() { p.produceTo(g) })
-	}
-	wg.Wait()
-}
-
-// byLeader splits batches by the broker that leads their partition now,
-// as the transport's metadata says.
-func (p *Producer) byLeader(batches []ready) [][]ready {
-	leaders := map[int32][]ready{}
-	layouts := map[string]layout{}
-	for _, b := range batches {
-		l, ok := layouts[b.q.tp.topic]
-		if !ok {
-			cached, _ := p.cachedLayout(b.q.tp.topic) // never a wait on the sender
-			l = cached.layout
-			layouts[b.q.tp.topic] = l
-		}
-		b.leader = -1
-		if b.q.tp.partition < len(l.leaders) {
-			b.leader = l.leaders[b.q.tp.partition]
-		}
-		leaders[b.leader] = append(leaders[b.leader], b)
-	}
-	out := make([][]ready, 0, len(leaders))
-	for _, g := range leaders {
-		out = append(out, g)
-	}
-	return out
+	p.produceTo(batches)
 }
 
 // produceTo sends batches, all led by one broker, in one request.
@@ -470,8 +523,10 @@ func (p *Producer) produceTo(batches []ready) {
 	cancel()
 	var unrouted *produceapi.Error
 	if errors.As(err, &unrouted) {
-		// The transport's metadata routes none of it as we grouped it (a
-		// topic or partition gone, a leader moved or missing): nothing was
+		// The transport routes a produce by its own copy of the cluster's
+		// metadata, which our layouts are read from but may be newer than
+		// them: it routes none of it as the layouts grouped it (a topic or
+		// partition gone, a leader moved or missing), and nothing was
 		// sent. Our layouts are read again, and each batch goes alone, so
 		// that one partition's trouble is not its neighbours'.
 		for _, b := range batches {
@@ -708,8 +763,9 @@ func (p *Producer) planLeaderRefresh(topic string) (refresh bool, wait time.Dura
 }
 
 // refreshLeaders reads topic's leaders again after a produce found one
-// moved, moves the topic's queues to the senders of their partitions' new
-// leaders, and sends at once the batches that waited for it.
+// moved, which moves the topic's queues to the sinks of their partitions'
+// new leaders (readLayout, rehome), and sends at once the batches that
+// waited for it.
 func (p *Producer) refreshLeaders(topic string) {
 	defer p.running.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
@@ -729,22 +785,18 @@ func (p *Producer) refreshLeaders(topic string) {
 	p.moved[topic] = r
 	p.layoutMu.Unlock()
 
-	var queues []*partitionQueue
+	_, _ = l, err // readLayout moved the queues (rehome)
 	p.mu.Lock()
-	for tp, q := range p.queues {
-		if tp.topic == topic {
-			queues = append(queues, q)
-		}
-	}
+	queues := slices.Clone(p.queues[topic])
 	p.mu.Unlock()
 	for _, q := range queues {
-		q.mu.Lock()
-		if err == nil && q.tp.partition < len(l.leaders) {
-			q.leader = l.leaders[q.tp.partition]
+		if q == nil {
+			continue
 		}
+		q.mu.Lock()
 		if q.awaitsLeaders {
 			q.notBefore, q.awaitsLeaders = time.Time{}, false
-			if q.leader != q.sentTo {
+			if q.sink.leader != q.sentTo {
 				q.attempts = 0 // the attempts at the leader that moved do not count at the new one
 			}
 		}
@@ -803,16 +855,138 @@ func (r *queued) answer(res record.Result) {
 	c.answerIfDone()
 }
 
-// wakeIfPending wakes the sender of q's leader when q has records: its
-// leader may have changed while its batch was in flight, and the sender
-// of the new one may have found it busy and stopped.
+// wakeIfPending wakes q's sink when q has records: its leader may have
+// changed while its batch was in flight, and the sink of the new one may
+// have found it busy and stopped. The caller is a goroutine Close waits
+// for.
 func (p *Producer) wakeIfPending(q *partitionQueue) {
 	q.mu.Lock()
-	pending, leader := len(q.recs) > 0 || len(q.retry) > 0, q.leader
+	pending := len(q.recs) > 0 || len(q.retry) > 0
 	q.mu.Unlock()
 	if pending {
-		p.wake(leader)
+		p.activate(q, true)
 	}
+}
+
+// rehome moves topic's queues to the sinks of their partitions' leaders
+// in l, the topic's layout just read: the layouts are the one source of
+// leaders. A queue moves with its records, in order, and its batch in
+// flight (answered as usual); the sink it leaves drops it on its next
+// pass. A queue with records wakes its new sink.
+func (p *Producer) rehome(topic string, l layout) {
+	var moved []*partitionQueue
+	p.mu.Lock()
+	for i, q := range p.queues[topic] {
+		if q == nil || i >= len(l.leaders) {
+			continue
+		}
+		q.mu.Lock()
+		if q.sink.leader != l.leaders[i] {
+			q.sink, q.listed = p.sinkOf(l.leaders[i]), false
+			if q.inFlight || len(q.recs) > 0 || len(q.retry) > 0 {
+				moved = append(moved, q)
+			}
+		}
+		q.mu.Unlock()
+	}
+	p.mu.Unlock()
+	if len(moved) == 0 {
+		return
+	}
+	p.closeMu.RLock()
+	mayStart := !p.closing.Load()
+	for _, q := range moved {
+		p.activate(q, mayStart)
+	}
+	p.closeMu.RUnlock()
+}
+
+// pruneEvery is how often the producer forgets the topics no call used
+// since the last time (prune): a topic unused for one to two of these is
+// read again at its next use, as a new one.
+const pruneEvery = time.Minute
+
+// janitor prunes every pruneEvery until the producer closes.
+func (p *Producer) janitor() {
+	defer p.running.Done()
+	tick := time.NewTicker(pruneEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.closed:
+			return
+		case <-tick.C:
+			p.prune()
+		}
+	}
+}
+
+// prune forgets the topics that no call used since the last prune, and
+// have nothing queued: their layouts (those of topics that do not exist
+// too: any name a client tried), their queues, and the sinks that then
+// own no queue and do not run. So what the producer keeps grows with the
+// topics in use, not with every topic and partition it ever saw; a topic
+// deleted in Kafka is forgotten once its clients stop naming it.
+func (p *Producer) prune() {
+	var idle []string
+	p.layoutMu.RLock()
+	for t, l := range p.layouts {
+		if l.used == nil || !l.used.Swap(false) {
+			idle = append(idle, t)
+		}
+	}
+	p.layoutMu.RUnlock()
+
+	var gone []string
+	p.mu.Lock()
+	for _, t := range idle {
+		qs, left := p.queues[t], 0
+		for i, q := range qs {
+			if q == nil {
+				continue
+			}
+			q.mu.Lock() // an idle queue is marked dead under its lock, so add never queues into it
+			if q.inFlight || len(q.recs) > 0 || len(q.retry) > 0 {
+				left++
+			} else {
+				q.dead, qs[i] = true, nil
+				p.queueCount--
+			}
+			q.mu.Unlock()
+		}
+		if left == 0 {
+			delete(p.queues, t)
+			gone = append(gone, t)
+		}
+	}
+	owners := map[*brokerSender]bool{}
+	for _, qs := range p.queues {
+		for _, q := range qs {
+			if q != nil {
+				q.mu.Lock()
+				owners[q.sink] = true
+				q.mu.Unlock()
+			}
+		}
+	}
+	for leader, s := range p.senders {
+		s.mu.Lock()
+		if !owners[s] && !s.running && len(s.active) == 0 {
+			delete(p.senders, leader)
+		}
+		s.mu.Unlock()
+	}
+	p.mu.Unlock()
+
+	p.layoutMu.Lock()
+	for _, t := range gone {
+		if l, ok := p.layouts[t]; ok && (l.used == nil || !l.used.Load()) {
+			delete(p.layouts, t)
+			delete(p.refreshing, t)
+			delete(p.moved, t)
+		}
+	}
+	p.layoutMu.Unlock()
 }
 
 // toSend splits batch, records about to be sent (again), into those to

@@ -126,9 +126,14 @@ func leaderMovesInFlight(t *testing.T, m *movingCluster, p *Producer) (one, two 
 	two = startOne(p, "two")
 	require.Eventually(t, func() bool {
 		p.mu.Lock()
-		defer p.mu.Unlock()
 		s := p.senders[2]
-		return s != nil && !s.running
+		p.mu.Unlock()
+		if s == nil {
+			return false
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return !s.running
 	}, 5*time.Second, time.Millisecond)
 	return one, two
 }
