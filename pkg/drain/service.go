@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -53,11 +54,12 @@ type Service struct {
 }
 
 // NewService binds the monitoring port, connects to JetStream and Kafka,
-// and creates or updates the stream and the durable consumer. While
-// JetStream cannot answer (no meta leader, no quorum, a stream or consumer
-// without a leader: a cluster starting), it tries again with short tries
-// until ctx ends, and /readyz says what it waits for; a configuration
-// error ends it at once.
+// and creates or updates the stream and the durable consumer. While no
+// NATS server answers, or JetStream cannot (no meta leader, no quorum, a
+// stream or consumer without a leader: a cluster starting), it tries again
+// with short tries until ctx ends, and /readyz says what it waits for; a
+// configuration error (spill.IsConfigError: credentials refused, a stream
+// Spillway cannot take over) ends it at once.
 func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
@@ -88,8 +90,12 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	s.producers = append(s.producers, primary)
-	nc, js, err := spill.Dial(cfg.Producer.WAL, nil, "spillway-"+o.Role.Name, o.Logger)
-	if err != nil {
+	var nc *nats.Conn
+	var js jetstream.JetStream
+	if err := s.waitFor(ctx, "connect to NATS", func(context.Context) (err error) {
+		nc, js, err = spill.Dial(cfg.Producer.WAL, nil, "spillway-"+o.Role.Name, o.Logger)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	s.nc = nc

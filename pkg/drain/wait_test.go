@@ -2,8 +2,10 @@ package drain
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -145,4 +147,68 @@ func TestServiceStopsOnABufferConfigurationError(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "exists with another retention policy")
 	assert.Less(t, time.Since(start), 5*time.Second, "refused at once, not waited for")
+}
+
+// TestServiceWaitsForNATS starts the forwarder and the resender while no
+// NATS server listens at producer.wal.nats_urls: NewService waits, /readyz
+// names the connection, and once a server listens there the service
+// starts and becomes ready.
+func TestServiceWaitsForNATS(t *testing.T) {
+	for _, role := range []Role{Forwarder, Resender} {
+		t.Run(role.Name, func(t *testing.T) {
+			_, addr := kafkatest.NewCluster(t)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			port := ln.Addr().(*net.TCPAddr).Port
+			require.NoError(t, ln.Close()) // nothing listens there now
+			natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
+			logs := &lockedLog{}
+			type started struct {
+				s   *Service
+				err error
+			}
+			news := make(chan started, 1)
+			go func() {
+				s, err := NewService(t.Context(), ServiceOptions{Role: role, Config: serviceConfig(t, addr, natsURL), Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+				news <- started{s, err}
+			}()
+			var monitor string
+			require.Eventually(t, func() bool {
+				m := monitoringLine.FindStringSubmatch(logs.String())
+				if m != nil {
+					monitor = m[1]
+				}
+				return m != nil
+			}, 10*time.Second, 10*time.Millisecond)
+			want := "not ready: buffer: connect to NATS at " + natsURL + ": "
+			require.Eventually(t, func() bool {
+				status, body := getReadyz(t, monitor)
+				return status == http.StatusServiceUnavailable && strings.HasPrefix(body, want)
+			}, 10*time.Second, 20*time.Millisecond, "/readyz names the connection")
+			select {
+			case s := <-news:
+				t.Fatalf("NewService returned while no NATS server listened: %v", s.err)
+			case <-time.After(time.Second):
+			}
+
+			spilltest.StartNATS(t, &server.Options{Port: port, JetStream: true, StoreDir: t.TempDir()})
+			var s *Service
+			select {
+			case st := <-news:
+				require.NoError(t, st.err)
+				s = st.s
+			case <-time.After(10 * time.Second):
+				t.Fatal("NewService did not return within 10s of the server starting")
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx) }()
+			require.Eventually(t, func() bool {
+				status, _ := getReadyz(t, monitor)
+				return status == http.StatusOK
+			}, 10*time.Second, 20*time.Millisecond)
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
 }

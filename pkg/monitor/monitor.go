@@ -100,7 +100,10 @@ func (s *Server) AddReadinessCheck(check func() error) {
 	s.checks = append(s.checks, check)
 }
 
-func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+// Ready is nil when the service is ready, else why not: what /readyz
+// answers, for a service that reports its readiness elsewhere too (the
+// ingest's gRPC health).
+func (s *Server) Ready() error {
 	s.mu.Lock()
 	checks, reason := s.checks, s.starting
 	s.mu.Unlock()
@@ -108,14 +111,20 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		if reason == nil {
 			reason = ErrStarting
 		}
-		http.Error(w, "not ready: "+reason.Error(), http.StatusServiceUnavailable)
-		return
+		return reason
 	}
 	for _, check := range checks {
 		if err := check(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
+			return err
 		}
+	}
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := s.Ready(); err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
 }

@@ -27,15 +27,18 @@ type InProcess interface {
 
 // Connect connects to the embedded server (in-process, when embedded is
 // not nil) or to the external JetStream in c.NATS, and creates or updates
-// the stream, trying again (Retry) while JetStream does not answer, until
-// ctx ends; a configuration error ends it at once. The connection
-// reconnects forever.
-func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, js, err := Dial(c, embedded, name, logger)
-	if err != nil {
+// the stream, trying each again (Retry) while no NATS server answers or
+// JetStream does not, until ctx ends; a configuration error (IsConfigError)
+// ends it at once. The connection reconnects forever.
+func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string, logger *slog.Logger) (nc *nats.Conn, js jetstream.JetStream, err error) {
+	r := Retry{Step: "connect to NATS", Logger: logger}
+	if err := r.Run(ctx, func(context.Context) (err error) {
+		nc, js, err = Dial(c, embedded, name, logger)
+		return err
+	}); err != nil {
 		return nil, nil, err
 	}
-	r := Retry{Step: "stream " + c.Stream, Logger: logger}
+	r = Retry{Step: "stream " + c.Stream, Logger: logger}
 	if err := r.Run(ctx, func(ctx context.Context) error { return EnsureStream(ctx, js, c) }); err != nil {
 		nc.Close()
 		return nil, nil, err
@@ -43,8 +46,13 @@ func Connect(ctx context.Context, c config.WAL, embedded InProcess, name string,
 	return nc, js, nil
 }
 
-// Dial is Connect without touching the stream: for a tool that reads the
-// buffer the services made, and must not change its settings.
+// Dial is one try of Connect without touching the stream: for a tool that
+// reads the buffer the services made, and must not change its settings,
+// and for a service that tries it again itself (Retry). When no server
+// answers it fails at once (connection refused) or after nats.go's dial
+// timeout (2 s a server); IsConfigError says whether the error is one that
+// no retry can change (credentials refused, a credentials or TLS file that
+// cannot be used).
 //
 // It signs in with the credentials of the embedded server
 // (EmbeddedCredentials: the ingest's in-process connection, and the
@@ -78,7 +86,7 @@ func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*
 		if c.NATS.TLS.CAFile != "" || c.NATS.TLS.CertFile != "" {
 			tc, err := c.NATS.TLS.ClientConfig()
 			if err != nil {
-				return nil, nil, fmt.Errorf("producer.wal.nats.tls: %w", err)
+				return nil, nil, configError{fmt.Errorf("producer.wal.nats.tls: %w", err)}
 			}
 			opts = append(opts, nats.Secure(tc))
 		}
@@ -89,7 +97,7 @@ func Dial(c config.WAL, embedded InProcess, name string, logger *slog.Logger) (*
 	if creds != "" {
 		opt, err := credentialsOption(creds)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, configError{err}
 		}
 		opts = append(opts, opt)
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spillway/spillway/pkg/config"
@@ -55,13 +56,43 @@ var configErrorCodes = map[jetstream.ErrorCode]bool{
 	10148: true, // consumer already exists
 }
 
-// IsConfigError says whether err is JetStream refusing a configuration:
-// the service must stop, as waiting cannot help. Anything else (no answer
-// in time, no responders, "temporarily unavailable", no suitable peers
-// while nodes are down) may pass once the cluster has its leaders.
+// IsConfigError says whether err is a configuration that waiting cannot
+// make work, so that the service must stop: JetStream refusing the
+// stream's or a consumer's configuration, a NATS server refusing the
+// credentials, or a credentials or TLS file that cannot be used. Anything
+// else (no NATS server reachable, no answer in time, no responders,
+// "temporarily unavailable", no suitable peers while nodes are down) may
+// pass once the servers are up and the cluster has its leaders.
+//
+// A refused sign-in is a configuration error although a server could in
+// principle be given the user later: nats.go itself stops reconnecting
+// after the same refusal twice, and a process that exits says at once
+// (and in its restarts) that its credentials are wrong, where one that
+// waits would only be not ready.
 func IsConfigError(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && configErrorCodes[apiErr.ErrorCode]
+	if errors.As(err, &apiErr) && configErrorCodes[apiErr.ErrorCode] {
+		return true
+	}
+	var cfgErr configError
+	return errors.As(err, &cfgErr) || isAuthError(err)
+}
+
+// configError marks an error of the service's own files (credentials, TLS):
+// IsConfigError.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }
+
+// isAuthError says whether err is a NATS server refusing the connection's
+// credentials.
+func isAuthError(err error) bool {
+	for _, authErr := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+		if errors.Is(err, authErr) {
+			return true
+		}
+	}
+	return false
 }
 
 // Retry runs one step of the buffer's set-up until JetStream answers: each

@@ -2,6 +2,8 @@ package spill_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
 )
 
@@ -64,6 +67,64 @@ func TestConnectStopsOnAConfigurationError(t *testing.T) {
 	assert.True(t, spill.IsConfigError(err), "%v", err)
 	assert.Contains(t, err.Error(), "exists with another retention policy")
 	assert.Less(t, time.Since(start), time.Second)
+}
+
+// TestConnectWaitsForANATSServer: while no NATS server listens at the
+// configured URL, Connect tries again (it does not fail), and succeeds
+// soon after a server starts there.
+func TestConnectWaitsForANATSServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, ln.Close()) // nothing listens there now
+	c := walConfig(t, fmt.Sprintf("SPILLWAY_PRODUCER_WAL_NATS_URLS=nats://127.0.0.1:%d", port))
+
+	type connected struct {
+		nc  *nats.Conn
+		err error
+	}
+	result := make(chan connected, 1)
+	go func() {
+		nc, _, err := spill.Connect(t.Context(), c, nil, "test", discard)
+		result <- connected{nc, err}
+	}()
+	select {
+	case r := <-result:
+		t.Fatalf("Connect returned while no server listened: %v", r.err)
+	case <-time.After(2 * time.Second):
+	}
+	spilltest.StartNATS(t, &server.Options{Port: port, JetStream: true, StoreDir: t.TempDir()})
+	started := time.Now()
+	select {
+	case r := <-result:
+		require.NoError(t, r.err)
+		defer r.nc.Close()
+		t.Logf("connected %v after the server started", time.Since(started).Round(time.Millisecond))
+		// The stream was made on the server that came.
+		js, err := jetstream.New(r.nc)
+		require.NoError(t, err)
+		_, err = js.Stream(t.Context(), "SPILLWAY")
+		require.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("Connect did not return within 15s of the server starting")
+	}
+}
+
+// TestConnectStopsOnRefusedCredentials: a NATS server that refuses the
+// credentials is a configuration error: Connect fails at once and says
+// why, instead of waiting.
+func TestConnectStopsOnRefusedCredentials(t *testing.T) {
+	c := walConfig(t)
+	srv, err := embeddednats.Start(c, discard)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	other := walConfig(t, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+srv.ClientURL(), "SPILLWAY_PRODUCER_WAL_NATS_CREDENTIALS="+writeSeed(t))
+	start := time.Now()
+	_, _, err = spill.Connect(t.Context(), other, nil, "test", discard)
+	require.Error(t, err)
+	assert.True(t, spill.IsConfigError(err), "%v", err)
+	assert.Contains(t, err.Error(), "Authorization Violation")
+	assert.Less(t, time.Since(start), 2*time.Second, "refused at once, not waited for")
 }
 
 // TestPendingBufferRefusesUntilSet: a record given to the buffer before it

@@ -1,10 +1,21 @@
 package e2e
 
 import (
+	"bytes"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 // TestBufferWaitNoQuorumAtStart starts an ingest while only one of the
@@ -28,6 +39,10 @@ func TestBufferWaitNoQuorumAtStart(t *testing.T) {
 		return status == http.StatusServiceUnavailable && strings.HasPrefix(body, reason)
 	})
 	t.Logf("/readyz: %q", body)
+
+	// The gRPC health says the same.
+	grpcAddr := p.loggedAddr(t, "ingest started", "grpc")
+	requireHealth(t, grpcAddr, readyz)
 
 	// Started, serving: a record goes to Kafka meanwhile.
 	httpAddr := p.loggedAddr(t, "ingest started", "http")
@@ -88,4 +103,174 @@ func TestBufferWaitNoQuorumAtStart(t *testing.T) {
 		t.Fatalf("the ingest exited: %v", p.err)
 	}
 	p.logged(t, "buffer ready")
+	requireHealth(t, grpcAddr, readyz)
+}
+
+// requireHealth checks that the ingest's gRPC health at addr says what its
+// /readyz says: SERVING, or NOT_SERVING with /readyz's reason in the
+// spillway-readiness trailer.
+func requireHealth(t *testing.T, addr, readyz string) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var trailer metadata.MD
+	r, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{}, grpc.Trailer(&trailer))
+	if err != nil {
+		t.Fatalf("gRPC health: %v", err)
+	}
+	reason := strings.Join(trailer.Get("spillway-readiness"), "")
+	status, body := get(readyz)
+	switch {
+	case status == http.StatusOK && r.Status != healthpb.HealthCheckResponse_SERVING:
+		t.Fatalf("gRPC health %v (%q) while /readyz is 200", r.Status, reason)
+	case status != http.StatusOK && (r.Status != healthpb.HealthCheckResponse_NOT_SERVING || reason != strings.TrimSuffix(body, "\n")):
+		t.Fatalf("gRPC health %v with reason %q while /readyz is %d %q; want NOT_SERVING with its reason", r.Status, reason, status, body)
+	}
+}
+
+// TestBufferWaitNoNATSAtStart starts the ingest, the forwarder and the
+// resender while no NATS server listens at producer.wal.nats_urls (in
+// Kubernetes: the JetStream cluster not up yet, or unreachable): each
+// stays up with /readyz 503 naming the connection, the ingest's gRPC
+// health NOT_SERVING, and records go to Kafka meanwhile. Once a NATS
+// server listens there, each connects and becomes ready, and a record
+// written ahead reaches Kafka through the forwarder.
+func TestBufferWaitNoNATSAtStart(t *testing.T) {
+	broker := newBroker(t)
+	port := reservedPort(t) // nothing listens there until the server below starts
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	in := spawnIngest(t, broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+natsURL, "SPILLWAY_PRODUCER_WAL_ALWAYS_TOPICS=nonats-ahead")
+	fwd := spawn(t, "spillway-forwarder", "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+natsURL,
+		"SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:0")
+	res := spawn(t, "spillway-resender", "SPILLWAY_KAFKA_BROKERS="+broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+natsURL,
+		"SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:0")
+	procs := map[string]*proc{"ingest": in, "forwarder": fwd, "resender": res}
+	readyz := map[string]string{}
+	for name, p := range procs {
+		readyz[name] = "http://" + p.monitorAddr(t) + "/readyz"
+	}
+
+	reason := "not ready: buffer: connect to NATS at " + natsURL + ": "
+	for name, url := range readyz {
+		var body string
+		eventually(t, 30*time.Second, name+"'s /readyz to name the connection", func() bool {
+			var status int
+			status, body = get(url)
+			return status == http.StatusServiceUnavailable && strings.HasPrefix(body, reason)
+		})
+		t.Logf("%s /readyz: %q", name, body)
+	}
+	grpcAddr := in.loggedAddr(t, "ingest started", "grpc")
+	requireHealth(t, grpcAddr, readyz["ingest"])
+
+	httpAddr := in.loggedAddr(t, "ingest started", "http")
+	if status, answer := postStatus(t, httpAddr, "nonats", "while waiting"); status != http.StatusOK || !strings.Contains(answer, `"outcome":"delivered"`) {
+		t.Errorf("a record posted while no NATS server listens: %d %s; want 200 delivered", status, answer)
+	}
+	if status, answer := postStatus(t, httpAddr, "nonats-ahead", "refused"); status != http.StatusServiceUnavailable {
+		t.Errorf("a record to write ahead while no NATS server listens: %d %s; want 503", status, answer)
+	}
+	eventually(t, 10*time.Second, "the record in Kafka", func() bool {
+		recs := kcatConsume(t, broker, "nonats")
+		return len(recs) == 1 && recs[0].Payload != nil && *recs[0].Payload == "while waiting"
+	})
+
+	// Some seconds on, each still waits: up, and not ready.
+	for until := time.Now().Add(3 * time.Second); time.Now().Before(until); time.Sleep(200 * time.Millisecond) {
+		for name, p := range procs {
+			if !p.alive() {
+				t.Fatalf("the %s exited while no NATS server listened: %v", name, p.err)
+			}
+			if status, body := get(readyz[name]); status != http.StatusServiceUnavailable || !strings.HasPrefix(body, reason) {
+				t.Fatalf("%s /readyz while no NATS server listens: %d %q; want 503 %q...", name, status, body, reason)
+			}
+		}
+	}
+
+	startNATSAt(t, port)
+	started := time.Now()
+	for name, url := range readyz {
+		eventually(t, 30*time.Second, name+" ready once a NATS server listens", func() bool {
+			status, _ := get(url)
+			return status == http.StatusOK
+		})
+		t.Logf("%s ready %v after the NATS server started", name, time.Since(started).Round(100*time.Millisecond))
+	}
+	requireHealth(t, grpcAddr, readyz["ingest"])
+	if status, answer := postStatus(t, httpAddr, "nonats-ahead", "written ahead"); status != http.StatusAccepted {
+		t.Fatalf("a record to write ahead once NATS is up: %d %s; want 202", status, answer)
+	}
+	eventually(t, 30*time.Second, "the written-ahead record in Kafka, through the forwarder", func() bool {
+		recs := kcatConsumeMaybe(broker, "nonats-ahead") // the topic is made by the forwarder's produce
+		return len(recs) == 1 && recs[0].Payload != nil && *recs[0].Payload == "written ahead"
+	})
+	if f := in.logged(t, "waiting for the buffer"); f["step"] != "connect to NATS" {
+		t.Errorf("the ingest's first wait: %v; want step \"connect to NATS\"", f)
+	}
+}
+
+// startNATSAt runs a NATS server with JetStream on port until the test
+// ends, admitting only the tests' nkey user, as a production cluster
+// admits only the services' user.
+func startNATSAt(t *testing.T, port int) *server.Server {
+	t.Helper()
+	seed, err := os.ReadFile(os.Getenv(credentialsVar))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(),
+		Nkeys: []*server.NkeyUser{{Nkey: user}}, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s
+}
+
+// TestBufferRefusedCredentialsExit: a NATS server that refuses the
+// credentials is a configuration error, not something to wait out: the
+// ingest, the forwarder and the resender each exit with code 1 at start
+// and say why. (A wrong key does not mend itself; in Kubernetes the
+// CrashLoopBackOff shows it, and a restart picks up a corrected Secret.)
+func TestBufferRefusedCredentialsExit(t *testing.T) {
+	broker := newBroker(t)
+	port := reservedPort(t)
+	startNATSAt(t, port)
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	stranger := filepath.Join(t.TempDir(), "stranger.nk")
+	if err := os.WriteFile(stranger, newSeed(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"SPILLWAY_KAFKA_BROKERS=" + broker, "SPILLWAY_PRODUCER_WAL_NATS_URLS=" + natsURL, credentialsVar + "=" + stranger}
+	procs := map[string]*proc{
+		"ingest":    spawnIngest(t, broker, common[1:]...),
+		"forwarder": spawn(t, "spillway-forwarder", append(common, "SPILLWAY_FORWARD_MONITORING_LISTEN=127.0.0.1:0")...),
+		"resender":  spawn(t, "spillway-resender", append(common, "SPILLWAY_RESEND_MONITORING_LISTEN=127.0.0.1:0")...),
+	}
+	for name, p := range procs {
+		if code := p.exitCode(t, 20*time.Second); code != 1 {
+			t.Errorf("the %s exited %d with refused credentials; want 1", name, code)
+		}
+		if out := p.out.String(); !strings.Contains(out, "Authorization Violation") {
+			t.Errorf("the %s does not say why it stopped:\n%s", name, out)
+		}
+	}
 }

@@ -9,11 +9,14 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// StartNATS runs a NATS server on loopback, with o's other settings, until
-// the test ends.
+// StartNATS runs a NATS server on loopback, on o.Port (a free port when
+// 0), with o's other settings, until the test ends.
 func StartNATS(tb testing.TB, o *server.Options) *server.Server {
 	tb.Helper()
-	o.Host, o.Port, o.NoLog, o.NoSigs = "127.0.0.1", -1, true, true
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	o.Host, o.NoLog, o.NoSigs = "127.0.0.1", true, true
 	s, err := server.NewServer(o)
 	if err != nil {
 		tb.Fatalf("nats: %v", err)

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.opentelemetry.io/otel/propagation"
@@ -76,6 +78,11 @@ type App struct {
 	// bufferFailed receives the configuration error that ends the wait
 	// for the buffer; nil when the buffer was ready in New.
 	bufferFailed chan error
+	// healthMu makes each syncHealth read readiness and set the gRPC
+	// health as one step, so that the last to run leaves it right; it
+	// guards grpcSrv's assignment, as the buffer's background tries may
+	// call syncHealth while New runs.
+	healthMu sync.Mutex
 	// policy is what a reload replaces: topic ACLs, rate limits,
 	// validation and topic mapping.
 	policy   atomic.Pointer[policy.Policy]
@@ -198,7 +205,7 @@ func New(o Options) (_ *App, err error) {
 		TracerProvider:    exportedTracerProvider(o.Tracing),
 		Propagators:       propagators(o.Tracing),
 	})
-	a.grpcSrv = grpcapi.New(grpcapi.Options{
+	grpcSrv := grpcapi.New(grpcapi.Options{
 		Sender:            d,
 		Topics:            d.Writable(a.producer),
 		Config:            cfg.Server.GRPC,
@@ -212,7 +219,11 @@ func New(o Options) (_ *App, err error) {
 		TLS:               grpcTLS(tlsFiles),
 		TracerProvider:    tracerProvider(o.Tracing),
 		Propagators:       propagators(o.Tracing),
+		NotReady:          a.monitor.Ready,
 	})
+	a.healthMu.Lock()
+	a.grpcSrv = grpcSrv
+	a.healthMu.Unlock()
 	a.grpcLn, err = net.Listen("tcp", cfg.Server.GRPC.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("server.grpc.listen: %w", err)
@@ -312,14 +323,16 @@ func grpcTLS(files *certs.Reloader) *tls.Config {
 // server unless an external one is configured. It returns nil (no buffer)
 // when the configuration needs none.
 //
-// It tries the stream's create-or-update once (spill.TryTimeout). When
-// JetStream does not answer it or cannot yet (no meta leader, no quorum:
-// a cluster starting), the ingest starts anyway: the buffer is a
-// spill.PendingBuffer that answers every record unavailable, /readyz says
-// why, and the create-or-update is tried again in the background until it
-// succeeds. Records that do not need the buffer (mode fallback, Kafka
-// healthy) go to Kafka meanwhile. A configuration error stops the ingest:
-// at once, or from Run when a later try meets it.
+// It tries the connection and then the stream's create-or-update once
+// (spill.TryTimeout). When no NATS server answers, or JetStream cannot
+// answer yet (no meta leader, no quorum: a cluster starting), the ingest
+// starts anyway: the buffer is a spill.PendingBuffer that answers every
+// record unavailable, /readyz and the gRPC health say why, and the step
+// is tried again in the background until it succeeds. Records that do not
+// need the buffer (mode fallback, Kafka healthy) go to Kafka meanwhile. A
+// configuration error (spill.IsConfigError: a stream Spillway cannot take
+// over, credentials refused) stops the ingest: at once, or from Run when
+// a later try meets it.
 func (a *App) startBuffer() (delivery.Buffer, error) {
 	if !a.opts.Config.NeedsBuffer() {
 		return nil, nil
@@ -339,23 +352,35 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 			srv.WaitForShutdown()
 		})
 	}
-	nc, js, err := spill.Dial(wal, embedded, "spillway-ingest", log)
-	if err != nil {
-		return nil, err
-	}
-	a.cleanups = append(a.cleanups, func() {
+	// nc and js are set once the connection is made: here, or by the
+	// background tries, which the cleanup waits for before it drains nc.
+	var nc *nats.Conn
+	var js jetstream.JetStream
+	drain := func() {
+		if nc == nil {
+			return
+		}
 		if err := nc.Drain(); err != nil {
 			log.Warn("draining the NATS connection", "error", err)
 		}
-	})
+	}
 	pending := &spill.PendingBuffer{}
-	r := &spill.Retry{Step: "stream " + wal.Stream, Logger: log, Report: pending.SetReason}
+	connect := &spill.Retry{Step: "connect to NATS", Logger: log, Report: pending.SetReason}
+	dial := func(context.Context) (err error) {
+		nc, js, err = spill.Dial(wal, embedded, "spillway-ingest", log)
+		return err
+	}
+	stream := &spill.Retry{Step: "stream " + wal.Stream, Logger: log, Report: pending.SetReason}
 	ensure := func(ctx context.Context) error { return spill.EnsureStream(ctx, js, wal) }
-	err = r.Once(context.Background(), ensure)
+	err := connect.Once(context.Background(), dial)
 	if err == nil {
-		return spill.NewBuffer(js, wal), nil
+		if err = stream.Once(context.Background(), ensure); err == nil {
+			a.cleanups = append(a.cleanups, drain)
+			return spill.NewBuffer(js, wal), nil
+		}
 	}
 	if spill.IsConfigError(err) {
+		drain()
 		return nil, err
 	}
 	a.monitor.AddReadinessCheck(pending.Ready)
@@ -364,17 +389,26 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := r.Run(ctx, ensure); err != nil {
+		err := error(nil)
+		if nc == nil {
+			err = connect.Run(ctx, dial)
+		}
+		if err == nil {
+			err = stream.Run(ctx, ensure)
+		}
+		if err != nil {
 			if ctx.Err() == nil { // a configuration error
 				a.bufferFailed <- err
 			}
 			return
 		}
 		pending.Set(spill.NewBuffer(js, wal))
+		a.syncHealth()
 	}()
 	a.cleanups = append(a.cleanups, func() {
 		cancel()
 		<-done
+		drain()
 	})
 	return pending, nil
 }
@@ -520,7 +554,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	}
 	a.monitor.SetReady(true)
-	a.grpcSrv.SetServing(true)
+	a.syncHealth()
 	log.Info("ingest started", "http", a.HTTPAddr(), "grpc", a.GRPCAddr(), "kafka", a.KafkaAddr(), "monitoring", a.MonitorAddr(),
 		"nats", a.NATSAddr(), "brokers", a.opts.Config.Kafka.Brokers)
 
@@ -531,11 +565,24 @@ func (a *App) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// syncHealth sets the gRPC health to what /readyz says: SERVING when
+// ready, else NOT_SERVING (with /readyz's reason in the Check answer's
+// trailer, grpcapi). Readiness changes when Run starts and ends, and when
+// the buffer the ingest waited for is ready.
+func (a *App) syncHealth() {
+	a.healthMu.Lock()
+	defer a.healthMu.Unlock()
+	if a.grpcSrv == nil { // in New: NOT_SERVING, as it starts
+		return
+	}
+	a.grpcSrv.SetServing(a.monitor.Ready() == nil)
+}
+
 func (a *App) shutdown() error {
 	log := a.opts.Logger
 	log.Info("ingest shutting down")
 	a.monitor.SetReady(false)
-	a.grpcSrv.SetServing(false)
+	a.syncHealth()
 	close(a.draining)
 	timeout := a.opts.Config.Server.ShutdownTimeout
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

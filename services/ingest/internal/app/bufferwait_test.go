@@ -2,8 +2,10 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,11 +17,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
 	"github.com/spillway/spillway/services/ingest/internal/app"
+	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
 
@@ -49,6 +56,34 @@ func readyz(tb testing.TB, monitor string) (int, string) {
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(tb, err)
 	return resp.StatusCode, string(b)
+}
+
+// grpcHealth asks the ingest's gRPC health for the whole server and
+// returns its status and the reason it gave (grpcapi.ReadinessTrailer).
+func grpcHealth(tb testing.TB, addr string) (healthpb.HealthCheckResponse_ServingStatus, string) {
+	tb.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(tb, err)
+	defer conn.Close()
+	var trailer metadata.MD
+	resp, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}, grpc.Trailer(&trailer))
+	require.NoError(tb, err)
+	return resp.GetStatus(), strings.Join(trailer.Get(grpcapi.ReadinessTrailer), "")
+}
+
+// assertHealthFollowsReadyz checks that the gRPC health says what /readyz
+// says: NOT_SERVING with /readyz's reason, or SERVING.
+func assertHealthFollowsReadyz(tb testing.TB, a *app.App) {
+	tb.Helper()
+	status, body := readyz(tb, a.MonitorAddr())
+	health, reason := grpcHealth(tb, a.GRPCAddr())
+	if status == http.StatusOK {
+		assert.Equal(tb, healthpb.HealthCheckResponse_SERVING, health, "gRPC health while /readyz is 200")
+		assert.Empty(tb, reason)
+		return
+	}
+	assert.Equal(tb, healthpb.HealthCheckResponse_NOT_SERVING, health, "gRPC health while /readyz is %d %q", status, body)
+	assert.Equal(tb, strings.TrimSuffix(body, "\n"), reason, "the gRPC health's reason is /readyz's")
 }
 
 // TestIngestWaitsForTheBuffer starts the ingest while its JetStream does
@@ -100,6 +135,7 @@ func TestIngestWaitsForTheBuffer(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond, "/readyz names the buffer as the reason")
 	_, body := readyz(t, a.MonitorAddr())
 	assert.Contains(t, body, "did not answer within")
+	assertHealthFollowsReadyz(t, a)
 
 	url := "http://" + a.HTTPAddr()
 	status, body := ingesttest.Post(t, url+"/topics/meanwhile/messages", "text/plain", "to kafka")
@@ -126,6 +162,7 @@ func TestIngestWaitsForTheBuffer(t *testing.T) {
 	releasedAt := time.Now()
 	ingesttest.WaitReady(t, "http://"+a.MonitorAddr(), 10*time.Second)
 	t.Logf("ready %v after JetStream answered", time.Since(releasedAt).Round(time.Millisecond))
+	assertHealthFollowsReadyz(t, a)
 	status, body = ingesttest.Post(t, url+"/topics/ahead/messages", "text/plain", "buffered")
 	assert.Equal(t, http.StatusAccepted, status, body)
 	assert.Contains(t, body, `"outcome":"buffered"`)
@@ -205,4 +242,57 @@ func TestIngestStopsOnAConfigurationErrorAfterWaiting(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the ingest did not stop on the configuration error")
 	}
+}
+
+// TestIngestWaitsForNATS starts the ingest while no NATS server listens
+// at producer.wal.nats_urls: it starts anyway, /readyz and the gRPC
+// health say it waits for the connection, records go to Kafka meanwhile,
+// and once a server listens there the ingest connects, makes the stream
+// and becomes ready.
+func TestIngestWaitsForNATS(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, ln.Close()) // nothing listens there now
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	cfg := ingestConfig(t, addr, natsURL, "SPILLWAY_PRODUCER_WAL_ALWAYS_TOPICS=ahead")
+
+	start := time.Now()
+	a, err := app.New(app.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err, "the ingest must start while no NATS server listens")
+	assert.Less(t, time.Since(start), 5*time.Second, "New does not wait for NATS")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(15 * time.Second):
+			t.Error("the ingest did not stop")
+		}
+	})
+
+	want := "not ready: buffer: connect to NATS at " + natsURL + ": "
+	require.Eventually(t, func() bool {
+		status, body := readyz(t, a.MonitorAddr())
+		return status == http.StatusServiceUnavailable && strings.HasPrefix(body, want)
+	}, 10*time.Second, 20*time.Millisecond, "/readyz names the connection")
+	assertHealthFollowsReadyz(t, a)
+
+	url := "http://" + a.HTTPAddr()
+	status, body := ingesttest.Post(t, url+"/topics/meanwhile/messages", "text/plain", "to kafka")
+	assert.Equal(t, http.StatusOK, status, body)
+	assert.Contains(t, body, `"outcome":"delivered"`)
+	status, body = ingesttest.Post(t, url+"/topics/ahead/messages", "text/plain", "needs the buffer")
+	assert.Equal(t, http.StatusServiceUnavailable, status, body)
+
+	spilltest.StartNATS(t, &server.Options{Port: port, JetStream: true, StoreDir: t.TempDir()})
+	ingesttest.WaitReady(t, "http://"+a.MonitorAddr(), 10*time.Second)
+	assertHealthFollowsReadyz(t, a)
+	status, body = ingesttest.Post(t, url+"/topics/ahead/messages", "text/plain", "buffered")
+	assert.Equal(t, http.StatusAccepted, status, body)
+	assert.Contains(t, body, `"outcome":"buffered"`)
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -77,7 +78,16 @@ type Options struct {
 	// Draining closes when shutdown begins: streams stop taking requests,
 	// acknowledge the ones they took, and end.
 	Draining <-chan struct{}
+	// NotReady is why the ingest is not ready (what /readyz says), nil
+	// when it is: a health Check answered NOT_SERVING carries it in its
+	// ReadinessTrailer. nil: no reason given.
+	NotReady func() error
 }
+
+// ReadinessTrailer is the trailer of a health Check answered NOT_SERVING
+// that says why, as /readyz does ("not ready: buffer: ..."): the health
+// protocol's answer holds only the status. grpcurl -v shows it.
+const ReadinessTrailer = "spillway-readiness"
 
 // Server is the gRPC server with both services, health and reflection.
 type Server struct {
@@ -123,7 +133,7 @@ func New(o Options) *Server {
 	kafkapixy.RegisterKafkaPixyServer(s, &pixyServer{opts: o})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(s, drainingHealth{Server: hs, draining: o.Draining})
+	healthpb.RegisterHealthServer(s, drainingHealth{Server: hs, draining: o.Draining, notReady: o.NotReady})
 	reflection.Register(s)
 	metrics.InitializeMetrics(s)
 	return &Server{Server: s, health: hs}
@@ -147,6 +157,32 @@ func (s *Server) SetServing(serving bool) {
 type drainingHealth struct {
 	*health.Server
 	draining <-chan struct{}
+	notReady func() error
+}
+
+// Check is the health's Check, with the reason in ReadinessTrailer when
+// the answer is NOT_SERVING.
+func (h drainingHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	resp, err := h.Server.Check(ctx, req)
+	if err != nil || resp.GetStatus() == healthpb.HealthCheckResponse_SERVING || h.notReady == nil {
+		return resp, err
+	}
+	if why := h.notReady(); why != nil {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(ReadinessTrailer, printable("not ready: "+why.Error())))
+	}
+	return resp, nil
+}
+
+// printable is s with every byte that a gRPC metadata value cannot hold
+// (printable ASCII only) replaced by '?'.
+func printable(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 func (h drainingHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
