@@ -150,7 +150,7 @@ func TestServiceStopsOnABufferConfigurationError(t *testing.T) {
 }
 
 // TestServiceWaitsForNATS starts the forwarder and the resender while no
-// NATS server listens at producer.wal.nats_urls: NewService waits, /readyz
+// NATS server listens at producer.wal.nats.urls: NewService waits, /readyz
 // names the connection, and once a server listens there the service
 // starts and becomes ready.
 func TestServiceWaitsForNATS(t *testing.T) {

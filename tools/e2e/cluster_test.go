@@ -175,6 +175,70 @@ func (c *natsCluster) leader(stream string) *natsNode {
 	return nil
 }
 
+// metaLeader is the JetStream meta layer's leader as n's /jsz says; ""
+// when it knows none. (A leader left alone still names itself for 10-20 s
+// after it lost its quorum: ask a node that has just joined.)
+func (c *natsCluster) metaLeader(n *natsNode) string {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz", n.monitor))
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var jsz struct {
+		Meta *struct {
+			Leader string `json:"leader"`
+		} `json:"meta_cluster"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&jsz) != nil || jsz.Meta == nil {
+		return ""
+	}
+	return jsz.Meta.Leader
+}
+
+// streamPeers are the nodes that hold stream, as a running node's /jsz
+// says: its leader and replicas, whether running or not.
+func (c *natsCluster) streamPeers(stream string) []string {
+	for _, n := range c.nodes {
+		if n.cmd == nil {
+			continue
+		}
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz?streams=true", n.monitor))
+		if err != nil {
+			continue
+		}
+		var jsz struct {
+			Accounts []struct {
+				Streams []struct {
+					Name    string `json:"name"`
+					Cluster *struct {
+						Leader   string `json:"leader"`
+						Replicas []struct {
+							Name string `json:"name"`
+						} `json:"replicas"`
+					} `json:"cluster"`
+				} `json:"stream_detail"`
+			} `json:"account_details"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&jsz)
+		resp.Body.Close()
+		if err != nil {
+			continue
+		}
+		for _, a := range jsz.Accounts {
+			for _, s := range a.Streams {
+				if s.Name == stream && s.Cluster != nil && s.Cluster.Leader != "" {
+					peers := []string{s.Cluster.Leader}
+					for _, r := range s.Cluster.Replicas {
+						peers = append(peers, r.Name)
+					}
+					return peers
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // spread posts records from workers goroutines to a set of ingests, the
 // next ingest for each record; a record not acknowledged (no answer, or an
 // answer other than 200 and 202) is sent again as a new record (its value

@@ -245,7 +245,7 @@ func TestIngestStopsOnAConfigurationErrorAfterWaiting(t *testing.T) {
 }
 
 // TestIngestWaitsForNATS starts the ingest while no NATS server listens
-// at producer.wal.nats_urls: it starts anyway, /readyz and the gRPC
+// at producer.wal.nats.urls: it starts anyway, /readyz and the gRPC
 // health say it waits for the connection, records go to Kafka meanwhile,
 // and once a server listens there the ingest connects, makes the stream
 // and becomes ready.
