@@ -2,6 +2,7 @@ package spill
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,7 +60,9 @@ var configErrorCodes = map[jetstream.ErrorCode]bool{
 // IsConfigError says whether err is a configuration that waiting cannot
 // make work, so that the service must stop: JetStream refusing the
 // stream's or a consumer's configuration, a NATS server refusing the
-// credentials, or a credentials or TLS file that cannot be used. Anything
+// credentials, TLS that one side wants and the other cannot give (a
+// server certificate the configured CA does not vouch for, TLS asked of a
+// server without it), or a credentials or TLS file that cannot be used. Anything
 // else (no NATS server reachable, no answer in time, no responders,
 // "temporarily unavailable", no suitable peers while nodes are down) may
 // pass once the servers are up and the cluster has its leaders.
@@ -85,14 +88,18 @@ type configError struct{ error }
 func (e configError) Unwrap() error { return e.error }
 
 // isAuthError says whether err is a NATS server refusing the connection's
-// credentials.
+// credentials, or the two sides disagreeing on TLS: the server requires it
+// and its certificate is not one the configured CA (or the system's)
+// vouches for, or the client asks for TLS of a server that has none.
 func isAuthError(err error) bool {
-	for _, authErr := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+	for _, authErr := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired,
+		nats.ErrSecureConnRequired, nats.ErrSecureConnWanted} {
 		if errors.Is(err, authErr) {
 			return true
 		}
 	}
-	return false
+	var certErr *tls.CertificateVerificationError
+	return errors.As(err, &certErr)
 }
 
 // Retry runs one step of the buffer's set-up until JetStream answers: each

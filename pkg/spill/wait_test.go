@@ -2,6 +2,7 @@ package spill_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/securitytest"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/spill/spilltest"
@@ -125,6 +127,40 @@ func TestConnectStopsOnRefusedCredentials(t *testing.T) {
 	assert.True(t, spill.IsConfigError(err), "%v", err)
 	assert.Contains(t, err.Error(), "Authorization Violation")
 	assert.Less(t, time.Since(start), 2*time.Second, "refused at once, not waited for")
+}
+
+// TestConnectStopsOnATLSMismatch: TLS that the two sides cannot agree on
+// is a configuration error too: Connect fails at once and says why.
+func TestConnectStopsOnATLSMismatch(t *testing.T) {
+	serverCA, otherCA := securitytest.NewCA(t, "nats server CA"), securitytest.NewCA(t, "another CA")
+	leaf := serverCA.Issue(t, "nats", securitytest.LeafOptions{})
+	tlsServer := spilltest.StartNATS(t, &server.Options{JetStream: true, StoreDir: t.TempDir(),
+		TLS: true, TLSConfig: &tls.Config{Certificates: []tls.Certificate{leaf.TLS}, MinVersion: tls.VersionTLS12}})
+	plain := spilltest.StartNATS(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
+	for _, tc := range []struct {
+		name, url, ca, want string
+	}{
+		{"a server certificate the CA does not vouch for", tlsServer.ClientURL(), otherCA.CertFile, "certificate signed by unknown authority"},
+		{"TLS asked of a server without it", plain.ClientURL(), serverCA.CertFile, "secure connection not available"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := walConfig(t, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+tc.url, "SPILLWAY_PRODUCER_WAL_NATS_TLS_CA="+tc.ca)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second) // a wait would end here
+			defer cancel()
+			start := time.Now()
+			_, _, err := spill.Connect(ctx, c, nil, "test", discard)
+			require.Error(t, err)
+			assert.True(t, spill.IsConfigError(err), "%v", err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Less(t, time.Since(start), 2*time.Second, "refused at once, not waited for")
+		})
+	}
+	t.Run("the CA that vouches for it", func(t *testing.T) {
+		c := walConfig(t, "SPILLWAY_PRODUCER_WAL_NATS_URLS="+tlsServer.ClientURL(), "SPILLWAY_PRODUCER_WAL_NATS_TLS_CA="+serverCA.CertFile)
+		nc, _, err := spill.Connect(t.Context(), c, nil, "test", discard)
+		require.NoError(t, err)
+		nc.Close()
+	})
 }
 
 // TestPendingBufferRefusesUntilSet: a record given to the buffer before it
