@@ -117,6 +117,10 @@ type KafkaListener struct {
 	// SignInTimeout bounds the TLS handshake and signing in, from the
 	// moment the connection is accepted.
 	SignInTimeout time.Duration
+	// IdempotentProducers bounds the producer ids whose last five batches
+	// per partition are kept to answer their retries, least recently used
+	// forgotten first.
+	IdempotentProducers int
 }
 
 type GRPC struct {

@@ -49,6 +49,7 @@ func options(c *Config) []option {
 		{"server.kafka.max_connections_per_address", 1000, bind(&s.Kafka.MaxConnectionsPerAddress, positive[int])},
 		{"server.kafka.connections_max_idle", "10m", bind(&s.Kafka.ConnectionsMaxIdle, positiveDuration)},
 		{"server.kafka.sign_in_timeout", "10s", bind(&s.Kafka.SignInTimeout, positiveDuration)},
+		{"server.kafka.idempotent_producers", 100000, bind(&s.Kafka.IdempotentProducers, positive[int])},
 		{"server.monitoring.listen", ":28080", bind(&s.Monitoring.Listen, (*getter).address)},
 		{"server.monitoring.max_topic_labels", 100, bind(&s.Monitoring.MaxTopicLabels, positive[int])},
 		{"server.monitoring.max_principal_labels", 100, bind(&s.Monitoring.MaxPrincipalLabels, positive[int])},

@@ -258,6 +258,7 @@ func New(o Options) (_ *App, err error) {
 			MaxConnectionsPerAddress: cfg.Server.Kafka.MaxConnectionsPerAddress,
 			IdleTimeout:              cfg.Server.Kafka.ConnectionsMaxIdle,
 			SignInTimeout:            cfg.Server.Kafka.SignInTimeout,
+			IdempotentProducers:      cfg.Server.Kafka.IdempotentProducers,
 			Registry:                 o.Registry,
 		})
 	}

@@ -24,7 +24,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,6 +89,10 @@ type Options struct {
 	// moment the connection is accepted (server.kafka.sign_in_timeout;
 	// 0: 10 s).
 	SignInTimeout time.Duration
+	// IdempotentProducers bounds the producer ids whose last batches are
+	// kept to answer their retries, least recently used forgotten first
+	// (server.kafka.idempotent_producers; 0: 100,000).
+	IdempotentProducers int
 	// Registry receives the listener's metrics; nil: none.
 	Registry prometheus.Registerer
 	Logger   *slog.Logger
@@ -97,9 +100,9 @@ type Options struct {
 
 // Server serves Kafka's protocol on a listener.
 type Server struct {
-	o          Options
-	m          metrics
-	producerID atomic.Int64
+	o         Options
+	m         metrics
+	producers *producers
 
 	mu      sync.Mutex
 	ln      net.Listener
@@ -131,14 +134,14 @@ func New(o Options) *Server {
 	if o.SignInTimeout <= 0 {
 		o.SignInTimeout = 10 * time.Second
 	}
+	if o.IdempotentProducers <= 0 {
+		o.IdempotentProducers = 100_000
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, m: newMetrics(o.Registry), conns: map[*conn]struct{}{}, perAddr: map[string]int{}}
-	// Producer ids differ across restarts, so that a client that keeps
-	// its id over a restart is not mistaken for another one downstream.
-	s.producerID.Store(time.Now().UnixMilli() << 10)
-	return s
+	return &Server{o: o, m: newMetrics(o.Registry), producers: newProducers(o.IdempotentProducers, o.Registry),
+		conns: map[*conn]struct{}{}, perAddr: map[string]int{}}
 }
 
 // ErrServerClosed is what Serve returns after Shutdown.
@@ -543,7 +546,8 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 			resp.ErrorCode = kerr.TransactionalIDAuthorizationFailed.Code
 			return resp, req.corr, nil
 		}
-		resp.ProducerID = c.s.producerID.Add(1)
+		// A random id: unique across replicas and restarts (newProducerID).
+		resp.ProducerID = newProducerID()
 		resp.ProducerEpoch = 0
 		return resp, req.corr, nil
 	case *kmsg.SASLHandshakeRequest:

@@ -59,7 +59,7 @@ func TestParseRecordsGzip(t *testing.T) {
 	raw := batch(t, 1, kmsg.Record{Key: []byte("k"), Value: []byte("v"), TimestampDelta64: 5, Headers: []kmsg.Header{{Key: "h", Value: []byte("x")}}},
 		kmsg.Record{Value: []byte("second")})
 	left, room := 10, 1<<20
-	recs, perr := parseRecords(raw, "orders", 2, &left, &room, 10, 1<<20)
+	recs, _, perr := parseRecords(raw, "orders", 2, &left, &room, 10, 1<<20)
 	if perr != nil {
 		t.Fatal(perr.msg)
 	}
@@ -72,7 +72,7 @@ func TestParseRecordsGzip(t *testing.T) {
 		t.Errorf("left = %d, want 8", left)
 	}
 	raw[len(raw)-1] ^= 1
-	if _, perr := parseRecords(raw, "orders", 2, &left, &room, 10, 1<<20); perr == nil || perr.msg != "record batch CRC mismatch" {
+	if _, _, perr := parseRecords(raw, "orders", 2, &left, &room, 10, 1<<20); perr == nil || perr.msg != "record batch CRC mismatch" {
 		t.Errorf("a flipped byte: %+v, want a CRC mismatch", perr)
 	}
 }
@@ -100,7 +100,7 @@ func FuzzParseRequest(f *testing.F) {
 		for _, tp := range p.Topics {
 			for _, pp := range tp.Partitions {
 				left, room := 3, 4096
-				recs, perr := parseRecords(pp.Records, tp.Topic, pp.Partition, &left, &room, 3, 4096)
+				recs, _, perr := parseRecords(pp.Records, tp.Topic, pp.Partition, &left, &room, 3, 4096)
 				if perr != nil {
 					continue
 				}
@@ -125,16 +125,16 @@ func TestRecordBoundAcrossPartitions(t *testing.T) {
 		return out
 	}
 	left, room := 10, 1<<20
-	_, perr := parseRecords(batch(t, 0, recs(8)...), "orders", 0, &left, &room, 10, 1<<20)
+	_, _, perr := parseRecords(batch(t, 0, recs(8)...), "orders", 0, &left, &room, 10, 1<<20)
 	require.Nil(t, perr)
-	_, perr = parseRecords(batch(t, 0, recs(5)...), "orders", 1, &left, &room, 10, 1<<20)
+	_, _, perr = parseRecords(batch(t, 0, recs(5)...), "orders", 1, &left, &room, 10, 1<<20)
 	require.NotNil(t, perr)
 	assert.Equal(t, kerr.NotEnoughReplicas.Code, perr.code, perr.msg)
 	assert.True(t, kerr.ErrorForCode(perr.code).(*kerr.Error).Retriable)
 	assert.Equal(t, 5, perr.n)
 
 	left = 10
-	_, perr = parseRecords(batch(t, 0, recs(12)...), "orders", 0, &left, &room, 10, 1<<20)
+	_, _, perr = parseRecords(batch(t, 0, recs(12)...), "orders", 0, &left, &room, 10, 1<<20)
 	require.NotNil(t, perr)
 	assert.Equal(t, kerr.RecordListTooLarge.Code, perr.code, perr.msg)
 }

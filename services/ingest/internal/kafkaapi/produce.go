@@ -24,7 +24,10 @@ import (
 // produce sends the records of every partition of req through delivery
 // in one call, and answers each partition after the durable step: its
 // error is that of its first failed record; its base offset that of its
-// first record when all were delivered, -1 when any was buffered.
+// first record when all were delivered, -1 when any was buffered. The
+// batches of idempotent producers are checked against what the listener
+// remembers of them first (producers): a repeated one is answered as it
+// was and not sent again, one out of sequence is refused.
 func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceResponse {
 	resp := req.ResponseKind().(*kmsg.ProduceResponse)
 	ctx := context.Background()
@@ -32,12 +35,14 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 	ctx = identity.With(ctx, cl)
 
 	type part struct {
-		rt, rp     int // index in resp
-		first, end int // records in recs
+		rt, rp int // index in resp
+		recs   []record.Record
+		idem   *idemBatch
+		first  int // index of its first record in the records sent; -1: not sent
 	}
 	var (
-		recs  []record.Record
 		parts []part
+		ids   []int64
 		left  = c.s.o.MaxRequestRecords
 		bytes = c.s.o.MaxRequestBytes
 	)
@@ -55,26 +60,87 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 				rt.Partitions = append(rt.Partitions, rp)
 				continue
 			}
-			got, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes, c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes)
+			got, idem, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes, c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes)
 			if err != nil {
 				rp.ErrorCode, rp.ErrorMessage = err.code, ptr(err.msg)
 				c.s.o.Sender.Refuse(ctx, API, t.Topic, max(err.n, 1), err.reason)
 				rt.Partitions = append(rt.Partitions, rp)
 				continue
 			}
-			parts = append(parts, part{rt: len(resp.Topics), rp: len(rt.Partitions), first: len(recs), end: len(recs) + len(got)})
-			recs = append(recs, got...)
+			parts = append(parts, part{rt: len(resp.Topics), rp: len(rt.Partitions), recs: got, idem: idem, first: -1})
+			if idem != nil {
+				ids = append(ids, idem.producerID)
+			}
 			rt.Partitions = append(rt.Partitions, rp)
 		}
 		resp.Topics = append(resp.Topics, rt)
+	}
+
+	var states map[int64]*producerState
+	if len(ids) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, claimWait(req.TimeoutMillis))
+		var release func()
+		var err error
+		states, release, err = c.s.producers.claim(wctx, ids)
+		cancel()
+		if err != nil {
+			// An earlier request of the same producer is still on its way:
+			// a retriable error, so that the client sends this again once
+			// it has its answer.
+			for i := range parts {
+				if p := &parts[i]; p.idem != nil {
+					rp := &resp.Topics[p.rt].Partitions[p.rp]
+					rp.ErrorCode = kerr.RequestTimedOut.Code
+					rp.ErrorMessage = ptr("an earlier produce of this producer id is still waiting for its answer; send this again")
+					p.idem = nil
+					p.recs = nil
+				}
+			}
+		} else {
+			defer release()
+		}
+	}
+
+	var recs []record.Record
+	for i := range parts {
+		p := &parts[i]
+		if p.idem != nil {
+			rp := &resp.Topics[p.rt].Partitions[p.rp]
+			tp := topicPartition{resp.Topics[p.rt].Topic, rp.Partition}
+			v, base, msg := c.s.producers.check(states[p.idem.producerID], tp, *p.idem)
+			switch v {
+			case duplicate:
+				rp.BaseOffset = base
+				continue
+			case outOfOrder:
+				rp.ErrorCode, rp.ErrorMessage = kerr.OutOfOrderSequenceNumber.Code, ptr(msg)
+				c.s.o.Sender.Refuse(ctx, API, tp.topic, len(p.recs), record.ReasonInvalid)
+				continue
+			case staleEpoch:
+				rp.ErrorCode, rp.ErrorMessage = kerr.InvalidProducerEpoch.Code, ptr(msg)
+				c.s.o.Sender.Refuse(ctx, API, tp.topic, len(p.recs), record.ReasonInvalid)
+				continue
+			}
+		}
+		if len(p.recs) == 0 {
+			continue
+		}
+		p.first = len(recs)
+		recs = append(recs, p.recs...)
 	}
 	if len(recs) == 0 {
 		return resp
 	}
 	results := c.s.o.Sender.Send(ctx, API, recs)
 	for _, p := range parts {
+		if p.first < 0 {
+			continue
+		}
 		rp := &resp.Topics[p.rt].Partitions[p.rp]
-		answer(rp, results[p.first:p.end])
+		answer(rp, results[p.first:p.first+len(p.recs)])
+		if p.idem != nil && rp.ErrorCode == 0 {
+			c.s.producers.taken(states[p.idem.producerID], topicPartition{resp.Topics[p.rt].Topic, rp.Partition}, *p.idem, rp.BaseOffset)
+		}
 	}
 	return resp
 }
@@ -161,8 +227,14 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // and kgo's hold up to 1 MiB per partition, which is over 10,000 records
 // of 100 bytes across three partitions. Over a bound on its own it is
 // RECORD_LIST_TOO_LARGE or MESSAGE_TOO_LARGE.
-func parseRecords(raw []byte, topic string, partition int32, left, room *int, maxRecords, maxBytes int) ([]record.Record, *parseError) {
+//
+// An idempotent producer's batch (a producer id of 0 or more) comes back
+// as idem, nil otherwise: such a partition holds one batch, as Kafka
+// requires of every produce from v3.
+func parseRecords(raw []byte, topic string, partition int32, left, room *int, maxRecords, maxBytes int) ([]record.Record, *idemBatch, *parseError) {
 	var out []record.Record
+	var idem *idemBatch
+	batches := 0
 	took, tookBytes := 0, 0 // this partition's
 	later := func(what string, n int) *parseError {
 		return &parseError{code: kerr.NotEnoughReplicas.Code, reason: record.ReasonOverloaded, n: n,
@@ -170,32 +242,42 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 	}
 	for len(raw) > 0 {
 		if len(raw) < 61 {
-			return nil, corrupt("a record batch of %d bytes is shorter than its header", len(raw))
+			return nil, nil, corrupt("a record batch of %d bytes is shorter than its header", len(raw))
 		}
 		length := int64(int32(binary.BigEndian.Uint32(raw[8:12])))
 		if length < 49 || 12+length > int64(len(raw)) {
-			return nil, corrupt("a record batch's length %d does not fit the %d bytes sent", length, len(raw))
+			return nil, nil, corrupt("a record batch's length %d does not fit the %d bytes sent", length, len(raw))
 		}
 		one := raw[:12+length]
 		raw = raw[12+length:]
 		var b kmsg.RecordBatch
 		if err := b.ReadFrom(one); err != nil {
-			return nil, corrupt("record batch: %v", err)
+			return nil, nil, corrupt("record batch: %v", err)
 		}
 		if b.Magic != 2 {
-			return nil, &parseError{code: kerr.UnsupportedForMessageFormat.Code, msg: fmt.Sprintf("record batch magic %d: only magic 2 (Kafka 0.11 and later) is accepted", b.Magic), reason: record.ReasonInvalid}
+			return nil, nil, &parseError{code: kerr.UnsupportedForMessageFormat.Code, msg: fmt.Sprintf("record batch magic %d: only magic 2 (Kafka 0.11 and later) is accepted", b.Magic), reason: record.ReasonInvalid}
 		}
 		if crc32.Checksum(one[21:], castagnoli) != uint32(b.CRC) {
-			return nil, corrupt("record batch CRC mismatch")
+			return nil, nil, corrupt("record batch CRC mismatch")
 		}
 		if b.Attributes&0x20 != 0 {
 			continue // a control batch (transaction marker): no records
 		}
+		if batches++; b.ProducerID >= 0 || idem != nil {
+			if batches > 1 {
+				return nil, nil, &parseError{code: kerr.InvalidRecord.Code, reason: record.ReasonInvalid, n: int(max(b.NumRecords, 1)),
+					msg: "an idempotent producer's partition holds one record batch per produce request"}
+			}
+			if b.LastOffsetDelta < 0 || b.FirstSequence < 0 {
+				return nil, nil, corrupt("an idempotent batch with sequence %d and last offset delta %d", b.FirstSequence, b.LastOffsetDelta)
+			}
+			idem = &idemBatch{producerID: b.ProducerID, epoch: b.ProducerEpoch, first: b.FirstSequence, last: lastSequence(b.FirstSequence, b.LastOffsetDelta)}
+		}
 		if b.NumRecords >= 0 && int(b.NumRecords) > *left && took+int(b.NumRecords) <= maxRecords {
-			return nil, later("records (server.max_request_records)", int(b.NumRecords))
+			return nil, nil, later("records (server.max_request_records)", int(b.NumRecords))
 		}
 		if b.NumRecords < 0 || int(b.NumRecords) > *left {
-			return nil, &parseError{code: kerr.RecordListTooLarge.Code, reason: record.ReasonTooLarge, n: int(max(b.NumRecords, 0)),
+			return nil, nil, &parseError{code: kerr.RecordListTooLarge.Code, reason: record.ReasonTooLarge, n: int(max(b.NumRecords, 0)),
 				msg: "too many records in one produce request: the limit is server.max_request_records"}
 		}
 		*left -= int(b.NumRecords)
@@ -204,10 +286,10 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 		if err != nil {
 			if err.code == kerr.MessageTooLarge.Code {
 				if _, alone := decompress(int8(b.Attributes&0x07), b.Records, maxBytes-tookBytes); alone == nil {
-					return nil, later("bytes (server.http.max_body_bytes)", int(b.NumRecords))
+					return nil, nil, later("bytes (server.http.max_body_bytes)", int(b.NumRecords))
 				}
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		*room -= len(data)
 		tookBytes += len(data)
@@ -215,11 +297,11 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 		for i := int32(0); i < b.NumRecords; i++ {
 			l, n := kbin.Varint(data)
 			if n == 0 || l < 0 || int(l) > len(data)-n {
-				return nil, corrupt("record %d of a batch of %d: bad length", i, b.NumRecords)
+				return nil, nil, corrupt("record %d of a batch of %d: bad length", i, b.NumRecords)
 			}
 			var r kmsg.Record
 			if err := r.ReadFrom(data[:n+int(l)]); err != nil {
-				return nil, corrupt("record %d of a batch of %d: %v", i, b.NumRecords, err)
+				return nil, nil, corrupt("record %d of a batch of %d: %v", i, b.NumRecords, err)
 			}
 			data = data[n+int(l):]
 			// A null key or value (a tombstone) stays null, and an empty one
@@ -233,7 +315,7 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 			out = append(out, rec)
 		}
 	}
-	return out, nil
+	return out, idem, nil
 }
 
 // decompress undoes a batch's codec (1 gzip, 2 snappy, 3 lz4, 4 zstd),
