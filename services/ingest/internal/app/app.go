@@ -27,6 +27,7 @@ import (
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
+	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/telemetry"
@@ -240,11 +241,16 @@ func New(o Options) (_ *App, err error) {
 			a.kafkaLn = tls.NewListener(a.kafkaLn, tlsFiles.ServerConfig())
 		}
 		a.kafkaSrv = kafkaapi.New(kafkaapi.Options{
-			Sender:          d,
-			Partitions:      a.producer,
-			Writable:        d.Writable,
-			Map:             func(topic string) string { return a.policy.Load().Map(topic) },
-			Auth:            auth,
+			Sender:     d,
+			Partitions: a.producer,
+			Writable:   d.Writable,
+			Map:        func(topic string) string { return a.policy.Load().Map(topic) },
+			Auth:       auth,
+			Validate: func(topic string, r *record.Record) error {
+				_, err := a.policy.Load().Validate(topic, r)
+				return err
+			},
+			MaxRecordBytes:  cfg.Kafka.MaxMessageBytes,
 			MaxRequestBytes: int(cfg.Server.HTTP.MaxBodyBytes),
 			// Kafka clients pack requests by bytes (kgo: 1 MiB a
 			// partition), as brokers bound them: a request holds up to

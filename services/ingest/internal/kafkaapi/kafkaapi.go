@@ -64,6 +64,15 @@ type Options struct {
 	// Map is topic_mapping (policy.Policy.Map): a topic a client names
 	// that maps to one of the cluster's is shown with its partitions.
 	Map func(topic string) string
+	// Validate checks a record against the validation rules of the topic
+	// the client named (policy.Policy.Validate), and MaxRecordBytes is
+	// the largest record Kafka takes (kafka.message.max.bytes): a
+	// partition's records are checked against both, and against the
+	// headers only Spillway sets, before any is sent, so that one refused
+	// record refuses the partition whole (unit). nil, 0: not checked here
+	// (delivery still checks each record).
+	Validate       func(topic string, rec *record.Record) error
+	MaxRecordBytes int
 	// Auth checks SASL PLAIN credentials (API keys) and SCRAM ones
 	// (security.scram_users) and says whether credentials are required;
 	// nil: none are checked.

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -39,6 +41,9 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		recs   []record.Record
 		idem   *idemBatch
 		first  int // index of its first record in the records sent; -1: not sent
+		// refused are the records the partition is refused for, the
+		// only ones sent (for delivery to count); nil: all are sent.
+		refused []refusal
 	}
 	var (
 		parts []part
@@ -104,9 +109,10 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 	var recs []record.Record
 	for i := range parts {
 		p := &parts[i]
+		rp := &resp.Topics[p.rt].Partitions[p.rp]
+		topic := resp.Topics[p.rt].Topic
 		if p.idem != nil {
-			rp := &resp.Topics[p.rt].Partitions[p.rp]
-			tp := topicPartition{resp.Topics[p.rt].Topic, rp.Partition}
+			tp := topicPartition{topic, rp.Partition}
 			v, base, msg := c.s.producers.check(states[p.idem.producerID], tp, *p.idem)
 			switch v {
 			case duplicate:
@@ -125,6 +131,16 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		if len(p.recs) == 0 {
 			continue
 		}
+		if p.refused = c.unit(topic, p.recs); len(p.refused) > 0 {
+			// Only the refused records go on, for delivery to refuse and
+			// count under their rule; the others are not sent.
+			p.first = len(recs)
+			for _, r := range p.refused {
+				recs = append(recs, p.recs[r.index])
+			}
+			c.s.o.Sender.Refuse(ctx, API, topic, len(p.recs)-len(p.refused), p.refused[0].reason)
+			continue
+		}
 		p.first = len(recs)
 		recs = append(recs, p.recs...)
 	}
@@ -132,11 +148,39 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		return resp
 	}
 	results := c.s.o.Sender.Send(ctx, API, recs)
-	for _, p := range parts {
+	for i := range parts {
+		p := &parts[i]
 		if p.first < 0 {
 			continue
 		}
 		rp := &resp.Topics[p.rt].Partitions[p.rp]
+		if p.refused != nil {
+			got := results[p.first : p.first+len(p.refused)]
+			if !slices.ContainsFunc(got, func(r record.Result) bool { return r.Outcome != record.Failed }) {
+				refuse(rp, p.refused, len(p.recs))
+				continue
+			}
+			// A refused record was stored after all: the rules changed
+			// (a reload) between the check and delivery. The partition
+			// is then stored whole: the rest follows.
+			all := make([]record.Result, len(p.recs))
+			var rest []record.Record
+			var at []int
+			for j, r := range p.refused {
+				all[r.index] = got[j]
+			}
+			for j := range p.recs {
+				if !slices.ContainsFunc(p.refused, func(r refusal) bool { return r.index == j }) {
+					rest = append(rest, p.recs[j])
+					at = append(at, j)
+				}
+			}
+			for j, r := range c.s.o.Sender.Send(ctx, API, rest) {
+				all[at[j]] = r
+			}
+			answer(rp, all)
+			continue
+		}
 		answer(rp, results[p.first:p.first+len(p.recs)])
 		if p.idem != nil && rp.ErrorCode == 0 {
 			c.s.producers.taken(states[p.idem.producerID], topicPartition{resp.Topics[p.rt].Topic, rp.Partition}, *p.idem, rp.BaseOffset)
@@ -145,28 +189,114 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 	return resp
 }
 
-// answer sets a partition's answer from its records' results.
+// refusal is a record of a partition that the partition is refused for.
+type refusal struct {
+	index  int // in the partition's batch
+	reason record.Reason
+	msg    string
+}
+
+// unit checks a partition's records as one unit before any is sent, as
+// a broker validates a batch whole: a header only Spillway sets, the
+// validation rules of the topic the client named, Kafka's record size.
+// It returns the records refused, in order; none: the partition may be
+// sent. (Access rights and rate limits are the same for all the records
+// of a partition, and delivery applies them to all alike.)
+func (c *conn) unit(topic string, recs []record.Record) []refusal {
+	var out []refusal
+	for i := range recs {
+		r := &recs[i]
+		var err error
+		if h, ok := ownHeader(r.Headers); ok {
+			err = record.Errorf(record.ReasonInvalid, "the record header %q is Spillway's own (the record's id, set by Spillway): a client may not set it", h)
+		} else if c.s.o.Validate != nil {
+			err = c.s.o.Validate(topic, r)
+		}
+		if err == nil && c.s.o.MaxRecordBytes > 0 && r.Size() > c.s.o.MaxRecordBytes {
+			err = record.Errorf(record.ReasonTooLarge, "record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", r.Size(), c.s.o.MaxRecordBytes)
+		}
+		if err != nil {
+			out = append(out, refusal{index: i, reason: record.ReasonOf(err), msg: record.ClientMessage(err)})
+		}
+	}
+	return out
+}
+
+// ownHeader returns the first of headers that only Spillway sets, in any
+// letter case (as delivery checks it).
+func ownHeader(headers []record.Header) (string, bool) {
+	for _, h := range headers {
+		if strings.EqualFold(h.Key, record.IDHeader) {
+			return h.Key, true
+		}
+	}
+	return "", false
+}
+
+// refuse answers a partition refused whole for refused, as Kafka answers
+// a batch it refuses from Produce v8: the first refusal's error, and
+// each refused record's batch index and message (record errors); n is
+// the batch's records, none of them stored.
+func refuse(rp *kmsg.ProduceResponseTopicPartition, refused []refusal, n int) {
+	rp.BaseOffset = -1
+	rp.ErrorCode = errorCode(refused[0].reason)
+	msg := refused[0].msg
+	if n > 1 {
+		msg = fmt.Sprintf("record %d of this batch of %d: %s; none of the %d was stored", refused[0].index, n, refused[0].msg, n)
+	}
+	if len(refused) > 1 {
+		msg = fmt.Sprintf("%d records of this batch of %d were refused, the first, record %d: %s; none of the %d was stored", len(refused), n, refused[0].index, refused[0].msg, n)
+	}
+	rp.ErrorMessage = ptr(msg)
+	for _, r := range refused {
+		er := kmsg.NewProduceResponseTopicPartitionErrorRecord()
+		er.RelativeOffset = int32(r.index)
+		er.ErrorMessage = ptr(r.msg)
+		rp.ErrorRecords = append(rp.ErrorRecords, er)
+	}
+}
+
+// answer sets a partition's answer from its records' results: its base
+// offset is its first record's when all were delivered, -1 when any was
+// buffered; a failed record's error, with its index, when any failed.
+// The partition was checked whole before it was sent (unit), so a record
+// fails alone only when Kafka and then the buffer did not take it: when
+// others were stored, the error is a retriable one whatever the
+// record's, so that the client sends the batch again rather than give up
+// on records half stored.
 func answer(rp *kmsg.ProduceResponseTopicPartition, results []record.Result) {
 	rp.BaseOffset = -1
-	buffered := false
+	buffered, stored := false, false
+	failed := -1
 	for i, r := range results {
 		switch r.Outcome {
 		case record.Failed:
-			rp.ErrorCode = errorCode(record.ReasonOf(r.Err))
-			rp.ErrorMessage = ptr(record.ClientMessage(r.Err))
-			er := kmsg.NewProduceResponseTopicPartitionErrorRecord()
-			er.RelativeOffset = int32(i)
-			er.ErrorMessage = rp.ErrorMessage
-			rp.ErrorRecords = append(rp.ErrorRecords, er)
-			rp.BaseOffset = -1
-			return
+			if failed < 0 {
+				failed = i
+			}
 		case record.Buffered:
-			buffered = true
+			buffered, stored = true, true
 		case record.Delivered:
+			stored = true
 			if i == 0 {
 				rp.BaseOffset = r.Offset
 			}
 		}
+	}
+	if failed >= 0 {
+		r := results[failed]
+		reason := record.ReasonOf(r.Err)
+		rp.ErrorCode = errorCode(reason)
+		rp.ErrorMessage = ptr(record.ClientMessage(r.Err))
+		if stored && !reason.Retriable() {
+			rp.ErrorCode = kerr.NotEnoughReplicas.Code
+		}
+		er := kmsg.NewProduceResponseTopicPartitionErrorRecord()
+		er.RelativeOffset = int32(failed)
+		er.ErrorMessage = rp.ErrorMessage
+		rp.ErrorRecords = append(rp.ErrorRecords, er)
+		rp.BaseOffset = -1
+		return
 	}
 	if buffered {
 		rp.BaseOffset = -1

@@ -31,7 +31,7 @@ func TestEveryReasonMapped(t *testing.T) {
 			}
 			rp := kmsg.NewProduceResponseTopicPartition()
 			answer(&rp, []record.Result{
-				{Outcome: record.Delivered, Offset: 7},
+				record.Fail("t", record.Errorf(reason, "failed for %s", reason)),
 				record.Fail("t", record.Errorf(reason, "failed for %s", reason)),
 			})
 			if got := kerr.ErrorForCode(rp.ErrorCode); got != want {
@@ -40,10 +40,28 @@ func TestEveryReasonMapped(t *testing.T) {
 			if rp.ErrorMessage == nil || *rp.ErrorMessage != "failed for "+string(reason) {
 				t.Errorf("error message %v; want the record's", rp.ErrorMessage)
 			}
-			if len(rp.ErrorRecords) != 1 || rp.ErrorRecords[0].RelativeOffset != 1 || rp.BaseOffset != -1 {
-				t.Errorf("error records %+v, base offset %d; want record 1, -1", rp.ErrorRecords, rp.BaseOffset)
+			if len(rp.ErrorRecords) != 1 || rp.ErrorRecords[0].RelativeOffset != 0 || rp.BaseOffset != -1 {
+				t.Errorf("error records %+v, base offset %d; want record 0, -1", rp.ErrorRecords, rp.BaseOffset)
 			}
 		})
+	}
+}
+
+// TestPartlyStoredIsRetriable: a partition some of whose records were
+// stored while another failed is answered with a retriable error, even
+// when the record's reason is not, naming the failed record, so that the
+// client sends the batch again rather than drop records half stored.
+func TestPartlyStoredIsRetriable(t *testing.T) {
+	rp := kmsg.NewProduceResponseTopicPartition()
+	answer(&rp, []record.Result{
+		{Outcome: record.Buffered, Offset: -1},
+		record.Fail("t", record.Errorf(record.ReasonInvalid, "refused")),
+	})
+	if got := kerr.ErrorForCode(rp.ErrorCode); got != kerr.NotEnoughReplicas {
+		t.Errorf("answered %v; want NOT_ENOUGH_REPLICAS (retriable)", got)
+	}
+	if len(rp.ErrorRecords) != 1 || rp.ErrorRecords[0].RelativeOffset != 1 || rp.BaseOffset != -1 {
+		t.Errorf("error records %+v, base offset %d; want record 1, -1", rp.ErrorRecords, rp.BaseOffset)
 	}
 }
 
