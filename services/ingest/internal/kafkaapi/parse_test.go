@@ -85,6 +85,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add(produceRequest(3, batch(f, 0, one)))
 	f.Add(produceRequest(9, batch(f, 1, one, one, one)))
 	f.Add(produceRequest(12, append(batch(f, 0, one), batch(f, 1, one)...)))
+	f.Add(produceRequest(8, idempotentBatch(f, 1<<40, 2, 1<<31-2, one, one, one)))
 	api := kmsg.NewPtrApiVersionsRequest()
 	api.Version, api.ClientSoftwareName, api.ClientSoftwareVersion = 3, "librdkafka", "2.0.2"
 	f.Add(kmsg.NewRequestFormatter().AppendRequest(nil, api, 1)[4:])
@@ -100,9 +101,12 @@ func FuzzParseRequest(f *testing.F) {
 		for _, tp := range p.Topics {
 			for _, pp := range tp.Partitions {
 				left, room := 3, 4096
-				recs, _, perr := parseRecords(pp.Records, tp.Topic, pp.Partition, &left, &room, 3, 4096)
+				recs, idem, perr := parseRecords(pp.Records, tp.Topic, pp.Partition, &left, &room, 3, 4096)
 				if perr != nil {
 					continue
+				}
+				if idem != nil && (idem.producerID < 0 || idem.first < 0 || idem.last < 0) {
+					t.Fatalf("an idempotent batch taken with %+v", *idem)
 				}
 				if len(recs) > 3 || left < 0 || room < 0 {
 					t.Fatalf("%d records parsed under a bound of 3 (left %d), room %d", len(recs), left, room)
