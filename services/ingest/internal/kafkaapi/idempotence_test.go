@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,4 +120,40 @@ func TestIdempotentProducersBounded(t *testing.T) {
 	assert.Equal(t, int64(2), kept.BaseOffset, "producer 3 is remembered: its retry is a duplicate")
 	forgot := idempotentProduce(t, cl, "orders", 1, 0, 0, "1", 1)
 	assert.Equal(t, int64(3), forgot.BaseOffset, "producer 1 was forgotten: its retry is stored again")
+}
+
+// TestIdempotentResendWhileTheFirstIsOnItsWay: a batch sent again on a
+// new connection while the first try is still waiting for Kafka (which
+// takes 2 s a produce here) waits for the first try's answer and gets
+// it, rather than being sent a second time: Kafka holds the batch once.
+func TestIdempotentResendWhileTheFirstIsOnItsWay(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 1)
+	in := ingesttest.Start(t, addr)
+	var slow atomic.Bool
+	slow.Store(true)
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if slow.Load() {
+			c.SleepControl(func() { time.Sleep(2 * time.Second) }) // the broker's delay
+		}
+		return nil, nil, false
+	})
+	first, again := kgoClient(t, in.Kafka), kgoClient(t, in.Kafka) // two connections
+	const pid = 77
+	answered := make(chan kmsg.ProduceResponseTopicPartition, 1)
+	go func() { answered <- idempotentProduce(t, first, "orders", pid, 0, 0, "a", 3) }()
+	require.Eventually(t, func() bool {
+		return ingesttest.Metric(t, in.Monitor, `spillway_records_in_flight`) == 3
+	}, 5*time.Second, 10*time.Millisecond, "the first try on its way")
+	resent := idempotentProduce(t, again, "orders", pid, 0, 0, "a", 3)
+	orig := <-answered
+	slow.Store(false)
+	require.Equal(t, int16(0), orig.ErrorCode, "%v", kerr.ErrorForCode(orig.ErrorCode))
+	require.Equal(t, int16(0), resent.ErrorCode, "%v", kerr.ErrorForCode(resent.ErrorCode))
+	assert.Equal(t, orig.BaseOffset, resent.BaseOffset, "the resend gets the first try's answer")
+	after := idempotentProduce(t, first, "orders", pid, 0, 3, "b", 1)
+	require.Equal(t, int16(0), after.ErrorCode)
+	assert.Equal(t, int64(3), after.BaseOffset, "the batch after is stored right after the first, once")
+	assert.Len(t, kafkatest.Consume(t, addr, "orders", 4, 10*time.Second), 4)
 }
