@@ -38,6 +38,23 @@ const (
 	ModeDisable  WALMode = "disable"  // never the buffer; Kafka's failure reaches the client
 )
 
+// Order is producer.order: what Spillway keeps of a partition's order
+// when records pass through the buffer.
+type Order string
+
+// The producer.order values.
+const (
+	// OrderPartition keeps each partition's order (so each key's): a
+	// partition that spilled stays behind its buffered records until they
+	// are delivered, and the drains deliver a partition's records in buffer
+	// order, one batch per partition in flight.
+	OrderPartition Order = "partition"
+	// OrderNone is the lowest latency after an outage: records go straight
+	// to Kafka as soon as it answers, while the buffered ones are drained
+	// beside them, by concurrent workers; a key's records may be reordered.
+	OrderNone Order = "none"
+)
+
 // Config is the whole configuration of a Spillway service.
 type Config struct {
 	Server   Server
@@ -189,6 +206,7 @@ type Producer struct {
 	CB     Breaker
 	Resend Resend
 	WAL    WAL
+	Order  Order // what is kept of a partition's order through the buffer
 }
 
 // Breaker configures the circuit breaker in front of Kafka (see
@@ -225,7 +243,7 @@ type WAL struct {
 	DisableTopics []string
 
 	Stream         string        // the JetStream stream's name
-	SubjectPrefix  string        // subjects are PREFIX.wal.TOPIC, PREFIX.spill.TOPIC, PREFIX.dlq.TOPIC
+	SubjectPrefix  string        // subjects are PREFIX.wal.TOPIC.PARTITION, PREFIX.spill.TOPIC.PARTITION, PREFIX.dlq.TOPIC
 	Listen         string        // the embedded server's client listener
 	NATS           NATS          // an external JetStream; no embedded server when URLs are set
 	Replicas       int           // stream replicas (3 on an external cluster)

@@ -75,6 +75,7 @@ func options(c *Config) []option {
 		{"producer.cb.max_wait", "4s", bind(&p.CB.MaxWait, positiveDuration)},
 		{"producer.resend.period", "33s", bind(&p.Resend.Period, (*getter).duration)},
 		{"producer.resend.rate_limit", 10000, bind(&p.Resend.RateLimit, (*getter).rate)},
+		{"producer.order", string(OrderPartition), bind(&p.Order, oneOf(OrderPartition, OrderNone))},
 		{"producer.wal.mode", string(ModeFallback), bind(&w.Mode, oneOf(ModeFallback, ModeAlways, ModeDisable))},
 		{"producer.wal.in_memory", false, bind(&w.InMemory, (*getter).boolean)},
 		{"producer.wal.path", "data/wal", bind(&w.Path, (*getter).str)},

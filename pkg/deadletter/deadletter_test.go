@@ -144,7 +144,7 @@ func TestMoveBackIntoTheBuffer(t *testing.T) {
 	// The primary's two and the mirror's one.
 	assert.Equal(t, MoveResult{Moved: 3}, res)
 
-	spilled := spilltest.Messages(t, e.js, e.wal.Stream, subjects.For(spill.Spilled, "orders"), 3)
+	spilled := spilltest.Messages(t, e.js, e.wal.Stream, subjects.For(spill.Spilled, "orders")+".>", 3)
 	require.Len(t, spilled, 3) // s1, then a1 and a2
 	var ids []string
 	for _, m := range spilled {

@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
@@ -108,7 +109,7 @@ func (e *env) runLogged(t *testing.T, logs *logLines) {
 	require.NoError(t, err)
 	d, err := New(t.Context(), Options{
 		JS: e.js, WAL: e.cfg.Producer.WAL, Kind: Forwarder.Kind, Consumer: Forwarder.Name, Producer: p,
-		Breaker: e.cfg.Producer.CB, BatchSize: 100, Metrics: e.metrics,
+		Breaker: e.cfg.Producer.CB, BatchSize: 100, Ordered: e.cfg.Producer.Order == config.OrderPartition, Metrics: e.metrics,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 	})
 	require.NoError(t, err)

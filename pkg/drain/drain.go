@@ -57,6 +57,14 @@ type Options struct {
 	BatchSize int
 	// Workers is how many batches are in flight at once (default 4).
 	Workers int
+	// Ordered keeps each partition's order (producer.order partition):
+	// one batch per partition in flight, failures retried in place, one
+	// replica draining at a time (the holder of the consumer's lease).
+	// Period is then unused: the drain reads the buffer whenever the
+	// breaker lets it.
+	Ordered bool
+	// Holder names this replica in the lease (ordered only).
+	Holder  string
 	Metrics *Metrics
 	Logger  *slog.Logger
 	// TracerProvider and Propagators trace each record's hop; none when nil.
@@ -68,7 +76,9 @@ type Options struct {
 type Drainer struct {
 	opts     Options
 	tracer   trace.Tracer
-	consumer jetstream.Consumer
+	consMu   sync.Mutex
+	consumer jetstream.Consumer // made again when the ordered drain takes its lease
+	lease    *lease             // ordered only
 	stream   jetstream.Stream
 	subjects spill.Subjects
 	limiter  *rate.Limiter
@@ -98,18 +108,19 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", o.WAL.Stream, err)
 	}
-	consumer, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       o.Consumer,
-		Description:   "Spillway " + o.Consumer + ": carries buffered records to Kafka",
-		FilterSubject: subjects.All(o.Kind),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       o.WAL.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: 2 * o.Workers * o.BatchSize,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	d0 := &Drainer{opts: o, subjects: subjects}
+	consumer, err := stream.CreateOrUpdateConsumer(ctx, d0.consumerConfig())
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", o.Consumer, err)
+	}
+	var l *lease
+	if o.Ordered {
+		if o.Holder == "" {
+			o.Holder = o.Consumer
+		}
+		if l, err = openLease(ctx, o.JS, o.WAL, o.Consumer, o.Holder); err != nil {
+			return nil, err
+		}
 	}
 	limit, burst := rate.Inf, o.BatchSize
 	if o.RateLimit > 0 {
@@ -120,6 +131,7 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 		opts:     o,
 		tracer:   o.TracerProvider.Tracer("github.com/spillway/spillway/pkg/drain"),
 		consumer: consumer,
+		lease:    l,
 		stream:   stream,
 		subjects: subjects,
 		limiter:  rate.NewLimiter(limit, burst),
@@ -144,9 +156,43 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	return d, nil
 }
 
+// consumerConfig is the durable consumer's configuration.
+func (d *Drainer) consumerConfig() jetstream.ConsumerConfig {
+	o := d.opts
+	maxAckPending := 2 * o.Workers * o.BatchSize
+	if o.Ordered {
+		maxAckPending = d.maxHeld() + o.BatchSize
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       o.Consumer,
+		Description:   "Spillway " + o.Consumer + ": carries buffered records to Kafka",
+		FilterSubject: d.subjects.All(o.Kind),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.WAL.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: maxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+}
+
+func (d *Drainer) currentConsumer() jetstream.Consumer {
+	d.consMu.Lock()
+	defer d.consMu.Unlock()
+	return d.consumer
+}
+
+func (d *Drainer) setConsumer(c jetstream.Consumer) {
+	d.consMu.Lock()
+	defer d.consMu.Unlock()
+	d.consumer = c
+}
+
 // Run drains until ctx ends. A batch already fetched is finished (its
 // records produced and acknowledged) before Run returns.
 func (d *Drainer) Run(ctx context.Context) error {
+	if d.opts.Ordered {
+		return d.runOrdered(ctx)
+	}
 	go d.observe(ctx)
 	if d.opts.Period == 0 {
 		d.drainConcurrently(ctx)
@@ -202,7 +248,7 @@ func (d *Drainer) drain(ctx context.Context) {
 		// passed go unread, and unacknowledged until ack_wait (up to 400
 		// of 3000 records, 1 run in 6 under -race). Shutdown waits for at
 		// most this one fetch.
-		batch, err := d.consumer.Fetch(n, jetstream.FetchMaxWait(wait))
+		batch, err := d.currentConsumer().Fetch(n, jetstream.FetchMaxWait(wait))
 		if err != nil {
 			if ctx.Err() == nil {
 				d.opts.Logger.Warn("fetch from the buffer failed", "error", err)
@@ -244,7 +290,7 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 	for _, msg := range msgs {
 		r, err := spill.Decode(msg.Data())
 		if err != nil {
-			d.deadLetter(ctx, msg, "", record.ReasonInvalid, "the buffered message is not a Spillway record: "+err.Error())
+			d.deadLetter(ctx, msg, "", record.ReasonInvalid, "the buffered message is not a Spillway record: "+err.Error(), true)
 			continue
 		}
 		recs = append(recs, r)
@@ -287,7 +333,7 @@ func (d *Drainer) deliver(ctx context.Context, msgs []jetstream.Msg) bool {
 			}
 			drained[recs[i].Topic]++
 		case reason.InRecord():
-			d.deadLetter(ctx, msg, recs[i].Topic, reason, r.Err.Error())
+			d.deadLetter(ctx, msg, recs[i].Topic, reason, r.Err.Error(), true)
 		default:
 			// A condition that heals: the record stays buffered and is
 			// tried again with backoff.
@@ -311,9 +357,10 @@ func retryDelay(msg jetstream.Msg) time.Duration {
 }
 
 // deadLetter moves msg to the dead-letter subject with its reason in a
-// header, then acknowledges it. If the dead letter cannot be stored the
-// message is sent again later: nothing is dropped.
-func (d *Drainer) deadLetter(ctx context.Context, msg jetstream.Msg, topic string, reason record.Reason, detail string) {
+// header, then acknowledges it, and says whether it did. If the dead
+// letter cannot be stored nothing is dropped: with nak the message is
+// sent again later, else the caller keeps it.
+func (d *Drainer) deadLetter(ctx context.Context, msg jetstream.Msg, topic string, reason record.Reason, detail string, nak bool) bool {
 	dl := &nats.Msg{
 		Subject: d.subjects.For(d.opts.DeadLetter, topic),
 		Data:    msg.Data(),
@@ -327,14 +374,17 @@ func (d *Drainer) deadLetter(ctx context.Context, msg jetstream.Msg, topic strin
 	}
 	if _, err := d.opts.JS.PublishMsg(ctx, dl); err != nil {
 		d.opts.Logger.Error("cannot store a dead letter; the record stays buffered", "topic", topic, "error", err)
-		_ = msg.NakWithDelay(10 * time.Second)
-		return
+		if nak {
+			_ = msg.NakWithDelay(10 * time.Second)
+		}
+		return false
 	}
 	if err := msg.Ack(); err != nil {
 		d.opts.Logger.Warn("ack of a dead-lettered record failed", "error", err)
 	}
 	d.opts.Metrics.deadLettered.WithLabelValues(d.opts.Consumer, string(reason)).Inc()
 	d.opts.Logger.Warn("record dead-lettered", "topic", topic, "reason", reason, "detail", detail, "subject", dl.Subject)
+	return true
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -66,7 +66,7 @@ func (e *env) run(t *testing.T, role Role, rateLimit float64, period time.Durati
 	require.NoError(t, err)
 	d, err := New(t.Context(), Options{
 		JS: e.js, WAL: e.cfg.Producer.WAL, Kind: role.Kind, Consumer: role.Name, Producer: p,
-		RateLimit: rateLimit, Period: period, Breaker: e.cfg.Producer.CB, BatchSize: 100,
+		RateLimit: rateLimit, Period: period, Breaker: e.cfg.Producer.CB, BatchSize: 100, Ordered: e.cfg.Producer.Order == config.OrderPartition,
 		Metrics: e.metrics, Logger: discard,
 	})
 	require.NoError(t, err)

@@ -95,7 +95,7 @@ func (d *Drainer) refresh(ctx context.Context, m *Metrics) {
 		m.streamMsgs.Set(float64(si.State.Msgs))
 		m.streamBytes.Set(float64(si.State.Bytes))
 	}
-	ci, err := d.consumer.Info(ctx)
+	ci, err := d.currentConsumer().Info(ctx)
 	if err != nil {
 		return
 	}

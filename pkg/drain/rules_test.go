@@ -198,10 +198,13 @@ func TestRetryBacksOff(t *testing.T) {
 	})
 	// One produce request per attempt (no retries inside the producer), and
 	// a breaker that stays closed, so that only the drain's backoff acts.
-	e := setup(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=100")
+	// producer.order none: the concurrent drain, which gives a failed
+	// record back to JetStream (the ordered one keeps it in place:
+	// TestOrderedDrainKeepsEachKeysOrder).
+	e := setup(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=100", "SPILLWAY_PRODUCER_ORDER=none")
 	acks := newWatchAcks(t, e, "SPILLWAY", Resender.Name)
 	e.spill(t, spill.Spilled, record.Record{ID: "retry-me", Topic: "flaky", Key: []byte("k"), Value: []byte("the value"), Partition: record.AnyPartition})
-	seq := lastSeq(t, e.js, "spillway.spill.flaky")
+	seq := lastSeq(t, e.js, "spillway.spill.flaky.any")
 	e.run(t, Resender, 0, 50*time.Millisecond)
 
 	require.Eventually(t, func() bool {
@@ -234,12 +237,21 @@ func TestRetryBacksOff(t *testing.T) {
 // (too large) whose dead letter the stream refuses (it is full) is not
 // acknowledged: it stays in the stream, to be tried again, and is not
 // counted as dead-lettered. The other record of the round is delivered.
+// The concurrent drain (producer.order none) gives the message back for
+// later; the ordered one keeps it in its place, neither acknowledged nor
+// given back.
 func TestUnstorableDeadLetterStaysBuffered(t *testing.T) {
+	for _, order := range []string{"none", "partition"} {
+		t.Run(order, func(t *testing.T) { testUnstorableDeadLetter(t, order) })
+	}
+}
+
+func testUnstorableDeadLetter(t *testing.T, order string) {
 	_, addr := kafkatest.NewCluster(t)
-	e := setup(t, addr, "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=50")
+	e := setup(t, addr, "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=50", "SPILLWAY_PRODUCER_ORDER="+order)
 	e.spill(t, spill.Spilled, record.Record{ID: "big", Topic: "t", Value: make([]byte, 2000), Partition: record.AnyPartition})
 	e.spill(t, spill.Spilled, record.Record{ID: "small", Topic: "ok", Value: []byte("fits"), Partition: record.AnyPartition})
-	bigSeq := lastSeq(t, e.js, "spillway.spill.t")
+	bigSeq := lastSeq(t, e.js, "spillway.spill.t.any")
 
 	// The stream is full: no room for a dead letter, even once the small
 	// record has left it.
@@ -263,12 +275,20 @@ func TestUnstorableDeadLetterStaysBuffered(t *testing.T) {
 	dl, err := attempts.NextMsg(10 * time.Second)
 	require.NoError(t, err, "the drain tries to store the dead letter")
 	assert.Equal(t, "spillway.dlq.t", dl.Subject)
-	require.Eventually(t, func() bool { return len(acks.of(bigSeq)) > 0 }, 10*time.Second, 10*time.Millisecond, "the drain answers the message")
-	assert.Never(t, func() bool {
-		return slices.ContainsFunc(acks.of(bigSeq), func(a jsAck) bool { return a.kind != "-NAK" })
-	}, time.Second, 20*time.Millisecond, "the message is only given back, never acknowledged or terminated")
-	for _, a := range acks.of(bigSeq) {
-		assert.Positive(t, a.delay, "given back for later: %+v", a)
+	if order == "none" {
+		require.Eventually(t, func() bool { return len(acks.of(bigSeq)) > 0 }, 10*time.Second, 10*time.Millisecond, "the drain answers the message")
+		assert.Never(t, func() bool {
+			return slices.ContainsFunc(acks.of(bigSeq), func(a jsAck) bool { return a.kind != "-NAK" })
+		}, time.Second, 20*time.Millisecond, "the message is only given back, never acknowledged or terminated")
+		for _, a := range acks.of(bigSeq) {
+			assert.Positive(t, a.delay, "given back for later: %+v", a)
+		}
+	} else {
+		_, err := attempts.NextMsg(10 * time.Second)
+		require.NoError(t, err, "the drain tries again to store the dead letter, in place")
+		assert.Never(t, func() bool {
+			return slices.ContainsFunc(acks.of(bigSeq), func(a jsAck) bool { return a.kind != "+WPI" })
+		}, time.Second, 20*time.Millisecond, "the message is kept, never acknowledged, given back or terminated")
 	}
 
 	m, err := s.GetMsg(t.Context(), bigSeq)

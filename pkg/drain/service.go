@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -113,6 +114,8 @@ func NewService(ctx context.Context, o ServiceOptions) (_ *Service, err error) {
 		RateLimit: rateLimit,
 		Period:    period,
 		Breaker:   cfg.Producer.CB,
+		Ordered:   cfg.Producer.Order == config.OrderPartition,
+		Holder:    holderName(),
 		Metrics:   NewMetrics(o.Registry, cfg.Server.Monitoring.MaxTopicLabels),
 		Logger:    o.Logger,
 	}
@@ -191,6 +194,12 @@ func (s *Service) newDrainer(ctx context.Context, o Options) (d *Drainer, err er
 		return err
 	})
 	return d, err
+}
+
+// holderName names this replica in a drain's lease: its host and process.
+func holderName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", host, os.Getpid())
 }
 
 // MonitorAddr is the monitoring port's bound address.

@@ -34,7 +34,9 @@ func (d *Drainer) startSpans(ctx context.Context, msgs []jetstream.Msg, recs []r
 	for i := range recs {
 		carrier := telemetry.RecordCarrier{Record: &recs[i]}
 		parent := d.opts.Propagators.Extract(ctx, carrier)
-		cctx, consume := d.tracer.Start(parent, "process "+msgs[i].Subject(), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		// Named after the topic's subject, without the partition token:
+		// a span name of bounded variety.
+		cctx, consume := d.tracer.Start(parent, "process "+d.subjects.For(d.opts.Kind, recs[i].Topic), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 			semconv.MessagingSystemKey.String("nats"), semconv.MessagingOperationTypeProcess, semconv.MessagingOperationName("process"),
 			semconv.MessagingDestinationName(msgs[i].Subject()), semconv.MessagingMessageID(recs[i].ID),
 			semconv.MessagingConsumerGroupName(d.opts.Consumer),

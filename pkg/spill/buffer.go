@@ -172,6 +172,7 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 	// Records of a batch mostly share a topic: its subject and header
 	// value are made once per run of records of one topic.
 	var topic, subject string
+	var partition int32
 	var topicHeader, reasonHeader []string
 	dead := kind.deadLetter()
 	if dead {
@@ -186,8 +187,11 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 			batch.answer(i, errNotSent)
 			continue
 		}
-		if subject == "" || r.Topic != topic {
-			topic, subject, topicHeader = r.Topic, b.subjects.For(kind, r.Topic), []string{r.Topic}
+		if subject == "" || r.Topic != topic || r.Partition != partition {
+			if r.Topic != topic || topicHeader == nil {
+				topicHeader = []string{r.Topic}
+			}
+			topic, partition, subject = r.Topic, r.Partition, b.subjects.ForRecord(kind, r.Topic, r.Partition)
 		}
 		// The message id makes a publish retried within the stream's
 		// duplicate window count once.

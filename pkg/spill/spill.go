@@ -5,6 +5,7 @@
 package spill
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,6 +64,34 @@ func (s Subjects) For(kind Kind, topic string) string {
 		topic = NoTopic
 	}
 	return s.Prefix + "." + string(kind) + "." + strings.ReplaceAll(topic, ".", "%2E")
+}
+
+// ForRecord is the subject of a record of kind for topic and partition.
+// Records written ahead or spilled carry their partition as one more
+// token, PREFIX.KIND.TOPIC.PARTITION ("any" when the partitioner chooses
+// it at delivery), so that a partition's backlog is one subject: what the
+// drains order by, and what an ingest looks up to know whether the
+// partition still has buffered records. Other kinds keep
+// PREFIX.KIND.TOPIC. Records buffered before the partition token (the
+// older PREFIX.KIND.TOPIC) are matched by the same filters and drained
+// the same way: the drains read a record's partition from the record.
+func (s Subjects) ForRecord(kind Kind, topic string, partition int32) string {
+	if kind != WriteAhead && kind != Spilled {
+		return s.For(kind, topic)
+	}
+	return s.For(kind, topic) + "." + PartitionToken(partition)
+}
+
+// AnyPartitionToken is the partition token of a record whose partition is
+// chosen when it is delivered.
+const AnyPartitionToken = "any"
+
+// PartitionToken is a partition's subject token.
+func PartitionToken(partition int32) string {
+	if partition < 0 {
+		return AnyPartitionToken
+	}
+	return strconv.FormatInt(int64(partition), 10)
 }
 
 // NoTopic is the last subject token of a message whose topic is unknown
