@@ -215,11 +215,26 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 		msgs[i] = nats.Msg{Subject: subject, Data: arena[start:len(arena):len(arena)], Header: h}
 		b.pub.publish(batch, i, &msgs[i])
 	}
-	deadline := time.NewTimer(b.timeout)
-	defer deadline.Stop()
+	// Half-way to the deadline, what JetStream has not acknowledged is
+	// published again under the same message id: if JetStream stored it
+	// and its acknowledgement was lost or is late, it drops the copy and
+	// acknowledges it, and the record is answered buffered, where a 503
+	// would make its client send it again and store a second copy under
+	// another spillway-id.
+	start := time.Now()
+	half := time.NewTimer(b.timeout / 2)
+	defer half.Stop()
 	select {
 	case <-batch.done:
-	case <-deadline.C:
+	case <-half.C:
+		b.pub.repeat(batch)
+		deadline := time.NewTimer(b.timeout - time.Since(start))
+		defer deadline.Stop()
+		select {
+		case <-batch.done:
+		case <-deadline.C:
+		case <-ctx.Done():
+		}
 	case <-ctx.Done():
 	}
 	// An answer that came by the deadline still counts.
@@ -230,7 +245,7 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 		switch {
 		case e.err == errNotSent:
 		case !e.answered:
-			results[i] = record.Fail(recs[i].Topic, &record.Error{Reason: record.ReasonUnavailable, Message: "the buffer (JetStream) did not acknowledge the record in time"})
+			results[i] = record.Fail(recs[i].Topic, &record.Error{Reason: record.ReasonUnavailable, Message: ErrOutcomeUnknown})
 		case e.err != nil:
 			results[i] = record.Fail(recs[i].Topic, classify(e.err))
 		default:
@@ -239,6 +254,11 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 	}
 	return results
 }
+
+// ErrOutcomeUnknown is the message of a record whose publish, and its
+// repeat under the same message id, JetStream did not acknowledge by
+// producer.wal.publish_timeout: it may be stored or not.
+const ErrOutcomeUnknown = "the buffer (JetStream) acknowledged neither the record nor its repeat under the same id in time (producer.wal.publish_timeout): it may be stored or not, the outcome is unknown; a retry may store it twice"
 
 // errNotSent answers a record Publish could not encode: its result is set.
 var errNotSent = errors.New("not sent")

@@ -51,6 +51,8 @@ type pubEntry struct {
 	index    int
 	msg      *nats.Msg
 	token    uint64
+	again    *nats.Msg // the publish repeated under the same message id (repeat)
+	token2   uint64    // its reply token
 	retries  int
 	answered bool
 	err      error
@@ -172,8 +174,54 @@ func (p *publisher) register(e *pubEntry) error {
 func (p *publisher) forget(e *pubEntry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.removeEntry(e)
+}
+
+// removeEntry deletes e's tokens from pending; p.mu is held.
+func (p *publisher) removeEntry(e *pubEntry) {
 	if p.pending[e.token] == e {
 		p.remove(e.token)
+	}
+	if e.again != nil && p.pending[e.token2] == e {
+		p.remove(e.token2)
+	}
+}
+
+// repeat publishes again, under the same message id and a reply token of
+// its own, each message of the batch that was sent and is not answered
+// yet: when JetStream stored the first and its acknowledgement was lost
+// or is late, it drops the copy as a duplicate (within the stream's
+// duplicate window) and acknowledges it; either acknowledgement answers
+// the message. Each message is repeated once.
+func (p *publisher) repeat(b *pubBatch) {
+	var again []*pubEntry
+	b.mu.Lock()
+	for i := range b.entries {
+		e := &b.entries[i]
+		if !e.answered && e.msg != nil {
+			again = append(again, e)
+		}
+	}
+	b.mu.Unlock()
+	for _, e := range again {
+		p.mu.Lock()
+		if p.pending[e.token] != e || e.again != nil { // answered, or repeated, meanwhile
+			p.mu.Unlock()
+			continue
+		}
+		e.token2 = p.next
+		p.next++
+		e.again = &nats.Msg{Subject: e.msg.Subject, Data: e.msg.Data, Header: e.msg.Header, Reply: p.prefix + strconv.FormatUint(e.token2, 36)}
+		p.pending[e.token2] = e
+		msg := e.again
+		p.mu.Unlock()
+		if err := p.nc.PublishMsg(msg); err != nil {
+			p.mu.Lock()
+			if p.pending[e.token2] == e {
+				p.remove(e.token2)
+			}
+			p.mu.Unlock()
+		}
 	}
 }
 
@@ -192,8 +240,8 @@ func (p *publisher) finish(b *pubBatch) {
 	defer p.mu.Unlock()
 	for i := range b.entries {
 		e := &b.entries[i]
-		if e.msg != nil && p.pending[e.token] == e {
-			p.remove(e.token)
+		if e.msg != nil {
+			p.removeEntry(e)
 		}
 	}
 }
@@ -203,8 +251,11 @@ func (p *publisher) failAll(err error) {
 	p.mu.Lock()
 	var failed []*pubEntry
 	for token, e := range p.pending {
+		if p.pending[token] != e {
+			continue // removed with its entry's other token
+		}
 		failed = append(failed, e)
-		p.remove(token)
+		p.removeEntry(e)
 	}
 	p.mu.Unlock()
 	for _, e := range failed {
@@ -232,12 +283,12 @@ func (p *publisher) ack(m *nats.Msg) {
 			time.AfterFunc(noRespondWait, func() { p.resend(e, token) })
 			return
 		}
-		p.remove(token)
+		p.removeEntry(e)
 		p.mu.Unlock()
 		e.batch.answer(e.index, jetstream.ErrNoStreamResponse)
 		return
 	}
-	p.remove(token)
+	p.removeEntry(e)
 	p.mu.Unlock()
 	e.batch.answer(e.index, parseAck(m.Data))
 }
@@ -251,7 +302,11 @@ func (p *publisher) resend(e *pubEntry, token uint64) {
 	if !waiting {
 		return
 	}
-	if err := p.nc.PublishMsg(e.msg); err != nil {
+	msg := e.msg
+	if e.again != nil && token == e.token2 {
+		msg = e.again
+	}
+	if err := p.nc.PublishMsg(msg); err != nil {
 		p.forget(e)
 		e.batch.answer(e.index, err)
 	}
