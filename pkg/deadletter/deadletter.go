@@ -241,7 +241,9 @@ func (s *Store) move(ctx context.Context, l *Letter) error {
 	if l.Mirror != "" {
 		kind = spill.Mirror(l.Mirror)
 	}
-	subject := s.subjects.ForRecord(kind, l.Topic, l.Record.Partition)
+	rec := l.Record
+	rec.Topic = l.Topic
+	subject := s.subjects.ForRecord(kind, &rec)
 	if err := s.publishCopy(ctx, l, subject); err != nil {
 		return fmt.Errorf("put dead letter %d back on %s (it stays a dead letter): %w", l.Seq, subject, err)
 	}

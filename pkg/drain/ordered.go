@@ -3,7 +3,6 @@ package drain
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"sync/atomic"
 	"time"
 
@@ -28,25 +27,13 @@ import (
 // on taking the lease it makes the consumer again, so that delivery
 // restarts from the first record not acknowledged, in buffer order.
 
-// keyLanes is how many lanes the records of one topic without a partition
-// are spread over by their key's hash.
-const keyLanes = 256
-
-// laneKey names a lane: a topic's partition, or a key hash's.
+// laneKey names a lane: a topic and its lane token (spill.Lane).
 type laneKey struct {
-	topic     string
-	partition int32  // -1: by key hash
-	bucket    uint32 // the key hash's lane, when partition is -1
+	topic string
+	lane  string
 }
 
-func laneOf(r *record.Record) laneKey {
-	if r.Partition >= 0 {
-		return laneKey{topic: r.Topic, partition: r.Partition}
-	}
-	h := fnv.New32a()
-	_, _ = h.Write(r.Key)
-	return laneKey{topic: r.Topic, partition: -1, bucket: h.Sum32() % keyLanes}
-}
+func laneOf(r *record.Record) laneKey { return laneKey{topic: r.Topic, lane: spill.Lane(r)} }
 
 // entry is one buffered record held by the ordered drain.
 type entry struct {
@@ -195,7 +182,25 @@ func (d *Drainer) fetchOrdered(ctx context.Context, o *orderer, in chan<- []jets
 			sleep(ctx, 50*time.Millisecond)
 			continue
 		}
-		batch, err := d.currentConsumer().Fetch(int(min(room, int64(d.opts.BatchSize))), jetstream.FetchMaxWait(time.Second))
+		// What is there now, at once; when nothing is, wait up to a second
+		// for the next record and take it as soon as it comes: a lane's
+		// backlog must empty promptly for the ingest to hand it back to
+		// Kafka, and a fetch of a whole batch would wait out its second.
+		c := d.currentConsumer()
+		batch, err := c.FetchNoWait(int(min(room, int64(d.opts.BatchSize))))
+		if err == nil {
+			var msgs []jetstream.Msg
+			for m := range batch.Messages() {
+				msgs = append(msgs, m)
+			}
+			if len(msgs) == 0 {
+				batch, err = c.Fetch(1, jetstream.FetchMaxWait(time.Second))
+			} else if !o.hand(ctx, in, msgs) {
+				return
+			} else {
+				continue
+			}
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				d.opts.Logger.Warn("fetch from the buffer failed", "error", err)
@@ -207,15 +212,21 @@ func (d *Drainer) fetchOrdered(ctx context.Context, o *orderer, in chan<- []jets
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 		}
-		if len(msgs) == 0 {
-			continue
+		if len(msgs) > 0 && !o.hand(ctx, in, msgs) {
+			return
 		}
-		o.held.Add(int64(len(msgs)))
-		select {
-		case in <- msgs:
-		case <-ctx.Done():
-			return // not acknowledged: the next holder reads them again
-		}
+	}
+}
+
+// hand gives fetched messages to the drain's loop; false when ctx ended
+// first (they are not acknowledged: the next holder reads them again).
+func (o *orderer) hand(ctx context.Context, in chan<- []jetstream.Msg, msgs []jetstream.Msg) bool {
+	o.held.Add(int64(len(msgs)))
+	select {
+	case in <- msgs:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -204,7 +204,7 @@ func TestRetryBacksOff(t *testing.T) {
 	e := setup(t, addr, "SPILLWAY_KAFKA_RETRIES=0", "SPILLWAY_PRODUCER_CB_FAILS=100", "SPILLWAY_PRODUCER_ORDER=none")
 	acks := newWatchAcks(t, e, "SPILLWAY", Resender.Name)
 	e.spill(t, spill.Spilled, record.Record{ID: "retry-me", Topic: "flaky", Key: []byte("k"), Value: []byte("the value"), Partition: record.AnyPartition})
-	seq := lastSeq(t, e.js, "spillway.spill.flaky.any")
+	seq := lastSeq(t, e.js, "spillway.spill.flaky.>")
 	e.run(t, Resender, 0, 50*time.Millisecond)
 
 	require.Eventually(t, func() bool {
@@ -251,7 +251,7 @@ func testUnstorableDeadLetter(t *testing.T, order string) {
 	e := setup(t, addr, "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=50", "SPILLWAY_PRODUCER_ORDER="+order)
 	e.spill(t, spill.Spilled, record.Record{ID: "big", Topic: "t", Value: make([]byte, 2000), Partition: record.AnyPartition})
 	e.spill(t, spill.Spilled, record.Record{ID: "small", Topic: "ok", Value: []byte("fits"), Partition: record.AnyPartition})
-	bigSeq := lastSeq(t, e.js, "spillway.spill.t.any")
+	bigSeq := lastSeq(t, e.js, "spillway.spill.t.>")
 
 	// The stream is full: no room for a dead letter, even once the small
 	// record has left it.

@@ -171,8 +171,7 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 	arena := make([]byte, 0, size)
 	// Records of a batch mostly share a topic: its subject and header
 	// value are made once per run of records of one topic.
-	var topic, subject string
-	var partition int32
+	var topic string
 	var topicHeader, reasonHeader []string
 	dead := kind.deadLetter()
 	if dead {
@@ -187,12 +186,10 @@ func (b *Buffer) Publish(ctx context.Context, kind Kind, recs []record.Record, r
 			batch.answer(i, errNotSent)
 			continue
 		}
-		if subject == "" || r.Topic != topic || r.Partition != partition {
-			if r.Topic != topic || topicHeader == nil {
-				topicHeader = []string{r.Topic}
-			}
-			topic, partition, subject = r.Topic, r.Partition, b.subjects.ForRecord(kind, r.Topic, r.Partition)
+		if r.Topic != topic || topicHeader == nil {
+			topic, topicHeader = r.Topic, []string{r.Topic}
 		}
+		subject := b.subjects.ForRecord(kind, r)
 		// The message id makes a publish retried within the stream's
 		// duplicate window count once.
 		h := nats.Header{nats.MsgIdHdr: []string{msgID(kind, r.ID)}}

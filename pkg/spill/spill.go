@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
 )
 
 // Kind is what a buffered record is waiting for; it is the second token of
@@ -66,32 +67,40 @@ func (s Subjects) For(kind Kind, topic string) string {
 	return s.Prefix + "." + string(kind) + "." + strings.ReplaceAll(topic, ".", "%2E")
 }
 
-// ForRecord is the subject of a record of kind for topic and partition.
-// Records written ahead or spilled carry their partition as one more
-// token, PREFIX.KIND.TOPIC.PARTITION ("any" when the partitioner chooses
-// it at delivery), so that a partition's backlog is one subject: what the
-// drains order by, and what an ingest looks up to know whether the
-// partition still has buffered records. Other kinds keep
-// PREFIX.KIND.TOPIC. Records buffered before the partition token (the
-// older PREFIX.KIND.TOPIC) are matched by the same filters and drained
-// the same way: the drains read a record's partition from the record.
-func (s Subjects) ForRecord(kind Kind, topic string, partition int32) string {
+// ForRecord is the subject of record r of kind. Records written ahead or
+// spilled carry their lane as one more token, PREFIX.KIND.TOPIC.LANE
+// (Lane), so that a lane's backlog is one subject: what the drains order
+// by, and what every ingest looks up to know whether the lane still has
+// buffered records. Other kinds keep PREFIX.KIND.TOPIC. Records buffered
+// before the lane token (the older PREFIX.KIND.TOPIC) are matched by the
+// same filters and drained the same way: the drains read a record's lane
+// from the record.
+func (s Subjects) ForRecord(kind Kind, r *record.Record) string {
 	if kind != WriteAhead && kind != Spilled {
-		return s.For(kind, topic)
+		return s.For(kind, r.Topic)
 	}
-	return s.For(kind, topic) + "." + PartitionToken(partition)
+	return s.For(kind, r.Topic) + "." + Lane(r)
 }
 
-// AnyPartitionToken is the partition token of a record whose partition is
-// chosen when it is delivered.
-const AnyPartitionToken = "any"
+// KeyLanes is how many lanes the records of one topic whose partition is
+// chosen at delivery are spread over, by their key's hash.
+const KeyLanes = 256
 
-// PartitionToken is a partition's subject token.
-func PartitionToken(partition int32) string {
-	if partition < 0 {
-		return AnyPartitionToken
+// Lane is the token of the lane a record keeps its order in: its
+// partition ("3") when it has one, else "k" and its key's FNV-1a hash
+// modulo KeyLanes ("k17"), so that the records of one key share a lane
+// (the partitioner places a key by its hash, so its records share a
+// partition). Records without a key share one lane per topic.
+func Lane(r *record.Record) string {
+	if r.Partition >= 0 {
+		return strconv.FormatInt(int64(r.Partition), 10)
 	}
-	return strconv.FormatInt(int64(partition), 10)
+	h := uint32(2166136261)
+	for _, c := range r.Key {
+		h ^= uint32(c)
+		h *= 16777619
+	}
+	return "k" + strconv.FormatUint(uint64(h%KeyLanes), 10)
 }
 
 // NoTopic is the last subject token of a message whose topic is unknown

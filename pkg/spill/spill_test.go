@@ -54,7 +54,7 @@ func TestPublishAndDecode(t *testing.T) {
 
 	var got []record.Record
 	for _, m := range spilltest.Messages(t, js, c.Stream, spill.Subjects{c.SubjectPrefix}.All(spill.Spilled), 3) {
-		want := "spillway.spill.orders%2Eeu.any" // the partition token: the record's, or "any"
+		want := "spillway.spill.orders%2Eeu.k197" // the lane token: the partition, or the key hash's lane
 		if len(got) == 0 {
 			want = "spillway.spill.orders%2Eeu.2"
 		}
@@ -152,9 +152,9 @@ func TestPublishHeadersAndSubjects(t *testing.T) {
 			m.Header.Get(spill.HeaderTopic), m.Header.Get(spill.HeaderReason), m.Header.Get("traceparent")})
 	}
 	assert.Equal(t, []stored{
-		{"spillway.spill.a.any", "a1", "1", 1, "", "", ""},
-		{"spillway.spill.b%2Ex.any", "b1", "2", 1, "", "", ""},
-		{"spillway.spill.a.any", "a2", "3", 1, "", "", ""},
+		{"spillway.spill.a.k197", "a1", "1", 1, "", "", ""},
+		{"spillway.spill.b%2Ex.k197", "b1", "2", 1, "", "", ""},
+		{"spillway.spill.a.k197", "a2", "3", 1, "", "", ""},
 		{"spillway.dlq.a", "dlq:a1", "1", 4, "a", "too_large: over the limit", tp},
 		{"spillway.dlq.b%2Ex", "dlq:b1", "2", 3, "b.x", "too_large: over the limit", ""},
 		{"spillway.mirror.dr.a", "mirror.dr:a2", "3", 1, "", "", ""},
