@@ -31,6 +31,7 @@ import (
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/telemetry"
+	"github.com/spillway/spillway/services/ingest/internal/backlog"
 	"github.com/spillway/spillway/services/ingest/internal/certs"
 	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/grpcapi"
@@ -76,6 +77,7 @@ type App struct {
 	kafkaLn  net.Listener
 	draining chan struct{}
 	natsAddr string
+	backlog  *backlog.Tracker // producer.order partition, with a buffer
 	// bufferFailed receives the configuration error that ends the wait
 	// for the buffer; nil when the buffer was ready in New.
 	bufferFailed chan error
@@ -190,6 +192,7 @@ func New(o Options) (_ *App, err error) {
 		StopWaiting:      a.stopWaiting,
 		TracerProvider:   exportedTracerProvider(o.Tracing),
 		Propagators:      propagators(o.Tracing),
+		Backlog:          a.backlog,
 	})
 	handler := httpapi.New(httpapi.Options{
 		Sender:            d,
@@ -371,6 +374,19 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 			log.Warn("draining the NATS connection", "error", err)
 		}
 	}
+	// producer.order partition: the backlog tracker holds a lane behind
+	// the records it spilled, and learns of the others' once the buffer is
+	// reached (startBacklog). Its cleanup runs before nc is drained.
+	var backlogs sync.WaitGroup
+	backlogCtx, stopBacklog := context.WithCancel(context.Background())
+	startBacklog := func() {
+		if a.backlog != nil {
+			backlogs.Go(func() { a.backlog.Run(backlogCtx, js) })
+		}
+	}
+	if a.opts.Config.Producer.Order == config.OrderPartition {
+		a.backlog = backlog.New(wal, a.opts.Registry, log)
+	}
 	pending := &spill.PendingBuffer{}
 	connect := &spill.Retry{Step: "connect to NATS", Logger: log, Report: pending.SetReason}
 	dial := func(context.Context) (err error) {
@@ -382,11 +398,13 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 	err := connect.Once(context.Background(), dial)
 	if err == nil {
 		if err = stream.Once(context.Background(), ensure); err == nil {
-			a.cleanups = append(a.cleanups, drain)
+			a.cleanups = append(a.cleanups, drain, func() { stopBacklog(); backlogs.Wait() })
+			startBacklog()
 			return spill.NewBuffer(js, wal), nil
 		}
 	}
 	if spill.IsConfigError(err) {
+		stopBacklog()
 		drain()
 		return nil, err
 	}
@@ -409,12 +427,15 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 			}
 			return
 		}
+		startBacklog()
 		pending.Set(spill.NewBuffer(js, wal))
 		a.syncHealth()
 	}()
 	a.cleanups = append(a.cleanups, func() {
 		cancel()
 		<-done
+		stopBacklog()
+		backlogs.Wait()
 		drain()
 	})
 	return pending, nil

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/services/ingest/internal/backlog"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
 	"github.com/spillway/spillway/services/ingest/internal/policy"
 )
@@ -83,6 +85,9 @@ type Options struct {
 	// StopWaiting ends near the shutdown deadline: waits for Kafka end,
 	// and the records still waiting are spilled. Nil: never.
 	StopWaiting context.Context
+	// Backlog keeps a lane that spilled behind its buffered records
+	// (producer.order partition); nil: producer.order none.
+	Backlog *backlog.Tracker
 }
 
 // Delivery sends records on their way and measures what becomes of them.
@@ -393,9 +398,46 @@ func (d *Delivery) route(ctx context.Context, b *batch) {
 	if len(ahead) > 0 {
 		scatter(b.results, ahead, d.buffer(ctx, spill.WriteAhead, pick(b.recs, ahead), pick(b.named, ahead), pick(b.parents, ahead), "write_ahead"))
 	}
+	if len(direct) > 0 && d.opts.Backlog.Active() {
+		direct = d.behindBacklog(ctx, b, direct)
+	}
 	if len(direct) > 0 {
 		scatter(b.results, direct, d.toKafka(ctx, pick(b.recs, direct), pick(b.named, direct), pick(b.parents, direct)))
 	}
+}
+
+// behindBacklog buffers the records of direct whose lane has a backlog
+// (producer.order partition): they wait behind it, in the buffer, and are
+// answered buffered. It returns the others, for Kafka.
+func (d *Delivery) behindBacklog(ctx context.Context, b *batch, direct []int) []int {
+	var spillable []int
+	var rest []int
+	for _, i := range direct {
+		if d.spills(b.recs[i].Topic) {
+			spillable = append(spillable, i)
+		} else {
+			rest = append(rest, i) // never buffered: no order through the buffer to keep
+		}
+	}
+	if len(spillable) == 0 {
+		return direct
+	}
+	recs := pick(b.recs, spillable)
+	behind := d.opts.Backlog.Behind(ctx, recs)
+	var wait []int
+	for j, i := range spillable {
+		if behind[j] {
+			wait = append(wait, i)
+		} else {
+			rest = append(rest, i)
+		}
+	}
+	if len(wait) > 0 {
+		scatter(b.results, wait, d.buffer(ctx, spill.Spilled, pick(b.recs, wait), pick(b.named, wait), pick(b.parents, wait), "backlog"))
+		d.opts.Backlog.Done(recs, behind)
+	}
+	slices.Sort(rest)
+	return rest
 }
 
 // account hands the acknowledged records to the mirrors, gives each result
@@ -518,7 +560,16 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 				sent[j] = !errors.Is(results[i].Err, record.ErrWithdrawn)
 			}
 		}
-		scatter(results, idx, d.buffer(ctx, spill.Spilled, pick(recs, idx), pick(named, idx), pick(parents, idx), reason))
+		spilling := pick(recs, idx)
+		if d.opts.Backlog != nil {
+			// The lanes get a backlog before their records are buffered, so
+			// that the next records of each lane wait behind them.
+			d.opts.Backlog.Spilling(ctx, spilling)
+		}
+		scatter(results, idx, d.buffer(ctx, spill.Spilled, spilling, pick(named, idx), pick(parents, idx), reason))
+		if d.opts.Backlog != nil {
+			d.opts.Backlog.Done(spilling, nil)
+		}
 		for j, i := range idx {
 			if sent != nil && sent[j] && results[i].Outcome == record.Buffered {
 				d.m.duplicates.WithLabelValues(d.topics.Value(named[i])).Inc()

@@ -1,0 +1,425 @@
+// Package backlog keeps a lane that spilled behind its buffered records
+// (producer.order partition): once any record of a lane (a topic's
+// partition, or its key's hash, spill.Lane) is buffered, every later
+// record of the lane is buffered too, until the lane's backlog has been
+// delivered; then the lane is handed back to Kafka, its new records held
+// for the moments of the hand-over, so that none passes the last buffered
+// one.
+//
+// The backlog is visible to every ingest through the buffer: a lane's
+// backlog is its subject in the stream (PREFIX.spill.TOPIC.LANE), which
+// each ingest reads every checkInterval, and a marker per lane in a
+// JetStream key-value bucket, which each ingest watches, so that another
+// ingest learns of a spill within milliseconds rather than at its next
+// check.
+package backlog
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/spillway/spillway/pkg/config"
+	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/pkg/spill"
+)
+
+// checkInterval is how often the stream's backlogs are read.
+const checkInterval = 100 * time.Millisecond
+
+// handOverBacklog is the most records a lane may have in the stream for
+// its hand-over to begin: at the resender's default 10,000 records/s, its
+// new records wait about a tenth of a second.
+const handOverBacklog = 1000
+
+// handOverWait bounds how long a lane's new records are held while its
+// last buffered records are delivered; past it the hand-over is given up
+// and tried again later (the records held are buffered).
+const handOverWait = 2 * time.Second
+
+// Bucket is the key-value bucket of the lanes' markers.
+func Bucket(c config.WAL) string { return c.Stream + "_BACKLOG" }
+
+// laneID names a lane: a topic and its lane token.
+type laneID struct{ topic, lane string }
+
+// key is the lane's marker key: LANE.TOPIC (a topic's dots stay dots: the
+// lane is the first token).
+func (l laneID) key() string { return l.lane + "." + l.topic }
+
+func parseKey(k string) (laneID, bool) {
+	lane, topic, ok := strings.Cut(k, ".")
+	return laneID{topic: topic, lane: lane}, ok && topic != ""
+}
+
+// lane is the state of a lane with a backlog.
+type lane struct {
+	inFlight int           // this ingest's publishes of the lane not answered yet
+	handOver chan struct{} // non-nil while handed over: closed at its end
+	marked   bool          // its marker is in the bucket, as far as the watch said
+}
+
+// Tracker knows which lanes have a backlog. Its zero lanes cost the
+// healthy path one atomic load per batch.
+type Tracker struct {
+	js       jetstream.JetStream // set by Run, read only by its goroutines
+	wal      config.WAL
+	subjects spill.Subjects
+	logger   *slog.Logger
+
+	active atomic.Int64 // lanes with a backlog
+
+	mu    sync.Mutex
+	lanes map[laneID]*lane
+	kv    jetstream.KeyValue // nil until the bucket is open
+
+	lanesGauge prometheus.Gauge
+	handOvers  *prometheus.CounterVec
+}
+
+// New returns a Tracker of the buffer c; Run starts it once the buffer
+// is reached. Until then it knows only the lanes this ingest spilled.
+func New(c config.WAL, reg prometheus.Registerer, logger *slog.Logger) *Tracker {
+	f := promauto.With(reg)
+	return &Tracker{
+		wal: c, subjects: spill.Subjects{Prefix: c.SubjectPrefix}, logger: logger,
+		lanes: map[laneID]*lane{},
+		lanesGauge: f.NewGauge(prometheus.GaugeOpts{
+			Name: "spillway_backlog_lanes",
+			Help: "Lanes (a topic's partition, or its keys' hash) whose records are buffered behind their backlog until the resender has delivered it (producer.order partition).",
+		}),
+		handOvers: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_backlog_hand_overs_total",
+			Help: "Hand-overs of a lane back to Kafka once its backlog was delivered: done, or given up (its backlog did not empty within 2 s).",
+		}, []string{"outcome"}),
+	}
+}
+
+// Run opens the bucket on js, watches it and reads the stream's backlogs
+// until ctx ends; while JetStream does not answer it tries again. It is
+// called once, when the buffer has been reached.
+func (t *Tracker) Run(ctx context.Context, js jetstream.JetStream) {
+	t.js = js
+	t.handOvers.WithLabelValues("done")
+	t.handOvers.WithLabelValues("given_up")
+	go t.watch(ctx)
+	tick := time.NewTicker(checkInterval)
+	defer tick.Stop()
+	for {
+		t.check(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// watch follows the markers: a lane marked by any ingest has a backlog.
+// A marker removed is left to this ingest's own check: the lane's records
+// this ingest buffered may still be in the stream.
+func (t *Tracker) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		kv, err := t.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      Bucket(t.wal),
+			Description: "Spillway: lanes whose records wait behind their backlog in the buffer",
+			History:     1,
+			Storage:     storage(t.wal),
+			Replicas:    t.wal.Replicas,
+		})
+		if err != nil {
+			t.logger.Debug("backlog bucket not ready", "error", err)
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		t.mu.Lock()
+		t.kv = kv
+		t.mu.Unlock()
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue // the markers stored so far have come
+			}
+			id, ok := parseKey(e.Key())
+			if !ok {
+				continue
+			}
+			t.mu.Lock()
+			if e.Operation() == jetstream.KeyValuePut {
+				t.markLocked(id).marked = true
+			} else if l := t.lanes[id]; l != nil {
+				l.marked = false
+			}
+			t.mu.Unlock()
+		}
+		_ = w.Stop()
+	}
+}
+
+func storage(c config.WAL) jetstream.StorageType {
+	if c.InMemory {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
+// markLocked gives id a backlog; t.mu is held.
+func (t *Tracker) markLocked(id laneID) *lane {
+	l := t.lanes[id]
+	if l == nil {
+		l = &lane{}
+		t.lanes[id] = l
+		t.active.Add(1)
+		t.lanesGauge.Inc()
+	}
+	return l
+}
+
+// Active says whether any lane has a backlog; when none has, records go
+// to Kafka without looking at their lanes.
+func (t *Tracker) Active() bool { return t != nil && t.active.Load() > 0 }
+
+// Behind says, for each of recs, whether its lane has a backlog, so that
+// it must be buffered too; a lane being handed back to Kafka is waited
+// for. Each record behind is counted in flight until Done.
+func (t *Tracker) Behind(ctx context.Context, recs []record.Record) []bool {
+	behind := make([]bool, len(recs))
+	ids := make([]laneID, len(recs))
+	for i := range recs {
+		ids[i] = laneID{recs[i].Topic, spill.Lane(&recs[i])}
+	}
+	for {
+		var wait chan struct{}
+		t.mu.Lock()
+		for _, id := range ids {
+			if l := t.lanes[id]; l != nil && l.handOver != nil {
+				wait = l.handOver
+				break
+			}
+		}
+		if wait == nil {
+			for i, id := range ids {
+				if l := t.lanes[id]; l != nil {
+					behind[i] = true
+					l.inFlight++
+				}
+			}
+			t.mu.Unlock()
+			return behind
+		}
+		t.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			// The client left: its records are buffered, behind the lane's
+			// backlog, rather than raced past it.
+			t.mu.Lock()
+			for i, id := range ids {
+				behind[i] = true
+				t.markLocked(id).inFlight++
+			}
+			t.mu.Unlock()
+			return behind
+		}
+	}
+}
+
+// Spilling gives the lanes of recs a backlog, for they are about to be
+// buffered, and counts them in flight until Done. A lane new to the
+// backlog is marked in the bucket first, so that the other ingests hold
+// its records back from the moment this one's are buffered.
+func (t *Tracker) Spilling(ctx context.Context, recs []record.Record) {
+	var fresh []laneID
+	t.mu.Lock()
+	for i := range recs {
+		id := laneID{recs[i].Topic, spill.Lane(&recs[i])}
+		l := t.markLocked(id)
+		l.inFlight++
+		if !l.marked {
+			l.marked = true
+			fresh = append(fresh, id)
+		}
+	}
+	kv := t.kv
+	t.mu.Unlock()
+	if kv == nil || len(fresh) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	for _, id := range fresh {
+		if _, err := kv.Put(ctx, id.key(), nil); err != nil {
+			t.logger.Warn("cannot mark a lane's backlog for the other ingests; they learn of it from the stream", "topic", id.topic, "lane", id.lane, "error", err)
+			t.mu.Lock()
+			if l := t.lanes[id]; l != nil {
+				l.marked = false
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+// Done ends the in-flight count of records buffered after Behind (those
+// with behind[i]) or Spilling (behind nil: all).
+func (t *Tracker) Done(recs []record.Record, behind []bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range recs {
+		if behind != nil && !behind[i] {
+			continue
+		}
+		if l := t.lanes[laneID{recs[i].Topic, spill.Lane(&recs[i])}]; l != nil && l.inFlight > 0 {
+			l.inFlight--
+		}
+	}
+}
+
+// check reads the stream's backlogs: a lane with records in the stream
+// has a backlog (marked for the others if it is not), and a lane whose
+// backlog is short is handed back to Kafka.
+func (t *Tracker) check(ctx context.Context) {
+	counts, err := t.backlogs(ctx)
+	if err != nil {
+		return
+	}
+	var handOver []laneID
+	var unmarked []laneID
+	t.mu.Lock()
+	for id, n := range counts {
+		if n > 0 {
+			if l := t.markLocked(id); !l.marked {
+				l.marked = true
+				unmarked = append(unmarked, id)
+			}
+		}
+	}
+	for id, l := range t.lanes {
+		if counts[id] <= handOverBacklog && l.handOver == nil {
+			handOver = append(handOver, id)
+		}
+	}
+	kv := t.kv
+	t.mu.Unlock()
+	if kv != nil {
+		for _, id := range unmarked {
+			_, _ = kv.Put(ctx, id.key(), nil)
+		}
+	}
+	for _, id := range handOver {
+		t.handBack(ctx, id)
+	}
+}
+
+// backlogs is the number of records in the stream per lane.
+func (t *Tracker) backlogs(ctx context.Context) (map[laneID]uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	s, err := t.js.Stream(ctx, t.wal.Stream)
+	if err != nil {
+		return nil, err
+	}
+	prefix := t.subjects.For(spill.Spilled, "") // PREFIX.spill._unknown
+	prefix = strings.TrimSuffix(prefix, spill.NoTopic)
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[laneID]uint64, len(info.State.Subjects))
+	for subject, n := range info.State.Subjects {
+		topic, lane, ok := strings.Cut(strings.TrimPrefix(subject, prefix), ".")
+		if !ok || strings.Contains(lane, ".") {
+			continue // a record buffered before lanes had subjects
+		}
+		out[laneID{topic: strings.ReplaceAll(topic, "%2E", "."), lane: lane}] = n
+	}
+	return out, nil
+}
+
+// handBack hands lane id back to Kafka: its new records are held while
+// the lane's publishes in flight end and the last of its backlog is
+// confirmed delivered (its subject empty), then
+// its marker is removed and the records held go to Kafka. If the backlog
+// does not empty within handOverWait (another ingest buffers the lane's
+// records) the lane keeps its backlog and the records held are buffered.
+func (t *Tracker) handBack(ctx context.Context, id laneID) {
+	t.mu.Lock()
+	l := t.lanes[id]
+	if l == nil || l.handOver != nil {
+		t.mu.Unlock()
+		return
+	}
+	l.handOver = make(chan struct{})
+	kv := t.kv
+	t.mu.Unlock()
+	deadline := time.Now().Add(handOverWait)
+	empty := false
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		t.mu.Lock()
+		n := l.inFlight
+		t.mu.Unlock()
+		if n == 0 {
+			subject := t.subjects.For(spill.Spilled, id.topic) + "." + id.lane
+			empty = t.waitEmpty(ctx, subject, deadline)
+			break
+		}
+		sleepCtx(ctx, time.Millisecond)
+	}
+	if empty && kv != nil {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		err := kv.Delete(dctx, id.key())
+		cancel()
+		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.logger.Warn("cannot remove a lane's backlog marker", "topic", id.topic, "lane", id.lane, "error", err)
+		}
+	}
+	t.mu.Lock()
+	close(l.handOver)
+	l.handOver = nil
+	if empty {
+		delete(t.lanes, id)
+		t.active.Add(-1)
+		t.lanesGauge.Dec()
+		t.handOvers.WithLabelValues("done").Inc()
+	} else {
+		t.handOvers.WithLabelValues("given_up").Inc()
+	}
+	t.mu.Unlock()
+}
+
+// waitEmpty polls until subject has no record in the stream, or the
+// deadline.
+func (t *Tracker) waitEmpty(ctx context.Context, subject string, deadline time.Time) bool {
+	s, err := t.js.Stream(ctx, t.wal.Stream)
+	if err != nil {
+		return false
+	}
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		_, err = s.GetLastMsgForSubject(ctx, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return true
+		}
+		sleepCtx(ctx, 5*time.Millisecond)
+	}
+	return false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
