@@ -785,7 +785,7 @@ func TestFaultDisableTopicWhileKafkaDown(t *testing.T) {
 		t.Errorf("%v records of a disable_topics topic counted as buffered", v)
 	}
 	subjects := streamSubjects(t, natsAddr)
-	spilled := 0
+	spilled := uint64(0)
 	for subject, n := range subjects {
 		if strings.HasPrefix(subject, "spillway.spill.spillable.") { // and the key's lane
 			spilled += n
