@@ -535,7 +535,13 @@ func TestFaultKafkaCutMidLoad(t *testing.T) {
 	})
 	recovery := l.firstSince(restoredAt, http.StatusOK).Sub(restoredAt)
 	eventually(t, 10*time.Second, "the breaker to close", func() bool { return breaker() == 0 })
-	// Closed with Kafka healthy: every record from now on is delivered.
+	// producer.order partition: a lane whose records were buffered stays
+	// behind its backlog until the resender delivered it.
+	eventually(t, 20*time.Second, "every lane's backlog delivered", func() bool {
+		return metricValue(t, in.monitorAddr, "spillway_backlog_lanes") == 0
+	})
+	// Closed with Kafka healthy and no backlog: every record from now on
+	// is delivered.
 	closedAt := time.Now()
 	eventually(t, 20*time.Second, "100 more records answered", func() bool {
 		return l.answeredSince(closedAt, http.StatusOK)+l.answeredSince(closedAt, http.StatusAccepted) >= 100

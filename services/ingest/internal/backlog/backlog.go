@@ -65,6 +65,8 @@ type lane struct {
 	inFlight int           // this ingest's publishes of the lane not answered yet
 	handOver chan struct{} // non-nil while handed over: closed at its end
 	marked   bool          // its marker is in the bucket, as far as the watch said
+	notUntil time.Time     // no hand-over before: one was given up
+	last     uint64        // its records in the stream at the last check
 }
 
 // Tracker knows which lanes have a backlog. Its zero lanes cost the
@@ -80,6 +82,8 @@ type Tracker struct {
 	mu    sync.Mutex
 	lanes map[laneID]*lane
 	kv    jetstream.KeyValue // nil until the bucket is open
+
+	healthy atomic.Pointer[func() bool] // whether Kafka takes records now
 
 	lanesGauge prometheus.Gauge
 	handOvers  *prometheus.CounterVec
@@ -185,6 +189,16 @@ func (t *Tracker) markLocked(id laneID) *lane {
 		t.lanesGauge.Inc()
 	}
 	return l
+}
+
+// SetKafkaHealthy tells the Tracker how to know that Kafka takes records
+// (the ingest's breaker is not open): a lane is handed back only then, for
+// its backlog cannot be delivered before.
+func (t *Tracker) SetKafkaHealthy(f func() bool) { t.healthy.Store(&f) }
+
+func (t *Tracker) kafkaHealthy() bool {
+	f := t.healthy.Load()
+	return f == nil || (*f)()
 }
 
 // Active says whether any lane has a backlog; when none has, records go
@@ -305,8 +319,17 @@ func (t *Tracker) check(ctx context.Context) {
 			}
 		}
 	}
+	now := time.Now()
+	healthy := t.kafkaHealthy()
 	for id, l := range t.lanes {
-		if counts[id] <= handOverBacklog && l.handOver == nil {
+		n := counts[id]
+		// Handed back once its backlog is short and being delivered: gone
+		// (and nothing of it in flight), or shorter than at the last
+		// check. While Kafka is down it is neither, and the lane's records
+		// are not held for nothing.
+		draining := (n == 0 && l.inFlight == 0) || n < l.last
+		l.last = n
+		if healthy && draining && n <= handOverBacklog && l.handOver == nil && now.After(l.notUntil) {
 			handOver = append(handOver, id)
 		}
 	}
@@ -393,6 +416,7 @@ func (t *Tracker) handBack(ctx context.Context, id laneID) {
 		t.lanesGauge.Dec()
 		t.handOvers.WithLabelValues("done").Inc()
 	} else {
+		l.notUntil = time.Now().Add(time.Second)
 		t.handOvers.WithLabelValues("given_up").Inc()
 	}
 	t.mu.Unlock()

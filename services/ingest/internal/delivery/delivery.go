@@ -147,6 +147,9 @@ func New(o Options) *Delivery {
 			d.m.breakerChanges.WithLabelValues(to.String()).Inc()
 		},
 	})
+	if o.Backlog != nil {
+		o.Backlog.SetKafkaHealthy(func() bool { return d.kafka.State() != breaker.Open })
+	}
 	return d
 }
 
