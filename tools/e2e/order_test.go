@@ -334,3 +334,79 @@ func TestOrderPerKeyAlwaysTwoForwarders(t *testing.T) {
 		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
 	}
 }
+
+// TestOrderPerKeyKafkaHung is scenario (b): Kafka hung (every byte held)
+// for 15 s under 32 closed-loop keys. Records waiting when it hung are
+// buffered after producer.cb.max_wait, and Kafka may take them too when
+// it resumes (copies, ignored); no key's record is stored before one its
+// client sent earlier, and none is missing.
+func TestOrderPerKeyKafkaHung(t *testing.T) {
+	k := newFaultyKafka(t)
+	in := startIngest(t, k.addr, orderEnv...)
+	// While Kafka hangs the clients are answered buffered at JetStream's
+	// pace (near 500,000 records in 15 s here): a resender at its default
+	// 10,000 records/s would take about 50 s to deliver them.
+	startResender(t, k.addr, in.natsAddr, append([]string{"SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=50000"}, orderEnv...)...)
+	c := startKeyClients(32, "order-hung", in.httpAddr)
+	time.Sleep(3 * time.Second)
+	k.hang(t)
+	time.Sleep(15 * time.Second)
+	k.resume(t)
+	c.watchDelivered()
+	eventually(t, 60*time.Second, "every key answered delivered again after Kafka resumed", func() bool {
+		n, _ := c.deliveredKeys()
+		return n == 32
+	})
+	_, longest := c.deliveredKeys()
+	c.finish()
+	t.Logf("every key delivered again at most %v after Kafka resumed", longest.Round(time.Millisecond))
+	f := readBackOrder(t, k.addr, "order-hung", c, 90*time.Second)
+	if f.missing > 0 {
+		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
+	}
+	if f.inversions > 0 {
+		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
+	}
+}
+
+// TestOrderPerKeyIngestKilled is scenario (c): Kafka cut while 32 keys
+// send; once records are buffered the ingest is killed (kill -9) and
+// started again on the same store and ports, then Kafka is restored. The
+// restarted ingest knows which lanes have a backlog (their markers and the
+// stream): no key's record is stored before one its client sent earlier,
+// and none is missing.
+func TestOrderPerKeyIngestKilled(t *testing.T) {
+	k := newFaultyKafka(t)
+	env := append([]string{
+		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
+		fmt.Sprintf("SPILLWAY_SERVER_HTTP_LISTEN=127.0.0.1:%d", reservedPort(t)),
+		fmt.Sprintf("SPILLWAY_PRODUCER_WAL_LISTEN=127.0.0.1:%d", reservedPort(t)),
+	}, orderEnv...)
+	in := startIngest(t, k.addr, env...)
+	startResender(t, k.addr, in.natsAddr, orderEnv...)
+	c := startKeyClients(32, "order-ingest-killed", in.httpAddr)
+	time.Sleep(2 * time.Second)
+	k.cut()
+	eventually(t, 30*time.Second, "3000 records buffered", func() bool { return c.buffered() >= 3000 })
+	_ = in.cmd.Process.Signal(syscall.SIGKILL)
+	<-in.exited
+	again := startIngest(t, k.addr, env...) // the same store: the buffered records are still there
+	if again.httpAddr != in.httpAddr {
+		t.Fatalf("the ingest came back on %s, not %s", again.httpAddr, in.httpAddr)
+	}
+	time.Sleep(2 * time.Second)
+	k.restore()
+	c.watchDelivered()
+	eventually(t, 60*time.Second, "every key answered delivered again", func() bool {
+		n, _ := c.deliveredKeys()
+		return n == 32
+	})
+	c.finish()
+	f := readBackOrder(t, k.addr, "order-ingest-killed", c, 90*time.Second)
+	if f.missing > 0 {
+		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
+	}
+	if f.inversions > 0 {
+		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
+	}
+}
