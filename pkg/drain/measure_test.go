@@ -64,6 +64,7 @@ func TestMeasureResend(t *testing.T) {
 	}{
 		{"bare pipe", runBarePipe},
 		{"resender without a limit", runResender},
+		{"ordered resender, no limit", runOrderedResender},
 	}
 	type figures struct{ rps, mover, peers []float64 }
 	got := make([]figures, len(pipes))
@@ -211,6 +212,24 @@ func runResender(t *testing.T, e *env, _ string, n int) {
 	d, err := New(t.Context(), Options{
 		JS: e.js, WAL: e.cfg.Producer.WAL, Kind: Resender.Kind, Consumer: Resender.Name, Producer: p,
 		Period: 100 * time.Millisecond, Breaker: e.cfg.Producer.CB, Metrics: e.metrics, Logger: discard,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { _ = d.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done; _ = p.Close() }()
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(e.metrics.drained.WithLabelValues(Resender.Name, "bench")) == float64(n)
+	}, 5*time.Minute, 5*time.Millisecond)
+}
+
+// runOrderedResender is runResender with producer.order partition.
+func runOrderedResender(t *testing.T, e *env, _ string, n int) {
+	p, err := producer.New(e.cfg.Kafka, discard)
+	require.NoError(t, err)
+	d, err := New(t.Context(), Options{
+		JS: e.js, WAL: e.cfg.Producer.WAL, Kind: Resender.Kind, Consumer: Resender.Name, Producer: p,
+		Breaker: e.cfg.Producer.CB, Metrics: e.metrics, Logger: discard, Ordered: true, Holder: "measure",
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())

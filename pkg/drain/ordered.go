@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/spillway/spillway/pkg/breaker"
 	"github.com/spillway/spillway/pkg/record"
@@ -282,6 +283,12 @@ func (o *orderer) add(msgs []jetstream.Msg) {
 func (o *orderer) next() *inflight {
 	d := o.d
 	limit := d.limiter.Burst()
+	if d.limiter.Limit() == rate.Inf {
+		// One batch per lane in flight: a deep lane (keyless records share
+		// one per topic) goes at one batch per round trip, so its batches
+		// are larger (26,000 records/s with 500, keyless, TestMeasureResend).
+		limit = 4 * d.opts.BatchSize
+	}
 	switch d.kafka.State() {
 	case breaker.Open:
 		return nil
@@ -331,6 +338,14 @@ func (d *Drainer) produceOrdered(parent context.Context, b *inflight, done chan<
 	if b.err == nil || !errors.Is(b.err, breaker.ErrOpen) {
 		for i, r := range b.results {
 			spans.result(i, r)
+			// Acknowledged here, beside the drain's loop: the order of
+			// acknowledgements does not matter, only that each follows
+			// Kafka's.
+			if r.Outcome == record.Delivered {
+				if err := b.msgs[i].Ack(); err != nil {
+					d.opts.Logger.Warn("ack failed; the record will be sent again", "id", b.recs[i].ID, "error", err)
+				}
+			}
 		}
 	}
 	spans.end()
@@ -364,10 +379,7 @@ func (o *orderer) finish(b *inflight) {
 			i++
 			reason := record.ReasonOf(r.Err)
 			switch {
-			case r.Outcome == record.Delivered:
-				if err := e.msg.Ack(); err != nil {
-					d.opts.Logger.Warn("ack failed; the record will be sent again", "id", e.rec.ID, "error", err)
-				}
+			case r.Outcome == record.Delivered: // acknowledged by produceOrdered
 				drained[e.rec.Topic]++
 				o.drop(e)
 			case reason.InRecord() && d.deadLetter(context.Background(), e.msg, e.rec.Topic, reason, r.Err.Error(), false):
