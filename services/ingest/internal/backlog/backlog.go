@@ -40,6 +40,11 @@ const checkInterval = 100 * time.Millisecond
 // new records wait about a tenth of a second.
 const handOverBacklog = 1000
 
+// handOverGrace is how long a hand-over waits, after it told the other
+// ingests, before it looks at the lane's backlog: their publishes of the
+// lane begun before they saw it land meanwhile.
+const handOverGrace = 50 * time.Millisecond
+
 // handOverWait bounds how long a lane's new records are held while its
 // last buffered records are delivered; past it the hand-over is given up
 // and tried again later (the records held are buffered).
@@ -65,6 +70,7 @@ type lane struct {
 	inFlight int           // this ingest's publishes of the lane not answered yet
 	handOver chan struct{} // non-nil while handed over: closed at its end
 	marked   bool          // its marker is in the bucket, as far as the watch said
+	remote   bool          // the hand-over is another ingest's: its marker says "handover"
 	notUntil time.Time     // no hand-over before: one was given up
 	last     uint64        // its records in the stream at the last check
 }
@@ -162,9 +168,24 @@ func (t *Tracker) watch(ctx context.Context) {
 			}
 			t.mu.Lock()
 			if e.Operation() == jetstream.KeyValuePut {
-				t.markLocked(id).marked = true
+				l := t.markLocked(id)
+				l.marked = true
+				handingOver := string(e.Value()) == valueHandOver
+				switch {
+				case handingOver && l.handOver == nil:
+					// Another ingest hands the lane back: hold its records
+					// here too, until that ingest says how it ended.
+					l.handOver, l.remote = make(chan struct{}), true
+					hold := l.handOver
+					time.AfterFunc(handOverWait+time.Second, func() { t.endRemote(id, hold, false) })
+				case !handingOver && l.remote:
+					t.endRemoteLocked(id, l, false) // given up: the lane keeps its backlog
+				}
 			} else if l := t.lanes[id]; l != nil {
 				l.marked = false
+				if l.remote {
+					t.endRemoteLocked(id, l, true) // handed back
+				}
 			}
 			t.mu.Unlock()
 		}
@@ -177,6 +198,35 @@ func storage(c config.WAL) jetstream.StorageType {
 		return jetstream.MemoryStorage
 	}
 	return jetstream.FileStorage
+}
+
+// The markers' values: a lane with a backlog, and one being handed back.
+const (
+	valueBacklog  = "backlog"
+	valueHandOver = "handover"
+)
+
+// endRemote ends another ingest's hand-over held here, unless it ended
+// already (hold is no longer the lane's).
+func (t *Tracker) endRemote(id laneID, hold chan struct{}, handedBack bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if l := t.lanes[id]; l != nil && l.remote && l.handOver == hold {
+		t.endRemoteLocked(id, l, handedBack)
+	}
+}
+
+// endRemoteLocked releases the records held for another ingest's
+// hand-over: to Kafka when it handed the lane back (and none of this
+// ingest's publishes of the lane is in flight), else to the buffer.
+func (t *Tracker) endRemoteLocked(id laneID, l *lane, handedBack bool) {
+	close(l.handOver)
+	l.handOver, l.remote = nil, false
+	if handedBack && l.inFlight == 0 {
+		delete(t.lanes, id)
+		t.active.Add(-1)
+		t.lanesGauge.Dec()
+	}
 }
 
 // markLocked gives id a backlog; t.mu is held.
@@ -274,7 +324,7 @@ func (t *Tracker) Spilling(ctx context.Context, recs []record.Record) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	for _, id := range fresh {
-		if _, err := kv.Put(ctx, id.key(), nil); err != nil {
+		if _, err := kv.Put(ctx, id.key(), []byte(valueBacklog)); err != nil {
 			t.logger.Warn("cannot mark a lane's backlog for the other ingests; they learn of it from the stream", "topic", id.topic, "lane", id.lane, "error", err)
 			t.mu.Lock()
 			if l := t.lanes[id]; l != nil {
@@ -337,7 +387,7 @@ func (t *Tracker) check(ctx context.Context) {
 	t.mu.Unlock()
 	if kv != nil {
 		for _, id := range unmarked {
-			_, _ = kv.Put(ctx, id.key(), nil)
+			_, _ = kv.Put(ctx, id.key(), []byte(valueBacklog))
 		}
 	}
 	for _, id := range handOver {
@@ -387,6 +437,17 @@ func (t *Tracker) handBack(ctx context.Context, id laneID) {
 	kv := t.kv
 	t.mu.Unlock()
 	deadline := time.Now().Add(handOverWait)
+	if kv != nil {
+		// The other ingests hold the lane's records too, from the moment
+		// they see this; a moment for them to see it before the backlog
+		// is looked at.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_, err := kv.Put(pctx, id.key(), []byte(valueHandOver))
+		cancel()
+		if err == nil {
+			sleepCtx(ctx, handOverGrace)
+		}
+	}
 	empty := false
 	for ctx.Err() == nil && time.Now().Before(deadline) {
 		t.mu.Lock()
@@ -399,12 +460,17 @@ func (t *Tracker) handBack(ctx context.Context, id laneID) {
 		}
 		sleepCtx(ctx, time.Millisecond)
 	}
-	if empty && kv != nil {
+	if kv != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		err := kv.Delete(dctx, id.key())
+		var err error
+		if empty {
+			err = kv.Delete(dctx, id.key())
+		} else {
+			_, err = kv.Put(dctx, id.key(), []byte(valueBacklog))
+		}
 		cancel()
 		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			t.logger.Warn("cannot remove a lane's backlog marker", "topic", id.topic, "lane", id.lane, "error", err)
+			t.logger.Warn("cannot mark the end of a lane's hand-over", "topic", id.topic, "lane", id.lane, "error", err)
 		}
 	}
 	t.mu.Lock()

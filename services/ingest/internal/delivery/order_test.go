@@ -90,6 +90,16 @@ func runClosedLoop(t *testing.T, url string, k *kafkatest.Cuttable, keys int, lo
 	restored = time.Now()
 	mu.Unlock()
 	time.Sleep(load - time.Since(start))
+	// Until every key was answered delivered again (partition order: once
+	// the resender delivered its lane's backlog), for at most 30 s more.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		n := len(run.deliveredAfter)
+		mu.Unlock()
+		if n == keys {
+			break
+		}
+	}
 	close(stop)
 	wg.Wait()
 	return run
