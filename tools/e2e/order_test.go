@@ -440,7 +440,10 @@ func TestOrderPerKeyCluster(t *testing.T) {
 	if f.missing > 0 {
 		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
 	}
-	if bound := f.acked / 1000; f.inversions > bound {
-		t.Errorf("%d records stored before one their client sent earlier, in %d keys; the documented window allows 1 in 1,000 (%d)", f.inversions, f.keysOutOfOrder, bound)
+	// docs/operations.md (order per key): a publish one ingest began
+	// before it saw another's hand-over, and that lands more than 50 ms
+	// later, can be passed. Measured 0 in 2 runs of about 60,000.
+	if bound := f.acked / 10000; f.inversions > bound {
+		t.Errorf("%d records stored before one their client sent earlier, in %d keys; the documented window allows 1 in 10,000 (%d)", f.inversions, f.keysOutOfOrder, bound)
 	}
 }
