@@ -138,6 +138,9 @@ func New(ctx context.Context, o Options) (*Drainer, error) {
 	}
 	// Every series a dashboard or alert reads exists from the start, at 0.
 	o.Metrics.breakerState.WithLabelValues(o.Consumer).Set(0)
+	o.Metrics.pending.WithLabelValues(o.Consumer)
+	o.Metrics.ackPending.WithLabelValues(o.Consumer)
+	o.Metrics.oldestSeconds.WithLabelValues(o.Consumer)
 	for _, r := range []record.Reason{record.ReasonInvalid, record.ReasonTooLarge} {
 		o.Metrics.deadLettered.WithLabelValues(o.Consumer, string(r))
 	}
