@@ -119,8 +119,15 @@ type Server struct {
 	perAddr map[string]int // open connections per client address
 	closing bool
 	wg      sync.WaitGroup
-	// lastCounts is the last topic layout Kafka gave.
+	// lastCounts is the last topic layout Kafka gave; layoutRead is
+	// closed when the reading of it under way ends (nil: none is), and
+	// layoutErr is how the last reading failed. bg ends such readings at
+	// Shutdown.
 	lastCounts map[string]int
+	layoutRead chan struct{}
+	layoutErr  error
+	bg         context.Context
+	stopBg     context.CancelFunc
 }
 
 // New returns a server; Serve serves it.
@@ -149,8 +156,9 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	bg, stopBg := context.WithCancel(context.Background())
 	return &Server{o: o, m: newMetrics(o.Registry), producers: newProducers(o.IdempotentProducers, o.Registry),
-		conns: map[*conn]struct{}{}, perAddr: map[string]int{}}
+		conns: map[*conn]struct{}{}, perAddr: map[string]int{}, bg: bg, stopBg: stopBg}
 }
 
 // ErrServerClosed is what Serve returns after Shutdown.
@@ -219,6 +227,7 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
+	s.stopBg()
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}

@@ -2,6 +2,7 @@ package kafkaapi
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net"
 	"slices"
@@ -45,7 +46,9 @@ func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.Metada
 		}
 		return resp
 	}
-	ctx := identity.With(context.Background(), cl)
+	// The whole answer is bounded by the smallest client budget.
+	ctx, cancel := context.WithTimeout(identity.With(context.Background(), cl), firstLayoutWait)
+	defer cancel()
 	counts, err := c.s.partitions(ctx)
 	writable := map[string]bool{}
 	if err == nil {
@@ -168,9 +171,7 @@ func (c *conn) unknownTopics(ctx context.Context, asked []kmsg.MetadataRequestTo
 	for _, t := range unknown {
 		names = append(names, kafkaName(t))
 	}
-	ctx, cancel := context.WithTimeout(ctx, metadataTimeout)
-	defer cancel()
-	states, err := c.s.o.Partitions.CreateTopics(ctx, names)
+	states, err := c.s.o.Partitions.CreateTopics(ctx, names) // within metadata's bound
 	for _, t := range unknown {
 		st, ok := states[kafkaName(t)]
 		switch {
@@ -191,27 +192,73 @@ func (c *conn) unknownTopics(ctx context.Context, asked []kmsg.MetadataRequestTo
 	return codes
 }
 
-// metadataTimeout bounds the wait for Kafka's metadata; past it, or when
-// Kafka fails, the last answer it gave is used: with Kafka down, clients
-// still learn where to produce, and their records are buffered.
-const metadataTimeout = 2 * time.Second
+// A Metadata request waits for Kafka's layout at most metadataTimeout
+// when the listener has one from an earlier reading: past it, that one is
+// answered, and the reading goes on apart from the client. Without one it
+// waits up to firstLayoutWait, within the smallest budget a client gives
+// a Metadata request (kgo's RequestTimeoutOverhead, 10 s; sarama's and
+// the Java client's are 30 s): answering LEADER_NOT_AVAILABLE before
+// Kafka could answer would leave a client without a leader for as long
+// as Kafka is slower than the wait. A reading is given layoutReadTimeout.
+const (
+	metadataTimeout   = 2 * time.Second
+	firstLayoutWait   = 8 * time.Second
+	layoutReadTimeout = 30 * time.Second
+)
 
-// partitions is Kafka's topic layout, or the last one it gave.
+// errNoLayout is the answer while Kafka's first layout is still awaited.
+var errNoLayout = errors.New("kafka has not answered for its topics yet")
+
+// partitions is Kafka's topic layout, or the last one it gave. One
+// reading at a time runs, apart from the requests that wait for it, so
+// that a slow Kafka is not asked again by each and a reading is not cut
+// short when the client's wait ends.
 func (s *Server) partitions(ctx context.Context) (map[string]int, error) {
-	ctx, cancel := context.WithTimeout(ctx, metadataTimeout)
+	s.mu.Lock()
+	done := s.layoutRead
+	if done == nil {
+		done = make(chan struct{})
+		s.layoutRead = done
+		go s.readLayout(done)
+	}
+	last := s.lastCounts
+	s.mu.Unlock()
+	wait := firstLayoutWait
+	if last != nil {
+		wait = metadataTimeout
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.lastCounts != nil:
+		return s.lastCounts, nil
+	case s.layoutErr != nil:
+		return nil, s.layoutErr
+	}
+	return nil, errNoLayout
+}
+
+// readLayout reads Kafka's topic layout, keeps it, and closes done.
+func (s *Server) readLayout(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(s.bg, layoutReadTimeout)
 	defer cancel()
 	counts, err := s.o.Partitions.Partitions(ctx)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err != nil {
-		if s.lastCounts != nil {
-			s.o.Logger.Debug("kafka metadata failed; answering with the last known topics", "error", err)
-			return s.lastCounts, nil
-		}
-		return nil, err
+	if err == nil {
+		s.lastCounts = counts
+	} else {
+		s.o.Logger.Debug("kafka metadata failed; answering with the last known topics, if any", "error", err, "known", s.lastCounts != nil)
 	}
-	s.lastCounts = counts
-	return counts, nil
+	s.layoutErr, s.layoutRead = err, nil
+	s.mu.Unlock()
+	close(done)
 }
 
 // advertised is the configured address, else the one the client
