@@ -613,6 +613,14 @@ func scatter(results []record.Result, idx []int, res []record.Result) {
 	}
 }
 
+// PossibleDuplicates counts n records of topic (as the client named it)
+// that were stored while their request was answered as failed, so that
+// the client's retry may store them again: a Kafka-protocol partition
+// the buffer failed midway.
+func (d *Delivery) PossibleDuplicates(topic string, n int) {
+	d.m.duplicates.WithLabelValues(d.topics.Value(topic)).Add(float64(n))
+}
+
 // Refuse counts n records that an API refused before it could send them
 // (a bad topic name, a malformed body: reason invalid, or too_large), so
 // that every failure is counted here. A request refused for its

@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/spillway/spillway/pkg/record"
 )
 
 // Idempotence as Kafka's broker keeps it (ProducerStateManager,
@@ -63,6 +65,18 @@ type sentBatch struct {
 type partState struct {
 	epoch   int16
 	batches []sentBatch // oldest first, at most batchesRetained
+	// partial is the batch after the last one taken, of which only some
+	// records were stored (the buffer failed midway); nil: none.
+	partial *partialBatch
+}
+
+// partialBatch is a batch answered with an error while some of its
+// records were stored: results holds each record's result, Failed for
+// the ones not stored. Its retry sends only those, and is answered from
+// the two together.
+type partialBatch struct {
+	first, last int32
+	results     []record.Result
 }
 
 // producerState is what the listener knows of one producer id.
@@ -248,15 +262,44 @@ func (p *producers) check(st *producerState, tp topicPartition, b idemBatch) (ve
 	return v, 0, ""
 }
 
-// taken records b, answered with base, as the producer's last batch on tp.
-func (p *producers) taken(st *producerState, tp topicPartition, b idemBatch, base int64) {
+// stored is what was stored of b, of n records, when an earlier try of
+// it was stored in part: each record's result, Failed for the ones still
+// to send; nil when no part of it is stored.
+func (p *producers) stored(st *producerState, tp topicPartition, b idemBatch, n int) []record.Result {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	ps := st.parts[tp]
+	if ps == nil || ps.partial == nil || ps.epoch != b.epoch || ps.partial.first != b.first || ps.partial.last != b.last || len(ps.partial.results) != n {
+		return nil
+	}
+	return slices.Clone(ps.partial.results)
+}
+
+// partly records that of b only some records are stored, with results.
+func (p *producers) partly(st *producerState, tp topicPartition, b idemBatch, results []record.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ps := p.part(st, tp, b)
+	ps.partial = &partialBatch{first: b.first, last: b.last, results: slices.Clone(results)}
+}
+
+// part is the producer's state on tp for b's epoch, new when b starts one.
+// The caller holds p.mu.
+func (p *producers) part(st *producerState, tp topicPartition, b idemBatch) *partState {
 	ps := st.parts[tp]
 	if ps == nil || ps.epoch != b.epoch {
 		ps = &partState{epoch: b.epoch}
 		st.parts[tp] = ps
 	}
+	return ps
+}
+
+// taken records b, answered with base, as the producer's last batch on tp.
+func (p *producers) taken(st *producerState, tp topicPartition, b idemBatch, base int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ps := p.part(st, tp, b)
+	ps.partial = nil
 	if len(ps.batches) == batchesRetained {
 		ps.batches = slices.Delete(ps.batches, 0, 1)
 	}

@@ -45,6 +45,9 @@ const API = "kafka"
 type Sender interface {
 	Send(ctx context.Context, api string, recs []record.Record) []record.Result
 	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
+	// PossibleDuplicates counts n records of topic stored while their
+	// partition was answered with an error (the buffer failed midway).
+	PossibleDuplicates(topic string, n int)
 }
 
 // Partitions lists the real cluster's topics with their partition counts,

@@ -44,6 +44,11 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		// refused are the records the partition is refused for, the
 		// only ones sent (for delivery to count); nil: all are sent.
 		refused []refusal
+		// stored is, for the retry of an idempotent batch stored in part,
+		// each record's result then; only the records not stored then
+		// are sent, those at sent.
+		stored []record.Result
+		sent   []int
 	}
 	var (
 		parts []part
@@ -127,6 +132,7 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 				c.s.o.Sender.Refuse(ctx, API, tp.topic, len(p.recs), record.ReasonInvalid)
 				continue
 			}
+			p.stored = c.s.producers.stored(states[p.idem.producerID], tp, *p.idem, len(p.recs))
 		}
 		if len(p.recs) == 0 {
 			continue
@@ -142,7 +148,16 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 			continue
 		}
 		p.first = len(recs)
-		recs = append(recs, p.recs...)
+		if p.stored == nil {
+			recs = append(recs, p.recs...)
+			continue
+		}
+		for j, r := range p.stored {
+			if r.Outcome == record.Failed {
+				p.sent = append(p.sent, j)
+				recs = append(recs, p.recs[j])
+			}
+		}
 	}
 	if len(recs) == 0 {
 		return resp
@@ -179,14 +194,58 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 				all[at[j]] = r
 			}
 			answer(rp, all)
+			c.possibleDuplicates(rp, resp.Topics[p.rt].Topic, all)
 			continue
 		}
-		answer(rp, results[p.first:p.first+len(p.recs)])
-		if p.idem != nil && rp.ErrorCode == 0 {
-			c.s.producers.taken(states[p.idem.producerID], topicPartition{resp.Topics[p.rt].Topic, rp.Partition}, *p.idem, rp.BaseOffset)
+		var all, fresh []record.Result
+		if p.stored == nil {
+			all = results[p.first : p.first+len(p.recs)]
+			fresh = all
+		} else {
+			// A retry of a batch stored in part: the records stored then,
+			// and the others now.
+			all, fresh = p.stored, results[p.first:p.first+len(p.sent)]
+			for j, i := range p.sent {
+				all[i] = fresh[j]
+			}
+		}
+		answer(rp, all)
+		c.possibleDuplicates(rp, resp.Topics[p.rt].Topic, fresh)
+		if p.idem == nil {
+			continue
+		}
+		tp := topicPartition{resp.Topics[p.rt].Topic, rp.Partition}
+		switch {
+		case rp.ErrorCode == 0:
+			c.s.producers.taken(states[p.idem.producerID], tp, *p.idem, rp.BaseOffset)
+		case slices.ContainsFunc(all, isStored):
+			// The buffer failed midway: the retry sends only the rest.
+			c.s.producers.partly(states[p.idem.producerID], tp, *p.idem, all)
 		}
 	}
 	return resp
+}
+
+// isStored says a record was stored, in Kafka or in the buffer.
+func isStored(r record.Result) bool { return r.Outcome != record.Failed }
+
+// possibleDuplicates counts the records of results that were stored when
+// their partition's answer rp is an error (the buffer failed midway): a
+// client that sends the batch again stores them twice, unless it is an
+// idempotent one whose retry this listener answers (producers.partly).
+func (c *conn) possibleDuplicates(rp *kmsg.ProduceResponseTopicPartition, topic string, results []record.Result) {
+	if rp.ErrorCode == 0 {
+		return
+	}
+	n := 0
+	for _, r := range results {
+		if isStored(r) {
+			n++
+		}
+	}
+	if n > 0 {
+		c.s.o.Sender.PossibleDuplicates(topic, n)
+	}
 }
 
 // refusal is a record of a partition that the partition is refused for.
@@ -257,8 +316,10 @@ func refuse(rp *kmsg.ProduceResponseTopicPartition, refused []refusal, n int) {
 }
 
 // answer sets a partition's answer from its records' results: its base
-// offset is its first record's when all were delivered, -1 when any was
-// buffered; a failed record's error, with its index, when any failed.
+// offset is its first record's when all were delivered at base + i, -1
+// when any was buffered (or a retry's records were delivered apart from
+// the first try's); a failed record's error, with its index, when any
+// failed.
 // The partition was checked whole before it was sent (unit), so a record
 // fails alone only when Kafka and then the buffer did not take it: when
 // others were stored, the error is a retriable one whatever the
@@ -280,6 +341,8 @@ func answer(rp *kmsg.ProduceResponseTopicPartition, results []record.Result) {
 			stored = true
 			if i == 0 {
 				rp.BaseOffset = r.Offset
+			} else if r.Offset != results[0].Offset+int64(i) {
+				buffered = true // not base + i: no offset is given
 			}
 		}
 	}

@@ -75,6 +75,8 @@ func (refuseSender) Send(context.Context, string, []record.Record) []record.Resu
 
 func (refuseSender) Refuse(context.Context, string, string, int, record.Reason) {}
 
+func (refuseSender) PossibleDuplicates(string, int) {}
+
 // TestUnauthenticatedAnswersAsSignIn checks that the unauthenticated row
 // is what a produce without credentials is answered.
 func TestUnauthenticatedAnswersAsSignIn(t *testing.T) {
