@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/spillway/spillway/pkg/record"
 )
 
 // idempotentBatch is batch's records as producer pid's batch at epoch
@@ -91,4 +93,58 @@ func TestIdempotenceStateSize(t *testing.T) {
 		t.Errorf("%.0f bytes a producer id: docs/configuration.md's figure is wrong", per)
 	}
 	runtime.KeepAlive(p)
+}
+
+// TestPartlyStoredBatch: a batch stored in part is remembered with its
+// records' results for its retry only (same epoch, sequences and record
+// count), and forgotten once a batch of the partition is taken; the
+// answer gives a base offset only when every record is at base + i.
+func TestPartlyStoredBatch(t *testing.T) {
+	p := newProducers(10, prometheus.NewRegistry())
+	states, release, err := p.claim(t.Context(), []int64{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	st, tp := states[7], topicPartition{"t", 0}
+	b := idemBatch{producerID: 7, epoch: 1, first: 10, last: 12}
+	part := []record.Result{{Outcome: record.Buffered, Offset: -1}, {Outcome: record.Failed}, {Outcome: record.Failed}}
+	p.partly(st, tp, b, part)
+	if got := p.stored(st, tp, b, 3); len(got) != 3 || got[0].Outcome != record.Buffered || got[1].Outcome != record.Failed {
+		t.Fatalf("the retry's stored part: %+v", got)
+	}
+	for name, other := range map[string]idemBatch{
+		"another epoch": {producerID: 7, epoch: 2, first: 10, last: 12},
+		"another first": {producerID: 7, epoch: 1, first: 11, last: 12},
+		"another last":  {producerID: 7, epoch: 1, first: 10, last: 13},
+	} {
+		if got := p.stored(st, tp, other, 3); got != nil {
+			t.Errorf("%s: %+v, want nothing stored", name, got)
+		}
+	}
+	if got := p.stored(st, tp, b, 4); got != nil {
+		t.Errorf("another record count: %+v, want nothing stored", got)
+	}
+	if v, _, _ := p.check(st, tp, b); v != sendIt {
+		t.Errorf("the retry of a batch stored in part: verdict %d, want sendIt", v)
+	}
+	p.taken(st, tp, b, -1)
+	if got := p.stored(st, tp, b, 3); got != nil {
+		t.Errorf("after the batch was taken: %+v, want nothing", got)
+	}
+
+	for _, c := range []struct {
+		offsets []int64
+		base    int64
+	}{{[]int64{5, 6, 7}, 5}, {[]int64{5, 6, 9}, -1}, {[]int64{5, 2, 3}, -1}} {
+		results := make([]record.Result, len(c.offsets))
+		for i, o := range c.offsets {
+			results[i] = record.Result{Outcome: record.Delivered, Offset: o}
+		}
+		var rp kmsg.ProduceResponseTopicPartition
+		answer(&rp, results)
+		if rp.ErrorCode != 0 || rp.BaseOffset != c.base {
+			t.Errorf("offsets %v: base %d, error %d; want base %d", c.offsets, rp.BaseOffset, rp.ErrorCode, c.base)
+		}
+	}
 }
