@@ -73,10 +73,7 @@ func (h *handler) postV2(c echo.Context) error {
 		case record.Delivered:
 			o.Partition, o.Offset = &r.Partition, &r.Offset
 		case record.Failed:
-			code := 1
-			if record.ReasonOf(r.Err).Retriable() {
-				code = 2
-			}
+			code := answerOf(record.ReasonOf(r.Err)).v2
 			msg := fromError(r.Err).body.Message
 			o.ErrorCode, o.Error = &code, &msg
 		}

@@ -26,33 +26,52 @@ const (
 	codeInternal             = 50000
 )
 
-// reasonAnswers is the HTTP status and error code of each failure reason,
-// for every API over HTTP: Spillway's, Confluent's, kafka-pixy's and
-// kafka-ambassador's. Every reason in record.Reasons has a row
-// (TestEveryReasonMapped).
-var reasonAnswers = map[record.Reason]struct{ status, code int }{
-	record.ReasonInvalid:         {http.StatusBadRequest, 40001},
-	record.ReasonTooLarge:        {http.StatusRequestEntityTooLarge, 41301},
-	record.ReasonUnknownTopic:    {http.StatusNotFound, 40401},
-	record.ReasonNotAuthorized:   {http.StatusServiceUnavailable, 50304}, // Kafka refused Spillway's own credentials: not the client's fault
-	record.ReasonUnavailable:     {http.StatusServiceUnavailable, 50301},
-	record.ReasonTimeout:         {http.StatusGatewayTimeout, 50401},
-	record.ReasonBufferFull:      {http.StatusInsufficientStorage, 50701},
-	record.ReasonOverloaded:      {http.StatusServiceUnavailable, 50303},
-	record.ReasonForbidden:       {http.StatusForbidden, 40302},
-	record.ReasonRateLimited:     {http.StatusTooManyRequests, 42901},
-	record.ReasonRejected:        {http.StatusUnprocessableEntity, 42201},
-	record.ReasonUnauthenticated: {http.StatusUnauthorized, 40101}, // as identify answers
+// Confluent REST Proxy v2's error_code of a failed record in a 200 or
+// 207 answer's offsets: whether sending it again may succeed.
+const (
+	v2Fatal     = 1 // retrying will not help
+	v2Retriable = 2 // the record may be taken if sent again (later)
+)
+
+// reasonAnswer is how the HTTP APIs answer a record failed for one
+// reason: the status and error code (the status times 100 plus a number),
+// and Confluent v2's per-record error_code.
+type reasonAnswer struct{ status, code, v2 int }
+
+// reasonAnswers is the answer to each failure reason, for every API over
+// HTTP: Spillway's, Confluent's, kafka-pixy's and kafka-ambassador's.
+// Every reason in record.Reasons has a row (TestEveryReasonMapped), and a
+// row's v2 code is retriable exactly when its status is 429 or 5xx, which
+// tell an HTTP client to come back.
+var reasonAnswers = map[record.Reason]reasonAnswer{
+	record.ReasonInvalid:         {http.StatusBadRequest, 40001, v2Fatal},
+	record.ReasonTooLarge:        {http.StatusRequestEntityTooLarge, 41301, v2Fatal},
+	record.ReasonUnknownTopic:    {http.StatusNotFound, 40401, v2Fatal},
+	record.ReasonNotAuthorized:   {http.StatusServiceUnavailable, 50304, v2Retriable}, // Kafka refused Spillway's own credentials: not the client's fault
+	record.ReasonUnavailable:     {http.StatusServiceUnavailable, 50301, v2Retriable},
+	record.ReasonTimeout:         {http.StatusGatewayTimeout, 50401, v2Retriable},
+	record.ReasonBufferFull:      {http.StatusInsufficientStorage, 50701, v2Retriable},
+	record.ReasonOverloaded:      {http.StatusServiceUnavailable, 50303, v2Retriable},
+	record.ReasonForbidden:       {http.StatusForbidden, 40302, v2Fatal},
+	record.ReasonRateLimited:     {http.StatusTooManyRequests, 42901, v2Retriable},
+	record.ReasonRejected:        {http.StatusUnprocessableEntity, 42201, v2Fatal},
+	record.ReasonUnauthenticated: {http.StatusUnauthorized, 40101, v2Fatal}, // as identify answers
 }
 
-// statusOf maps a failure reason to its HTTP status and error code. A
-// reason without a row (TestEveryReasonMapped sees that none is) is
-// answered as unavailable, as record.ReasonOf names an error without one.
-func statusOf(reason record.Reason) (status, code int) {
+// answerOf is the row of reason. A reason without a row
+// (TestEveryReasonMapped sees that none is) is answered as unavailable,
+// as record.ReasonOf names an error without one.
+func answerOf(reason record.Reason) reasonAnswer {
 	a, ok := reasonAnswers[reason]
 	if !ok {
 		a = reasonAnswers[record.ReasonUnavailable]
 	}
+	return a
+}
+
+// statusOf maps a failure reason to its HTTP status and error code.
+func statusOf(reason record.Reason) (status, code int) {
+	a := answerOf(reason)
 	return a.status, a.code
 }
 

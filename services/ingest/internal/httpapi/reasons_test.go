@@ -32,7 +32,8 @@ func (failSender) Refuse(context.Context, string, string, int, record.Reason) {}
 
 // TestEveryReasonMapped checks that every failure reason has a row of its
 // own in reasonAnswers, and that each HTTP API answers a record failed for
-// it with that row's status and error code.
+// it with that row's status and error code (and Confluent v2 the record
+// with the row's v2 error_code).
 func TestEveryReasonMapped(t *testing.T) {
 	codes := map[int]record.Reason{}
 	for reason, a := range reasonAnswers {
@@ -42,6 +43,13 @@ func TestEveryReasonMapped(t *testing.T) {
 		if a.code/100 != a.status {
 			t.Errorf("%s: error code %d is not its status %d times 100 plus a number", reason, a.code, a.status)
 		}
+		if comeBack := a.status == http.StatusTooManyRequests || a.status >= 500; comeBack != (a.v2 == v2Retriable) {
+			t.Errorf("%s: status %d with Confluent v2 error_code %d: a 429 or 5xx says retry, so it is %d exactly then (else %d)",
+				reason, a.status, a.v2, v2Retriable, v2Fatal)
+		}
+		if reason.Retriable() && a.v2 != v2Retriable || reason.InRecord() && a.v2 != v2Fatal {
+			t.Errorf("%s: Confluent v2 error_code %d contradicts the reason's class (Retriable %v, InRecord %v)", reason, a.v2, reason.Retriable(), reason.InRecord())
+		}
 		if other, ok := codes[a.code]; ok {
 			t.Errorf("%s and %s share error code %d: a program cannot tell them apart", reason, other, a.code)
 		}
@@ -50,10 +58,13 @@ func TestEveryReasonMapped(t *testing.T) {
 
 	routes := []struct {
 		name, path, contentType, body string
+		v2                            bool // the answer has Confluent v2's offsets
+		v3                            bool // Confluent v3: the error_code is the status
 	}{
-		{"kafka-ambassador and Spillway", "/topics/t/messages", "text/plain", "v"},
-		{"kafka-pixy", "/clusters/default/topics/t/messages", "text/plain", "v"},
-		{"Confluent v2", "/topics/t", "application/vnd.kafka.binary.v2+json", `{"records":[{"value":"dg=="}]}`},
+		{name: "kafka-ambassador and Spillway", path: "/topics/t/messages", contentType: "text/plain", body: "v"},
+		{name: "kafka-pixy", path: "/clusters/default/topics/t/messages", contentType: "text/plain", body: "v"},
+		{name: "Confluent v2", path: "/topics/t", contentType: "application/vnd.kafka.binary.v2+json", body: `{"records":[{"value":"dg=="}]}`, v2: true},
+		{name: "Confluent v3", path: "/v3/clusters/c/topics/t/records", contentType: "application/json", body: `{"value":{"type":"STRING","data":"v"}}`, v3: true},
 	}
 	for _, reason := range record.Reasons() {
 		t.Run(string(reason), func(t *testing.T) {
@@ -68,12 +79,24 @@ func TestEveryReasonMapped(t *testing.T) {
 				req.Header.Set("Content-Type", rt.contentType)
 				w := httptest.NewRecorder()
 				h.ServeHTTP(w, req)
-				var got errorBody
+				var got struct {
+					errorBody
+					Offsets []struct {
+						ErrorCode *int `json:"error_code"`
+					} `json:"offsets"`
+				}
 				if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
 					t.Fatalf("%s: %v: %s", rt.name, err, w.Body)
 				}
-				if w.Code != want.status || got.ErrorCode != want.code {
-					t.Errorf("%s: answered %d %d; want %d %d (%s)", rt.name, w.Code, got.ErrorCode, want.status, want.code, w.Body)
+				wantCode := want.code
+				if rt.v3 {
+					wantCode = want.status
+				}
+				if w.Code != want.status || got.ErrorCode != wantCode {
+					t.Errorf("%s: answered %d %d; want %d %d (%s)", rt.name, w.Code, got.ErrorCode, want.status, wantCode, w.Body)
+				}
+				if rt.v2 && (len(got.Offsets) != 1 || got.Offsets[0].ErrorCode == nil || *got.Offsets[0].ErrorCode != want.v2) {
+					t.Errorf("%s: the record's error_code in %s; want %d", rt.name, w.Body, want.v2)
 				}
 			}
 		})
