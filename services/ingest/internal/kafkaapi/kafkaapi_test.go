@@ -395,7 +395,8 @@ func TestShutdownAnswersInFlightProduce(t *testing.T) {
 // TestTopicMappingAndRateLimit: a topic that topic_mapping maps to one
 // of the cluster's is produced to under its own name, and the record is
 // in the mapped topic; past the rate limit a produce is answered
-// THROTTLING_QUOTA_EXCEEDED with the limit's message.
+// NOT_ENOUGH_REPLICAS, which every client retries, with the limit's
+// message.
 func TestTopicMappingAndRateLimit(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopic(t, addr, "orders", 2)
@@ -413,7 +414,7 @@ security:
 
 	resp := rawProduce(t, in.Kafka, "orders", &kmsg.Record{Value: []byte("over the limit")})
 	p := resp.Topics[0].Partitions[0]
-	assert.Equal(t, kerr.ThrottlingQuotaExceeded.Code, p.ErrorCode)
+	assert.Equal(t, kerr.NotEnoughReplicas.Code, p.ErrorCode)
 	require.NotNil(t, p.ErrorMessage)
 	assert.Contains(t, *p.ErrorMessage, "rate limit")
 }

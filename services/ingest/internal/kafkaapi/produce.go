@@ -367,8 +367,10 @@ func answer(rp *kmsg.ProduceResponseTopicPartition, results []record.Result) {
 }
 
 // reasonErrors is the Kafka error a client gets for a record that failed
-// for each reason: a retriable error where trying again may succeed.
-// Every reason in record.Reasons has a row (TestEveryReasonMapped).
+// for each reason: a retriable error where trying again may succeed, and
+// one that every client retries (TestEveryReasonMapped checks the row
+// against the errors librdkafka and sarama retry on a produce, fewer than
+// kgo's and the Java client's). Every reason in record.Reasons has a row.
 var reasonErrors = map[record.Reason]*kerr.Error{
 	record.ReasonInvalid:         kerr.InvalidRecord,
 	record.ReasonTooLarge:        kerr.MessageTooLarge,
@@ -379,7 +381,7 @@ var reasonErrors = map[record.Reason]*kerr.Error{
 	record.ReasonBufferFull:      kerr.NotEnoughReplicas,
 	record.ReasonOverloaded:      kerr.NotEnoughReplicas,
 	record.ReasonForbidden:       kerr.TopicAuthorizationFailed,
-	record.ReasonRateLimited:     kerr.ThrottlingQuotaExceeded,
+	record.ReasonRateLimited:     kerr.NotEnoughReplicas, // not THROTTLING_QUOTA_EXCEEDED: librdkafka and sarama drop a record answered so
 	record.ReasonRejected:        kerr.InvalidRecord,
 	record.ReasonUnauthenticated: kerr.SaslAuthenticationFailed, // as a produce without credentials is answered
 }

@@ -14,13 +14,35 @@ import (
 	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
+// everyClientRetries are the errors on a produce that librdkafka and
+// sarama retry; kgo and the Java client retry every error kerr calls
+// retriable, those two only these (librdkafka's
+// rd_kafka_handle_Produce_error and rd_kafka_err_action: the rest is a
+// permanent failure; sarama's async_producer "Retriable errors"). A
+// retriable answer outside this list makes those clients drop the record.
+var everyClientRetries = []*kerr.Error{
+	kerr.UnknownTopicOrPartition, kerr.LeaderNotAvailable, kerr.NotLeaderForPartition,
+	kerr.RequestTimedOut, kerr.NotEnoughReplicas, kerr.NotEnoughReplicasAfterAppend, kerr.KafkaStorageError,
+}
+
 // TestEveryReasonMapped checks that every failure reason has a row in
-// reasonErrors, and that a partition whose record failed for it is
-// answered with that row's error and the record's message.
+// reasonErrors, that a row's error is retried by every client or by none,
+// and that a partition whose record failed for it is answered with that
+// row's error and the record's message.
 func TestEveryReasonMapped(t *testing.T) {
-	for reason := range reasonErrors {
+	for reason, e := range reasonErrors {
 		if !slices.Contains(record.Reasons(), reason) {
 			t.Errorf("reasonErrors has a row for %q, which is not in record.Reasons()", reason)
+		}
+		if e.Retriable && !slices.Contains(everyClientRetries, e) {
+			t.Errorf("%s: %s is retriable for kgo and Java, but librdkafka and sarama drop the record: answer one they retry (NOT_ENOUGH_REPLICAS, ...) or a non-retriable error", reason, e.Message)
+		}
+		clientsFault := reason.InRecord() || reason == record.ReasonUnauthenticated || reason == record.ReasonForbidden
+		switch {
+		case reason.Retriable() && !e.Retriable:
+			t.Errorf("%s: %s is not retriable, but the failure is Kafka's and may pass", reason, e.Message)
+		case clientsFault && e.Retriable:
+			t.Errorf("%s: %s tells the client to retry a record that will fail again", reason, e.Message)
 		}
 	}
 	for _, reason := range record.Reasons() {

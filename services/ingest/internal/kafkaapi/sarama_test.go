@@ -77,3 +77,45 @@ func TestSaramaSyncProducer(t *testing.T) {
 		})
 	}
 }
+
+// TestSaramaRetriesRateLimited: a record over the rate limit is answered
+// with an error sarama retries (it drops one answered
+// THROTTLING_QUOTA_EXCEEDED at once), so that a SyncProducer past the
+// limit is slowed down, not failed: every record reaches Kafka once the
+// bucket refills.
+func TestSaramaRetriesRateLimited(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 1)
+	in := ingesttest.StartYAML(t, addr, `
+security:
+  rate_limit:
+    records_per_second: 4
+`)
+	cfg := sarama.NewConfig()
+	cfg.Version = sarama.V2_8_0_0
+	cfg.ClientID = "sarama-limited"
+	cfg.Producer.Return.Successes = true
+	cfg.Producer.RequiredAcks = sarama.WaitForAll
+	// 50 tries 100 ms apart: 5 s for a bucket that refills a record every
+	// 250 ms.
+	cfg.Producer.Retry.Max = 50
+	cfg.Producer.Retry.Backoff = 100 * time.Millisecond
+	cfg.Producer.Timeout = 5 * time.Second
+	cfg.Net.DialTimeout = 5 * time.Second
+	p, err := sarama.NewSyncProducer([]string{in.Kafka}, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+
+	const n = 8 // twice the bucket: some are refused at first
+	for i := range n {
+		_, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: "orders", Value: sarama.StringEncoder(fmt.Sprintf("r%d", i))})
+		require.NoError(t, err, "record %d", i)
+	}
+	got := kafkatest.Consume(t, addr, "orders", n, 10*time.Second)
+	require.Len(t, got, n)
+	for i, r := range got {
+		assert.Equal(t, fmt.Sprintf("r%d", i), string(r.Value), "in order, each once")
+	}
+	assert.Positive(t, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="rate_limited",topic="orders"}`),
+		"no record was over the limit: the test proves nothing")
+}
