@@ -38,9 +38,18 @@ func (topicSender) Refuse(context.Context, string, string, int, record.Reason) {
 // reasonCodes, and that each gRPC service answers a record failed for it
 // with that row's code.
 func TestEveryReasonMapped(t *testing.T) {
-	for reason := range reasonCodes {
+	// The codes gRPC clients and retry policies take as "try again".
+	transient := []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.Aborted}
+	for reason, c := range reasonCodes {
 		if !slices.Contains(record.Reasons(), reason) {
 			t.Errorf("reasonCodes has a row for %q, which is not in record.Reasons()", reason)
+		}
+		clientsFault := reason.InRecord() || reason == record.ReasonUnauthenticated || reason == record.ReasonForbidden
+		switch {
+		case reason.Retriable() && !slices.Contains(transient, c):
+			t.Errorf("%s: %s is no code clients retry, but the failure is Kafka's and may pass", reason, c)
+		case clientsFault && slices.Contains(transient, c):
+			t.Errorf("%s: %s tells the client to retry a request that will fail again", reason, c)
 		}
 	}
 

@@ -47,8 +47,12 @@ func TestEveryReasonMapped(t *testing.T) {
 			t.Errorf("%s: status %d with Confluent v2 error_code %d: a 429 or 5xx says retry, so it is %d exactly then (else %d)",
 				reason, a.status, a.v2, v2Retriable, v2Fatal)
 		}
-		if reason.Retriable() && a.v2 != v2Retriable || reason.InRecord() && a.v2 != v2Fatal {
-			t.Errorf("%s: Confluent v2 error_code %d contradicts the reason's class (Retriable %v, InRecord %v)", reason, a.v2, reason.Retriable(), reason.InRecord())
+		clientsFault := reason.InRecord() || reason == record.ReasonUnauthenticated || reason == record.ReasonForbidden
+		switch {
+		case reason.Retriable() && a.v2 != v2Retriable:
+			t.Errorf("%s: %d %d says do not retry, but the failure is Kafka's and may pass", reason, a.status, a.code)
+		case clientsFault && a.v2 != v2Fatal:
+			t.Errorf("%s: %d %d tells the client to retry a request that will fail again", reason, a.status, a.code)
 		}
 		if other, ok := codes[a.code]; ok {
 			t.Errorf("%s and %s share error code %d: a program cannot tell them apart", reason, other, a.code)
