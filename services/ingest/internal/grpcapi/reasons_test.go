@@ -2,10 +2,14 @@ package grpcapi
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
+	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -131,4 +135,32 @@ func TestUnauthenticatedAnswersAsSignIn(t *testing.T) {
 	if got, want := status.Code(err), reasonCodes[record.ReasonUnauthenticated]; got != want {
 		t.Errorf("a call without credentials is answered %s; the unauthenticated row says %s", got, want)
 	}
+}
+
+// TestReasonsDocumented checks that docs/api.md's table of gRPC status
+// codes lists every code a reason is answered with.
+func TestReasonsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../../../docs/api.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reason := range record.Reasons() {
+		c := reasonCodes[reason]
+		if row := fmt.Sprintf("\n| `%s` (%d) | ", upperSnake(c.String()), c); !strings.Contains(string(doc), row) {
+			t.Errorf("%s: docs/api.md has no row %q in its table of gRPC status codes", reason, strings.TrimSpace(row))
+		}
+	}
+}
+
+// upperSnake turns a Go name (DeadlineExceeded) into gRPC's constant
+// name (DEADLINE_EXCEEDED).
+func upperSnake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && unicode.IsUpper(r) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
 }

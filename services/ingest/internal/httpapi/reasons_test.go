@@ -3,9 +3,11 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -127,5 +129,20 @@ func TestUnauthenticatedAnswersAsSignIn(t *testing.T) {
 	want := reasonAnswers[record.ReasonUnauthenticated]
 	if w.Code != want.status || got.ErrorCode != want.code {
 		t.Errorf("a request without credentials is answered %d %d; the unauthenticated row says %d %d", w.Code, got.ErrorCode, want.status, want.code)
+	}
+}
+
+// TestReasonsDocumented checks that docs/api.md's table of statuses has
+// every reason's status and error code, so that a new row is documented.
+func TestReasonsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../../../docs/api.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reason := range record.Reasons() {
+		a := reasonAnswers[reason]
+		if row := fmt.Sprintf("\n| %d | %d | ", a.status, a.code); !strings.Contains(string(doc), row) {
+			t.Errorf("%s: docs/api.md has no row %q in its table of statuses and errors", reason, strings.TrimSpace(row))
+		}
 	}
 }

@@ -2,8 +2,11 @@ package kafkaapi
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -116,5 +119,34 @@ func TestUnauthenticatedAnswersAsSignIn(t *testing.T) {
 	got := kerr.ErrorForCode(resp.Topics[0].Partitions[0].ErrorCode)
 	if want := reasonErrors[record.ReasonUnauthenticated]; got != want {
 		t.Errorf("a produce without credentials is answered %v; the unauthenticated row says %v", got, want)
+	}
+}
+
+// TestReasonsDocumented checks that docs/api.md's table of the
+// listener's errors names each reason in the row of its Kafka error.
+func TestReasonsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../../../docs/api.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reason := range record.Reasons() {
+		e := reasonErrors[reason]
+		found, table := false, false
+		for line := range strings.Lines(string(doc)) {
+			if strings.HasPrefix(line, "| reason | Kafka error |") {
+				table = true
+			} else if !strings.HasPrefix(line, "|") {
+				table = false
+			}
+			if table && strings.Contains(line, "`"+string(reason)+"`") {
+				found = true
+				if want := fmt.Sprintf("| %s (%d)", e.Message, e.Code); !strings.Contains(line, want) {
+					t.Errorf("%s: docs/api.md's row %q does not say %s (%d)", reason, strings.TrimSpace(line), e.Message, e.Code)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: docs/api.md's table of the listener's errors has no row for it", reason)
+		}
 	}
 }
