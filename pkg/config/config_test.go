@@ -486,3 +486,44 @@ func TestTimeoutCrossChecks(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, c.Warnings, "the defaults fit inside one another")
 }
+
+// TestKafkaListenerRequestBound: server.kafka.max_request_bytes bounds the
+// Kafka listener's requests and leaves server.http.max_body_bytes to HTTP
+// bodies. A file that sets only server.http.max_body_bytes keeps the bound
+// it gave the listener before the listener had its own key, with a
+// warning that names both keys; with the listener off there is nothing to
+// warn about.
+func TestKafkaListenerRequestBound(t *testing.T) {
+	const warning = "server.kafka.max_request_bytes is not set, so server.http.max_body_bytes (4096) bounds the Kafka listener's requests, as it did before the listener had its own key; set server.kafka.max_request_bytes to bound them apart from HTTP bodies"
+	for _, tc := range []struct {
+		name        string
+		yaml        string
+		env         []string
+		kafka, http int64
+		wantWarning bool
+	}{
+		{"neither set", "", nil, 16 << 20, 16 << 20, false},
+		{"the new key", "", []string{"SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=4096"}, 4096, 16 << 20, false},
+		{"the new key in the file", "server:\n  kafka:\n    max_request_bytes: 4096\n", nil, 4096, 16 << 20, false},
+		{"the old key alone", "", []string{"SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=4096"}, 4096, 4096, true},
+		{"the old key alone in the file", "server:\n  http:\n    max_body_bytes: 4096\n", nil, 4096, 4096, true},
+		{"both", "server:\n  http:\n    max_body_bytes: 4096\n", []string{"SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=8192"}, 8192, 4096, false},
+		{"the old key, listener off", "", []string{"SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=4096", "SPILLWAY_SERVER_KAFKA_LISTEN="}, 16 << 20, 4096, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.yaml), tc.env)
+			require.NoError(t, err)
+			assert.Equal(t, tc.kafka, int64(c.Server.Kafka.MaxRequestBytes), "server.kafka.max_request_bytes in force")
+			assert.Equal(t, tc.http, c.Server.HTTP.MaxBodyBytes, "server.http.max_body_bytes")
+			if tc.wantWarning {
+				assert.Equal(t, []string{warning}, c.Warnings)
+			} else {
+				assert.Empty(t, c.Warnings)
+			}
+		})
+	}
+
+	_, err := Parse(nil, []string{"SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=0"})
+	require.Error(t, err)
+	assert.Equal(t, "server.kafka.max_request_bytes: 0 is not allowed; want a whole number of 1 or more", err.Error())
+}

@@ -45,6 +45,7 @@ func options(c *Config) []option {
 		{"server.grpc.monitoring.histogram.enable", true, accepted((*getter).boolean)}, // kafka-ambassador's; histograms are always on
 		{"server.kafka.listen", ":19092", bind(&s.Kafka.Listen, (*getter).optionalAddress)},
 		{"server.kafka.advertised", "", bind(&s.Kafka.Advertised, (*getter).optionalAddress)},
+		{"server.kafka.max_request_bytes", 16 << 20, bind(&s.Kafka.MaxRequestBytes, positive[int])},
 		{"server.kafka.max_connections", 10000, bind(&s.Kafka.MaxConnections, positive[int])},
 		{"server.kafka.max_connections_per_address", 1000, bind(&s.Kafka.MaxConnectionsPerAddress, positive[int])},
 		{"server.kafka.connections_max_idle", "10m", bind(&s.Kafka.ConnectionsMaxIdle, positiveDuration)},

@@ -49,6 +49,12 @@ type KafkaListener struct {
 	// (a container's port mapping, a load balancer); "": the address each
 	// client connected to.
 	Advertised string
+	// MaxRequestBytes bounds one request, and the records of one produce
+	// request once decompressed, as Kafka's socket.request.max.bytes
+	// does. When server.kafka.max_request_bytes is not set and
+	// server.http.max_body_bytes is, it is the latter (which bounded the
+	// listener before it had its own key), with a warning.
+	MaxRequestBytes int
 	// MaxConnections bounds the connections open at once, and
 	// MaxConnectionsPerAddress those of one client address (Kafka's
 	// max.connections and max.connections.per.ip): one more is closed at

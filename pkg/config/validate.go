@@ -17,11 +17,32 @@ func check(c *Config, g *getter) {
 		}
 	}
 	checkTimeouts(c, g)
+	kafkaRequestBytes(c, g)
 	checkServerTLS(c.Server.TLS, g)
 	checkJWT(c.Security.JWT, g)
 	if len(c.Security.ACL) > 0 && !c.Security.RequireCredentials {
 		g.warn("security.acl is set but security.require_credentials is false: a client that sends no credential is held only to security.allow_topics, not to any principal's ACL")
 	}
+}
+
+// The key that bounds the Kafka listener's requests, and the one that
+// bounded them before it had its own.
+const (
+	kafkaRequestBytesKey = "server.kafka.max_request_bytes"
+	httpBodyBytesKey     = "server.http.max_body_bytes"
+)
+
+// kafkaRequestBytes honours server.http.max_body_bytes for the Kafka
+// listener when only it is set: it bounded the listener's requests before
+// server.kafka.max_request_bytes existed, and a file written then must
+// keep its bound. The service is told to set the new key.
+func kafkaRequestBytes(c *Config, g *getter) {
+	if g.given == nil || g.given(kafkaRequestBytesKey) || !g.given(httpBodyBytesKey) || c.Server.Kafka.Listen == "" {
+		return
+	}
+	c.Server.Kafka.MaxRequestBytes = int(c.Server.HTTP.MaxBodyBytes)
+	g.warn(fmt.Sprintf("%s is not set, so %s (%d) bounds the Kafka listener's requests, as it did before the listener had its own key; set %s to bound them apart from HTTP bodies",
+		kafkaRequestBytesKey, httpBodyBytesKey, c.Server.HTTP.MaxBodyBytes, kafkaRequestBytesKey))
 }
 
 // checkTimeouts checks the timeouts that must fit inside one another, so

@@ -124,6 +124,23 @@ func TestWarnings(t *testing.T) {
 	}
 }
 
+// TestOldRequestBoundKeyWarned: a configuration that sets
+// server.http.max_body_bytes and not server.kafka.max_request_bytes starts,
+// and the service logs at start that the old key bounds the Kafka
+// listener, naming both keys; with the new key set, no such warning.
+func TestOldRequestBoundKeyWarned(t *testing.T) {
+	const msg = "server.kafka.max_request_bytes is not set, so server.http.max_body_bytes (4096) bounds the Kafka listener's requests, as it did before the listener had its own key; set server.kafka.max_request_bytes to bound them apart from HTTP bodies"
+	o := runWith(t, "ingest", nil, []string{"SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=4096"}, started)
+	require.Equal(t, ExitOK, o.code, o.stderr)
+	assert.NotNil(t, warning(logLines(t, o.stderr), msg), o.stderr)
+	assert.Equal(t, 4096, o.svc.Config.Server.Kafka.MaxRequestBytes)
+
+	o = runWith(t, "ingest", nil, []string{"SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=4096", "SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=8192"}, started)
+	require.Equal(t, ExitOK, o.code, o.stderr)
+	assert.Nil(t, warning(logLines(t, o.stderr), msg), o.stderr)
+	assert.Equal(t, 8192, o.svc.Config.Server.Kafka.MaxRequestBytes)
+}
+
 func TestConfiguredBrokersWin(t *testing.T) {
 	o := runWith(t, "resender", []string{"-dev-broker", "127.0.0.1:19092"}, []string{"SPILLWAY_KAFKA_BROKERS=kafka-1:9092,kafka-2:9092"}, started)
 	require.Equal(t, ExitOK, o.code, o.stderr)

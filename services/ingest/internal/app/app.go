@@ -254,7 +254,7 @@ func New(o Options) (_ *App, err error) {
 				return err
 			},
 			MaxRecordBytes:  cfg.Kafka.MaxMessageBytes,
-			MaxRequestBytes: int(cfg.Server.HTTP.MaxBodyBytes),
+			MaxRequestBytes: cfg.Server.Kafka.MaxRequestBytes,
 			// Kafka clients pack requests by bytes (kgo: 1 MiB a
 			// partition), as brokers bound them: a request holds up to
 			// what the ingest may hold in flight, not an HTTP body's

@@ -392,7 +392,7 @@ func (c *conn) serve() {
 // maxRequestBeforeSignIn bounds a request on a connection that has not
 // signed in, as Kafka's broker bounds one during SASL
 // (sasl.server.max.receive.size, 512 KiB): a client that has not said who
-// it is cannot make the listener hold server.http.max_body_bytes for it.
+// it is cannot make the listener hold server.kafka.max_request_bytes for it.
 const maxRequestBeforeSignIn = 512 << 10
 
 // signedIn says whether the connection may send requests other than

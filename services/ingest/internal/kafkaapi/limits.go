@@ -30,7 +30,7 @@ import (
 // maxRequestSize is the size prefix beyond reason, Kafka's
 // socket.request.max.bytes (100 MiB), which is also kgo's and sarama's
 // largest request: a larger one closes the connection before a byte of
-// it is read. A produce between server.http.max_body_bytes and this is
+// it is read. A produce between server.kafka.max_request_bytes and this is
 // read on and answered (handleOversized).
 const maxRequestSize = 100 << 20
 
@@ -264,7 +264,7 @@ func (s *skimmer) count(least int) int {
 }
 
 // handleOversized answers a request of n bytes, over the request bound
-// (server.http.max_body_bytes) but within maxRequestSize, reading it from
+// (server.kafka.max_request_bytes) but within maxRequestSize, reading it from
 // r. A produce is answered as if the client had sent what fits in
 // separate requests: its partitions are taken in order while their record
 // batches fit in the bound together, and sent on as any produce; a
@@ -351,11 +351,11 @@ func (c *conn) handleOversized(r io.Reader, n int) (kmsg.Response, int32, error)
 		topic := req.Topics[o.topic].Topic
 		if o.alone {
 			rp.ErrorCode = kerr.MessageTooLarge.Code
-			rp.ErrorMessage = ptr(fmt.Sprintf("this partition's records are over %d bytes, the most one produce request may hold (server.http.max_body_bytes)", c.s.o.MaxRequestBytes))
+			rp.ErrorMessage = ptr(fmt.Sprintf("this partition's records are over %d bytes, the most one produce request may hold (server.kafka.max_request_bytes)", c.s.o.MaxRequestBytes))
 			c.s.o.Sender.Refuse(ctx, API, topic, 1, record.ReasonTooLarge)
 		} else {
 			rp.ErrorCode = kerr.NotEnoughReplicas.Code
-			rp.ErrorMessage = ptr("this produce request holds more bytes than one request may (server.http.max_body_bytes); send this partition's records again")
+			rp.ErrorMessage = ptr("this produce request holds more bytes than one request may (server.kafka.max_request_bytes); send this partition's records again")
 			c.s.o.Sender.Refuse(ctx, API, topic, 1, record.ReasonOverloaded)
 		}
 		rt := &resp.Topics[o.topic]

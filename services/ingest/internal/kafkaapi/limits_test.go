@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -200,29 +201,50 @@ type e2eHook func(key int16, e2e kgo.BrokerE2E)
 func (h e2eHook) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) { h(key, e2e) }
 
 // TestProduceOverTheBoundAnswered: a produce request over the request
-// bound (1 MiB here) whose one partition is over it on its own is read on
-// and answered MESSAGE_TOO_LARGE for that partition, on a connection
-// that stays open; a size prefix beyond 100 MiB (Kafka's
+// bound (512 KiB here) whose one partition is over it on its own is read
+// on and answered MESSAGE_TOO_LARGE for that partition, naming the key, on
+// a connection that stays open; a size prefix beyond 100 MiB (Kafka's
 // socket.request.max.bytes) closes the connection before a byte of its
-// body is read.
+// body is read. The bound is server.kafka.max_request_bytes, which leaves
+// HTTP bodies to server.http.max_body_bytes; set alone, the old key
+// server.http.max_body_bytes still bounds the listener, and HTTP bodies
+// with it.
 func TestProduceOverTheBoundAnswered(t *testing.T) {
-	_, addr := kafkatest.NewCluster(t)
-	kafkatest.CreateTopic(t, addr, "big", 1)
-	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=1048576")
+	for _, tc := range []struct {
+		name     string
+		env      string
+		httpCode int // what the HTTP API answers a body of the same size
+	}{
+		{"server.kafka.max_request_bytes", "SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=524288", http.StatusOK},
+		{"server.http.max_body_bytes alone", "SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=524288", http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr := kafkatest.NewCluster(t)
+			kafkatest.CreateTopic(t, addr, "big", 1)
+			in := ingesttest.Start(t, addr, tc.env)
 
-	v := make([]byte, 1536<<10)
-	_, _ = rand.Read(v)
-	resp := rawProduce(t, in.Kafka, "big", &kmsg.Record{Value: v})
-	require.Len(t, resp.Topics, 1)
-	require.Len(t, resp.Topics[0].Partitions, 1)
-	assert.Equal(t, kerr.MessageTooLarge.Code, resp.Topics[0].Partitions[0].ErrorCode)
-	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="too_large",topic="big"}`))
+			v := make([]byte, 768<<10)
+			_, _ = rand.Read(v)
+			resp := rawProduce(t, in.Kafka, "big", &kmsg.Record{Value: v})
+			require.Len(t, resp.Topics, 1)
+			require.Len(t, resp.Topics[0].Partitions, 1)
+			p := resp.Topics[0].Partitions[0]
+			assert.Equal(t, kerr.MessageTooLarge.Code, p.ErrorCode)
+			if assert.NotNil(t, p.ErrorMessage) {
+				assert.Equal(t, "this partition's records are over 524288 bytes, the most one produce request may hold (server.kafka.max_request_bytes)", *p.ErrorMessage)
+			}
+			assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_records_failed_total{reason="too_large",topic="big"}`))
 
-	c := dialFrom(t, "127.0.0.1", in.Kafka)
-	_, err := c.Write(binary.BigEndian.AppendUint32(nil, 100<<20+1))
-	require.NoError(t, err)
-	assert.True(t, closedWithin(t, c, 5*time.Second), "a size prefix over 100 MiB closes the connection")
-	assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_kafka_connections_closed_total{reason="request_too_large"}`))
+			code, body := ingesttest.Post(t, in.URL+"/topics/big/messages", "application/octet-stream", string(v))
+			assert.Equal(t, tc.httpCode, code, body)
+
+			c := dialFrom(t, "127.0.0.1", in.Kafka)
+			_, err := c.Write(binary.BigEndian.AppendUint32(nil, 100<<20+1))
+			require.NoError(t, err)
+			assert.True(t, closedWithin(t, c, 5*time.Second), "a size prefix over 100 MiB closes the connection")
+			assert.Equal(t, 1.0, ingesttest.Metric(t, in.Monitor, `spillway_kafka_connections_closed_total{reason="request_too_large"}`))
+		})
+	}
 }
 
 // TestAnnouncedRequestsCostWhatWasSent: 200 connections that each send

@@ -481,7 +481,7 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 		if err != nil {
 			if err.code == kerr.MessageTooLarge.Code {
 				if _, alone := decompress(int8(b.Attributes&0x07), b.Records, maxBytes-tookBytes); alone == nil {
-					return nil, nil, later("bytes (server.http.max_body_bytes)", int(b.NumRecords))
+					return nil, nil, later("bytes (server.kafka.max_request_bytes)", int(b.NumRecords))
 				}
 			}
 			return nil, nil, err
