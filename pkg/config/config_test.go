@@ -30,7 +30,7 @@ func TestKafkaAmbassadorExampleLoads(t *testing.T) {
 
 	assert.Equal(t, []string{"kafka.address.com:9092"}, c.Kafka.Brokers)
 	assert.False(t, c.Kafka.UsingDevBroker)
-	assert.Equal(t, "gzip", c.Kafka.Compression)
+	assert.Equal(t, CompressionGzip, c.Kafka.Compression)
 	assert.Equal(t, 100000, c.Kafka.BatchSize)
 	// Its 60000 ms against the 60 s write timeout is lowered, with a
 	// warning, so that the file still loads (issue 14).
@@ -52,7 +52,7 @@ func TestDefaults(t *testing.T) {
 	assert.Equal(t, time.Millisecond, c.Kafka.Linger)
 	assert.Equal(t, 3, c.Kafka.MaxAttempts)
 	assert.Equal(t, 1000000, c.Kafka.MaxMessageBytes)
-	assert.Equal(t, "none", c.Kafka.Compression)
+	assert.Equal(t, CompressionNone, c.Kafka.Compression)
 	assert.True(t, c.Kafka.AutoCreateTopics)
 	assert.Empty(t, c.Kafka.IgnoredProperties)
 }
@@ -72,7 +72,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 	assert.Equal(t, ModeAlways, c.Producer.WAL.Mode)
 	assert.Equal(t, 250.0, c.Producer.Resend.RateLimit)
 	assert.Equal(t, []string{"orders", "payments"}, c.Producer.WAL.DisableTopics)
-	assert.Equal(t, "zstd", c.Kafka.Compression)
+	assert.Equal(t, CompressionZstd, c.Kafka.Compression)
 	assert.Equal(t, 1, c.Kafka.RequiredAcks, "file value kept where no variable overrides it")
 	assert.Equal(t, "127.0.0.1:0", c.Server.HTTP.Listen)
 }
@@ -102,6 +102,7 @@ func TestInvalidConfiguration(t *testing.T) {
 		{"topic in both lists", "producer:\n  wal:\n    always_topics: [a]\n    disable_topics: [a]\n", nil, []string{`topic "a" is also in producer.wal.disable_topics`}},
 		{"invalid topic in list", "producer:\n  wal:\n    always_topics: [\"bad topic\"]\n", nil, []string{`producer.wal.always_topics: invalid topic name "bad topic"`}},
 		{"bad compression", "kafka:\n  compression.codec: brotli\n", nil, []string{`kafka.compression.codec: "brotli" is not allowed; want one of none, gzip, snappy, lz4, zstd`}},
+		{"bad partitioner", "kafka:\n  partitioner: Murmur2\n", nil, []string{`kafka.partitioner: "Murmur2" is not allowed; want one of murmur2_random, murmur2, consistent_random, consistent, random`}},
 		{"bad acks", "kafka:\n  acks: 2\n", nil, []string{`kafka.acks: "2" is not allowed; want all, -1, 1 or 0`}},
 		{"bad bool", "producer:\n  wal:\n    in_memory: maybe\n", nil, []string{`producer.wal.in_memory: "maybe" is not allowed; want true or false`}},
 		{"sasl without user", "kafka:\n  security.protocol: sasl_ssl\n", nil, []string{`kafka.sasl.username: is empty`}},
@@ -526,4 +527,19 @@ func TestKafkaListenerRequestBound(t *testing.T) {
 	_, err := Parse(nil, []string{"SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=0"})
 	require.Error(t, err)
 	assert.Equal(t, "server.kafka.max_request_bytes: 0 is not allowed; want a whole number of 1 or more", err.Error())
+}
+
+// TestKafkaEnumsTyped: kafka.compression.codec is read in any case (as
+// librdkafka reads it) into its typed value, kafka.partitioner as written;
+// the defaults are none and murmur2_random.
+func TestKafkaEnumsTyped(t *testing.T) {
+	c, err := Parse(nil, []string{"SPILLWAY_KAFKA_COMPRESSION_TYPE=LZ4", "SPILLWAY_KAFKA_PARTITIONER=consistent"})
+	require.NoError(t, err)
+	assert.Equal(t, CompressionLZ4, c.Kafka.Compression)
+	assert.Equal(t, PartitionerConsistent, c.Kafka.Partitioner)
+
+	c, err = Parse(nil, nil)
+	require.NoError(t, err)
+	assert.Equal(t, CompressionNone, c.Kafka.Compression)
+	assert.Equal(t, PartitionerMurmur2Random, c.Kafka.Partitioner)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"path"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -177,15 +176,11 @@ func (g *getter) boolean(key string) bool {
 // oneOf returns a getter of one of the allowed values, given in any case.
 func oneOf[T ~string](allowed ...T) func(*getter, string) T {
 	return func(g *getter, key string) T {
-		s := T(strings.ToLower(g.str(key)))
-		if !slices.Contains(allowed, s) {
-			names := make([]string, len(allowed))
-			for i, a := range allowed {
-				names[i] = string(a)
-			}
-			g.fail(key, fmt.Errorf("%q is not allowed; want one of %s", s, strings.Join(names, ", ")))
+		v, err := checkName(T(strings.ToLower(g.str(key))), allowed)
+		if err != nil {
+			g.fail(key, err)
 		}
-		return s
+		return v
 	}
 }
 

@@ -24,8 +24,8 @@ type Kafka struct {
 	UsingDevBroker bool
 
 	ClientID          string
-	Compression       string // none, gzip, snappy, lz4, zstd
-	RequiredAcks      int    // -1 (all), 0 or 1
+	Compression       Compression
+	RequiredAcks      int // -1 (all), 0 or 1
 	BatchSize         int
 	BatchBytes        int64
 	Linger            time.Duration
@@ -37,7 +37,7 @@ type Kafka struct {
 	RetryBackoffMax   time.Duration
 	AutoCreateTopics  bool
 	MetadataRefresh   time.Duration
-	Partitioner       string
+	Partitioner       Partitioner
 	SecurityProtocol  string // plaintext, ssl, sasl_plaintext, sasl_ssl
 	TLS               TLS
 	SASL              SASL
@@ -94,13 +94,9 @@ var kafkaProperties = []kafkaProperty{
 		k.ClientID = v
 		return nil
 	}},
-	{[]string{"compression.codec", "compression.type"}, "none", "none, gzip, snappy, lz4 or zstd", func(k *Kafka, v string) error {
-		v = strings.ToLower(v)
-		if !slices.Contains([]string{"none", "gzip", "snappy", "lz4", "zstd"}, v) {
-			return fmt.Errorf("%q is not allowed; want one of none, gzip, snappy, lz4, zstd", v)
-		}
-		k.Compression = v
-		return nil
+	{[]string{"compression.codec", "compression.type"}, "none", "none, gzip, snappy, lz4 or zstd", func(k *Kafka, v string) (err error) {
+		k.Compression, err = checkName(Compression(strings.ToLower(v)), Compressions())
+		return err
 	}},
 	{[]string{"acks", "request.required.acks"}, "all", "all (or -1), 1 or 0: the acknowledgement Kafka gives before a record counts as delivered", func(k *Kafka, v string) error {
 		switch strings.ToLower(v) {
@@ -133,12 +129,9 @@ var kafkaProperties = []kafkaProperty{
 		return nil
 	}},
 	{[]string{"topic.metadata.refresh.interval.ms"}, "1000", "how long topic metadata is cached; short, so that a returning broker is found fast", msSetter(true, func(k *Kafka, d time.Duration) { k.MetadataRefresh = d })},
-	{[]string{"partitioner"}, "murmur2_random", "murmur2_random (Java client's: murmur2 of the key, random without key), murmur2, consistent_random, consistent, random", func(k *Kafka, v string) error {
-		if !slices.Contains([]string{"murmur2_random", "murmur2", "consistent_random", "consistent", "random"}, v) {
-			return fmt.Errorf("%q is not allowed; want one of murmur2_random, murmur2, consistent_random, consistent, random", v)
-		}
-		k.Partitioner = v
-		return nil
+	{[]string{"partitioner"}, "murmur2_random", "murmur2_random (Java client's: murmur2 of the key, random without key), murmur2, consistent_random, consistent, random", func(k *Kafka, v string) (err error) {
+		k.Partitioner, err = checkName(Partitioner(v), Partitioners())
+		return err
 	}},
 	{[]string{"security.protocol"}, "plaintext", "plaintext, ssl, sasl_plaintext or sasl_ssl", func(k *Kafka, v string) error {
 		v = strings.ToLower(v)

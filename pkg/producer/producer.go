@@ -121,12 +121,12 @@ func New(cfg config.Kafka, logger *slog.Logger) (*Producer, error) {
 	}
 	p := &Producer{
 		client:         &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: transport, Timeout: cfg.SocketTimeout},
-		balancer:       newBalancer(cfg.Partitioner),
+		balancer:       cfg.Partitioner.Balancer(),
 		timeout:        cfg.MessageTimeout,
 		maxRecordBytes: cfg.MaxMessageBytes,
 		autoCreate:     cfg.AutoCreateTopics,
 		acks:           kafka.RequiredAcks(cfg.RequiredAcks),
-		compression:    compression(cfg.Compression),
+		compression:    cfg.Compression.Codec(),
 		batchSize:      max(cfg.BatchSize, 1),
 		batchBytes:     int(max(cfg.BatchBytes, 1)),
 		linger:         cfg.Linger,
@@ -182,36 +182,6 @@ func saslMechanism(c config.SASL) (sasl.Mechanism, error) {
 		return scram.Mechanism(scram.SHA512, c.Username, c.Password)
 	default:
 		return plain.Mechanism{Username: c.Username, Password: c.Password}, nil
-	}
-}
-
-func compression(name string) kafka.Compression {
-	switch name {
-	case "gzip":
-		return kafka.Gzip
-	case "snappy":
-		return kafka.Snappy
-	case "lz4":
-		return kafka.Lz4
-	case "zstd":
-		return kafka.Zstd
-	default:
-		return 0
-	}
-}
-
-func newBalancer(name string) kafka.Balancer {
-	switch name {
-	case "murmur2":
-		return kafka.Murmur2Balancer{Consistent: true}
-	case "consistent_random":
-		return kafka.CRC32Balancer{}
-	case "consistent":
-		return kafka.CRC32Balancer{Consistent: true}
-	case "random":
-		return &kafka.RoundRobin{}
-	default:
-		return kafka.Murmur2Balancer{}
 	}
 }
 
