@@ -20,12 +20,6 @@ type ambassadorServer struct {
 	opts Options
 }
 
-// Bounds of one gathered batch when the limits they come from are unset.
-const (
-	defaultBatchRecords = 10000
-	defaultBatchBytes   = 4 << 20
-)
-
 // ambassadorBatch is the records of consecutive ProdRqs, delivered with
 // one Send.
 type ambassadorBatch struct {
@@ -74,10 +68,11 @@ func (g *gather) ready() bool {
 }
 
 // full says whether cur cannot take another record of size bytes. A batch
-// takes at least one record, whatever its size. Caller holds mu.
+// takes at least one record, whatever its size; a bound of 0 is no bound,
+// as Options has it. Caller holds mu.
 func (g *gather) full(size int) bool {
 	return g.cur != nil && len(g.cur.recs) > 0 &&
-		(len(g.cur.recs) >= g.maxRecords || g.cur.bytes+size > g.maxBytes)
+		((g.maxRecords > 0 && len(g.cur.recs) >= g.maxRecords) || (g.maxBytes > 0 && g.cur.bytes+size > g.maxBytes))
 }
 
 // end stops taking requests; err (nil for the client's EOF) ends the
@@ -233,12 +228,6 @@ func (s *ambassadorServer) Produce(stream grpc.BidiStreamingServer[kafkaambassad
 		depth:      max(1, min(s.opts.Config.StreamWindow, 2)),
 		wake:       make(chan struct{}, 1),
 		room:       make(chan struct{}, 1),
-	}
-	if g.maxRecords <= 0 {
-		g.maxRecords = defaultBatchRecords
-	}
-	if g.maxBytes <= 0 {
-		g.maxBytes = defaultBatchBytes
 	}
 	queue := make(chan *ambassadorBatch, g.depth)
 	go s.receive(ctx, g, stream.Recv)

@@ -80,8 +80,13 @@ type Options struct {
 	// (security.scram_users) and says whether credentials are required;
 	// nil: none are checked.
 	Auth *identity.Authenticator
+	// The bounds below are taken as given: their defaults live in
+	// pkg/config, which refuses 0, and a test that builds Options itself
+	// passes each bound it relies on.
+	//
 	// MaxRequestBytes bounds one request, and the records of one produce
-	// request once decompressed; MaxRequestRecords bounds its records.
+	// request once decompressed (server.kafka.max_request_bytes);
+	// MaxRequestRecords bounds its records.
 	MaxRequestBytes   int
 	MaxRequestRecords int
 	// Advertised is the host:port Metadata names; "": the address each
@@ -90,20 +95,19 @@ type Options struct {
 	// MaxConnections bounds the connections open at once and
 	// MaxConnectionsPerAddress those from one client address: one more
 	// is closed as soon as it is accepted (server.kafka.max_connections,
-	// server.kafka.max_connections_per_address; 0: 10,000 and 1,000).
+	// server.kafka.max_connections_per_address).
 	MaxConnections           int
 	MaxConnectionsPerAddress int
 	// IdleTimeout closes a connection from which no byte arrived for
 	// this long, between requests or within one
-	// (server.kafka.connections_max_idle; 0: 10 minutes).
+	// (server.kafka.connections_max_idle).
 	IdleTimeout time.Duration
 	// SignInTimeout bounds the TLS handshake and signing in, from the
-	// moment the connection is accepted (server.kafka.sign_in_timeout;
-	// 0: 10 s).
+	// moment the connection is accepted (server.kafka.sign_in_timeout).
 	SignInTimeout time.Duration
 	// IdempotentProducers bounds the producer ids whose last batches are
 	// kept to answer their retries, least recently used forgotten first
-	// (server.kafka.idempotent_producers; 0: 100,000).
+	// (server.kafka.idempotent_producers).
 	IdempotentProducers int
 	// Registry receives the listener's metrics; nil: none.
 	Registry prometheus.Registerer
@@ -135,27 +139,6 @@ type Server struct {
 
 // New returns a server; Serve serves it.
 func New(o Options) *Server {
-	if o.MaxRequestBytes <= 0 {
-		o.MaxRequestBytes = 16 << 20
-	}
-	if o.MaxRequestRecords <= 0 {
-		o.MaxRequestRecords = 100_000
-	}
-	if o.MaxConnections <= 0 {
-		o.MaxConnections = 10_000
-	}
-	if o.MaxConnectionsPerAddress <= 0 {
-		o.MaxConnectionsPerAddress = 1_000
-	}
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 10 * time.Minute
-	}
-	if o.SignInTimeout <= 0 {
-		o.SignInTimeout = 10 * time.Second
-	}
-	if o.IdempotentProducers <= 0 {
-		o.IdempotentProducers = 100_000
-	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
