@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -167,90 +166,200 @@ func (d *Delivery) spills(topic string) bool {
 	return d.opts.Buffer != nil && d.opts.WAL.Spills(topic)
 }
 
-// batch is one Send's records on their way through the stages. A stage
-// looks only at the records that are still open; the one that answers a
-// record closes it.
-type batch struct {
-	api     string
-	client  identity.Client
-	recs    []record.Record
-	named   []string // the topics the client named: ACLs, rules and metrics use them
-	sizes   []int    // as the client sent them, before our headers
-	parents []parent
-	results []record.Result
-	closed  []bool
-	cost    int64 // what the records cost in memory, for the in-flight bound
+// item is one record on its way through the stages: the record, what the
+// client gave for it, and its result. A stage looks only at the items
+// still open; the one that answers an item closes it.
+type item struct {
+	rec    record.Record
+	named  string // the topic the client named: ACLs, rules and metrics use it
+	size   int    // as the client sent it, before our headers
+	parent parent
+	res    record.Result
+	closed bool
 }
 
-// fail answers record i with err and closes it.
-func (b *batch) fail(i int, topic string, err error) {
-	b.results[i] = record.Fail(topic, err)
-	b.closed[i] = true
+// fail answers it with err, under topic, and closes it.
+func (it *item) fail(topic string, err error) {
+	it.res = record.Fail(topic, err)
+	it.closed = true
+}
+
+// batch is one Send's records on their way through the stages.
+type batch struct {
+	api    string
+	client identity.Client
+	items  []item
+	cost   int64 // what the records cost in memory, for the in-flight bound
+}
+
+// open is b's items not yet answered.
+func (b *batch) open() []*item {
+	out := make([]*item, 0, len(b.items))
+	for i := range b.items {
+		if !b.items[i].closed {
+			out = append(out, &b.items[i])
+		}
+	}
+	return out
+}
+
+// results is each item's result, in order, with its record's id.
+func (b *batch) results() []record.Result {
+	out := make([]record.Result, len(b.items))
+	for i := range b.items {
+		out[i] = b.items[i].res
+		out[i].ID = b.items[i].rec.ID
+	}
+	return out
+}
+
+// records is the records of items, copied: a hand-off writes its trace
+// headers on them.
+func records(items []*item) []record.Record {
+	out := make([]record.Record, len(items))
+	for j, it := range items {
+		out[j] = it.rec
+	}
+	return out
+}
+
+// answer gives each of items its result of res, in order, and closes it.
+func answer(items []*item, res []record.Result) {
+	for j, it := range items {
+		it.res, it.closed = res[j], true
+	}
 }
 
 // Send delivers recs, received through api ("http" or "grpc"), and returns
-// one result per record in order. The stages: admit (ids, counts, the
-// in-flight bound), authorize (rate limits, ACLs), validate, map the
-// topics, route (write ahead, or Kafka behind the breaker and the buffer
-// when Kafka cannot take them), and account (mirrors and metrics).
+// one result per record in order. The stages: admit (ids, timestamps,
+// counts), reserve (the in-flight bound), authorize (rate limits, ACLs),
+// validate, map the topics, route (write ahead, or Kafka behind the
+// breaker and the buffer when Kafka cannot take them), and account
+// (mirrors and metrics).
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
 	b := d.admit(ctx, api, recs)
 	if !d.reserve(b) {
-		return b.results
+		return b.results()
 	}
 	defer d.release(b)
 	pol := d.opts.Policy.Load()
 	if d.authorize(b, pol) {
-		d.validate(b, pol)
-		d.mapTopics(b, pol)
-		b.parents = d.parents(ctx, recs)
-		d.route(ctx, b)
+		d.validate(b.open(), pol)
+		d.mapTopics(b.open(), pol)
+		d.trace(ctx, b.open())
+		d.route(ctx, b.open())
 	}
 	d.account(b)
-	return b.results
+	return b.results()
 }
 
-// admit gives each record an id and a timestamp, and counts it received.
-func (d *Delivery) admit(ctx context.Context, api string, recs []record.Record) *batch {
-	b := &batch{
-		api:     api,
-		client:  identity.From(ctx),
-		recs:    recs,
-		named:   make([]string, len(recs)),
-		sizes:   make([]int, len(recs)),
-		results: make([]record.Result, len(recs)),
-		closed:  make([]bool, len(recs)),
+// Deliver is an API's one call for a request: it refuses the whole
+// request when the topic it names is not a topic or the API could not
+// read it, answers the records the API could not parse with their
+// reasons, sends the others (Send), and counts every outcome. It returns
+// one result per record and refusal, each in its place, or the error the
+// whole request is refused for.
+func (d *Delivery) Deliver(ctx context.Context, req record.Request) ([]record.Result, error) {
+	if err := d.refused(ctx, req); err != nil {
+		return nil, err
 	}
+	n := len(req.Records) + len(req.Refused)
+	if n == 0 { // a request with nothing to send: its topic is checked
+		return nil, nil
+	}
+	if len(req.Refused) == 0 {
+		return d.Send(ctx, req.API, req.Records), nil
+	}
+	results := make([]record.Result, n)
+	taken := make([]bool, n)
+	for _, r := range req.Refused {
+		results[r.Index], taken[r.Index] = record.Fail(r.Topic, r.Err), true
+		d.count(req.API, r.Topic, max(r.N, 1), record.ReasonOf(r.Err))
+	}
+	if len(req.Records) == 0 {
+		return results, nil
+	}
+	sent := d.Send(ctx, req.API, req.Records)
+	j := 0
+	for i := range results {
+		if !taken[i] {
+			results[i] = sent[j]
+			j++
+		}
+	}
+	return results, nil
+}
+
+// refused is the error the whole of req is refused for, counted; nil
+// when it is not. The client's credentials come first, then the topic's
+// name, then what the API could not read.
+func (d *Delivery) refused(ctx context.Context, req record.Request) error {
+	if req.Err != nil && record.ReasonOf(req.Err) == record.ReasonUnauthenticated {
+		d.denied(identity.From(ctx).Principal, record.ReasonUnauthenticated)
+		return req.Err
+	}
+	if req.Topic != "" {
+		if err := record.ValidateTopic(req.Topic); err != nil {
+			d.count(req.API, "", 1, record.ReasonInvalid)
+			return err
+		}
+	}
+	if req.Err != nil {
+		d.count(req.API, req.Topic, 1, record.ReasonOf(req.Err))
+		return req.Err
+	}
+	return nil
+}
+
+// count counts n records of topic received and refused for reason
+// before they could be sent.
+func (d *Delivery) count(api, topic string, n int, reason record.Reason) {
+	t := d.label(topic)
+	d.m.received.WithLabelValues(api, t).Add(float64(n))
+	d.m.failed.WithLabelValues(t, string(reason)).Add(float64(n))
+}
+
+// admit gives each record an id and a timestamp, refuses those whose
+// topic, as the client named it, is not a topic, and counts each received.
+func (d *Delivery) admit(ctx context.Context, api string, recs []record.Record) *batch {
+	b := &batch{api: api, client: identity.From(ctx), items: make([]item, len(recs))}
 	now := time.Now()
 	d.ids.assign(recs)
+	var topicErr error
 	for i := range recs {
-		b.named[i] = recs[i].Topic
-		b.sizes[i] = recs[i].Size()
-		if recs[i].Timestamp.IsZero() { // the receive time, wherever the record goes
-			recs[i].Timestamp = now
+		it := &b.items[i]
+		it.rec, it.named, it.size = recs[i], recs[i].Topic, recs[i].Size()
+		if it.rec.Timestamp.IsZero() { // the receive time, wherever the record goes
+			it.rec.Timestamp = now
+		}
+		if i == 0 || it.named != b.items[i-1].named { // once per run of a topic
+			topicErr = record.ValidateTopic(it.named)
+		}
+		if topicErr != nil { // the name the client gave: no use mapping it
+			it.fail(it.named, topicErr)
 		}
 	}
 	// One metric update per topic, not per record: a batch's records
 	// almost always share their topic.
 	var received, receivedBytes tally
-	for i := range recs {
-		received.add(tallyKey{recs[i].Topic}, 1)
-		receivedBytes.add(tallyKey{recs[i].Topic}, float64(b.sizes[i]))
+	for i := range b.items {
+		received.add(tallyKey{b.items[i].named}, 1)
+		receivedBytes.add(tallyKey{b.items[i].named}, float64(b.items[i].size))
 	}
 	for k, n := range received.all() {
-		d.m.received.WithLabelValues(api, d.topics.Value(k[0])).Add(n)
+		d.m.received.WithLabelValues(api, d.label(k[0])).Add(n)
 	}
 	for k, n := range receivedBytes.all() {
-		d.m.receivedBytes.WithLabelValues(api, d.topics.Value(k[0])).Add(n)
+		d.m.receivedBytes.WithLabelValues(api, d.label(k[0])).Add(n)
 	}
 	return b
 }
 
 // RecordOverhead is what a record costs the ingest in memory beyond its
-// key, value and headers: its Record, id, result, the per-stage slices and
-// the Kafka message made of it. A 16 MiB NDJSON body of 8.4 M one-byte
-// records took the ingest from 70 MB to over 9 GB, about 1.1 KB a record
-// (issue 15).
+// key, value and headers: its Record, id, result, its item in the stages
+// and the Kafka message made of it. A 16 MiB NDJSON body of 8.4 M
+// one-byte records took the ingest from 70 MB to over 9 GB, about 1.1 KB
+// a record (issue 15).
 const RecordOverhead = 1024
 
 // reserve takes b's records into the in-flight bounds (records, and what
@@ -260,10 +369,10 @@ const RecordOverhead = 1024
 // a bound set below one request does not refuse it for ever; one request
 // is itself bounded by server.max_request_records and the body limits.
 func (d *Delivery) reserve(b *batch) bool {
-	n := int64(len(b.recs))
+	n := int64(len(b.items))
 	b.cost = n * RecordOverhead
-	for _, s := range b.sizes {
-		b.cost += int64(s)
+	for i := range b.items {
+		b.cost += int64(b.items[i].size)
 	}
 	records, bytes := d.inFlight.Add(n), d.inBytes.Add(b.cost)
 	var msg string
@@ -277,10 +386,10 @@ func (d *Delivery) reserve(b *batch) bool {
 	if msg != "" {
 		d.inFlight.Add(-n)
 		d.inBytes.Add(-b.cost)
-		for i := range b.recs {
-			b.results[i] = record.Fail(b.recs[i].Topic, record.Errorf(record.ReasonOverloaded, "%s", msg))
-			b.results[i].ID = b.recs[i].ID
-			d.m.failed.WithLabelValues(d.topics.Value(b.recs[i].Topic), string(record.ReasonOverloaded)).Inc()
+		for i := range b.items {
+			it := &b.items[i]
+			it.fail(it.named, record.Errorf(record.ReasonOverloaded, "%s", msg))
+			d.m.failed.WithLabelValues(d.label(it.named), string(record.ReasonOverloaded)).Inc()
 		}
 		return false
 	}
@@ -291,9 +400,9 @@ func (d *Delivery) reserve(b *batch) bool {
 
 // release gives b's records back to the in-flight bounds.
 func (d *Delivery) release(b *batch) {
-	d.inFlight.Add(-int64(len(b.recs)))
+	d.inFlight.Add(-int64(len(b.items)))
 	d.inBytes.Add(-b.cost)
-	d.m.inFlight.Sub(float64(len(b.recs)))
+	d.m.inFlight.Sub(float64(len(b.items)))
 	d.m.inFlightBytes.Sub(float64(b.cost))
 }
 
@@ -304,13 +413,13 @@ func (d *Delivery) release(b *batch) {
 // limit refused the batch.
 func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 	total := 0
-	for _, n := range b.sizes {
-		total += n
+	for i := range b.items {
+		total += b.items[i].size
 	}
-	if err := pol.TakeRate(b.client, len(b.recs), total); err != nil {
+	if err := pol.TakeRate(b.client, len(b.items), total); err != nil {
 		d.denied(b.client.Principal, record.ReasonRateLimited)
-		for i := range b.recs {
-			b.fail(i, b.recs[i].Topic, err)
+		for i := range b.items {
+			b.items[i].fail(b.items[i].named, err)
 		}
 		return false
 	}
@@ -320,12 +429,16 @@ func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 		last string
 		err  error
 	)
-	for i := range b.recs {
-		if i == 0 || b.named[i] != last {
-			last, err = b.named[i], pol.Authorize(b.client, b.named[i])
+	for i := range b.items {
+		it := &b.items[i]
+		if it.closed {
+			continue
+		}
+		if i == 0 || it.named != last {
+			last, err = it.named, pol.Authorize(b.client, it.named)
 		}
 		if err != nil {
-			b.fail(i, b.named[i], err)
+			it.fail(it.named, err)
 			d.denied(b.client.Principal, record.ReasonForbidden)
 		}
 	}
@@ -335,21 +448,18 @@ func (d *Delivery) authorize(b *batch, pol *policy.Policy) bool {
 // validate refuses the records that carry a header only Spillway may set,
 // and those that break a validation rule of the topic the client named or
 // of the Kafka topic it maps to.
-func (d *Delivery) validate(b *batch, pol *policy.Policy) {
-	for i := range b.recs {
-		if b.closed[i] {
-			continue
-		}
-		if h, ok := ownHeader(b.recs[i].Headers); ok {
+func (d *Delivery) validate(items []*item, pol *policy.Policy) {
+	for _, it := range items {
+		if h, ok := ownHeader(it.rec.Headers); ok {
 			// A forged id would let a client make consumers that
 			// de-duplicate on it drop another client's record.
-			b.fail(i, b.named[i], record.Errorf(record.ReasonInvalid,
+			it.fail(it.named, record.Errorf(record.ReasonInvalid,
 				"the record header %q is Spillway's own (the record's id, set by Spillway): a client may not set it", h))
 			continue
 		}
-		if rule, err := pol.Validate(b.named[i], &b.recs[i]); err != nil {
-			b.fail(i, b.named[i], err)
-			d.m.rejected.WithLabelValues(d.topics.Value(b.named[i]), rule).Inc()
+		if rule, err := pol.Validate(it.named, &it.rec); err != nil {
+			it.fail(it.named, err)
+			d.m.rejected.WithLabelValues(d.label(it.named), rule).Inc()
 		}
 	}
 }
@@ -368,113 +478,119 @@ func ownHeader(headers []record.Header) (string, bool) {
 // mapTopics gives each record its Kafka topic (topic_mapping), and refuses
 // those Kafka would refuse: a mapped topic that is not a topic, a record
 // over Kafka's size limit.
-func (d *Delivery) mapTopics(b *batch, pol *policy.Policy) {
-	for i := range b.recs {
-		if b.closed[i] {
+func (d *Delivery) mapTopics(items []*item, pol *policy.Policy) {
+	for _, it := range items {
+		it.rec.Topic = pol.Map(it.named)
+		if err := record.ValidateTopic(it.rec.Topic); err != nil { // a prefix rewrite can make one
+			it.fail(it.named, record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", it.named, record.ClientMessage(err)))
 			continue
 		}
-		b.recs[i].Topic = pol.Map(b.named[i])
-		if err := record.ValidateTopic(b.recs[i].Topic); err != nil { // a prefix rewrite can make one
-			b.fail(i, b.named[i], record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", b.named[i], record.ClientMessage(err)))
-			continue
+		if it.size > d.opts.MaxRecordBytes { // no use sending or buffering it
+			it.fail(it.rec.Topic, record.Errorf(record.ReasonTooLarge,
+				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", it.size, d.opts.MaxRecordBytes))
 		}
-		if b.sizes[i] > d.opts.MaxRecordBytes { // no use sending or buffering it
-			b.fail(i, b.recs[i].Topic, record.Errorf(record.ReasonTooLarge,
-				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", b.sizes[i], d.opts.MaxRecordBytes))
-		}
+	}
+}
+
+// trace reads each record's parent trace context, before any hop
+// overwrites the record's trace headers.
+func (d *Delivery) trace(ctx context.Context, items []*item) {
+	parents := d.parents(ctx, records(items))
+	for j, it := range items {
+		it.parent = parents[j]
 	}
 }
 
 // route sends the open records on: to the buffer first for the topics
 // written ahead, to Kafka for the others.
-func (d *Delivery) route(ctx context.Context, b *batch) {
-	var ahead, direct []int
-	for i := range b.recs {
-		switch {
-		case b.closed[i]:
-		case d.writesAhead(b.recs[i].Topic):
-			ahead = append(ahead, i)
-		default:
-			direct = append(direct, i)
+func (d *Delivery) route(ctx context.Context, items []*item) {
+	var ahead, direct []*item
+	for _, it := range items {
+		if d.writesAhead(it.rec.Topic) {
+			ahead = append(ahead, it)
+		} else {
+			direct = append(direct, it)
 		}
 	}
 	if len(ahead) > 0 {
-		scatter(b.results, ahead, d.buffer(ctx, spill.WriteAhead, pick(b.recs, ahead), pick(b.named, ahead), pick(b.parents, ahead), "write_ahead"))
+		d.buffer(ctx, spill.WriteAhead, ahead, "write_ahead")
 	}
 	if len(direct) > 0 && d.opts.Backlog.Active() {
-		direct = d.behindBacklog(ctx, b, direct)
+		direct = d.behindBacklog(ctx, direct)
 	}
 	if len(direct) > 0 {
-		scatter(b.results, direct, d.toKafka(ctx, pick(b.recs, direct), pick(b.named, direct), pick(b.parents, direct)))
+		d.toKafka(ctx, direct)
 	}
 }
 
 // behindBacklog buffers the records of direct whose lane has a backlog
 // (producer.order partition): they wait behind it, in the buffer, and are
-// answered buffered. It returns the others, for Kafka.
-func (d *Delivery) behindBacklog(ctx context.Context, b *batch, direct []int) []int {
-	var spillable []int
-	var rest []int
-	for _, i := range direct {
-		if d.spills(b.recs[i].Topic) {
-			spillable = append(spillable, i)
-		} else {
-			rest = append(rest, i) // never buffered: no order through the buffer to keep
+// answered buffered. It returns the others, for Kafka, in their order.
+func (d *Delivery) behindBacklog(ctx context.Context, direct []*item) []*item {
+	var spillable []*item
+	for _, it := range direct {
+		if d.spills(it.rec.Topic) { // a topic never buffered has no order through the buffer to keep
+			spillable = append(spillable, it)
 		}
 	}
 	if len(spillable) == 0 {
 		return direct
 	}
-	recs := pick(b.recs, spillable)
+	recs := records(spillable)
 	behind := d.opts.Backlog.Behind(ctx, recs)
-	var wait []int
-	for j, i := range spillable {
+	var wait []*item
+	for j, it := range spillable {
 		if behind[j] {
-			wait = append(wait, i)
-		} else {
-			rest = append(rest, i)
+			wait = append(wait, it)
 		}
 	}
-	if len(wait) > 0 {
-		scatter(b.results, wait, d.buffer(ctx, spill.Spilled, pick(b.recs, wait), pick(b.named, wait), pick(b.parents, wait), "backlog"))
-		d.opts.Backlog.Done(recs, behind)
+	if len(wait) == 0 {
+		return direct
 	}
-	slices.Sort(rest)
+	d.buffer(ctx, spill.Spilled, wait, "backlog")
+	d.opts.Backlog.Done(recs, behind)
+	rest := make([]*item, 0, len(direct)-len(wait))
+	for _, it := range direct {
+		if !it.closed {
+			rest = append(rest, it)
+		}
+	}
 	return rest
 }
 
-// account hands the acknowledged records to the mirrors, gives each result
-// its record's id, and counts the outcomes per topic and per client.
+// account hands the acknowledged records to the mirrors, and counts the
+// outcomes per topic and per client.
 func (d *Delivery) account(b *batch) {
-	d.mirror(b.recs, b.results)
-	d.countClient(b.client, b.named, b.sizes, b.results)
+	d.mirror(b.items)
+	d.countClient(b.client, b.items)
 	var delivered, failed tally
-	for i, r := range b.results {
-		b.results[i].ID = b.recs[i].ID
-		switch r.Outcome {
+	for i := range b.items {
+		it := &b.items[i]
+		switch it.res.Outcome {
 		case record.Delivered:
-			delivered.add(tallyKey{b.named[i]}, 1)
+			delivered.add(tallyKey{it.named}, 1)
 		case record.Failed:
-			failed.add(tallyKey{b.named[i], string(record.ReasonOf(r.Err))}, 1)
+			failed.add(tallyKey{it.named, string(record.ReasonOf(it.res.Err))}, 1)
 		}
 	}
 	for k, n := range delivered.all() {
-		d.m.delivered.WithLabelValues(d.topics.Value(k[0])).Add(n)
+		d.m.delivered.WithLabelValues(d.label(k[0])).Add(n)
 	}
 	for k, n := range failed.all() {
-		d.m.failed.WithLabelValues(d.topics.Value(k[0]), k[1]).Add(n)
+		d.m.failed.WithLabelValues(d.label(k[0]), k[1]).Add(n)
 	}
 }
 
 // mirror hands each mirror a copy of the acknowledged records of its
 // topics. The copy lets the mirror's partitioner choose the partition: the
 // mirror's topic may have another partition count.
-func (d *Delivery) mirror(recs []record.Record, results []record.Result) {
+func (d *Delivery) mirror(items []item) {
 	for _, m := range d.opts.Mirrors {
 		var copies []record.Record
-		for i, r := range results {
-			if (r.Outcome == record.Delivered || r.Outcome == record.Buffered) && m.Matches(recs[i].Topic) {
-				c := recs[i]
+		for i := range items {
+			it := &items[i]
+			if (it.res.Outcome == record.Delivered || it.res.Outcome == record.Buffered) && m.Matches(it.rec.Topic) {
+				c := it.rec
 				c.Partition = record.AnyPartition
 				copies = append(copies, c)
 			}
@@ -491,7 +607,7 @@ func (d *Delivery) denied(principal string, reason record.Reason) {
 
 // countClient counts the request, its records by outcome and their bytes
 // per client.
-func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, results []record.Result) {
+func (d *Delivery) countClient(c identity.Client, items []item) {
 	principal := d.principals.Value(c.Principal)
 	library, version := c.Library, c.Version
 	if d.libraries.Value(library+"/"+version) == monitor.OtherLabel {
@@ -499,27 +615,28 @@ func (d *Delivery) countClient(c identity.Client, topics []string, sizes []int, 
 	}
 	d.m.clientRequests.WithLabelValues(principal, library, version).Inc()
 	var records, bytes tally
-	for i, r := range results {
-		records.add(tallyKey{topics[i], r.Outcome.String()}, 1)
-		bytes.add(tallyKey{topics[i]}, float64(sizes[i]))
+	for i := range items {
+		records.add(tallyKey{items[i].named, items[i].res.Outcome.String()}, 1)
+		bytes.add(tallyKey{items[i].named}, float64(items[i].size))
 	}
 	for k, n := range records.all() {
-		d.m.clientRecords.WithLabelValues(principal, d.topics.Value(k[0]), k[1]).Add(n)
+		d.m.clientRecords.WithLabelValues(principal, d.label(k[0]), k[1]).Add(n)
 	}
 	for k, n := range bytes.all() {
-		d.m.clientBytes.WithLabelValues(principal, d.topics.Value(k[0])).Add(n)
+		d.m.clientBytes.WithLabelValues(principal, d.label(k[0])).Add(n)
 	}
 }
 
-// toKafka produces recs behind the breaker and spills those Kafka could
-// not take, where their topic allows it. named are the topics the client
-// gave, for the metrics. A record waits at most producer.cb.max_wait, and
-// less when the breaker opens meanwhile; the records not yet sent then
-// are withdrawn before they are spilled (record.ErrWithdrawn), and Kafka
-// never gets them. One spilled after it was sent and Kafka did not answer
-// in time may still reach Kafka, and is counted as a possible duplicate.
-func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []string, parents []parent) []record.Result {
-	sp := d.startSpans(parents, recs, func() (string, []attribute.KeyValue) {
+// toKafka produces items behind the breaker and spills those Kafka could
+// not take, where their topic allows it. A record waits at most
+// producer.cb.max_wait, and less when the breaker opens meanwhile; the
+// records not yet sent then are withdrawn before they are spilled
+// (record.ErrWithdrawn), and Kafka never gets them. One spilled after it
+// was sent and Kafka did not answer in time may still reach Kafka, and is
+// counted as a possible duplicate.
+func (d *Delivery) toKafka(ctx context.Context, items []*item) {
+	recs := records(items)
+	sp := d.startSpans(parentsOf(items), recs, func() (string, []attribute.KeyValue) {
 		return "send " + recs[0].Topic, kafkaAttrs(recs[0].Topic, len(recs))
 	})
 	start := time.Now()
@@ -537,80 +654,89 @@ func (d *Delivery) toKafka(ctx context.Context, recs []record.Record, named []st
 	} else {
 		d.m.produceTime.Observe(time.Since(start).Seconds())
 	}
-
 	sp.end(recs, results)
+	answer(items, results)
 
 	// A record whose client has left is not spilled: it was never
 	// acknowledged, the client will send it again if it cares, and Kafka
 	// may still take it if it was on the wire; spilling it too would only
 	// make a duplicate. It is counted as failed.
-	left := ctx.Err() != nil
-	byReason := map[string][]int{}
-	for i, r := range results {
-		if r.Outcome == record.Failed && record.ReasonOf(r.Err).Retriable() && d.spills(recs[i].Topic) && !left {
+	if ctx.Err() != nil {
+		return
+	}
+	var reasons []string // in the order first met
+	byReason := map[string][]*item{}
+	for _, it := range items {
+		if it.res.Outcome == record.Failed && record.ReasonOf(it.res.Err).Retriable() && d.spills(it.rec.Topic) {
 			reason := spillReason
 			if reason == "" {
-				reason = string(record.ReasonOf(r.Err))
+				reason = string(record.ReasonOf(it.res.Err))
 			}
-			byReason[reason] = append(byReason[reason], i)
+			if _, ok := byReason[reason]; !ok {
+				reasons = append(reasons, reason)
+			}
+			byReason[reason] = append(byReason[reason], it)
 		}
 	}
-	for reason, idx := range byReason {
-		var sent []bool // on the wire when the wait ended: Kafka may still take it
-		if reason == string(record.ReasonTimeout) {
-			sent = make([]bool, len(idx))
-			for j, i := range idx {
-				sent[j] = !errors.Is(results[i].Err, record.ErrWithdrawn)
-			}
+	for _, reason := range reasons {
+		spilling := byReason[reason]
+		// On the wire when the wait ended: Kafka may still take it.
+		sent := make([]bool, len(spilling))
+		for j, it := range spilling {
+			sent[j] = reason == string(record.ReasonTimeout) && !errors.Is(it.res.Err, record.ErrWithdrawn)
 		}
-		spilling := pick(recs, idx)
+		recs := records(spilling)
 		if d.opts.Backlog != nil {
 			// The lanes get a backlog before their records are buffered, so
 			// that the next records of each lane wait behind them.
-			d.opts.Backlog.Spilling(ctx, spilling)
+			d.opts.Backlog.Spilling(ctx, recs)
 		}
-		scatter(results, idx, d.buffer(ctx, spill.Spilled, spilling, pick(named, idx), pick(parents, idx), reason))
+		d.buffer(ctx, spill.Spilled, spilling, reason)
 		if d.opts.Backlog != nil {
-			d.opts.Backlog.Done(spilling, nil)
+			d.opts.Backlog.Done(recs, nil)
 		}
-		for j, i := range idx {
-			if sent != nil && sent[j] && results[i].Outcome == record.Buffered {
-				d.m.duplicates.WithLabelValues(d.topics.Value(named[i])).Inc()
+		for j, it := range spilling {
+			if sent[j] && it.res.Outcome == record.Buffered {
+				d.m.duplicates.WithLabelValues(d.label(it.named)).Inc()
 			}
 		}
 	}
-	return results
 }
 
-// buffer publishes recs to the buffer and counts the buffered ones under
-// the topics the client named.
-func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, recs []record.Record, named []string, parents []parent, reason string) []record.Result {
+// buffer publishes items to the buffer, answers them, and counts the
+// buffered ones under the topics the client named.
+func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, items []*item, reason string) {
+	recs := records(items)
 	subject := spill.Subjects{Prefix: d.opts.WAL.SubjectPrefix}.For(kind, recs[0].Topic)
-	sp := d.startSpans(parents, recs, func() (string, []attribute.KeyValue) {
+	sp := d.startSpans(parentsOf(items), recs, func() (string, []attribute.KeyValue) {
 		return "publish " + subject, append(bufferAttrs(subject, len(recs)), attribute.String("spillway.buffer.reason", reason))
 	})
 	res := d.opts.Buffer.Publish(ctx, kind, recs, reason)
 	sp.end(recs, res)
-	for i, r := range res {
-		if r.Outcome == record.Buffered {
-			d.m.buffered.WithLabelValues(d.topics.Value(named[i]), reason).Inc()
+	answer(items, res)
+	for _, it := range items {
+		if it.res.Outcome == record.Buffered {
+			d.m.buffered.WithLabelValues(d.label(it.named), reason).Inc()
 		}
 	}
-	return res
 }
 
-func pick[T any](all []T, idx []int) []T {
-	out := make([]T, len(idx))
-	for j, i := range idx {
-		out[j] = all[i]
+// parentsOf is the parent trace context of each of items.
+func parentsOf(items []*item) []parent {
+	out := make([]parent, len(items))
+	for j, it := range items {
+		out[j] = it.parent
 	}
 	return out
 }
 
-func scatter(results []record.Result, idx []int, res []record.Result) {
-	for j, i := range idx {
-		results[i] = res[j]
+// label is topic's metric label: "" for a name that is not a topic (no
+// label of the client's making), "other" past topics_max.
+func (d *Delivery) label(topic string) string {
+	if record.ValidateTopic(topic) != nil {
+		topic = ""
 	}
+	return d.topics.Value(topic)
 }
 
 // PossibleDuplicates counts n records of topic (as the client named it)
@@ -618,7 +744,7 @@ func scatter(results []record.Result, idx []int, res []record.Result) {
 // the client's retry may store them again: a Kafka-protocol partition
 // the buffer failed midway.
 func (d *Delivery) PossibleDuplicates(topic string, n int) {
-	d.m.duplicates.WithLabelValues(d.topics.Value(topic)).Add(float64(n))
+	d.m.duplicates.WithLabelValues(d.label(topic)).Add(float64(n))
 }
 
 // Refuse counts n records that an API refused before it could send them
@@ -631,10 +757,5 @@ func (d *Delivery) Refuse(ctx context.Context, api, topic string, n int, reason 
 		d.denied(identity.From(ctx).Principal, reason)
 		return
 	}
-	if record.ValidateTopic(topic) != nil {
-		topic = "" // not a topic: no label of the client's making
-	}
-	t := d.topics.Value(topic)
-	d.m.received.WithLabelValues(api, t).Add(float64(n))
-	d.m.failed.WithLabelValues(t, string(reason)).Add(float64(n))
+	d.count(api, topic, n, reason)
 }

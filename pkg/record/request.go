@@ -1,0 +1,41 @@
+package record
+
+// Request is one client request as an API parsed it, for the delivery
+// path's one call: the records it holds, what of it could not be parsed,
+// and the topic it names for all of them. The API translates the call's
+// answer into its protocol's; the delivery path validates, refuses or
+// sends, and counts, whatever the API.
+type Request struct {
+	// API is the protocol the request came over (http, grpc, kafka): a
+	// metric label.
+	API string
+	// Topic is the topic the whole request names, "" when each record
+	// names its own. The delivery path checks it first, and refuses the
+	// whole request when it is not a valid topic name.
+	Topic string
+	// Err refuses the whole request: its client could not be signed in
+	// (reason unauthenticated), or it could not be read (too_large,
+	// invalid). It counts as one record refused under Topic; an
+	// unauthenticated one as a denial of its client, and no record.
+	Err error
+	// Records are the records parsed, in order.
+	Records []Record
+	// Refused are the records the API could not parse. Each answer has
+	// its place: the records of Records fill the places that no Refusal
+	// takes, in order.
+	Refused []Refusal
+}
+
+// Refusal is a record, or a run of records such as a Kafka partition's
+// batch, that an API could not parse.
+type Refusal struct {
+	// Index is its place among the request's answers.
+	Index int
+	// Topic is the topic the client named for it.
+	Topic string
+	// Err says why, with its reason (an *Error).
+	Err error
+	// N is the records it stands for, for the metrics; 0 counts as one,
+	// as a refused body does.
+	N int
+}
