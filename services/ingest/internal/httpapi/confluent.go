@@ -60,11 +60,10 @@ func (h *handler) postV2(c echo.Context) error {
 	}
 	topic := c.Param("topic")
 	recs, err := h.parseV2(c, format, topic)
+	results, err := h.deliver(c, topic, recs, err)
 	if err != nil {
-		h.Sender.Refuse(c.Request().Context(), API, topic, 1, refusedFor(err))
 		return err
 	}
-	results := h.Sender.Send(c.Request().Context(), API, recs)
 	status, first := batchStatus(results)
 	out := v2Response{Offsets: make([]v2Offset, len(results))}
 	for i, r := range results {
@@ -90,9 +89,6 @@ func (h *handler) postV2(c echo.Context) error {
 
 // parseV2 reads the records of a v2 request.
 func (h *handler) parseV2(c echo.Context, format, topic string) ([]record.Record, error) {
-	if err := record.ValidateTopic(topic); err != nil {
-		return nil, err
-	}
 	body, err := h.readBody(c)
 	if err != nil {
 		return nil, err
@@ -157,23 +153,23 @@ func (h *handler) postV3(c echo.Context) error {
 	}
 	topic := c.Param("topic")
 	req := c.Request()
-	if err := record.ValidateTopic(topic); err != nil {
-		h.Sender.Refuse(req.Context(), API, topic, 1, record.ReasonInvalid)
-		return err
-	}
 	if req.ContentLength < 0 {
+		// A stream's records are each one request; the stream is refused
+		// first when its topic is not a topic.
+		if _, err := h.deliver(c, topic, nil, nil); err != nil {
+			return err
+		}
 		return h.streamV3(c, topic)
 	}
 	parsed, err := h.parseV3(c, topic)
-	if err != nil {
-		h.Sender.Refuse(req.Context(), API, topic, 1, refusedFor(err))
-		return err
-	}
 	recs := make([]record.Record, len(parsed))
 	for i, p := range parsed {
 		recs[i] = p.rec
 	}
-	results := h.Sender.Send(req.Context(), API, recs)
+	results, err := h.deliver(c, topic, recs, err)
+	if err != nil {
+		return err
+	}
 	clusterID := c.Param("cluster_id")
 	if len(parsed) == 1 {
 		status, out := newV3Result(clusterID, parsed[0], results[0])
@@ -296,9 +292,9 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 						"the stream sent nothing for %s (server.http.stream_idle_timeout): it is ended; the records answered above were taken", h.StreamIdleTimeout))
 				case body.over:
 					err = record.Errorf(record.ReasonTooLarge, "a record in the stream is over the limit of %d bytes (server.http.max_body_bytes)", h.MaxBodyBytes)
-					h.Sender.Refuse(ctx, API, topic, 1, record.ReasonTooLarge)
+					_, _ = h.Sender.Deliver(ctx, record.Request{API: API, Topic: topic, Err: err})
 				default:
-					h.Sender.Refuse(ctx, API, topic, 1, record.ReasonOf(err))
+					_, _ = h.Sender.Deliver(ctx, record.Request{API: API, Topic: topic, Err: &record.Error{Reason: record.ReasonOf(err), Message: record.ClientMessage(err), Err: err}})
 				}
 				pending.err = err
 				close(pending.done)
@@ -310,7 +306,11 @@ func (h *handler) streamV3(c echo.Context, topic string) error {
 				// A record taken is answered, delivered or buffered, even
 				// when the reading ends (idle, shutdown) or the client
 				// leaves: the stream's context ends with its reading.
-				pending.res = h.Sender.Send(context.WithoutCancel(ctx), API, []record.Record{p.rec})[0]
+				res, err := h.Sender.Deliver(context.WithoutCancel(ctx), record.Request{API: API, Topic: topic, Records: []record.Record{p.rec}})
+				if err != nil { // the stream's topic was checked: not met
+					res = []record.Result{record.Fail(topic, err)}
+				}
+				pending.res = res[0]
 				close(pending.done)
 			}()
 		}

@@ -35,12 +35,10 @@ func (h *handler) postMessages(c echo.Context) error {
 	}
 	topic := c.Param("topic")
 	recs, err := h.parseMessages(c, mt, topic)
+	results, err := h.deliver(c, topic, recs, err)
 	if err != nil {
-		h.Sender.Refuse(c.Request().Context(), API, topic, 1, refusedFor(err))
 		return err
 	}
-
-	results := h.Sender.Send(c.Request().Context(), API, recs)
 	if mt != mediaNDJSON {
 		res := results[0]
 		if res.Outcome == record.Failed {
@@ -60,9 +58,6 @@ func (h *handler) postMessages(c echo.Context) error {
 // parseMessages reads the records of a kafka-ambassador request: one, or
 // one per line of an NDJSON body.
 func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Record, error) {
-	if err := record.ValidateTopic(topic); err != nil {
-		return nil, err
-	}
 	meta, err := parseMeta(c.Request().Header)
 	if err != nil {
 		return nil, err
@@ -88,8 +83,31 @@ func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Reco
 	return recs, nil
 }
 
-// refusedFor is the reason a request refused before Send is counted
-// under: too_large for one over a limit, else invalid.
+// deliver is a handler's one call: the request's records for topic, or
+// the error it could not be read for (parseErr), to the delivery path. It
+// returns the records' results, or the error to answer the whole request
+// with.
+func (h *handler) deliver(c echo.Context, topic string, recs []record.Record, parseErr error) ([]record.Result, error) {
+	req := record.Request{API: API, Topic: topic, Records: recs}
+	if parseErr != nil {
+		req.Records, req.Err = nil, refusal(parseErr)
+	}
+	return h.Sender.Deliver(c.Request().Context(), req)
+}
+
+// refusal is err with the reason its request is counted under: its own
+// when it has one, too_large for one over a limit, else invalid. The
+// answer stays err's (fromError finds it inside).
+func refusal(err error) error {
+	var re *record.Error
+	if errors.As(err, &re) {
+		return err
+	}
+	return &record.Error{Reason: refusedFor(err), Message: err.Error(), Err: err}
+}
+
+// refusedFor is the reason a request refused before it was sent is
+// counted under: too_large for one over a limit, else invalid.
 func refusedFor(err error) record.Reason {
 	var re *record.Error
 	if errors.As(err, &re) {

@@ -40,6 +40,25 @@ type recordMeta struct {
 
 // parseMeta reads the X-Kafka-* request headers.
 func parseMeta(h http.Header) (recordMeta, error) {
+	m, err := parseMetaFields(h)
+	if err != nil {
+		return m, err
+	}
+	for name, values := range h {
+		if !strings.HasPrefix(name, HeaderRecordPrefix) || len(name) == len(HeaderRecordPrefix) {
+			continue
+		}
+		key := strings.ToLower(name[len(HeaderRecordPrefix):])
+		for _, v := range values {
+			m.headers = append(m.headers, record.Header{Key: key, Value: []byte(v)})
+		}
+	}
+	return m, nil
+}
+
+// parseMetaFields reads the key, partition and timestamp headers, without
+// a scan of every header for record headers.
+func parseMetaFields(h http.Header) (recordMeta, error) {
 	m := recordMeta{partition: record.AnyPartition}
 	if v, ok := h[HeaderKey]; ok {
 		m.key = []byte(v[0])
@@ -67,15 +86,6 @@ func parseMeta(h http.Header) (recordMeta, error) {
 			return m, invalid("%s: %v", HeaderTimestamp, err)
 		}
 		m.timestamp = ts
-	}
-	for name, values := range h {
-		if !strings.HasPrefix(name, HeaderRecordPrefix) || len(name) == len(HeaderRecordPrefix) {
-			continue
-		}
-		key := strings.ToLower(name[len(HeaderRecordPrefix):])
-		for _, v := range values {
-			m.headers = append(m.headers, record.Header{Key: key, Value: []byte(v)})
-		}
 	}
 	return m, nil
 }

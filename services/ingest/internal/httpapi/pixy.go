@@ -64,20 +64,28 @@ func isForm(r *http.Request) bool {
 // isPixy says so, else kafka-ambassador's and Spillway's.
 func (h *handler) postTopicMessages(c echo.Context) error {
 	req := c.Request()
-	var form url.Values
+	var f *pixyForm
 	if isForm(req) {
 		body, err := h.readBody(c)
 		if err != nil {
-			h.Sender.Refuse(req.Context(), API, c.Param("topic"), 1, refusedFor(err))
+			_, err = h.deliver(c, c.Param("topic"), nil, err)
 			return err
 		}
-		req.Body = io.NopCloser(bytes.NewReader(body))
-		form, _ = url.ParseQuery(string(body))
+		req.Body = io.NopCloser(bytes.NewReader(body)) // for postMessages, which refuses a form
+		f = &pixyForm{body: body}
+		f.values, f.err = url.ParseQuery(string(body))
 	}
-	if isPixy(req, form) {
-		return h.postPixy(c, false)
+	if f != nil && isPixy(req, f.values) || f == nil && isPixy(req, nil) {
+		return h.postPixy(c, false, f)
 	}
 	return h.postMessages(c)
+}
+
+// pixyForm is a form body, read and parsed once.
+type pixyForm struct {
+	body   []byte
+	values url.Values
+	err    error // what url.ParseQuery said of it
 }
 
 // postClusterMessages is kafka-pixy's POST
@@ -85,24 +93,28 @@ func (h *handler) postTopicMessages(c echo.Context) error {
 // request header there is a base64 record header.
 func (h *handler) postClusterMessages(c echo.Context) error {
 	if cluster := c.Param("cluster"); cluster != PixyCluster {
-		h.Sender.Refuse(c.Request().Context(), API, c.Param("topic"), 1, record.ReasonUnknownTopic)
-		return newHTTPError(http.StatusNotFound, codeUnknownCluster,
+		he := newHTTPError(http.StatusNotFound, codeUnknownCluster,
 			"cluster "+strconv.Quote(cluster)+" is not known here: Spillway produces to one Kafka cluster, called "+strconv.Quote(PixyCluster))
+		// Counted under no topic: the cluster is refused before its topic
+		// is looked at, as over gRPC.
+		_, err := h.Sender.Deliver(c.Request().Context(), record.Request{API: API,
+			Err: &record.Error{Reason: record.ReasonUnknownTopic, Message: he.body.Message, Err: he}})
+		return err
 	}
-	return h.postPixy(c, true)
+	return h.postPixy(c, true, nil)
 }
 
 // postPixy delivers a kafka-pixy request's record and answers once it is
 // durable, whether or not the request asked for sync: 200 with Kafka's
 // partition and offset, or 202 buffered with the record's id.
-func (h *handler) postPixy(c echo.Context, clusterRoute bool) error {
+func (h *handler) postPixy(c echo.Context, clusterRoute bool, form *pixyForm) error {
 	topic := c.Param("topic")
-	rec, err := h.parsePixy(c, topic, clusterRoute)
+	rec, err := h.parsePixy(c, topic, clusterRoute, form)
+	results, err := h.deliver(c, topic, []record.Record{rec}, err)
 	if err != nil {
-		h.Sender.Refuse(c.Request().Context(), API, topic, 1, refusedFor(err))
 		return err
 	}
-	res := h.Sender.Send(c.Request().Context(), API, []record.Record{rec})[0]
+	res := results[0]
 	out := pixyBody{ID: res.ID, Outcome: res.Outcome.String()}
 	switch res.Outcome {
 	case record.Delivered:
@@ -122,21 +134,27 @@ func (h *handler) postPixy(c echo.Context, clusterRoute bool) error {
 // when present even empty, is the key; X-Kafka-{Name} headers are base64
 // record headers. On the shared route Spillway's own X-Kafka-Key,
 // X-Kafka-Key-Base64, X-Kafka-Partition and X-Kafka-Timestamp keep their
-// meaning.
-func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool) (record.Record, error) {
+// meaning. form is the form body when postTopicMessages read one.
+func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool, f *pixyForm) (record.Record, error) {
 	rec := record.Record{Topic: topic, Partition: record.AnyPartition}
-	if err := record.ValidateTopic(topic); err != nil {
-		return rec, err
-	}
 	req := c.Request()
-	body, err := h.readBody(c)
-	if err != nil {
-		return rec, err
+	if f == nil && isForm(req) { // the cluster route
+		body, err := h.readBody(c)
+		if err != nil {
+			return rec, err
+		}
+		f = &pixyForm{body: body}
+		f.values, f.err = url.ParseQuery(string(body))
 	}
 	params := req.URL.Query()
-	rec.Value = body
-	if isForm(req) {
-		form, err := url.ParseQuery(string(body))
+	if f == nil {
+		body, err := h.readBody(c)
+		if err != nil {
+			return rec, err
+		}
+		rec.Value = body
+	} else {
+		form, err := f.values, f.err
 		if err != nil {
 			return rec, invalid("the form body cannot be read: %v", err)
 		}
@@ -152,7 +170,7 @@ func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool) (re
 	}
 	reserved := map[string]bool{}
 	if !clusterRoute {
-		meta, err := parseMeta(req.Header)
+		meta, err := parseMetaFields(req.Header) // isPixy saw no X-Kafka-Header-*
 		if err != nil {
 			return rec, err
 		}

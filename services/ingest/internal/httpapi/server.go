@@ -30,12 +30,12 @@ import (
 // API is the label of records received over HTTP.
 const API = "http"
 
-// Sender delivers records and returns one result per record, in order.
+// Sender is the delivery path: one call per request.
 type Sender interface {
-	Send(ctx context.Context, api string, recs []record.Record) []record.Result
-	// Refuse counts n records refused before they could be sent, or
-	// (reason unauthenticated) a request refused for its credentials.
-	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
+	// Deliver validates the request's topic, refuses it or sends its
+	// records, and counts every outcome. It returns one result per record,
+	// in order, or the error the whole request is refused for.
+	Deliver(ctx context.Context, req record.Request) ([]record.Result, error)
 }
 
 // TopicLister lists Kafka's topics.
@@ -152,7 +152,7 @@ func (h *handler) identify(next echo.HandlerFunc) echo.HandlerFunc {
 		r := c.Request()
 		client, err := identity.FromHTTP(r, h.Auth)
 		if err != nil {
-			h.Sender.Refuse(identity.With(r.Context(), client), API, "", 0, record.ReasonUnauthenticated)
+			_, _ = h.Sender.Deliver(identity.With(r.Context(), client), record.Request{API: API, Err: &record.Error{Reason: record.ReasonUnauthenticated, Message: err.Error()}})
 			c.Response().Header().Set("WWW-Authenticate", "Bearer")
 			return newHTTPError(http.StatusUnauthorized, 40101, err.Error())
 		}
