@@ -11,7 +11,9 @@ type Request struct {
 	API string
 	// Topic is the topic the whole request names, "" when each record
 	// names its own. The delivery path checks it first, and refuses the
-	// whole request when it is not a valid topic name.
+	// whole request when it is not a valid topic name. A request of a
+	// topic alone (no record, refusal or error) only asks that, even of
+	// "": a stream checks its topic so before it takes records.
 	Topic string
 	// Err refuses the whole request: its client could not be signed in
 	// (reason unauthenticated), or it could not be read (too_large,

@@ -298,7 +298,8 @@ func (d *Delivery) refused(ctx context.Context, req record.Request) error {
 		d.denied(identity.From(ctx).Principal, record.ReasonUnauthenticated)
 		return req.Err
 	}
-	if req.Topic != "" {
+	onlyTopic := req.Err == nil && len(req.Records) == 0 && len(req.Refused) == 0
+	if req.Topic != "" || onlyTopic { // a request of a topic alone asks whether it is one
 		if err := record.ValidateTopic(req.Topic); err != nil {
 			d.count(req.API, "", 1, record.ReasonInvalid)
 			return err

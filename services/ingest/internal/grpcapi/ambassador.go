@@ -93,6 +93,7 @@ func (g *gather) end(err error) {
 // While the batch is full it does not read, so that gRPC's flow control
 // pushes back on the client.
 func (s *ambassadorServer) receive(ctx context.Context, g *gather, recv func() (*kafkaambassador.ProdRq, error)) {
+	checked := "" // the last topic delivery found valid
 	for {
 		req, err := recv()
 		if err != nil {
@@ -103,7 +104,15 @@ func (s *ambassadorServer) receive(ctx context.Context, g *gather, recv func() (
 			return
 		}
 		topic := req.GetTopic()
-		invalid := record.ValidateTopic(topic)
+		var invalid error
+		if topic != checked || topic == "" {
+			// A request of a topic alone: delivery checks the name, and
+			// counts the request when it is refused. Records of a valid
+			// topic then go in their batch's one call.
+			if _, invalid = s.opts.Sender.Deliver(ctx, record.Request{API: API, Topic: topic}); invalid == nil {
+				checked = topic
+			}
+		}
 		size := len(topic) + len(req.GetMessage())
 		g.mu.Lock()
 		for !g.ended && invalid == nil && g.full(size) {
@@ -130,7 +139,6 @@ func (s *ambassadorServer) receive(ctx context.Context, g *gather, recv func() (
 			g.ended = true
 			signal(g.wake)
 			g.mu.Unlock()
-			s.opts.Sender.Refuse(ctx, API, "", 1, record.ReasonInvalid)
 			return
 		}
 		b.offsets = append(b.offsets, req.GetStreamOffset())
@@ -197,7 +205,7 @@ func (s *ambassadorServer) dispatch(ctx context.Context, g *gather, queue chan<-
 			defer g.delivered()
 			defer close(b.done)
 			if len(b.recs) > 0 {
-				b.results = s.opts.Sender.Send(ctx, API, b.recs)
+				b.results, _ = s.opts.Sender.Deliver(ctx, record.Request{API: API, Records: b.recs}) // no whole-request refusal: its topics were checked
 			}
 		}()
 	}

@@ -8,6 +8,7 @@ package grpcapi
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -40,12 +41,13 @@ import (
 // API is the label of records received over gRPC.
 const API = "grpc"
 
-// Sender delivers records and returns one result per record, in order.
+// Sender is the delivery path: one call per request.
 type Sender interface {
-	Send(ctx context.Context, api string, recs []record.Record) []record.Result
-	// Refuse counts n records refused before they could be sent, or
-	// (reason unauthenticated) a call refused for its credentials.
-	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
+	// Deliver validates the request's topic, refuses it or sends its
+	// records, and counts every outcome. It returns one result per record
+	// and refusal, in order, or the error the whole request is refused
+	// for.
+	Deliver(ctx context.Context, req record.Request) ([]record.Result, error)
 }
 
 // TopicLister lists Kafka's topics.
@@ -256,29 +258,38 @@ func statusOf(err error) *status.Status {
 	return status.New(codeOf(record.ReasonOf(err)), record.ClientMessage(err))
 }
 
-// toRecords converts and checks a request's records. A bad topic fails
-// every record with InvalidArgument; a bad record fails alone. Records
-// that are fine are returned with their index.
-func toRecords(topic string, in []*ingestv1.Record) ([]record.Record, []int, []record.Result) {
-	results := make([]record.Result, len(in))
-	if err := record.ValidateTopic(topic); err != nil {
-		for i := range results {
-			results[i] = record.Fail(topic, err)
-		}
-		return nil, nil, results
-	}
-	recs := make([]record.Record, 0, len(in))
-	idx := make([]int, 0, len(in))
+// toRequest converts a request's records for topic: a bad record is
+// refused alone, at its index.
+func toRequest(topic string, in []*ingestv1.Record) record.Request {
+	req := record.Request{API: API, Topic: topic, Records: make([]record.Record, 0, len(in))}
 	for i, r := range in {
 		rec, err := toRecord(topic, r)
 		if err != nil {
-			results[i] = record.Fail(topic, record.Errorf(record.ReasonInvalid, "records[%d]: %s", i, record.ClientMessage(err)))
+			req.Refused = append(req.Refused, record.Refusal{Index: i, Topic: topic,
+				Err: record.Errorf(record.ReasonInvalid, "records[%d]: %s", i, record.ClientMessage(err))})
 			continue
 		}
-		recs = append(recs, rec)
-		idx = append(idx, i)
+		req.Records = append(req.Records, rec)
 	}
-	return recs, idx, results
+	return req
+}
+
+// refusal is a whole request refused before it was sent, answered with
+// st and counted under reason.
+func refusal(reason record.Reason, st *status.Status) error {
+	return &record.Error{Reason: reason, Message: st.Message(), Err: st.Err()}
+}
+
+// answerOf is the status a request refused as a whole is answered with:
+// the API's own (refusal), or its reason's.
+func answerOf(err error) error {
+	var re *record.Error
+	if errors.As(err, &re) && re.Err != nil {
+		if _, ok := status.FromError(re.Err); ok {
+			return re.Err
+		}
+	}
+	return statusOf(err).Err()
 }
 
 func toRecord(topic string, r *ingestv1.Record) (record.Record, error) {
@@ -306,18 +317,15 @@ func toRecord(topic string, r *ingestv1.Record) (record.Record, error) {
 	return rec, nil
 }
 
-// send validates and delivers a batch for topic, answering every record.
+// send delivers a batch for topic, answering every record: a topic that
+// is not a topic fails each of them.
 func send(ctx context.Context, o Options, topic string, in []*ingestv1.Record) []record.Result {
-	recs, idx, results := toRecords(topic, in)
-	failed := len(in) - len(recs)
-	if failed > 0 {
-		o.Sender.Refuse(ctx, API, topic, failed, record.ReasonInvalid)
-	}
-	if len(recs) == 0 {
-		return results
-	}
-	for j, r := range o.Sender.Send(ctx, API, recs) {
-		results[idx[j]] = r
+	results, err := o.Sender.Deliver(ctx, toRequest(topic, in))
+	if err != nil {
+		results = make([]record.Result, len(in))
+		for i := range results {
+			results[i] = record.Fail(topic, err)
+		}
 	}
 	return results
 }
@@ -329,7 +337,7 @@ func (o Options) identify(ctx context.Context, method string) (context.Context, 
 	}
 	client, err := identity.FromGRPC(ctx, o.Auth)
 	if err != nil {
-		o.Sender.Refuse(identity.With(ctx, client), API, "", 0, record.ReasonUnauthenticated)
+		_, _ = o.Sender.Deliver(identity.With(ctx, client), record.Request{API: API, Err: &record.Error{Reason: record.ReasonUnauthenticated, Message: err.Error()}})
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	return identity.With(ctx, client), nil

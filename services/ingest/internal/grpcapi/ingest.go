@@ -48,16 +48,18 @@ func toResults(results []record.Result) []*ingestv1.RecordResult {
 // Produce answers one result per record; when every record failed with
 // the same code, the call fails with it.
 func (s *ingestServer) Produce(ctx context.Context, req *ingestv1.ProduceRequest) (*ingestv1.ProduceResponse, error) {
-	if overHeaders(req) { // the codec left its records out
-		s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge)
-		return nil, tooManyHeaders(s.opts.MaxRequestHeaders).Err()
-	}
-	if len(req.GetRecords()) == 0 {
+	var refused *status.Status // counted as one, as HTTP counts a refused body
+	switch {
+	case overHeaders(req): // the codec left its records out
+		refused = tooManyHeaders(s.opts.MaxRequestHeaders)
+	case len(req.GetRecords()) == 0:
 		return nil, status.Error(codes.InvalidArgument, "records is empty: send at least one record")
+	case overCap(len(req.GetRecords()), s.opts.MaxRequestRecords):
+		refused = tooManyRecords(s.opts.MaxRequestRecords)
 	}
-	if overCap(len(req.GetRecords()), s.opts.MaxRequestRecords) {
-		s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge) // counted as one, as HTTP counts a refused body
-		return nil, tooManyRecords(s.opts.MaxRequestRecords).Err()
+	if refused != nil {
+		_, err := s.opts.Sender.Deliver(ctx, record.Request{API: API, Topic: req.GetTopic(), Err: refusal(record.ReasonTooLarge, refused)})
+		return nil, answerOf(err)
 	}
 	results := send(ctx, s.opts, req.GetTopic(), req.GetRecords())
 	if st := commonFailure(results); st != nil {
@@ -125,12 +127,13 @@ func (s *ingestServer) ProduceStream(stream grpc.BidiStreamingServer[ingestv1.Pr
 		}
 		if over := overHeaders(req); over || overCap(len(req.GetRecords()), s.opts.MaxRequestRecords) {
 			// The requests before it are answered; the stream ends.
-			s.opts.Sender.Refuse(ctx, API, req.GetTopic(), 1, record.ReasonTooLarge) // counted as one, as HTTP counts a refused body
-			wg.Wait()
 			st := tooManyRecords(s.opts.MaxRequestRecords)
 			if over {
 				st = tooManyHeaders(s.opts.MaxRequestHeaders)
 			}
+			_, err := s.opts.Sender.Deliver(ctx, record.Request{API: API, Topic: req.GetTopic(), Err: refusal(record.ReasonTooLarge, st)}) // counted as one, as HTTP counts a refused body
+			wg.Wait()
+			st = status.Convert(answerOf(err))
 			return status.Errorf(st.Code(), "sequence %d: %s", req.GetSequence(), st.Message())
 		}
 		wg.Add(1)

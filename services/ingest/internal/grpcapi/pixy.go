@@ -32,16 +32,13 @@ type pixyServer struct {
 func (s *pixyServer) Produce(ctx context.Context, req *kafkapixy.ProdRq) (*kafkapixy.ProdRs, error) {
 	topic := req.GetTopic()
 	if c := req.GetCluster(); c != "" && c != PixyCluster {
-		s.opts.Sender.Refuse(ctx, API, "", 1, record.ReasonUnknownTopic)
-		return nil, status.Errorf(codes.NotFound, "cluster %q is not known here: Spillway produces to one Kafka cluster, called %q (or leave cluster empty)", c, PixyCluster)
-	}
-	if err := record.ValidateTopic(topic); err != nil {
-		s.opts.Sender.Refuse(ctx, API, "", 1, record.ReasonInvalid)
-		return nil, statusOf(err).Err()
+		st := status.Newf(codes.NotFound, "cluster %q is not known here: Spillway produces to one Kafka cluster, called %q (or leave cluster empty)", c, PixyCluster)
+		_, err := s.opts.Sender.Deliver(ctx, record.Request{API: API, Err: refusal(record.ReasonUnknownTopic, st)})
+		return nil, answerOf(err)
 	}
 	if overHeaders(req) {
-		s.opts.Sender.Refuse(ctx, API, topic, 1, record.ReasonTooLarge)
-		return nil, tooManyHeaders(s.opts.MaxRequestHeaders).Err()
+		_, err := s.opts.Sender.Deliver(ctx, record.Request{API: API, Topic: topic, Err: refusal(record.ReasonTooLarge, tooManyHeaders(s.opts.MaxRequestHeaders))})
+		return nil, answerOf(err)
 	}
 	rec := record.Record{Topic: topic, Value: req.GetMessage(), Partition: record.AnyPartition}
 	if !req.GetKeyUndefined() {
@@ -52,7 +49,11 @@ func (s *pixyServer) Produce(ctx context.Context, req *kafkapixy.ProdRq) (*kafka
 	for _, h := range req.GetHeaders() {
 		rec.Headers = append(rec.Headers, record.Header{Key: h.GetKey(), Value: h.GetValue()})
 	}
-	res := s.opts.Sender.Send(ctx, API, []record.Record{rec})[0]
+	results, err := s.opts.Sender.Deliver(ctx, record.Request{API: API, Topic: topic, Records: []record.Record{rec}})
+	if err != nil {
+		return nil, answerOf(err)
+	}
+	res := results[0]
 	switch res.Outcome {
 	case record.Delivered:
 		return &kafkapixy.ProdRs{Partition: res.Partition, Offset: res.Offset}, nil
