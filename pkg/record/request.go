@@ -1,5 +1,7 @@
 package record
 
+import "errors"
+
 // Request is one client request as an API parsed it, for the delivery
 // path's one call: the records it holds, what of it could not be parsed,
 // and the topic it names for all of them. The API translates the call's
@@ -22,11 +24,21 @@ type Request struct {
 	Err error
 	// Records are the records parsed, in order.
 	Records []Record
+	// Units, when set, has one entry per record of Records: the batch it
+	// belongs to (a Kafka partition's), stored all or none. A record
+	// refused before it is sent (a header, a rule, its size, its mapped
+	// topic) refuses the other records of its batch, with ErrBatchRefused.
+	Units []int
 	// Refused are the records the API could not parse. Each answer has
 	// its place: the records of Records fill the places that no Refusal
 	// takes, in order.
 	Refused []Refusal
 }
+
+// ErrBatchRefused is the cause of a record's failure when another record
+// of its batch was refused before any was sent (Request.Units): it was
+// not stored, and is not at fault itself.
+var ErrBatchRefused = errors.New("another record of its batch was refused; none of the batch was stored")
 
 // Refusal is a record, or a run of records such as a Kafka partition's
 // batch, that an API could not parse.

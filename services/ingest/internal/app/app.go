@@ -27,7 +27,6 @@ import (
 	"github.com/spillway/spillway/pkg/config"
 	"github.com/spillway/spillway/pkg/monitor"
 	"github.com/spillway/spillway/pkg/producer"
-	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/pkg/spill/embeddednats"
 	"github.com/spillway/spillway/pkg/telemetry"
@@ -244,16 +243,11 @@ func New(o Options) (_ *App, err error) {
 			a.kafkaLn = tls.NewListener(a.kafkaLn, tlsFiles.ServerConfig())
 		}
 		a.kafkaSrv = kafkaapi.New(kafkaapi.Options{
-			Sender:     d,
-			Partitions: a.producer,
-			Writable:   d.Writable,
-			Map:        func(topic string) string { return a.policy.Load().Map(topic) },
-			Auth:       auth,
-			Validate: func(topic string, r *record.Record) error {
-				_, err := a.policy.Load().Validate(topic, r)
-				return err
-			},
-			MaxRecordBytes:  cfg.Kafka.MaxMessageBytes,
+			Sender:          d,
+			Partitions:      kafkaPartitions{a.producer},
+			Writable:        func(l kafkaapi.TopicLister) kafkaapi.TopicLister { return d.Writable(l) },
+			Map:             func(topic string) string { return a.policy.Load().Map(topic) },
+			Auth:            auth,
 			MaxRequestBytes: cfg.Server.Kafka.MaxRequestBytes,
 			// Kafka clients pack requests by bytes (kgo: 1 MiB a
 			// partition), as brokers bound them: a request holds up to

@@ -237,6 +237,12 @@ func answer(items []*item, res []record.Result) {
 // breaker and the buffer when Kafka cannot take them), and account
 // (mirrors and metrics).
 func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) []record.Result {
+	return d.send(ctx, api, recs, nil)
+}
+
+// send is Send, with the batch each record belongs to (units; nil: each
+// record alone), stored all or none.
+func (d *Delivery) send(ctx context.Context, api string, recs []record.Record, units []int) []record.Result {
 	b := d.admit(ctx, api, recs)
 	if !d.reserve(b) {
 		return b.results()
@@ -246,6 +252,9 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 	if d.authorize(b, pol) {
 		d.validate(b.open(), pol)
 		d.mapTopics(b.open(), pol)
+		if units != nil {
+			d.wholeUnits(b, units)
+		}
 		d.trace(ctx, b.open())
 		d.route(ctx, b.open())
 	}
@@ -268,18 +277,22 @@ func (d *Delivery) Deliver(ctx context.Context, req record.Request) ([]record.Re
 		return nil, nil
 	}
 	if len(req.Refused) == 0 {
-		return d.Send(ctx, req.API, req.Records), nil
+		return d.send(ctx, req.API, req.Records, req.Units), nil
 	}
 	results := make([]record.Result, n)
 	taken := make([]bool, n)
 	for _, r := range req.Refused {
 		results[r.Index], taken[r.Index] = record.Fail(r.Topic, r.Err), true
-		d.count(req.API, r.Topic, max(r.N, 1), record.ReasonOf(r.Err))
+		if reason := record.ReasonOf(r.Err); reason == record.ReasonUnauthenticated {
+			d.denied(identity.From(ctx).Principal, reason)
+		} else {
+			d.count(req.API, r.Topic, max(r.N, 1), reason)
+		}
 	}
 	if len(req.Records) == 0 {
 		return results, nil
 	}
-	sent := d.Send(ctx, req.API, req.Records)
+	sent := d.send(ctx, req.API, req.Records, req.Units)
 	j := 0
 	for i := range results {
 		if !taken[i] {
@@ -489,6 +502,30 @@ func (d *Delivery) mapTopics(items []*item, pol *policy.Policy) {
 		if it.size > d.opts.MaxRecordBytes { // no use sending or buffering it
 			it.fail(it.rec.Topic, record.Errorf(record.ReasonTooLarge,
 				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", it.size, d.opts.MaxRecordBytes))
+		}
+	}
+}
+
+// wholeUnits refuses the open records of each unit (a batch stored all
+// or none) in which a record was refused before sending, as a broker
+// refuses a batch whole: with the first refusal's reason, and
+// record.ErrBatchRefused as the cause.
+func (d *Delivery) wholeUnits(b *batch, units []int) {
+	refused := map[int]record.Reason{}
+	for i := range b.items {
+		if it := &b.items[i]; it.closed {
+			if _, ok := refused[units[i]]; !ok {
+				refused[units[i]] = record.ReasonOf(it.res.Err)
+			}
+		}
+	}
+	if len(refused) == 0 {
+		return
+	}
+	for i := range b.items {
+		it := &b.items[i]
+		if reason, ok := refused[units[i]]; ok && !it.closed {
+			it.fail(it.named, &record.Error{Reason: reason, Message: "not stored", Err: record.ErrBatchRefused})
 		}
 	}
 }

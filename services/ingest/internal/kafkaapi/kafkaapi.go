@@ -32,29 +32,41 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/xdg-go/scram"
 
-	"github.com/spillway/spillway/pkg/producer"
 	"github.com/spillway/spillway/pkg/record"
-	"github.com/spillway/spillway/services/ingest/internal/delivery"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // API is the api label of the records this listener sends.
 const API = "kafka"
 
-// Sender is the delivery path (delivery.Delivery).
+// Sender is the delivery path: one call per request.
 type Sender interface {
-	Send(ctx context.Context, api string, recs []record.Record) []record.Result
-	Refuse(ctx context.Context, api, topic string, n int, reason record.Reason)
+	// Deliver refuses or sends a request's records, and counts every
+	// outcome. It returns one result per record and refusal, in order;
+	// records of one unit (a partition's batch) are stored all or none.
+	Deliver(ctx context.Context, req record.Request) ([]record.Result, error)
 	// PossibleDuplicates counts n records of topic stored while their
 	// partition was answered with an error (the buffer failed midway).
 	PossibleDuplicates(topic string, n int)
 }
 
 // Partitions lists the real cluster's topics with their partition counts,
-// and asks it to create topics as a produce would (producer.Producer).
+// and asks it to create topics as a produce would.
 type Partitions interface {
 	Partitions(ctx context.Context) (map[string]int, error)
-	CreateTopics(ctx context.Context, topics []string) (map[string]producer.TopicState, error)
+	CreateTopics(ctx context.Context, topics []string) (map[string]TopicState, error)
+}
+
+// TopicState is what Kafka said of a topic a produce would name: its
+// partition count, or the error code it gave instead.
+type TopicState struct {
+	Partitions int
+	ErrorCode  int16
+}
+
+// TopicLister lists topics.
+type TopicLister interface {
+	Topics(ctx context.Context) ([]string, error)
 }
 
 // Options are what the listener needs.
@@ -62,20 +74,11 @@ type Options struct {
 	Sender     Sender
 	Partitions Partitions
 	// Writable filters topics to those the client in the context may
-	// produce to (delivery.Delivery.Writable); nil: all.
-	Writable func(delivery.TopicLister) delivery.TopicLister
+	// produce to; nil: all.
+	Writable func(TopicLister) TopicLister
 	// Map is topic_mapping (policy.Policy.Map): a topic a client names
 	// that maps to one of the cluster's is shown with its partitions.
 	Map func(topic string) string
-	// Validate checks a record against the validation rules of the topic
-	// the client named (policy.Policy.Validate), and MaxRecordBytes is
-	// the largest record Kafka takes (kafka.message.max.bytes): a
-	// partition's records are checked against both, and against the
-	// headers only Spillway sets, before any is sent, so that one refused
-	// record refuses the partition whole (unit). nil, 0: not checked here
-	// (delivery still checks each record).
-	Validate       func(topic string, rec *record.Record) error
-	MaxRecordBytes int
 	// Auth checks SASL PLAIN credentials (API keys) and SCRAM ones
 	// (security.scram_users) and says whether credentials are required;
 	// nil: none are checked.
@@ -262,6 +265,77 @@ type conn struct {
 	saslReady bool // a SaslHandshake chose a mechanism, whose exchange is not over
 	saslMech  string
 	scram     *scram.ServerConversation // SCRAM's exchange, between its two steps
+
+	// ctx ends when the connection closes, or when its client is seen to
+	// leave while a produce waits (watch); nil outside serve.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// peeked are the bytes watch read while a produce waited, for the
+	// next reads; peekErr is the error it met (the client left).
+	peeked  []byte
+	peekErr error
+}
+
+// context is the connection's context: it ends when the connection
+// closes.
+func (c *conn) context() context.Context {
+	if c.ctx == nil {
+		return context.Background()
+	}
+	return c.ctx
+}
+
+// Read reads the connection: the bytes watch read first.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(c.peeked) > 0 {
+		n := copy(p, c.peeked)
+		c.peeked = c.peeked[n:]
+		return n, nil
+	}
+	if c.peekErr != nil {
+		return 0, c.peekErr
+	}
+	return c.nc.Read(p)
+}
+
+// maxPeek bounds what watch reads ahead of the next request: past it, it
+// stops watching, and the client's next requests wait in its socket as
+// they would without it.
+const maxPeek = 64 << 10
+
+// watch reads the connection while a produce waits for Kafka, and ends
+// the connection's context when the client closes it: a client that left
+// is not spilled (delivery), as over HTTP. What it reads (the client's
+// next requests, pipelined) is kept for the next reads. The function it
+// returns stops it, and must be called before the connection is read
+// again.
+func (c *conn) watch() func() {
+	if c.ctx == nil {
+		return func() {}
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4<<10)
+		for len(c.peeked) < maxPeek && c.peekErr == nil {
+			n, err := c.nc.Read(buf)
+			c.peeked = append(c.peeked, buf[:n]...)
+			switch {
+			case err == nil:
+			case timedOut(err): // stopped
+				return
+			default:
+				c.peekErr = err
+				c.cancel()
+				return
+			}
+		}
+	}()
+	return func() {
+		_ = c.nc.SetReadDeadline(time.Now())
+		<-done
+	}
 }
 
 // stop ends the connection after the request it handles, or at once
@@ -276,6 +350,8 @@ func (c *conn) stop() {
 }
 
 func (c *conn) serve() {
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	defer c.cancel()
 	defer c.nc.Close()
 	log := c.s.o.Logger.With("remote", c.nc.RemoteAddr().String())
 	signInBy := time.Now().Add(c.s.o.SignInTimeout)
@@ -307,7 +383,7 @@ func (c *conn) serve() {
 		}
 		_ = c.nc.SetReadDeadline(by())
 		c.mu.Unlock()
-		if _, err := io.ReadFull(c.nc, size); err != nil {
+		if _, err := io.ReadFull(c, size); err != nil {
 			c.closedBy(err, why, log)
 			return
 		}
@@ -518,7 +594,7 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	if !beforeSignIn(req.key) && !c.signedIn() {
 		cl, err := c.client(req.clientID)
 		cl.Principal = identity.Anonymous // a claimed id is no label of the client's making
-		c.s.o.Sender.Refuse(identity.With(context.Background(), cl), API, "", 0, record.ReasonUnauthenticated)
+		_, _ = c.s.o.Sender.Deliver(identity.With(c.context(), cl), record.Request{API: API, Err: &record.Error{Reason: record.ReasonUnauthenticated, Message: "not signed in"}})
 		return nil, req.corr, fmt.Errorf("%s before signing in: %w", kmsg.NameForKey(req.key), err)
 	}
 	if !signingIn(req.key) && c.sessionOver(time.Now()) {
@@ -538,7 +614,12 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	case *kmsg.MetadataRequest:
 		return c.metadata(r, req.clientID), req.corr, nil
 	case *kmsg.ProduceRequest:
+		stop := func() {}
+		if r.Acks != 0 { // a client that does not wait for the answer has not left when it goes
+			stop = c.watch()
+		}
 		resp := c.produce(r, req.clientID)
+		stop()
 		if r.Acks == 0 {
 			return nil, req.corr, nil
 		}

@@ -16,11 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
-
-	"github.com/spillway/spillway/pkg/record"
-	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
 
 // The bounds a Kafka broker keeps on its connections, kept here so that a
@@ -117,7 +113,7 @@ func (c *conn) handshake(tc *tls.Conn, by time.Time) error {
 	}
 	_ = tc.SetDeadline(by)
 	c.mu.Unlock()
-	ctx, cancel := context.WithDeadline(context.Background(), by)
+	ctx, cancel := context.WithDeadline(c.context(), by)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		if timedOut(err) && !c.isStopping() {
@@ -158,8 +154,10 @@ type idleReader struct {
 }
 
 func (r idleReader) Read(p []byte) (int, error) {
-	_ = r.c.nc.SetReadDeadline(r.by())
-	return r.c.nc.Read(p)
+	if len(r.c.peeked) == 0 {
+		_ = r.c.nc.SetReadDeadline(r.by())
+	}
+	return r.c.Read(p)
 }
 
 // readBody reads n bytes, holding no more than what arrived (at most
@@ -301,12 +299,7 @@ func (c *conn) handleOversized(r io.Reader, n int) (kmsg.Response, int32, error)
 	req.TransactionID = sk.nullableString()
 	req.Acks = sk.int16()
 	req.TimeoutMillis = sk.int32()
-	type left struct {
-		topic     int // index in req.Topics
-		partition int32
-		alone     bool // over the bound on its own
-	}
-	var out []left
+	var out []skipped
 	room, parts := c.s.o.MaxRequestBytes, 0
 	for range sk.count(6) {
 		rt := kmsg.NewProduceRequestTopic()
@@ -322,7 +315,7 @@ func (c *conn) handleOversized(r io.Reader, n int) (kmsg.Response, int32, error)
 			size := int(sk.int32())
 			if size > room {
 				sk.skip(size)
-				out = append(out, left{topic: len(req.Topics), partition: p, alone: size > c.s.o.MaxRequestBytes})
+				out = append(out, skipped{topic: len(req.Topics), partition: p, alone: size > c.s.o.MaxRequestBytes})
 				continue
 			}
 			rp := kmsg.NewProduceRequestTopicPartition()
@@ -341,26 +334,12 @@ func (c *conn) handleOversized(r io.Reader, n int) (kmsg.Response, int32, error)
 	if sk.err != nil {
 		return nil, corr, fmt.Errorf("produce request of %d bytes: %w", n, sk.err)
 	}
-	resp := c.produce(req, clientID)
-	cl, _ := c.client(clientID)
-	ctx := identity.With(context.Background(), cl)
-	for _, o := range out {
-		rp := kmsg.NewProduceResponseTopicPartition()
-		rp.Partition = o.partition
-		rp.BaseOffset = -1
-		topic := req.Topics[o.topic].Topic
-		if o.alone {
-			rp.ErrorCode = kerr.MessageTooLarge.Code
-			rp.ErrorMessage = ptr(fmt.Sprintf("this partition's records are over %d bytes, the most one produce request may hold (server.kafka.max_request_bytes)", c.s.o.MaxRequestBytes))
-			c.s.o.Sender.Refuse(ctx, API, topic, 1, record.ReasonTooLarge)
-		} else {
-			rp.ErrorCode = kerr.NotEnoughReplicas.Code
-			rp.ErrorMessage = ptr("this produce request holds more bytes than one request may (server.kafka.max_request_bytes); send this partition's records again")
-			c.s.o.Sender.Refuse(ctx, API, topic, 1, record.ReasonOverloaded)
-		}
-		rt := &resp.Topics[o.topic]
-		rt.Partitions = append(rt.Partitions, rp)
+	stop := func() {}
+	if req.Acks != 0 { // as handle watches a produce
+		stop = c.watch()
 	}
+	resp := c.produceWith(req, clientID, out)
+	stop()
 	if req.Acks == 0 {
 		return nil, corr, nil
 	}

@@ -47,7 +47,7 @@ func (c *conn) metadata(req *kmsg.MetadataRequest, clientID string) *kmsg.Metada
 		return resp
 	}
 	// The whole answer is bounded by the smallest client budget.
-	ctx, cancel := context.WithTimeout(identity.With(context.Background(), cl), firstLayoutWait)
+	ctx, cancel := context.WithTimeout(identity.With(c.context(), cl), firstLayoutWait)
 	defer cancel()
 	counts, err := c.s.partitions(ctx)
 	writable := map[string]bool{}

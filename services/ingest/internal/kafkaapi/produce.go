@@ -5,11 +5,11 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -29,21 +29,43 @@ import (
 // first record when all were delivered, -1 when any was buffered. The
 // batches of idempotent producers are checked against what the listener
 // remembers of them first (producers): a repeated one is answered as it
-// was and not sent again, one out of sequence is refused.
+// was and not sent again, one out of sequence is refused. Each
+// partition's batch is one unit: a record refused before sending refuses
+// it whole, as a broker refuses a batch.
 func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceResponse {
+	return c.produceWith(req, clientID, nil)
+}
+
+// skipped is a partition of an oversized produce that was not read
+// (handleOversized): topic indexes req.Topics; alone says it is over the
+// request bound on its own.
+type skipped struct {
+	topic     int
+	partition int32
+	alone     bool
+}
+
+// produceWith is produce, with the partitions of req that were skipped,
+// answered with an error after req's own and counted in the same call.
+func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []skipped) *kmsg.ProduceResponse {
 	resp := req.ResponseKind().(*kmsg.ProduceResponse)
-	ctx := context.Background()
 	cl, authErr := c.client(clientID)
-	ctx = identity.With(ctx, cl)
+	ctx := identity.With(c.context(), cl)
+
+	// The one delivery call's request: a partition's records, or its
+	// refusal, each at its place among the results.
+	dreq := record.Request{API: API}
+	place := 0
+	refused := func(topic string, n int, err error) {
+		dreq.Refused = append(dreq.Refused, record.Refusal{Index: place, Topic: topic, N: n, Err: err})
+		place++
+	}
 
 	type part struct {
 		rt, rp int // index in resp
 		recs   []record.Record
 		idem   *idemBatch
-		first  int // index of its first record in the records sent; -1: not sent
-		// refused are the records the partition is refused for, the
-		// only ones sent (for delivery to count); nil: all are sent.
-		refused []refusal
+		first  int // its first result's place; -1: not sent
 		// stored is, for the retry of an idempotent batch stored in part,
 		// each record's result then; only the records not stored then
 		// are sent, those at sent.
@@ -66,14 +88,14 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 			if authErr != nil {
 				rp.ErrorCode = kerr.SaslAuthenticationFailed.Code
 				rp.ErrorMessage = ptr(authErr.Error())
-				c.s.o.Sender.Refuse(ctx, API, t.Topic, 0, record.ReasonUnauthenticated)
+				refused(t.Topic, 0, &record.Error{Reason: record.ReasonUnauthenticated, Message: authErr.Error()})
 				rt.Partitions = append(rt.Partitions, rp)
 				continue
 			}
 			got, idem, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes, c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes)
 			if err != nil {
 				rp.ErrorCode, rp.ErrorMessage = err.code, ptr(err.msg)
-				c.s.o.Sender.Refuse(ctx, API, t.Topic, max(err.n, 1), err.reason)
+				refused(t.Topic, max(err.n, 1), &record.Error{Reason: err.reason, Message: err.msg})
 				rt.Partitions = append(rt.Partitions, rp)
 				continue
 			}
@@ -111,7 +133,6 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		}
 	}
 
-	var recs []record.Record
 	for i := range parts {
 		p := &parts[i]
 		rp := &resp.Topics[p.rt].Partitions[p.rp]
@@ -125,11 +146,11 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 				continue
 			case outOfOrder:
 				rp.ErrorCode, rp.ErrorMessage = kerr.OutOfOrderSequenceNumber.Code, ptr(msg)
-				c.s.o.Sender.Refuse(ctx, API, tp.topic, len(p.recs), record.ReasonInvalid)
+				refused(tp.topic, len(p.recs), record.Errorf(record.ReasonInvalid, "%s", msg))
 				continue
 			case staleEpoch:
 				rp.ErrorCode, rp.ErrorMessage = kerr.InvalidProducerEpoch.Code, ptr(msg)
-				c.s.o.Sender.Refuse(ctx, API, tp.topic, len(p.recs), record.ReasonInvalid)
+				refused(tp.topic, len(p.recs), record.Errorf(record.ReasonInvalid, "%s", msg))
 				continue
 			}
 			p.stored = c.s.producers.stored(states[p.idem.producerID], tp, *p.idem, len(p.recs))
@@ -137,70 +158,61 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		if len(p.recs) == 0 {
 			continue
 		}
-		if p.refused = c.unit(topic, p.recs); len(p.refused) > 0 {
-			// Only the refused records go on, for delivery to refuse and
-			// count under their rule; the others are not sent.
-			p.first = len(recs)
-			for _, r := range p.refused {
-				recs = append(recs, p.recs[r.index])
-			}
-			c.s.o.Sender.Refuse(ctx, API, topic, len(p.recs)-len(p.refused), p.refused[0].reason)
-			continue
-		}
-		p.first = len(recs)
-		if p.stored == nil {
-			recs = append(recs, p.recs...)
-			continue
-		}
-		for j, r := range p.stored {
-			if r.Outcome == record.Failed {
-				p.sent = append(p.sent, j)
-				recs = append(recs, p.recs[j])
+		p.first = place
+		send := p.recs
+		if p.stored != nil {
+			send = nil
+			for j, r := range p.stored {
+				if r.Outcome == record.Failed {
+					p.sent = append(p.sent, j)
+					send = append(send, p.recs[j])
+				}
 			}
 		}
+		dreq.Records = append(dreq.Records, send...)
+		for range send {
+			dreq.Units = append(dreq.Units, i)
+		}
+		place += len(send)
 	}
-	if len(recs) == 0 {
+	for _, s := range skip {
+		rp := kmsg.NewProduceResponseTopicPartition()
+		rp.Partition = s.partition
+		rp.BaseOffset = -1
+		topic := req.Topics[s.topic].Topic
+		if s.alone {
+			rp.ErrorCode = kerr.MessageTooLarge.Code
+			rp.ErrorMessage = ptr(fmt.Sprintf("this partition's records are over %d bytes, the most one produce request may hold (server.kafka.max_request_bytes)", c.s.o.MaxRequestBytes))
+			refused(topic, 1, record.Errorf(record.ReasonTooLarge, "%s", *rp.ErrorMessage))
+		} else {
+			rp.ErrorCode = kerr.NotEnoughReplicas.Code
+			rp.ErrorMessage = ptr("this produce request holds more bytes than one request may (server.kafka.max_request_bytes); send this partition's records again")
+			refused(topic, 1, record.Errorf(record.ReasonOverloaded, "%s", *rp.ErrorMessage))
+		}
+		rt := &resp.Topics[s.topic]
+		rt.Partitions = append(rt.Partitions, rp)
+	}
+	if place == 0 {
 		return resp
 	}
-	results := c.s.o.Sender.Send(ctx, API, recs)
+	results, _ := c.s.o.Sender.Deliver(ctx, dreq) // no whole-request refusal: it names no topic and has no error
+	if results == nil {
+		return resp
+	}
 	for i := range parts {
 		p := &parts[i]
 		if p.first < 0 {
 			continue
 		}
 		rp := &resp.Topics[p.rt].Partitions[p.rp]
-		if p.refused != nil {
-			got := results[p.first : p.first+len(p.refused)]
-			if !slices.ContainsFunc(got, func(r record.Result) bool { return r.Outcome != record.Failed }) {
-				refuse(rp, p.refused, len(p.recs))
-				continue
-			}
-			// A refused record was stored after all: the rules changed
-			// (a reload) between the check and delivery. The partition
-			// is then stored whole: the rest follows.
-			all := make([]record.Result, len(p.recs))
-			var rest []record.Record
-			var at []int
-			for j, r := range p.refused {
-				all[r.index] = got[j]
-			}
-			for j := range p.recs {
-				if !slices.ContainsFunc(p.refused, func(r refusal) bool { return r.index == j }) {
-					rest = append(rest, p.recs[j])
-					at = append(at, j)
-				}
-			}
-			for j, r := range c.s.o.Sender.Send(ctx, API, rest) {
-				all[at[j]] = r
-			}
-			answer(rp, all)
-			c.possibleDuplicates(rp, resp.Topics[p.rt].Topic, all)
-			continue
-		}
 		var all, fresh []record.Result
 		if p.stored == nil {
 			all = results[p.first : p.first+len(p.recs)]
 			fresh = all
+			if r := refusedWhole(all); r != nil {
+				refuse(rp, r, len(all))
+				continue
+			}
 		} else {
 			// A retry of a batch stored in part: the records stored then,
 			// and the others now.
@@ -224,6 +236,34 @@ func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceR
 		}
 	}
 	return resp
+}
+
+// refusedWhole is the records a partition's batch was refused for before
+// any was sent (delivery failed the others with record.ErrBatchRefused),
+// or nil when it was not: a record stored, or failures that are not the
+// records' own (Kafka down, an ACL), which answer answers.
+func refusedWhole(results []record.Result) []refusal {
+	var out []refusal
+	dragged := false
+	for i, r := range results {
+		switch {
+		case r.Outcome != record.Failed:
+			return nil
+		case errors.Is(r.Err, record.ErrBatchRefused):
+			dragged = true
+		default:
+			out = append(out, refusal{index: i, reason: record.ReasonOf(r.Err), msg: record.ClientMessage(r.Err)})
+		}
+	}
+	if dragged {
+		return out
+	}
+	for _, r := range out {
+		if !r.reason.InRecord() {
+			return nil
+		}
+	}
+	return out
 }
 
 // isStored says a record was stored, in Kafka or in the buffer.
@@ -253,43 +293,6 @@ type refusal struct {
 	index  int // in the partition's batch
 	reason record.Reason
 	msg    string
-}
-
-// unit checks a partition's records as one unit before any is sent, as
-// a broker validates a batch whole: a header only Spillway sets, the
-// validation rules of the topic the client named, Kafka's record size.
-// It returns the records refused, in order; none: the partition may be
-// sent. (Access rights and rate limits are the same for all the records
-// of a partition, and delivery applies them to all alike.)
-func (c *conn) unit(topic string, recs []record.Record) []refusal {
-	var out []refusal
-	for i := range recs {
-		r := &recs[i]
-		var err error
-		if h, ok := ownHeader(r.Headers); ok {
-			err = record.Errorf(record.ReasonInvalid, "the record header %q is Spillway's own (the record's id, set by Spillway): a client may not set it", h)
-		} else if c.s.o.Validate != nil {
-			err = c.s.o.Validate(topic, r)
-		}
-		if err == nil && c.s.o.MaxRecordBytes > 0 && r.Size() > c.s.o.MaxRecordBytes {
-			err = record.Errorf(record.ReasonTooLarge, "record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", r.Size(), c.s.o.MaxRecordBytes)
-		}
-		if err != nil {
-			out = append(out, refusal{index: i, reason: record.ReasonOf(err), msg: record.ClientMessage(err)})
-		}
-	}
-	return out
-}
-
-// ownHeader returns the first of headers that only Spillway sets, in any
-// letter case (as delivery checks it).
-func ownHeader(headers []record.Header) (string, bool) {
-	for _, h := range headers {
-		if strings.EqualFold(h.Key, record.IDHeader) {
-			return h.Key, true
-		}
-	}
-	return "", false
 }
 
 // refuse answers a partition refused whole for refused, as Kafka answers

@@ -2,7 +2,6 @@ package kafkaapi
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"reflect"
 	"slices"
@@ -115,7 +114,7 @@ func (c *conn) saslAuthenticate(req *kmsg.SASLAuthenticateRequest, clientID stri
 	}
 	if err != nil {
 		cl.Principal = identity.Anonymous
-		c.s.o.Sender.Refuse(identity.With(context.Background(), cl), API, "", 0, record.ReasonUnauthenticated)
+		_, _ = c.s.o.Sender.Deliver(identity.With(c.context(), cl), record.Request{API: API, Err: &record.Error{Reason: record.ReasonUnauthenticated, Message: "sign-in failed"}})
 		resp.ErrorCode = kerr.SaslAuthenticationFailed.Code
 		resp.ErrorMessage = ptr(err.Error())
 		c.mu.Lock()
