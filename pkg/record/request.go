@@ -40,6 +40,27 @@ type Request struct {
 // not stored, and is not at fault itself.
 var ErrBatchRefused = errors.New("another record of its batch was refused; none of the batch was stored")
 
+// FailedAlike says whether every one of results failed, all with errors
+// that answer maps to the same protocol answer (an HTTP status, a gRPC
+// code): every API answers such a request with that failure, as a whole.
+func FailedAlike[K comparable](results []Result, answer func(error) K) bool {
+	if len(results) == 0 {
+		return false
+	}
+	var first K
+	for i, r := range results {
+		if r.Outcome != Failed {
+			return false
+		}
+		if k := answer(r.Err); i == 0 {
+			first = k
+		} else if k != first {
+			return false
+		}
+	}
+	return true
+}
+
 // Refusal is a record, or a run of records such as a Kafka partition's
 // batch, that an API could not parse.
 type Refusal struct {

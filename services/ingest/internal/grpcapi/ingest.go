@@ -71,19 +71,10 @@ func (s *ingestServer) Produce(ctx context.Context, req *ingestv1.ProduceRequest
 // commonFailure is the status of the batch's failure when every record
 // failed with the same code, else nil.
 func commonFailure(results []record.Result) *status.Status {
-	var first *status.Status
-	for _, r := range results {
-		if r.Outcome != record.Failed {
-			return nil
-		}
-		st := statusOf(r.Err)
-		if first == nil {
-			first = st
-		} else if st.Code() != first.Code() {
-			return nil
-		}
+	if !record.FailedAlike(results, func(err error) codes.Code { return statusOf(err).Code() }) {
+		return nil
 	}
-	return first
+	return statusOf(results[0].Err)
 }
 
 // ProduceStream takes requests while fewer than the stream window wait for

@@ -209,7 +209,6 @@ func (h *handler) getTopics(c echo.Context) error {
 func batchStatus(results []record.Result) (int, *httpError) {
 	var first *httpError
 	failed, buffered := 0, 0
-	same := true
 	for i, r := range results {
 		switch r.Outcome {
 		case record.Buffered:
@@ -222,8 +221,6 @@ func batchStatus(results []record.Result) (int, *httpError) {
 				if len(results) > 1 { // which record, at the top
 					first = newHTTPError(he.status, he.body.ErrorCode, fmt.Sprintf("record %d: %s", i, he.body.Message))
 				}
-			} else if he.status != first.status {
-				same = false
 			}
 		}
 	}
@@ -232,7 +229,7 @@ func batchStatus(results []record.Result) (int, *httpError) {
 		return http.StatusOK, nil
 	case failed == 0:
 		return http.StatusAccepted, nil
-	case failed == len(results) && same:
+	case record.FailedAlike(results, func(err error) int { return fromError(err).status }):
 		return first.status, first
 	default:
 		return http.StatusMultiStatus, first
