@@ -784,16 +784,3 @@ func (d *Delivery) label(topic string) string {
 func (d *Delivery) PossibleDuplicates(topic string, n int) {
 	d.m.duplicates.WithLabelValues(d.label(topic)).Add(float64(n))
 }
-
-// Refuse counts n records that an API refused before it could send them
-// (a bad topic name, a malformed body: reason invalid, or too_large), so
-// that every failure is counted here. A request refused for its
-// credentials (reason unauthenticated, n 0) is counted per principal, the
-// one ctx holds.
-func (d *Delivery) Refuse(ctx context.Context, api, topic string, n int, reason record.Reason) {
-	if reason == record.ReasonUnauthenticated {
-		d.denied(identity.From(ctx).Principal, reason)
-		return
-	}
-	d.count(api, topic, n, reason)
-}
