@@ -316,8 +316,9 @@ func (c *call) takeBack() []record.Result {
 // failed each of them, or when the message timeout (message.timeout.ms)
 // passes: records still unanswered then fail with record.ReasonTimeout,
 // may still be in flight, and are no longer sent if they are not. A record
-// without a timestamp is sent with the current time, as Kafka's own
-// clients do, and its result reports it.
+// is sent with its own timestamp: its callers give one (delivery the
+// receive time, which the buffer keeps; drains the stored record's;
+// mirrors the delivered record's), so the producer sets no default.
 //
 // The function it returns is for a caller that stops waiting: it takes
 // back the records not yet sent and answers at once (call.withdraw).
@@ -466,7 +467,6 @@ func (p *Producer) seenAll(recs []record.Record) bool {
 // recs are all of c's records: a call whose topics are known and one being
 // looked up is started in parts (Start).
 func (p *Producer) start(recs []record.Record, index []int, c *call) {
-	now := time.Now()
 	queue := make([]queued, 0, len(recs))
 	headers := newHeaderArena(recs)
 	tps := make([]topicPartition, 0, len(recs)) // each queued record's partition
@@ -483,10 +483,8 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 		if index != nil {
 			i = index[j]
 		}
-		n := r.Size()
-		if n > p.maxRecordBytes+ownHeadersAllowance {
-			c.refuse(i, record.Errorf(record.ReasonTooLarge,
-				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", n, p.maxRecordBytes))
+		if n := r.Size(); n > p.maxRecordBytes+ownHeadersAllowance {
+			c.refuse(i, record.CheckSize(n, p.maxRecordBytes))
 			continue
 		}
 		if topic.partitions == nil && topicErr == nil || r.Topic != lastTopic {
@@ -498,9 +496,6 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 			continue
 		}
 		ts := r.Timestamp
-		if ts.IsZero() {
-			ts = now
-		}
 		partition := int(r.Partition)
 		switch {
 		case r.Partition == record.AnyPartition:

@@ -71,9 +71,10 @@ func TestKeyedRecordsKeepTheirPartition(t *testing.T) {
 	p := newProducer(t, addr)
 	var first int32 = -2
 	for i := range 5 {
-		res := p.Produce(t.Context(), []record.Record{{Topic: "keyed", Key: []byte("same"), Value: fmt.Appendf(nil, "%d", i), Partition: record.AnyPartition}})
+		ts := time.UnixMilli(time.Now().UnixMilli())
+		res := p.Produce(t.Context(), []record.Record{{Topic: "keyed", Key: []byte("same"), Value: fmt.Appendf(nil, "%d", i), Partition: record.AnyPartition, Timestamp: ts}})
 		require.Equal(t, record.Delivered, res[0].Outcome, res[0].Err)
-		assert.WithinDuration(t, time.Now(), res[0].Timestamp, time.Minute, "a record without a timestamp gets the current time")
+		assert.True(t, ts.Equal(res[0].Timestamp), "the result reports the record's own timestamp")
 		if first == -2 {
 			first = res[0].Partition
 		}

@@ -499,9 +499,8 @@ func (d *Delivery) mapTopics(items []*item, pol *policy.Policy) {
 			it.fail(it.named, record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", it.named, record.ClientMessage(err)))
 			continue
 		}
-		if it.size > d.opts.MaxRecordBytes { // no use sending or buffering it
-			it.fail(it.rec.Topic, record.Errorf(record.ReasonTooLarge,
-				"record of %d bytes is over the limit of %d bytes (kafka.message.max.bytes)", it.size, d.opts.MaxRecordBytes))
+		if err := record.CheckSize(it.size, d.opts.MaxRecordBytes); err != nil { // no use sending or buffering it
+			it.fail(it.rec.Topic, err)
 		}
 	}
 }
