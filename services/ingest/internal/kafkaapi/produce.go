@@ -323,11 +323,11 @@ func refuse(rp *kmsg.ProduceResponseTopicPartition, refused []refusal, n int) {
 // when any was buffered (or a retry's records were delivered apart from
 // the first try's); a failed record's error, with its index, when any
 // failed.
-// The partition was checked whole before it was sent (unit), so a record
-// fails alone only when Kafka and then the buffer did not take it: when
-// others were stored, the error is a retriable one whatever the
-// record's, so that the client sends the batch again rather than give up
-// on records half stored.
+// The partition was checked whole before it was sent (delivery's
+// units), so a record fails alone only when Kafka and then the buffer did
+// not take it: when others were stored, the error is a retriable one
+// whatever the record's, so that the client sends the batch again rather
+// than give up on records half stored.
 func answer(rp *kmsg.ProduceResponseTopicPartition, results []record.Result) {
 	rp.BaseOffset = -1
 	buffered, stored := false, false
