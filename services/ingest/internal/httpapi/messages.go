@@ -26,7 +26,7 @@ const (
 
 // postMessages is kafka-ambassador's route: the body is one record's value,
 // or many values, one per line, with Content-Type application/x-ndjson.
-func (h *handler) postMessages(c echo.Context) error {
+func (h *handler) postMessages(c echo.Context, kh kafkaHeaders) error {
 	mt := mediaType(c)
 	switch mt {
 	case mediaText, mediaJSON, mediaBinary, mediaNDJSON:
@@ -34,7 +34,7 @@ func (h *handler) postMessages(c echo.Context) error {
 		return unsupportedMediaType(c, "text/plain, application/json, application/octet-stream, or application/x-ndjson for many records")
 	}
 	topic := c.Param("topic")
-	recs, err := h.parseMessages(c, mt, topic)
+	recs, err := h.parseMessages(c, mt, topic, kh)
 	results, err := h.deliver(c, topic, recs, err)
 	if err != nil {
 		return err
@@ -57,8 +57,8 @@ func (h *handler) postMessages(c echo.Context) error {
 
 // parseMessages reads the records of a kafka-ambassador request: one, or
 // one per line of an NDJSON body.
-func (h *handler) parseMessages(c echo.Context, mt, topic string) ([]record.Record, error) {
-	meta, err := parseMeta(c.Request().Header)
+func (h *handler) parseMessages(c echo.Context, mt, topic string, kh kafkaHeaders) ([]record.Record, error) {
+	meta, err := parseMetaWith(c.Request().Header, kh)
 	if err != nil {
 		return nil, err
 	}

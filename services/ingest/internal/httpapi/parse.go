@@ -40,16 +40,22 @@ type recordMeta struct {
 
 // parseMeta reads the X-Kafka-* request headers.
 func parseMeta(h http.Header) (recordMeta, error) {
+	return parseMetaWith(h, scanKafkaHeaders(h))
+}
+
+// parseMetaWith is parseMeta over the X-Kafka-* header names kh, scanned
+// once for the request.
+func parseMetaWith(h http.Header, kh kafkaHeaders) (recordMeta, error) {
 	m, err := parseMetaFields(h)
 	if err != nil {
 		return m, err
 	}
-	for name, values := range h {
+	for _, name := range kh.names {
 		if !strings.HasPrefix(name, HeaderRecordPrefix) || len(name) == len(HeaderRecordPrefix) {
 			continue
 		}
 		key := strings.ToLower(name[len(HeaderRecordPrefix):])
-		for _, v := range values {
+		for _, v := range h[name] {
 			m.headers = append(m.headers, record.Header{Key: key, Value: []byte(v)})
 		}
 	}

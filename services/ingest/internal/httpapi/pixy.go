@@ -45,13 +45,36 @@ type pixyBody struct {
 // Spillway's, which refuses its Content-Type with 415: the usual mistake
 // of a curl -d without -H 'Content-Type: text/plain'.
 func isPixy(r *http.Request, form url.Values) bool {
-	for name := range r.Header {
-		if strings.HasPrefix(name, HeaderRecordPrefix) {
-			return false
-		}
+	return pixyRequest(r, scanKafkaHeaders(r.Header), form)
+}
+
+// pixyRequest is isPixy over the request's X-Kafka-* headers, scanned
+// once.
+func pixyRequest(r *http.Request, kh kafkaHeaders, form url.Values) bool {
+	if kh.own {
+		return false
 	}
 	q := r.URL.Query()
 	return q.Has("sync") || q.Has("key") || form.Has("msg")
+}
+
+// kafkaHeaders are a request's X-Kafka-* header names, from one scan of
+// its headers: routing (isPixy), Spillway's record headers (parseMeta)
+// and kafka-pixy's (parsePixy) read them, not the whole header map.
+type kafkaHeaders struct {
+	names []string
+	own   bool // one is X-Kafka-Header-*, Spillway's record header scheme
+}
+
+func scanKafkaHeaders(h http.Header) kafkaHeaders {
+	var kh kafkaHeaders
+	for name := range h {
+		if strings.HasPrefix(name, pixyHeaderPrefix) {
+			kh.names = append(kh.names, name)
+			kh.own = kh.own || strings.HasPrefix(name, HeaderRecordPrefix)
+		}
+	}
+	return kh
 }
 
 // isForm says whether the request's body is a form.
@@ -75,10 +98,15 @@ func (h *handler) postTopicMessages(c echo.Context) error {
 		f = &pixyForm{body: body}
 		f.values, f.err = url.ParseQuery(string(body))
 	}
-	if f != nil && isPixy(req, f.values) || f == nil && isPixy(req, nil) {
-		return h.postPixy(c, false, f)
+	var values url.Values
+	if f != nil {
+		values = f.values
 	}
-	return h.postMessages(c)
+	kh := scanKafkaHeaders(req.Header)
+	if pixyRequest(req, kh, values) {
+		return h.postPixy(c, false, f, kh)
+	}
+	return h.postMessages(c, kh)
 }
 
 // pixyForm is a form body, read and parsed once.
@@ -101,15 +129,15 @@ func (h *handler) postClusterMessages(c echo.Context) error {
 			Err: &record.Error{Reason: record.ReasonUnknownTopic, Message: he.body.Message, Err: he}})
 		return err
 	}
-	return h.postPixy(c, true, nil)
+	return h.postPixy(c, true, nil, scanKafkaHeaders(c.Request().Header))
 }
 
 // postPixy delivers a kafka-pixy request's record and answers once it is
 // durable, whether or not the request asked for sync: 200 with Kafka's
 // partition and offset, or 202 buffered with the record's id.
-func (h *handler) postPixy(c echo.Context, clusterRoute bool, form *pixyForm) error {
+func (h *handler) postPixy(c echo.Context, clusterRoute bool, form *pixyForm, kh kafkaHeaders) error {
 	topic := c.Param("topic")
-	rec, err := h.parsePixy(c, topic, clusterRoute, form)
+	rec, err := h.parsePixy(c, topic, clusterRoute, form, kh)
 	results, err := h.deliver(c, topic, []record.Record{rec}, err)
 	if err != nil {
 		return err
@@ -135,7 +163,7 @@ func (h *handler) postPixy(c echo.Context, clusterRoute bool, form *pixyForm) er
 // record headers. On the shared route Spillway's own X-Kafka-Key,
 // X-Kafka-Key-Base64, X-Kafka-Partition and X-Kafka-Timestamp keep their
 // meaning. form is the form body when postTopicMessages read one.
-func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool, f *pixyForm) (record.Record, error) {
+func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool, f *pixyForm, kh kafkaHeaders) (record.Record, error) {
 	rec := record.Record{Topic: topic, Partition: record.AnyPartition}
 	req := c.Request()
 	if f == nil && isForm(req) { // the cluster route
@@ -185,12 +213,12 @@ func (h *handler) parsePixy(c echo.Context, topic string, clusterRoute bool, f *
 	if params.Has("key") {
 		rec.Key = []byte(params.Get("key")) // an empty key is a key, hashed like any other
 	}
-	for name, values := range req.Header {
-		if !strings.HasPrefix(name, pixyHeaderPrefix) || len(name) == len(pixyHeaderPrefix) || reserved[name] {
+	for _, name := range kh.names {
+		if len(name) == len(pixyHeaderPrefix) || reserved[name] {
 			continue
 		}
 		key := name[len(pixyHeaderPrefix):]
-		for _, v := range values {
+		for _, v := range req.Header[name] {
 			b, err := base64.StdEncoding.DecodeString(v)
 			if err != nil {
 				return rec, invalid("header %s is not valid base64 (kafka-pixy's record headers are X-Kafka-{Name}: base64 of the value): %v", name, err)
