@@ -41,27 +41,26 @@ func TestScalingModelMatchesBench(t *testing.T) {
 	}
 
 	cited := 0
-	for _, in := range markdownTable(doc, "input") {
-		if len(in) < 3 {
+	for _, in := range listItems(doc) {
+		loc := benchSource.FindStringSubmatchIndex(in)
+		if loc == nil {
 			continue
 		}
-		m := benchSource.FindStringSubmatch(in[2])
-		if m == nil {
-			continue
-		}
+		m := []string{in[loc[0]:loc[1]], in[loc[2]:loc[3]]}
+		figure := in[:loc[0]]
 		cited++
 		row, ok := bench.rows[m[1]]
 		if !assert.True(t, ok, "docs/scaling.md cites bench row %q, which docs/benchmarks.md's table does not have", m[1]) {
 			continue
 		}
-		figures := boldFigure.FindAllStringSubmatch(in[1], -1)
+		figures := boldFigure.FindAllStringSubmatch(figure, -1)
 		assert.NotEmpty(t, figures, "docs/scaling.md cites bench row %q without a bold figure from it", m[1])
 		for _, f := range figures {
 			column := map[string]string{"µs": "mover CPU µs/record", "records/s": "records/s"}[f[2]]
 			assert.Equal(t, row[column], f[1], "docs/scaling.md quotes bench row %q's %s as %s %s; docs/benchmarks.md has %s", m[1], column, f[1], f[2], row[column])
 		}
 	}
-	require.NotZero(t, cited, "docs/scaling.md's input table cites no bench row (\"`make bench`, row `NAME`\")")
+	require.NotZero(t, cited, "docs/scaling.md's list of inputs cites no bench row (\"`make bench`, row `NAME`\")")
 
 	batched := bench.cpu(t, benchBatched)
 	single := bench.cpu(t, benchSingle)
@@ -163,6 +162,26 @@ func (b bench) cpu(t testing.TB, prefix string) string {
 	require.Len(t, found, 1, "docs/benchmarks.md's table should have one row %q…", prefix)
 	require.NotEmpty(t, found[0], "docs/benchmarks.md's row %q… has no mover CPU per record", prefix)
 	return found[0]
+}
+
+// listItems returns the items of doc's bulleted lists, each with its
+// continuation lines joined by spaces: an input of the model is an item
+// that names its figure, in bold, and then the bench row it comes from.
+func listItems(doc string) []string {
+	var out []string
+	item := false
+	for _, line := range strings.Split(doc, "\n") {
+		switch {
+		case strings.HasPrefix(line, "- "):
+			out = append(out, strings.TrimPrefix(line, "- "))
+			item = true
+		case item && strings.HasPrefix(line, "  ") && strings.TrimSpace(line) != "":
+			out[len(out)-1] += " " + strings.TrimSpace(line)
+		default:
+			item = false
+		}
+	}
+	return out
 }
 
 // markdownTable returns the rows of the first table of doc whose first
