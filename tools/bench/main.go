@@ -202,7 +202,7 @@ func run() int {
 		}
 		if sel["batched"] {
 			t.group("the kafka-go limit", true,
-				lg("kafka-go Writer straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8"),
+				lg("kafka-go Writer straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8").as("kafka-go"),
 				lg("ingest, HTTP NDJSON, batches of 500, 8 connections", ingest, kafkaPID, "-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("ndjson").via(a.mon),
 				lg("ingest, Confluent v2, batches of 500, 8 connections", ingest, kafkaPID, "-target", "v2", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("v2").via(a.mon),
 				lg("ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", ingest, kafkaPID, "-target", "grpc-stream", "-addr", a.grpc, "-batch", "500", "-concurrency", "4", "-window", "4").as("grpc-stream").via(a.mon),
@@ -219,8 +219,8 @@ func run() int {
 			// all), straight into the broker and through the listener.
 			fresh()
 			t.group("kgo straight into the broker", true,
-				lg("kgo straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kgo", "-brokers", broker, "-batch", "500", "-concurrency", "8"),
-				lg("ingest, Kafka listener, kgo batches of 500, 8 callers", ingest, kafkaPID, "-target", "kgo", "-brokers", a.kafka, "-create-topics-on", broker, "-batch", "500", "-concurrency", "8").via(a.mon),
+				lg("kgo straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kgo", "-brokers", broker, "-batch", "500", "-concurrency", "8").as("kgo"),
+				lg("ingest, Kafka listener, kgo batches of 500, 8 callers", ingest, kafkaPID, "-target", "kgo", "-brokers", a.kafka, "-create-topics-on", broker, "-batch", "500", "-concurrency", "8").as("listener").via(a.mon),
 			)
 		}
 		if sel["single"] {
@@ -263,7 +263,7 @@ func run() int {
 			// The JetStream server is in the ingest's process: it is the
 			// broker of the direct publish.
 			t.group("direct JetStream publish", false,
-				lg("JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", moverSelf, ingest, "-target", "jetstream", "-addr", "nats://"+a.nats, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8"),
+				lg("JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", moverSelf, ingest, "-target", "jetstream", "-addr", "nats://"+a.nats, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8").as("jetstream"),
 				lg("ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", ingest, nil, spillArgs...).as("spill"),
 			)
 			t.last().rssMB = peakRSS(in.pid())
@@ -278,13 +278,13 @@ func run() int {
 			}
 			freshKafka()
 			t.group("the configured rate", false,
-				spec{name: fmt.Sprintf("resender at a configured %d records/s", rate), measure: func(int) result {
+				spec{name: fmt.Sprintf("resender at a configured %d records/s", rate), key: "resender-rate", measure: func(int) result {
 					return d.measure(2*rate, resender(broker, a.nats, walDir, rate), kafkaPID)
 				}},
 			)
 			t.last().limit, t.last().against = &measured{rps: rate}, "the configured rate"
 			t.group("the bare pipe", true,
-				spec{name: "bare pipe: JetStream pull consumer, fetches of 500, one kafka-go WriteMessages each (acks all), then the acks", measure: func(int) result {
+				spec{name: "bare pipe: JetStream pull consumer, fetches of 500, one kafka-go WriteMessages each (acks all), then the acks", key: "pipe", measure: func(int) result {
 					return d.measure(drainRecords, pipe(broker, a.nats, walDir), kafkaPID)
 				}},
 				spec{name: "resender without a rate limit", key: "resender", measure: func(int) result {
@@ -300,7 +300,7 @@ func run() int {
 		env, a := ingestEnv("always")
 		in := startIngest(env, a)
 		t.group("", false, lg("ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", func() int { return in.pid() }, nil,
-			"-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8"))
+			"-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("always"))
 		t.last().rssMB = peakRSS(in.pid())
 		in.stop()
 	}

@@ -27,7 +27,7 @@ type result struct {
 // spec is one measurement of a group: measure runs it once (run i).
 type spec struct {
 	name    string
-	key     string // names the row for the targets' summary; "": none
+	key     string // names the row in the table and for the targets' summary
 	measure func(i int) result
 }
 

@@ -120,7 +120,8 @@ var (
 // bench is the table `make bench` wrote into docs/benchmarks.md.
 type bench struct {
 	date, commit string
-	// rows maps a row's measurement to its cells by column name.
+	// rows maps a row's measurement (named in the list under the
+	// table) to its cells by column name.
 	rows map[string]map[string]string
 }
 
@@ -135,8 +136,14 @@ func benchTable(t testing.TB, doc string) bench {
 	stamp := benchStamp.FindStringSubmatch(part)
 	require.NotNil(t, stamp, "docs/benchmarks.md's table does not say when it was measured (%q)", benchStamp)
 	b := bench{date: stamp[1], commit: stamp[2], rows: map[string]map[string]string{}}
-	table := markdownTable(part, "measurement")
-	require.NotEmpty(t, table, "no bench table (first column \"measurement\") in docs/benchmarks.md")
+	// The table names a row by its key; the list under it gives each
+	// key's measurement, by which docs/scaling.md cites the row.
+	measurements := map[string]string{}
+	for _, m := range benchKey.FindAllStringSubmatch(part, -1) {
+		measurements[m[1]] = m[2]
+	}
+	table := markdownTable(part, "row")
+	require.NotEmpty(t, table, "no bench table (first column \"row\") in docs/benchmarks.md")
 	for _, r := range table[1:] {
 		cells := map[string]string{}
 		for i, name := range table[0] {
@@ -144,10 +151,18 @@ func benchTable(t testing.TB, doc string) bench {
 				cells[name] = r[i]
 			}
 		}
-		b.rows[r[0]] = cells
+		key := strings.Trim(r[0], "`")
+		name, ok := measurements[key]
+		require.True(t, ok, "docs/benchmarks.md's table has a row %q that the list under it does not name", key)
+		b.rows[name] = cells
 	}
+	require.Len(t, b.rows, len(measurements), "docs/benchmarks.md's list under the table names rows the table does not have")
 	return b
 }
+
+// benchKey is an item of the list under the bench table: a row's key and
+// its measurement.
+var benchKey = regexp.MustCompile("(?m)^- `([^`]+)`: (.+)$")
 
 // cpu is the mover's CPU µs per record of the one row whose name starts
 // with prefix, as the table writes it.

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -14,13 +13,6 @@ import (
 // wraps in a terminal and in a side-by-side diff, and its cells are
 // paragraphs; the long explanations go in a list under the table.
 const maxTableLine = 120
-
-// notYetNarrow lists the files whose tables are still wider, so that the
-// check holds for the others; TestTableWidth fails when one of them no
-// longer needs its place here.
-var notYetNarrow = map[string]bool{
-	"docs/benchmarks.md": true,
-}
 
 // TestTableWidth fails for each line of a Markdown table (a line that
 // starts with "|") in README.md or docs/*.md that is longer than
@@ -35,18 +27,10 @@ func TestTableWidth(t *testing.T) {
 		}
 	}
 	for _, f := range files {
-		wide := 0
 		for i, line := range strings.Split(readFile(t, f), "\n") {
-			if !strings.HasPrefix(line, "|") || len(line) <= maxTableLine {
-				continue
-			}
-			wide++
-			if !notYetNarrow[f] {
+			if strings.HasPrefix(line, "|") && len(line) > maxTableLine {
 				t.Errorf("%s:%d: a table line of %d bytes; at most %d", f, i+1, len(line), maxTableLine)
 			}
-		}
-		if notYetNarrow[f] {
-			assert.NotZero(t, wide, "%s has no table line over %d bytes: take it off notYetNarrow", f, maxTableLine)
 		}
 	}
 }
