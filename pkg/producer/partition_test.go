@@ -177,6 +177,8 @@ func TestKeyPlacementMatchesJavaClient(t *testing.T) {
 				for i, r := range res {
 					require.Equal(t, record.Delivered, r.Outcome, "key %q: %v", keys[i], r.Err)
 					assert.Equal(t, javaPartition(keys[i], n), r.Partition, "answer for key %q (%x) over %d partitions", keys[i], keys[i], n)
+					got, ok := p.PartitionOf(topic, keys[i])
+					assert.True(t, ok && got == r.Partition, "PartitionOf(%s, %q) = %d, %v: where the record went, %d", topic, keys[i], got, ok, r.Partition)
 				}
 			}
 		})
@@ -189,6 +191,28 @@ func TestKeyPlacementMatchesJavaClient(t *testing.T) {
 			assert.Equal(t, javaPartition(r.Key, n), r.Partition, "in Kafka: key %q (%x) of %s over %d partitions", r.Key, r.Key, r.Value, n)
 		}
 	}
+}
+
+// TestPartitionOfOutlivesThePrune: PartitionOf knows a topic once its
+// partitions were read, and keeps knowing it when the producer forgets
+// the topic's layout, unused for a minute (as while Kafka is down and the
+// topic's records go to the buffer): a key keeps its partition, and so
+// its lane, while its records are buffered.
+func TestPartitionOfOutlivesThePrune(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t, kfake.SeedTopics(7, "placed"))
+	p := newProducer(t, addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
+	_, ok := p.PartitionOf("placed", []byte("kafka"))
+	assert.False(t, ok, "not known before the topic was read")
+	res := p.Produce(t.Context(), []record.Record{{Topic: "placed", Key: []byte("kafka"), Value: []byte("v"), Partition: record.AnyPartition}})
+	require.Equal(t, record.Delivered, res[0].Outcome, "%v", res[0].Err)
+	require.Eventually(t, func() bool { // the queue idle, then unused for two prunes
+		p.prune()
+		_, ok := p.cachedLayout("placed")
+		return !ok
+	}, 10*time.Second, 10*time.Millisecond, "the layout is pruned")
+	got, ok := p.PartitionOf("placed", []byte("kafka"))
+	assert.True(t, ok, "still known")
+	assert.Equal(t, javaPartition([]byte("kafka"), 7), got, "the Java client's partition, 3")
 }
 
 // kcatPath finds kcat. Outside CI a machine without it skips the test; in

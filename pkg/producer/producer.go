@@ -76,9 +76,15 @@ type Producer struct {
 	logger       *slog.Logger
 
 	metadataTTL time.Duration
-	layoutMu    sync.RWMutex
-	layouts     map[string]cachedLayout
-	refreshing  map[string]bool
+	// partitionCounts is, per topic, its partition count as last read from Kafka
+	// (PartitionOf). Unlike layouts it is never pruned, and a reading
+	// that failed leaves it: a record's partition must not change while
+	// Kafka is away. It holds only topics Kafka described.
+	partitionCounts  sync.Map // string -> int
+	onPartitionCount atomic.Pointer[func(topic string, n int)]
+	layoutMu         sync.RWMutex
+	layouts          map[string]cachedLayout
+	refreshing       map[string]bool
 	// moved is, per topic, when its leaders were last read again because a
 	// produce found one moved, and whether that reading still runs
 	// (planLeaderRefresh). layoutMu is taken with a queue's mu held there,
@@ -356,6 +362,34 @@ func (p *Producer) Start(recs []record.Record, done func([]record.Result)) (with
 		p.start(pick(recs, now), now, c)
 	}
 	return c.withdraw
+}
+
+// PartitionOf is the partition the producer's partitioner
+// (kafka.partitioner) would choose for a record of topic with key, and
+// false when the topic's partition count was never read from Kafka. The
+// count last read is kept through Kafka's outages and is never forgotten,
+// so that a key keeps its partition while its records are buffered. A
+// record given that partition is sent there, as the partitioner would
+// have sent it.
+func (p *Producer) PartitionOf(topic string, key []byte) (int32, bool) {
+	n, ok := p.partitionCounts.Load(topic)
+	if !ok {
+		return 0, false
+	}
+	return int32(p.balancer.Balance(kafka.Message{Topic: topic, Key: key}, partitionList(n.(int))...)), true
+}
+
+// OnPartitionCount sets what is told each partition count read from
+// Kafka (to share it with other ingests).
+func (p *Producer) OnPartitionCount(f func(topic string, n int)) { p.onPartitionCount.Store(&f) }
+
+// LearnPartitionCount makes topic's partition count n, as another ingest
+// read it, unless a larger one is known (partitions are only ever added).
+func (p *Producer) LearnPartitionCount(topic string, n int) {
+	if old, ok := p.partitionCounts.Load(topic); ok && old.(int) >= n {
+		return
+	}
+	p.partitionCounts.Store(topic, n)
 }
 
 // topicLookup is a topic whose first layout is being read (lookUp), and
@@ -811,6 +845,12 @@ func (p *Producer) readLayout(ctx context.Context, topic string) (layout, error)
 	if used == nil {
 		used = new(atomic.Bool)
 		used.Store(true)
+	}
+	if err == nil {
+		p.partitionCounts.Store(topic, len(l.partitions))
+		if f := p.onPartitionCount.Load(); f != nil {
+			(*f)(topic, len(l.partitions))
+		}
 	}
 	p.layoutMu.Lock()
 	p.layouts[topic] = cachedLayout{layout: l, err: err, at: time.Now(), limitAt: limitAt, used: used}

@@ -192,6 +192,7 @@ func New(o Options) (_ *App, err error) {
 		TracerProvider:   exportedTracerProvider(o.Tracing),
 		Propagators:      propagators(o.Tracing),
 		Backlog:          a.backlog,
+		Placer:           a.producer,
 	})
 	handler := httpapi.New(httpapi.Options{
 		Sender:            d,
@@ -380,6 +381,8 @@ func (a *App) startBuffer() (delivery.Buffer, error) {
 	}
 	if a.opts.Config.Producer.Order == config.OrderPartition {
 		a.backlog = backlog.New(wal, a.opts.Registry, log)
+		a.backlog.OnPartitionCount(a.producer.LearnPartitionCount)
+		a.producer.OnPartitionCount(a.backlog.PartitionCount)
 	}
 	pending := &spill.PendingBuffer{}
 	connect := &spill.Retry{Step: "connect to NATS", Logger: log, Report: pending.SetReason}

@@ -93,6 +93,8 @@ type Tracker struct {
 
 	lanesGauge prometheus.Gauge
 	handOvers  *prometheus.CounterVec
+
+	counts counts
 }
 
 // New returns a Tracker of the buffer c; Run starts it once the buffer
@@ -101,7 +103,8 @@ func New(c config.WAL, reg prometheus.Registerer, logger *slog.Logger) *Tracker 
 	f := promauto.With(reg)
 	return &Tracker{
 		wal: c, subjects: spill.Subjects{Prefix: c.SubjectPrefix}, logger: logger,
-		lanes: map[laneID]*lane{},
+		lanes:  map[laneID]*lane{},
+		counts: counts{known: map[string]int{}, loaded: make(chan struct{})},
 		lanesGauge: f.NewGauge(prometheus.GaugeOpts{
 			Name: "spillway_backlog_lanes",
 			Help: "Lanes (a topic's partition, or its keys' hash) whose records are buffered behind their backlog until the resender has delivered it (producer.order partition).",
@@ -121,6 +124,7 @@ func (t *Tracker) Run(ctx context.Context, js jetstream.JetStream) {
 	t.handOvers.WithLabelValues("done")
 	t.handOvers.WithLabelValues("given_up")
 	go t.watch(ctx)
+	go t.watchCounts(ctx)
 	tick := time.NewTicker(checkInterval)
 	defer tick.Stop()
 	for {
@@ -254,6 +258,14 @@ func (t *Tracker) kafkaHealthy() bool {
 // Active says whether any lane has a backlog; when none has, records go
 // to Kafka without looking at their lanes.
 func (t *Tracker) Active() bool { return t != nil && t.active.Load() > 0 }
+
+// Has says whether the lane of topic has a backlog, or is being handed
+// back to Kafka.
+func (t *Tracker) Has(topic, lane string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lanes[laneID{topic, lane}] != nil
+}
 
 // Behind says, for each of recs, whether its lane has a backlog, so that
 // it must be buffered too; a lane being handed back to Kafka is waited

@@ -45,7 +45,7 @@ func TestKafkaRefusingOwnCredentialsSpills(t *testing.T) {
 	msgs := stored(t, in, "spillway.spill.>", 2)
 	require.Len(t, msgs, 2)
 	for _, m := range msgs {
-		assert.Regexp(t, `^spillway\.spill\.orders\.k[0-9]+$`, m.Subject)
+		assert.Regexp(t, `^spillway\.spill\.orders\.k?[0-9]+$`, m.Subject, "the lane of the record's partition, or of its key before the topic was read")
 		rec, err := spill.Decode(m.Data)
 		require.NoError(t, err)
 		assert.Contains(t, []string{"v1", "v2"}, string(rec.Value))

@@ -35,6 +35,12 @@ type Producer interface {
 	breaker.Kafka
 }
 
+// Placer tells the partition the producer's partitioner would choose for
+// a record, once the topic's partition count is known.
+type Placer interface {
+	PartitionOf(topic string, key []byte) (int32, bool)
+}
+
 // Buffer stores records in JetStream and reports each one's outcome.
 type Buffer interface {
 	Publish(ctx context.Context, kind spill.Kind, recs []record.Record, reason string) []record.Result
@@ -87,6 +93,10 @@ type Options struct {
 	// Backlog keeps a lane that spilled behind its buffered records
 	// (producer.order partition); nil: producer.order none.
 	Backlog *backlog.Tracker
+	// Placer gives a record that may be buffered its Kafka partition
+	// before it is routed, so that its lane is its partition (with
+	// Backlog); nil: such records keep their key's lane.
+	Placer Placer
 }
 
 // Delivery sends records on their way and measures what becomes of them.
@@ -541,6 +551,9 @@ func (d *Delivery) trace(ctx context.Context, items []*item) {
 // route sends the open records on: to the buffer first for the topics
 // written ahead, to Kafka for the others.
 func (d *Delivery) route(ctx context.Context, items []*item) {
+	if d.opts.Backlog != nil && d.opts.Placer != nil {
+		d.place(items)
+	}
 	var ahead, direct []*item
 	for _, it := range items {
 		if d.writesAhead(it.rec.Topic) {
@@ -557,6 +570,53 @@ func (d *Delivery) route(ctx context.Context, items []*item) {
 	}
 	if len(direct) > 0 {
 		d.toKafka(ctx, direct)
+	}
+}
+
+// countsWait bounds how long a record waits at start for the partition
+// counts shared in the buffer.
+const countsWait = 2 * time.Second
+
+// place gives each record that may be buffered, and whose partition the
+// client left to Kafka, the partition the producer's partitioner chooses,
+// so that its lane is its partition: once a partition spilled, all of its
+// later records wait behind its backlog, whatever their keys. A record
+// keeps its key's lane while its topic's partition count is not known
+// (never read from Kafka, by this ingest or another: the counts are
+// shared in the buffer), and while that lane still has a backlog
+// (buffered before the count was known), so that it waits behind its
+// key's earlier records.
+func (d *Delivery) place(items []*item) {
+	active := d.opts.Backlog.Active()
+	var (
+		last     string
+		seen     bool
+		buffered bool // last's records may be buffered
+		waited   bool
+	)
+	for _, it := range items {
+		r := &it.rec
+		if r.Partition != record.AnyPartition {
+			continue
+		}
+		if !seen || r.Topic != last { // records of one topic come in runs
+			last, seen, buffered = r.Topic, true, d.spills(r.Topic) || d.writesAhead(r.Topic)
+		}
+		if !buffered || active && d.opts.Backlog.Has(r.Topic, spill.Lane(r)) {
+			continue
+		}
+		p, ok := d.opts.Placer.PartitionOf(r.Topic, r.Key)
+		if !ok && !waited {
+			// At start, the counts shared in the buffer (by other
+			// ingests, or this one before a restart) are read first: a
+			// key's lane must not change while its records are buffered.
+			d.opts.Backlog.WaitCounts(countsWait)
+			waited = true
+			p, ok = d.opts.Placer.PartitionOf(r.Topic, r.Key)
+		}
+		if ok {
+			r.Partition = p
+		}
 	}
 }
 

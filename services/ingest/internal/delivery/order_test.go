@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/spillway/spillway/pkg/drain"
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/pkg/producer"
+	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
 )
@@ -212,4 +214,186 @@ func TestOrderPerKeyThroughASpill(t *testing.T) {
 			}
 		})
 	}
+}
+
+// postUntil posts key's records to topic, values key0, key1, ..., each
+// once, until one is answered want, for at most 30 s, and returns the
+// value so answered.
+func postUntil(t *testing.T, in *ingesttest.Ingest, topic, key string, want int) string {
+	t.Helper()
+	var status int
+	var body string
+	for i, deadline := 0, time.Now().Add(30*time.Second); time.Now().Before(deadline); i++ {
+		value := fmt.Sprint(key, i)
+		status, body = ingesttest.Post(t, in.URL+"/topics/"+topic+"/messages", "text/plain", value, "X-Kafka-Key", key)
+		if status == want {
+			return value
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s, key %s: answered %d (%s), want %d", topic, key, status, body, want)
+	return ""
+}
+
+// waitKafkaTakes posts a record to a topic new each time, until one is
+// answered delivered and the breaker is closed again. (A record of a
+// partition or key lane with a backlog would wait behind it, and never
+// try Kafka.)
+func waitKafkaTakes(t *testing.T, in *ingesttest.Ingest) {
+	t.Helper()
+	for i, deadline := 0, time.Now().Add(30*time.Second); time.Now().Before(deadline); i++ {
+		status, _ := ingesttest.Post(t, in.URL+fmt.Sprintf("/topics/probe-%d/messages", i), "text/plain", "x")
+		if status == http.StatusOK && ingesttest.Metric(t, in.Monitor, "spillway_breaker_state") == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("Kafka took no record within 30 s")
+}
+
+// postNewKeys posts to topic under a new key each time, until one is
+// answered want: one whose key lane has no backlog.
+func postNewKeys(t *testing.T, in *ingesttest.Ingest, topic string, want int) {
+	t.Helper()
+	for i, deadline := 0, time.Now().Add(30*time.Second); time.Now().Before(deadline); i++ {
+		status, body := ingesttest.Post(t, in.URL+"/topics/"+topic+"/messages", "text/plain", "x", "X-Kafka-Key", fmt.Sprint("x", i))
+		if status == want {
+			return
+		}
+		if i < 5 {
+			t.Log(status, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: no record answered %d within 30 s", topic, want)
+}
+
+// orderEnv is an ingest's environment for the spill tests: the breaker
+// opens after 2 failures and tries Kafka again after 1 s.
+func orderEnv(t *testing.T, addr string) []string {
+	return []string{
+		"SPILLWAY_KAFKA_BROKERS=" + addr,
+		"SPILLWAY_PRODUCER_CB_FAILS=2",
+		"SPILLWAY_PRODUCER_CB_TIMEOUT=1s",
+		"SPILLWAY_PRODUCER_CB_MAX_WAIT=1s",
+		"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=2000",
+		"SPILLWAY_PRODUCER_RESEND_PERIOD=2s",
+		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
+	}
+}
+
+// storedAt reads topic until it holds the values of want, and returns
+// the offset order of the values of partition (or of every partition,
+// with partition -1) whose key is one of keys; a later copy of a value
+// is left out.
+func storedAt(t *testing.T, addr, topic string, partition int32, want []string, keys ...string) []string {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100*time.Millisecond))
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	var out []string
+	for ctx.Err() == nil && !hasAll(seen, want) {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			v := string(r.Value)
+			if seen[v] || (partition >= 0 && r.Partition != partition) || !slices.Contains(keys, string(r.Key)) {
+				return
+			}
+			seen[v] = true
+			out = append(out, v)
+		})
+	}
+	require.True(t, hasAll(seen, want), "Kafka holds %v, want %v among them", out, want)
+	return out
+}
+
+func hasAll(seen map[string]bool, want []string) bool {
+	for _, v := range want {
+		if !seen[v] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestPartitionStaysBehindItsBacklog: once a record of a partition is
+// buffered, the later records of that partition are buffered behind it
+// whatever their keys, and reach Kafka after it. Keys a and b share the
+// topic's only partition but not a key lane: b's record passed a's
+// buffered one when lanes were keys.
+func TestPartitionStaysBehindItsBacklog(t *testing.T) {
+	require.NotEqual(t, spill.Lane(&record.Record{Key: []byte("a"), Partition: record.AnyPartition}),
+		spill.Lane(&record.Record{Key: []byte("b"), Partition: record.AnyPartition}), "a and b have lanes of their own")
+	k := kafkatest.NewCuttable(t)
+	kafkatest.CreateTopic(t, k.Addr, "shared", 1)
+	env := orderEnv(t, k.Addr)
+	in := ingesttest.Start(t, k.Addr, env...)
+
+	status, body := ingesttest.Post(t, in.URL+"/topics/shared/messages", "text/plain", "first", "X-Kafka-Key", "a")
+	require.Equal(t, http.StatusOK, status, body) // the ingest knows the topic's partitions
+	k.Cut()
+	a := postUntil(t, in, "shared", "a", http.StatusAccepted)
+	k.Restore()
+	waitKafkaTakes(t, in)
+
+	status, body = ingesttest.Post(t, in.URL+"/topics/shared/messages", "text/plain", "b-behind", "X-Kafka-Key", "b")
+	assert.Equal(t, http.StatusAccepted, status, "b's record waits behind the partition's backlog: %s", body)
+
+	startResender(t, in, env)
+	b := postUntil(t, in, "shared", "b", http.StatusOK) // the partition is handed back once its backlog is delivered
+	got := storedAt(t, k.Addr, "shared", 0, []string{a, "b-behind", b}, "a", "b")
+	ia, ib := slices.Index(got, a), slices.Index(got, "b-behind")
+	assert.Less(t, ia, ib, "a's buffered record before b's later one, in the partition's order: %v", got)
+	assert.Less(t, ib, slices.Index(got, b), "b's records in the order they were acknowledged: %v", got)
+}
+
+// TestKeyStaysBehindItsLaneOnceItsPartitionIsKnown: a record buffered
+// before the ingest knew its topic's partitions waits in its key's lane;
+// the key's later records, which now have a partition, still wait behind
+// it rather than go to Kafka first.
+func TestKeyStaysBehindItsLaneOnceItsPartitionIsKnown(t *testing.T) {
+	k := kafkatest.NewCuttable(t)
+	env := orderEnv(t, k.Addr)
+	in := ingesttest.Start(t, k.Addr, env...)
+
+	k.Cut() // before the ingest ever read the topic
+	a := postUntil(t, in, "fresh", "a", http.StatusAccepted)
+	k.Restore()
+	waitKafkaTakes(t, in)
+	postNewKeys(t, in, "fresh", http.StatusOK) // the ingest reads the topic's partitions
+
+	status, body := ingesttest.Post(t, in.URL+"/topics/fresh/messages", "text/plain", "a-behind", "X-Kafka-Key", "a")
+	assert.Equal(t, http.StatusAccepted, status, "a's record waits behind a's buffered one: %s", body)
+
+	startResender(t, in, env)
+	last := postUntil(t, in, "fresh", "a", http.StatusOK)
+	got := storedAt(t, k.Addr, "fresh", -1, []string{a, "a-behind", last}, "a")
+	ia, ib := slices.Index(got, a), slices.Index(got, "a-behind")
+	assert.Less(t, ia, ib, "a's records in the order they were acknowledged: %v", got)
+	assert.Less(t, ib, slices.Index(got, last), "a's records in the order they were acknowledged: %v", got)
+}
+
+// TestRestartedIngestKeepsTheKeysLanes: an ingest restarted while Kafka
+// is down has never read the topic's partitions; it takes their count
+// from the buffer, where the ingest before it put it, and buffers a key's
+// records in the same lane as before, its partition.
+func TestRestartedIngestKeepsTheKeysLanes(t *testing.T) {
+	k := kafkatest.NewCuttable(t)
+	kafkatest.CreateTopic(t, k.Addr, "kept", 7)
+	env := orderEnv(t, k.Addr)
+	first := ingesttest.Start(t, k.Addr, env...)
+	status, body := ingesttest.Post(t, first.URL+"/topics/kept/messages", "text/plain", "v0", "X-Kafka-Key", "kafka")
+	require.Equal(t, http.StatusOK, status, body)
+	require.Contains(t, body, `"partition":3`, "the Java client's partition of key kafka over 7")
+	require.NoError(t, first.Stop())
+
+	k.Cut()
+	again := ingesttest.Start(t, k.Addr, env...) // the same buffer
+	postUntil(t, again, "kept", "kafka", http.StatusAccepted)
+	msgs := stored(t, again, "spillway.spill.kept.>", 1)
+	require.Len(t, msgs, 1)
+	assert.Equal(t, "spillway.spill.kept.3", msgs[0].Subject, "the key's lane is its partition, as before the restart")
 }
