@@ -259,6 +259,49 @@ func (t *Tracker) kafkaHealthy() bool {
 // to Kafka without looking at their lanes.
 func (t *Tracker) Active() bool { return t != nil && t.active.Load() > 0 }
 
+// Pace holds recs, for at most wait, while Kafka takes records and the
+// backlog of any of their lanes is longer than a hand-over takes: their
+// clients then send at the pace the resender delivers the backlog, and it
+// shrinks until the lane is handed back to Kafka. Answered buffered at
+// once instead, a lane's clients can add to its backlog faster than the
+// resender delivers it (a partition's keys together, at its rate_limit),
+// and the lane would never be handed back. While Kafka is down records
+// are not held: the backlog cannot shrink then.
+func (t *Tracker) Pace(ctx context.Context, recs []record.Record, wait time.Duration) {
+	if !t.crowded(recs) {
+		return
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	tick := time.NewTicker(checkInterval / 2)
+	defer tick.Stop()
+	for t.crowded(recs) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// crowded says whether Kafka takes records and a lane of recs has more
+// than handOverBacklog records in the stream, as last read.
+func (t *Tracker) crowded(recs []record.Record) bool {
+	if !t.kafkaHealthy() {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range recs {
+		if l := t.lanes[laneID{recs[i].Topic, spill.Lane(&recs[i])}]; l != nil && l.handOver == nil && l.last > handOverBacklog {
+			return true
+		}
+	}
+	return false
+}
+
 // Has says whether the lane of topic has a backlog, or is being handed
 // back to Kafka.
 func (t *Tracker) Has(topic, lane string) bool {

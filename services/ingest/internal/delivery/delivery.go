@@ -634,6 +634,7 @@ func (d *Delivery) behindBacklog(ctx context.Context, direct []*item) []*item {
 		return direct
 	}
 	recs := records(spillable)
+	d.opts.Backlog.Pace(ctx, recs, d.opts.Breaker.MaxWait)
 	behind := d.opts.Backlog.Behind(ctx, recs)
 	var wait []*item
 	for j, it := range spillable {
