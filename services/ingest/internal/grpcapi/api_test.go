@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -281,4 +282,34 @@ func TestAmbassadorProduceAnswers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIngestProduceRefusals: a record IngestService could not parse is
+// answered in its place with its refusal, the others as the script has
+// them (the Sender is handed those only); a topic that is not one fails
+// the call before any record is sent.
+func TestIngestProduceRefusals(t *testing.T) {
+	before1970 := timestamppb.New(time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC))
+	recs := []*ingestv1.Record{{Value: []byte("a")}, {Value: []byte("b"), Timestamp: before1970}, {Value: []byte("c")}}
+
+	t.Run("a record refused in its place", func(t *testing.T) {
+		conn, sender := scriptedConn(t, map[string]answer{"a": delivered(0, 10), "c": buffered()})
+		resp, err := ingestv1.NewIngestServiceClient(conn).Produce(t.Context(), &ingestv1.ProduceRequest{Topic: "orders", Records: recs})
+		require.NoError(t, err)
+		refused := &ingestv1.RecordResult{Outcome: ingestv1.Outcome_OUTCOME_FAILED, ErrorCode: int32(codes.InvalidArgument),
+			ErrorReason: string(record.ReasonInvalid), ErrorMessage: "records[1]: timestamp 1969-12-31T00:00:00Z is before 1970"}
+		assertProto(t, &ingestv1.ProduceResponse{Results: []*ingestv1.RecordResult{wantResult("a", delivered(0, 10)), refused, wantResult("c", buffered())}}, resp)
+		sent := sender.records()
+		require.Len(t, sent, 2)
+		assert.Equal(t, "a", string(sent[0].Value))
+		assert.Equal(t, "c", string(sent[1].Value))
+	})
+
+	t.Run("a topic that is not one", func(t *testing.T) {
+		conn, sender := scriptedConn(t, nil)
+		_, err := ingestv1.NewIngestServiceClient(conn).Produce(t.Context(), &ingestv1.ProduceRequest{Topic: "no/such", Records: recs[:1]})
+		assertStatus(t, err, codes.InvalidArgument,
+			`invalid topic name "no/such": character '/' at byte 2; allowed are a-z, A-Z, 0-9, '.', '_' and '-'`)
+		assert.Empty(t, sender.records())
+	})
 }

@@ -311,3 +311,29 @@ func TestConfluentV3Answers(t *testing.T) {
 		assert.Equal(t, "b", string(recs[1].Value))
 	})
 }
+
+// TestRequestRefusals: a request refused whole, for a body the route
+// cannot read or a topic that is not one, is answered with the refusal's
+// status and message, and no record reaches the Sender.
+func TestRequestRefusals(t *testing.T) {
+	cases := []struct {
+		name, target, contentType, body string
+		status                          int
+		answer                          string
+	}{
+		{"an NDJSON line that is not JSON", "/topics/t/messages", "application/x-ndjson", "\"a\"\n{b\n", 400,
+			`{"error_code":40001,"message":"line 2 is not valid JSON: invalid character 'b' looking for beginning of object key string at byte 2"}`},
+		{"a topic that is not one", "/topics/a*b/messages", "text/plain", "hello", 400,
+			`{"error_code":40001,"message":"invalid topic name \"a*b\": character '*' at byte 1; allowed are a-z, A-Z, 0-9, '.', '_' and '-'"}`},
+		{"a v2 body that is not JSON", "/topics/t", "application/vnd.kafka.binary.v2+json", `{"records":`, 400,
+			`{"error_code":40001,"message":"the body ends in the middle of a JSON value"}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w, recs := serve(t, nil, http.MethodPost, c.target, c.contentType, c.body)
+			assert.Equal(t, c.status, w.Code)
+			assert.JSONEq(t, c.answer, w.Body.String())
+			assert.Empty(t, recs)
+		})
+	}
+}

@@ -133,3 +133,40 @@ func TestProduceAnswers(t *testing.T) {
 		})
 	}
 }
+
+// TestProduceRefusedPartition: a partition whose batch the listener
+// cannot read is answered with its refusal, in its place among the
+// request's answers, while the other partition's records are sent and
+// answered as the script has them.
+func TestProduceRefusedPartition(t *testing.T) {
+	req := kmsg.NewPtrProduceRequest()
+	req.Acks = -1
+	rt := kmsg.NewProduceRequestTopic()
+	rt.Topic = "orders"
+	bad := kmsg.NewProduceRequestTopicPartition()
+	bad.Partition, bad.Records = 0, []byte{0, 1, 2}
+	good := kmsg.NewProduceRequestTopicPartition()
+	good.Partition, good.Records = 1, batch(t, 0, kmsg.Record{Value: []byte("a")}, kmsg.Record{Value: []byte("b")})
+	rt.Partitions = append(rt.Partitions, bad, good)
+	req.Topics = append(req.Topics, rt)
+	sender := &scriptedSender{script: map[string]scripted{"a": delivered(1, 7), "b": delivered(1, 8)}}
+	c := &conn{s: New(Options{Sender: sender, MaxRequestRecords: 100, MaxRequestBytes: 1 << 20})}
+	resp := c.produce(req, "client")
+
+	require.Len(t, resp.Topics, 1)
+	require.Len(t, resp.Topics[0].Partitions, 2)
+	p0, p1 := resp.Topics[0].Partitions[0], resp.Topics[0].Partitions[1]
+	assert.Equal(t, int32(0), p0.Partition)
+	assert.Equal(t, kerr.CorruptMessage, kerr.ErrorForCode(p0.ErrorCode))
+	if assert.NotNil(t, p0.ErrorMessage) {
+		assert.Equal(t, "a record batch of 3 bytes is shorter than its header", *p0.ErrorMessage)
+	}
+	assert.Equal(t, int64(-1), p0.BaseOffset)
+	assert.Equal(t, int32(1), p1.Partition)
+	assert.Equal(t, int16(0), p1.ErrorCode)
+	assert.Equal(t, int64(7), p1.BaseOffset)
+	sent := sender.records()
+	require.Len(t, sent, 2)
+	assert.Equal(t, "a", string(sent[0].Value))
+	assert.Equal(t, "b", string(sent[1].Value))
+}
