@@ -572,11 +572,14 @@ func TestFaultKafkaCutMidLoad(t *testing.T) {
 // TestFaultKafkaSlowerThanTimeout makes Kafka slower than the produce
 // timeout: records are buffered, the breaker opens, and once Kafka is fast
 // again they are delivered; the only duplicates are of records that timed
-// out (in the ingest or the resender) and that Kafka took anyway.
+// out (in the ingest or the resender) and that Kafka took anyway. It runs
+// with producer.order none: with partition, once the topic's 3
+// partitions have a backlog every record waits behind it without trying
+// Kafka, and the ingest's breaker, which this test watches, sees nothing.
 func TestFaultKafkaSlowerThanTimeout(t *testing.T) {
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500",
-		"SPILLWAY_PRODUCER_CB_FAILS=3", "SPILLWAY_PRODUCER_CB_TIMEOUT=1s")
+		"SPILLWAY_PRODUCER_CB_FAILS=3", "SPILLWAY_PRODUCER_CB_TIMEOUT=1s", "SPILLWAY_PRODUCER_ORDER=none")
 	natsAddr := in.natsAddr
 	resender := startResender(t, k.addr, natsAddr)
 	l := newLoad()
