@@ -26,7 +26,7 @@ import (
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
 )
 
-// The API tables: each gRPC service's answer to every outcome the scripted
+// The API tables: each gRPC service's answer to every outcome the answer
 // Sender (scripted_test.go) gives, over a loopback connection, without
 // Kafka or the ingest: the call's status (code and message) or the
 // response on the wire, and the records the Sender was handed.
@@ -51,18 +51,18 @@ func scriptedConn(t *testing.T, script map[string]answer) (*grpc.ClientConn, *sc
 // wantResult is a record's result as IngestService answers it.
 func wantResult(value string, a answer) *ingestv1.RecordResult {
 	r := &ingestv1.RecordResult{Id: "id-" + value}
-	switch a.outcome {
+	switch a.Outcome {
 	case record.Delivered:
 		r.Outcome = ingestv1.Outcome_OUTCOME_DELIVERED
-		r.Partition, r.Offset = a.partition, a.offset
+		r.Partition, r.Offset = a.Partition, a.Offset
 		r.Timestamp = timestamppb.New(scriptTime)
 	case record.Buffered:
 		r.Outcome = ingestv1.Outcome_OUTCOME_BUFFERED
 	default:
 		r.Outcome = ingestv1.Outcome_OUTCOME_FAILED
-		r.ErrorCode = int32(codeOf(a.reason))
-		r.ErrorReason = string(a.reason)
-		r.ErrorMessage = failMessage(a.reason)
+		r.ErrorCode = int32(codeOf(a.Reason))
+		r.ErrorReason = string(a.Reason)
+		r.ErrorMessage = failMessage(a.Reason)
 	}
 	return r
 }
@@ -211,7 +211,7 @@ func TestPixyProduceAnswers(t *testing.T) {
 			conn, sender := scriptedConn(t, map[string]answer{"m": c.a})
 			resp, err := kafkapixy.NewKafkaPixyClient(conn).Produce(t.Context(), &kafkapixy.ProdRq{Topic: "orders", KeyValue: []byte("k"), Message: []byte("m"),
 				Headers: []*kafkapixy.RecordHeader{{Key: "h", Value: []byte("x")}}})
-			switch c.a.outcome {
+			switch c.a.Outcome {
 			case record.Delivered:
 				require.NoError(t, err)
 				assertProto(t, &kafkapixy.ProdRs{Partition: 2, Offset: 7}, resp)
@@ -219,7 +219,7 @@ func TestPixyProduceAnswers(t *testing.T) {
 				require.NoError(t, err)
 				assertProto(t, &kafkapixy.ProdRs{Partition: -1, Offset: -1}, resp)
 			default:
-				assertStatus(t, err, codeOf(c.a.reason), failMessage(c.a.reason))
+				assertStatus(t, err, codeOf(c.a.Reason), failMessage(c.a.Reason))
 			}
 			recs := sender.records()
 			require.Len(t, recs, 1)

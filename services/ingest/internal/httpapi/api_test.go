@@ -100,7 +100,7 @@ func TestAmbassadorSingleAnswers(t *testing.T) {
 				"X-Kafka-Key", "user-42", "X-Kafka-Header-Trace", "abc")
 			assert.Equal(t, c.status, w.Code)
 			assert.JSONEq(t, c.body, w.Body.String())
-			assert.Equal(t, c.answer.outcome == record.Failed && wantRetryAfter(c.answer.reason), w.Header().Get("Retry-After") == "1")
+			assert.Equal(t, c.answer.Outcome == record.Failed && wantRetryAfter(c.answer.Reason), w.Header().Get("Retry-After") == "1")
 			require.Len(t, recs, 1)
 			assert.Equal(t, "orders", recs[0].Topic)
 			assert.Equal(t, "user-42", string(recs[0].Key))
@@ -187,7 +187,7 @@ func TestPixyAnswers(t *testing.T) {
 				w, recs := serve(t, []answer{c.answer}, http.MethodPost, route, "text/plain", "hello", "X-Kafka-Origin", base64.StdEncoding.EncodeToString([]byte("eu")))
 				assert.Equal(t, c.status, w.Code)
 				assert.JSONEq(t, c.body, w.Body.String())
-				assert.Equal(t, c.answer.outcome == record.Failed && wantRetryAfter(c.answer.reason), w.Header().Get("Retry-After") == "1")
+				assert.Equal(t, c.answer.Outcome == record.Failed && wantRetryAfter(c.answer.Reason), w.Header().Get("Retry-After") == "1")
 				require.Len(t, recs, 1)
 				assert.Equal(t, "k1", string(recs[0].Key))
 				assert.Equal(t, "hello", string(recs[0].Value))
@@ -264,15 +264,15 @@ func TestConfluentV2Answers(t *testing.T) {
 func TestConfluentV3Answers(t *testing.T) {
 	const path = "/v3/clusters/c1/topics/t/records"
 	one := func(a answer) (int, string) {
-		switch a.outcome {
+		switch a.Outcome {
 		case record.Delivered:
 			return 200, `{"error_code":200,"outcome":"delivered","id":"id-0","cluster_id":"c1","topic_name":"t","partition_id":` +
-				strconv.Itoa(int(a.partition)) + `,"offset":` + strconv.FormatInt(a.offset, 10) + `,` + wantTime + `,"key":{"type":"STRING","size":2},"value":{"type":"JSON","size":7}}`
+				strconv.Itoa(int(a.Partition)) + `,"offset":` + strconv.FormatInt(a.Offset, 10) + `,` + wantTime + `,"key":{"type":"STRING","size":2},"value":{"type":"JSON","size":7}}`
 		case record.Buffered:
 			return 202, `{"error_code":202,"outcome":"buffered","id":"id-0","cluster_id":"c1","topic_name":"t","key":{"type":"STRING","size":2},"value":{"type":"JSON","size":7}}`
 		default:
-			status, _ := statusOf(a.reason)
-			return status, `{"error_code":` + strconv.Itoa(status) + `,"message":"` + failMessage(a.reason) + `","outcome":"failed","id":"id-0"}`
+			status, _ := statusOf(a.Reason)
+			return status, `{"error_code":` + strconv.Itoa(status) + `,"message":"` + failMessage(a.Reason) + `","outcome":"failed","id":"id-0"}`
 		}
 	}
 	answers := []answer{delivered(4, 99), buffered()}
@@ -280,9 +280,9 @@ func TestConfluentV3Answers(t *testing.T) {
 		answers = append(answers, failed(reason))
 	}
 	for _, a := range answers {
-		name := a.outcome.String()
-		if a.outcome == record.Failed {
-			name = string(a.reason)
+		name := a.Outcome.String()
+		if a.Outcome == record.Failed {
+			name = string(a.Reason)
 		}
 		t.Run("one "+name, func(t *testing.T) {
 			w, recs := serve(t, []answer{a}, http.MethodPost, path, "application/json",
@@ -290,7 +290,7 @@ func TestConfluentV3Answers(t *testing.T) {
 			status, body := one(a)
 			assert.Equal(t, status, w.Code)
 			assert.JSONEq(t, body, w.Body.String())
-			assert.Equal(t, a.outcome == record.Failed && wantRetryAfter(a.reason), w.Header().Get("Retry-After") == "1")
+			assert.Equal(t, a.Outcome == record.Failed && wantRetryAfter(a.Reason), w.Header().Get("Retry-After") == "1")
 			require.Len(t, recs, 1)
 			assert.Equal(t, "k1", string(recs[0].Key))
 			assert.Equal(t, `{"a":1}`, string(recs[0].Value))

@@ -4,39 +4,26 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/delivertest"
 )
 
 // The scripted Sender of the API tables (api_test.go). It is the one file
 // that knows the Sender interface: when the interface changes, only this
-// file follows. Its Deliver is deliverVia's (deliver_test.go), which
+// file follows. Its Deliver is delivertest.Deliver's, which
 // answers a request as the delivery path does; the script answers the
 // records sent.
 
-// scriptTime is the timestamp a scripted delivery reports.
-var scriptTime = time.Date(2026, 12, 4, 10, 11, 12, 345000000, time.UTC)
+// The answers of the API tables, delivertest's.
+type answer = delivertest.Answer
 
-// answer is what the scripted Sender makes of one record.
-type answer struct {
-	outcome   record.Outcome
-	partition int32
-	offset    int64
-	reason    record.Reason // when failed
-}
-
-func delivered(partition int32, offset int64) answer {
-	return answer{outcome: record.Delivered, partition: partition, offset: offset}
-}
-
-func buffered() answer { return answer{outcome: record.Buffered} }
-
-func failed(reason record.Reason) answer { return answer{outcome: record.Failed, reason: reason} }
-
-// failMessage is the message of a scripted failure, which the answers
-// quote.
-func failMessage(reason record.Reason) string { return "scripted " + string(reason) }
+var (
+	delivered   = delivertest.Delivered
+	buffered    = delivertest.Buffered
+	failed      = delivertest.Failed
+	failMessage = delivertest.FailMessage
+)
 
 // scriptedSender answers the records of each delivery call with its script, the
 // i-th record with the i-th answer, and keeps the records it was handed.
@@ -49,7 +36,7 @@ type scriptedSender struct {
 }
 
 func (s *scriptedSender) Deliver(ctx context.Context, req record.Request) ([]record.Result, error) {
-	return deliverVia(s.send, ctx, req)
+	return delivertest.Deliver(ctx, req, s.send)
 }
 
 // send answers recs with the script.
@@ -64,15 +51,7 @@ func (s *scriptedSender) send(_ context.Context, _ string, recs []record.Record)
 		a := s.script[i]
 		id := fmt.Sprintf("id-%d", len(s.sent))
 		s.sent = append(s.sent, r)
-		switch a.outcome {
-		case record.Delivered:
-			out[i] = record.Result{ID: id, Outcome: record.Delivered, Topic: r.Topic, Partition: a.partition, Offset: a.offset, Timestamp: scriptTime}
-		case record.Buffered:
-			out[i] = record.Result{ID: id, Outcome: record.Buffered, Topic: r.Topic, Partition: record.AnyPartition, Offset: -1}
-		default:
-			out[i] = record.Fail(r.Topic, record.Errorf(a.reason, "%s", failMessage(a.reason)))
-			out[i].ID = id
-		}
+		out[i] = a.Result(r, id)
 	}
 	return out
 }

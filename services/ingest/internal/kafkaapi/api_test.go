@@ -113,7 +113,7 @@ func TestProduceAnswers(t *testing.T) {
 				for _, er := range rp.ErrorRecords {
 					at = append(at, er.RelativeOffset)
 					if assert.NotNil(t, er.ErrorMessage) {
-						assert.Equal(t, failMessage(pc.script[er.RelativeOffset].reason), *er.ErrorMessage, "record %d's error", er.RelativeOffset)
+						assert.Equal(t, failMessage(pc.script[er.RelativeOffset].Reason), *er.ErrorMessage, "record %d's error", er.RelativeOffset)
 					}
 				}
 				assert.Equal(t, pc.want.errRecords, at, "partition %d's failed records", p)
