@@ -2,6 +2,7 @@ package kafkatest
 
 import (
 	"sync/atomic"
+	"testing"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -36,5 +37,20 @@ func RefuseProduce(c *kfake.Cluster, refusing *atomic.Bool, code *kerr.Error) {
 			return nil, nil, false
 		}
 		return FailProduce(req.(*kmsg.ProduceRequest), code), nil, true
+	})
+}
+
+// HoldProduce makes c hold every produce while holding is set, with no
+// answer until the test ends (a hung Kafka); otherwise c takes the records
+// as usual.
+func HoldProduce(tb testing.TB, c *kfake.Cluster, holding *atomic.Bool) {
+	release := make(chan struct{})
+	tb.Cleanup(func() { close(release) })
+	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if holding.Load() {
+			<-release
+		}
+		return nil, nil, false
 	})
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/kafkatest"
 	"github.com/spillway/spillway/services/ingest/internal/ingesttest"
@@ -23,16 +22,8 @@ import (
 func TestClientThatLeftIsNotSpilled(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopic(t, addr, "held", 1)
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
 	var holding atomic.Bool
-	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if holding.Load() {
-			<-release // Kafka hung: no answer until the test ends
-		}
-		return nil, nil, false
-	})
+	kafkatest.HoldProduce(t, c, &holding)
 	in := ingesttest.Start(t, addr, "SPILLWAY_PRODUCER_CB_MAX_WAIT=1s", "SPILLWAY_PRODUCER_CB_SLOW_CALL=10s")
 	status, a := post(t, in, "held", "warm") // the topic's layout is known
 	require.Equal(t, http.StatusOK, status, a)

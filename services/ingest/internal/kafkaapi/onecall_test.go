@@ -78,16 +78,8 @@ func TestInvalidTopicNameThroughTheListener(t *testing.T) {
 func TestKafkaClientThatLeftIsNotSpilled(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopic(t, addr, "held", 1)
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
 	var holding atomic.Bool
-	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if holding.Load() {
-			<-release // Kafka hung: no answer until the test ends
-		}
-		return nil, nil, false
-	})
+	kafkatest.HoldProduce(t, c, &holding)
 	in := ingesttest.Start(t, addr, "SPILLWAY_PRODUCER_CB_MAX_WAIT=2s", "SPILLWAY_PRODUCER_CB_SLOW_CALL=10s")
 	cl := kgoClient(t, in.Kafka, kgo.DisableIdempotentWrite())
 	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "held", Value: []byte("warm")}).FirstErr()) // the topic's layout is known
