@@ -188,16 +188,7 @@ func TestOrderPerKeyThroughASpill(t *testing.T) {
 	} {
 		t.Run(tc.order, func(t *testing.T) {
 			k := kafkatest.NewCuttable(t)
-			env := []string{
-				"SPILLWAY_KAFKA_BROKERS=" + k.Addr,
-				"SPILLWAY_PRODUCER_ORDER=" + tc.order,
-				"SPILLWAY_PRODUCER_CB_FAILS=2",
-				"SPILLWAY_PRODUCER_CB_TIMEOUT=1s",
-				"SPILLWAY_PRODUCER_CB_MAX_WAIT=1s",
-				"SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=2000",
-				"SPILLWAY_PRODUCER_RESEND_PERIOD=2s",
-				"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
-			}
+			env := append(orderEnv(t, k.Addr), "SPILLWAY_PRODUCER_ORDER="+tc.order)
 			in := ingesttest.Start(t, k.Addr, env...)
 			startResender(t, in, env)
 			run := runClosedLoop(t, in.URL, k, 8, 7*time.Second, time.Second, 3*time.Second)
@@ -216,23 +207,37 @@ func TestOrderPerKeyThroughASpill(t *testing.T) {
 	}
 }
 
-// postUntil posts key's records to topic, values key0, key1, ..., each
-// once, until one is answered want, for at most 30 s, and returns the
-// value so answered.
-func postUntil(t *testing.T, in *ingesttest.Ingest, topic, key string, want int) string {
+// postEach posts the request next makes of i, for i = 0, 1, ..., one
+// every 50 ms, until done holds for an answer's status, for at most 30 s;
+// it fails the test with the last answer if none did. An empty key is
+// no key.
+func postEach(t *testing.T, in *ingesttest.Ingest, what string, next func(i int) (topic, key, value string), done func(status int) bool) string {
 	t.Helper()
 	var status int
 	var body string
 	for i, deadline := 0, time.Now().Add(30*time.Second); time.Now().Before(deadline); i++ {
-		value := fmt.Sprint(key, i)
-		status, body = ingesttest.Post(t, in.URL+"/topics/"+topic+"/messages", "text/plain", value, "X-Kafka-Key", key)
-		if status == want {
+		topic, key, value := next(i)
+		var headers []string
+		if key != "" {
+			headers = []string{"X-Kafka-Key", key}
+		}
+		status, body = ingesttest.Post(t, in.URL+"/topics/"+topic+"/messages", "text/plain", value, headers...)
+		if done(status) {
 			return value
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("%s, key %s: answered %d (%s), want %d", topic, key, status, body, want)
+	t.Fatalf("%s: not within 30 s; last answered %d (%s)", what, status, body)
 	return ""
+}
+
+// postUntil posts key's records to topic, values key0, key1, ..., each
+// once, until one is answered want, and returns the value so answered.
+func postUntil(t *testing.T, in *ingesttest.Ingest, topic, key string, want int) string {
+	t.Helper()
+	return postEach(t, in, fmt.Sprintf("%s, key %s answered %d", topic, key, want),
+		func(i int) (string, string, string) { return topic, key, fmt.Sprint(key, i) },
+		func(status int) bool { return status == want })
 }
 
 // waitKafkaTakes posts a record to a topic new each time, until one is
@@ -241,31 +246,20 @@ func postUntil(t *testing.T, in *ingesttest.Ingest, topic, key string, want int)
 // try Kafka.)
 func waitKafkaTakes(t *testing.T, in *ingesttest.Ingest) {
 	t.Helper()
-	for i, deadline := 0, time.Now().Add(30*time.Second); time.Now().Before(deadline); i++ {
-		status, _ := ingesttest.Post(t, in.URL+fmt.Sprintf("/topics/probe-%d/messages", i), "text/plain", "x")
-		if status == http.StatusOK && ingesttest.Metric(t, in.Monitor, "spillway_breaker_state") == 0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("Kafka took no record within 30 s")
+	postEach(t, in, "Kafka took a record",
+		func(i int) (string, string, string) { return fmt.Sprintf("probe-%d", i), "", "x" },
+		func(status int) bool {
+			return status == http.StatusOK && ingesttest.Metric(t, in.Monitor, "spillway_breaker_state") == 0
+		})
 }
 
 // postNewKeys posts to topic under a new key each time, until one is
 // answered want: one whose key lane has no backlog.
 func postNewKeys(t *testing.T, in *ingesttest.Ingest, topic string, want int) {
 	t.Helper()
-	for i, deadline := 0, time.Now().Add(30*time.Second); time.Now().Before(deadline); i++ {
-		status, body := ingesttest.Post(t, in.URL+"/topics/"+topic+"/messages", "text/plain", "x", "X-Kafka-Key", fmt.Sprint("x", i))
-		if status == want {
-			return
-		}
-		if i < 5 {
-			t.Log(status, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: no record answered %d within 30 s", topic, want)
+	postEach(t, in, fmt.Sprintf("%s, a new key answered %d", topic, want),
+		func(i int) (string, string, string) { return topic, fmt.Sprint("x", i), "x" },
+		func(status int) bool { return status == want })
 }
 
 // orderEnv is an ingest's environment for the spill tests: the breaker
