@@ -124,6 +124,25 @@ type orderFigures struct {
 	keysOutOfOrder                         int
 }
 
+// assertNoneMissing fails the test when an acknowledged record is not
+// in Kafka.
+func (f orderFigures) assertNoneMissing(t *testing.T) {
+	t.Helper()
+	if f.missing > 0 {
+		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
+	}
+}
+
+// assertKept fails the test when an acknowledged record is not in Kafka,
+// or a record is stored before one its client sent earlier.
+func (f orderFigures) assertKept(t *testing.T) {
+	t.Helper()
+	f.assertNoneMissing(t)
+	if f.inversions > 0 {
+		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
+	}
+}
+
 // readBackOrder waits until every acknowledged record is in topic (read
 // with kcat, an independent client), then counts per key the inversions:
 // records stored before one their client sent earlier, in each
@@ -229,12 +248,7 @@ func TestOrderPerKeyKafkaCut(t *testing.T) {
 		t.Fatal("no record was buffered while Kafka was cut")
 	}
 	f := readBackOrder(t, k.addr, "order-cut", c, 90*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
-	if f.inversions > 0 {
-		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
-	}
+	f.assertKept(t)
 }
 
 // TestOrderPerKeyNoneShowsInversions: the same load with producer.order
@@ -253,9 +267,7 @@ func TestOrderPerKeyNoneShowsInversions(t *testing.T) {
 	time.Sleep(7 * time.Second)
 	c.finish()
 	f := readBackOrder(t, k.addr, "order-none", c, 60*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
+	f.assertNoneMissing(t)
 	if f.inversions == 0 {
 		t.Error("no inversion with producer.order none: the test cannot tell the difference")
 	}
@@ -293,12 +305,7 @@ func TestOrderPerKeyResenderKilled(t *testing.T) {
 	})
 	c.finish()
 	f := readBackOrder(t, k.addr, "order-killed", c, 90*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
-	if f.inversions > 0 {
-		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
-	}
+	f.assertKept(t)
 }
 
 // TestOrderPerKeyAlwaysTwoForwarders is scenario (e): producer.wal.mode
@@ -327,12 +334,7 @@ func TestOrderPerKeyAlwaysTwoForwarders(t *testing.T) {
 	}
 	c.finish()
 	f := readBackOrder(t, k.addr, "order-always", c, 60*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
-	if f.inversions > 0 {
-		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
-	}
+	f.assertKept(t)
 }
 
 // TestOrderPerKeyKafkaHung is scenario (b): Kafka hung (every byte held)
@@ -361,12 +363,7 @@ func TestOrderPerKeyKafkaHung(t *testing.T) {
 	c.finish()
 	t.Logf("every key delivered again at most %v after Kafka resumed", longest.Round(time.Millisecond))
 	f := readBackOrder(t, k.addr, "order-hung", c, 90*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
-	if f.inversions > 0 {
-		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
-	}
+	f.assertKept(t)
 }
 
 // TestOrderPerKeyIngestKilled is scenario (c): Kafka cut while 32 keys
@@ -403,12 +400,7 @@ func TestOrderPerKeyIngestKilled(t *testing.T) {
 	})
 	c.finish()
 	f := readBackOrder(t, k.addr, "order-ingest-killed", c, 90*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
-	if f.inversions > 0 {
-		t.Errorf("%d records stored before one their client sent earlier, in %d keys", f.inversions, f.keysOutOfOrder)
-	}
+	f.assertKept(t)
 }
 
 // TestOrderPerKeyCluster is scenario (f): two ingests on a three-node
@@ -437,9 +429,7 @@ func TestOrderPerKeyCluster(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	c.finish()
 	f := readBackOrder(t, k.addr, "order-cluster", c, 90*time.Second)
-	if f.missing > 0 {
-		t.Errorf("%d acknowledged records are not in Kafka", f.missing)
-	}
+	f.assertNoneMissing(t)
 	// docs/operations.md (order per key): a publish one ingest began
 	// before it saw another's hand-over, and that lands more than 50 ms
 	// later, can be passed. Measured 0 in 2 runs of about 60,000.
