@@ -40,7 +40,7 @@ func TestKgoDefaultsAgainstASlowKafka(t *testing.T) {
 	t.Run("warm", func(t *testing.T) {
 		k := newFaultyKafka(t)
 		kafkatest.CreateTopic(t, k.addr, "slow", 4)
-		in := startIngest(t, k.addr, "SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=1048576")
+		in := startIngest(t, k.addr, "SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=1048576")
 		if status, body := postStatus(t, in.httpAddr, "slow", "before"); status != 200 {
 			t.Fatalf("a record before Kafka slows: %d %s", status, body)
 		}
@@ -50,7 +50,7 @@ func TestKgoDefaultsAgainstASlowKafka(t *testing.T) {
 	t.Run("cold", func(t *testing.T) {
 		k := newFaultyKafka(t)
 		kafkatest.CreateTopic(t, k.addr, "slow", 4)
-		in := startIngest(t, k.addr, "SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=1048576", "SPILLWAY_KAFKA_TOPIC_METADATA_REFRESH_INTERVAL_MS=10000")
+		in := startIngest(t, k.addr, "SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=1048576", "SPILLWAY_KAFKA_TOPIC_METADATA_REFRESH_INTERVAL_MS=10000")
 		k.slow(t, 2*time.Second)
 		kgoDefaultsAgainstSlowKafka(t, k, in, 0)
 	})

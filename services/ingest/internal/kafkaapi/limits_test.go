@@ -162,7 +162,7 @@ func assertClosedCounted(t *testing.T, monitor string) {
 func TestKgoDefaultsAgainstASlowBroker(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopic(t, addr, "slow", 4)
-	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_HTTP_MAX_BODY_BYTES=1048576")
+	in := ingesttest.Start(t, addr, "SPILLWAY_SERVER_KAFKA_MAX_REQUEST_BYTES=1048576")
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		c.SleepControl(func() { time.Sleep(2 * time.Second) }) // the broker's delay
