@@ -67,6 +67,7 @@ func natsConnect(addr string) (*nats.Conn, error) {
 // given another key drain. The forwarder that reads the file beside the
 // store (the same producer.wal.path) drains the record to Kafka.
 func TestBufferIsLocked(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	store := t.TempDir()
 	own := []string{credentialsVar + "=", "SPILLWAY_PRODUCER_WAL_PATH=" + store} // the ingest makes them

@@ -24,6 +24,7 @@ import (
 // Kafka (mode fallback, Kafka healthy), and it is ready soon after a second
 // node starts: within 4 s of the stream having a leader.
 func TestBufferWaitNoQuorumAtStart(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	nc := startNATSCluster(t)
 	nc.kill(nc.nodes[1])
@@ -147,6 +148,7 @@ func requireHealth(t *testing.T, addr, readyz string) {
 // server listens there, each connects and becomes ready, and a record
 // written ahead reaches Kafka through the forwarder.
 func TestBufferWaitNoNATSAtStart(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	port := reservedPort(t) // nothing listens there until the server below starts
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
@@ -259,6 +261,7 @@ func startNATSAt(t *testing.T, port int) *server.Server {
 // and say why. (A wrong key does not mend itself; in Kubernetes the
 // CrashLoopBackOff shows it, and a restart picks up a corrected Secret.)
 func TestBufferRefusedCredentialsExit(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	port := reservedPort(t)
 	startNATSAt(t, port)

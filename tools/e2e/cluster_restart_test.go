@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 // before and after the restart is in Kafka once. Kafka is the test's own,
 // so that it outlives devrun and keeps what the first run delivered.
 func TestMakeRunClusterRestarts(t *testing.T) {
+	parallel(t, waits)
 	devnatsBin(t) // devrun starts it from binDir
 	offset, data, broker := clusterPortOffset(t), t.TempDir(), newBroker(t)
 	env := clusterEnv(t, broker)
@@ -63,6 +65,7 @@ func TestMakeRunClusterRestarts(t *testing.T) {
 // back: both ingests are ready within 60 s, and every acknowledged record
 // reaches Kafka from the stores, once.
 func TestMakeRunClusterRestartsWithRecordsBuffered(t *testing.T) {
+	parallel(t, waits)
 	const buffered = 10000
 	devnatsBin(t)
 	for _, stop := range []string{"SIGTERM", "kill -9"} {
@@ -107,6 +110,7 @@ func TestMakeRunClusterRestartsWithRecordsBuffered(t *testing.T) {
 // the stream had no leader are sent again to the other ingest, as a
 // client with two addresses would).
 func TestMakeRunClusterNodeKilled(t *testing.T) {
+	parallel(t, waits)
 	devnatsBin(t)
 	k := newFaultyKafka(t)
 	offset, data, broker := clusterPortOffset(t), t.TempDir(), k.addr
@@ -284,6 +288,13 @@ func pidOf(t *testing.T, flag, value string) int {
 	return found[0]
 }
 
+// clusterPorts are the ports handed to clusters in this process: tests
+// run in parallel, and a cluster's ports are free until devrun binds them.
+var clusterPorts = struct {
+	sync.Mutex
+	taken map[int]bool
+}{taken: map[int]bool{}}
+
 // clusterPortOffset is a -port-offset for devrun -cluster under which
 // every port of its layout is free: from
 // 100 to 4099, which keeps every port between 4322 and 32279, below the
@@ -291,10 +302,16 @@ func pidOf(t *testing.T, flag, value string) int {
 func clusterPortOffset(t *testing.T) int {
 	t.Helper()
 	base := []int{4222, 4223, 4224, 8222, 8223, 8224, 6222, 6223, 6224, 18080, 18180, 18282, 18382, 19092, 19192, 28080, 28180} // devrun's layout
+	clusterPorts.Lock()
+	defer clusterPorts.Unlock()
 	for try := range 20 {
 		o := 100 + (int(time.Now().UnixNano()/1000)+try*197)%4000
 		free := true
 		for _, p := range base {
+			if clusterPorts.taken[p+o] { // another test's cluster, maybe not listening yet
+				free = false
+				break
+			}
 			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+o))
 			if err != nil {
 				free = false
@@ -303,6 +320,9 @@ func clusterPortOffset(t *testing.T) int {
 			ln.Close()
 		}
 		if free {
+			for _, p := range base {
+				clusterPorts.taken[p+o] = true
+			}
 			return o
 		}
 	}

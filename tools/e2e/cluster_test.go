@@ -352,6 +352,7 @@ func (s *spread) unacked() int {
 // must reach Kafka, with its key and value; the subtests run in order on
 // one cluster.
 func TestClusterFaults(t *testing.T) {
+	parallel(t, loaded)
 	const stream = "SPILLWAY"
 	k := newFaultyKafka(t)
 	nc := startNATSCluster(t)
@@ -589,6 +590,7 @@ func TestClusterFaults(t *testing.T) {
 // record posted to each ingest is delivered and found with kcat, the
 // stream has 3 replicas on the three nodes, and Ctrl-C stops everything.
 func TestMakeRunCluster(t *testing.T) {
+	parallel(t, waits)
 	devnatsBin(t) // devrun starts it from binDir
 	base := []int{4222, 4223, 4224, 8222, 8223, 8224, 6222, 6223, 6224, 18080, 18180, 18282, 18382, 19092, 19192, 28080, 28180}
 	offset := clusterPortOffset(t)

@@ -63,6 +63,7 @@ func scrape(t *testing.T, addr string) string {
 // TestDashboardMetricsExist runs the three services and checks that every
 // metric the Grafana dashboard queries is exported by one of them.
 func TestDashboardMetricsExist(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_ALWAYS_TOPICS=audit", "SPILLWAY_KAFKA_MESSAGE_MAX_BYTES=1000")
 	natsAddr := in.natsAddr

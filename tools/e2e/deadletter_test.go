@@ -43,6 +43,7 @@ func deadLetters(t *testing.T, natsAddr string, args ...string) string {
 // into the buffer, the resender delivers it, and Kafka holds it once with
 // its key, value and spillway-id; the gauge says 0.
 func TestDeadLetterMovedBackAndDelivered(t *testing.T) {
+	parallel(t, waits)
 	kafkaPort := reservedPort(t) // nothing listens there yet: Kafka is down, and comes up on this port
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
 	in := startIngest(t, broker, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1")

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,16 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	// parallel bounds how many tests run at once. go test's own bound
+	// (-parallel, GOMAXPROCS by default) would count the tests that wait
+	// in parallel for the loaded slot, and run fewer: it is lifted here,
+	// unless given.
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		_ = flag.Set("test.parallel", "1000")
+	}
 	binDir = os.Getenv("E2E_BIN_DIR")
 	if binDir == "" {
 		dir, err := os.MkdirTemp("", "spillway-bin")
@@ -57,6 +68,44 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(creds)
 	os.Exit(code)
+}
+
+// How a test shares the machine with the others (parallel's second
+// argument).
+const (
+	// waits: the test mostly waits, on a breaker, an election, a restart,
+	// a backoff, a timeout, while the services it started are idle.
+	waits = false
+	// loaded: the test drives load (many clients, loadgen) and holds
+	// its bounds on a machine no other such test is loading.
+	loaded = true
+)
+
+// maxParallel is how many tests run at once, and loadedSlot lets one of
+// them be loaded. Measured on the 2-core machines (tools/e2e alone, shared
+// with other work): 589 s one test at a time, about a third of that with
+// 4 at once, where most of them wait. TestMain lifts go test's own
+// -parallel, so that these two bound the suite.
+const maxParallel = 4
+
+var (
+	parallelSlots = make(chan struct{}, maxParallel)
+	loadedSlot    = make(chan struct{}, 1)
+)
+
+// parallel runs t alongside the suite's other tests: at most maxParallel
+// at once, at most one of them loaded. Every test starts its own brokers,
+// NATS servers and services on ports of its own (port 0, reservedPort,
+// clusterPortOffset), in folders of its own.
+func parallel(t *testing.T, load bool) {
+	t.Helper()
+	t.Parallel()
+	if load {
+		loadedSlot <- struct{}{} // before a slot, so as not to hold one while waiting
+		t.Cleanup(func() { <-loadedSlot })
+	}
+	parallelSlots <- struct{}{}
+	t.Cleanup(func() { <-parallelSlots })
 }
 
 // The services under test listen on port 0 and say what they bound in
@@ -190,6 +239,7 @@ func kcatConsume(t *testing.T, broker, topic string) []kcatRecord {
 // TestMakeRun runs devrun (what `make run` runs) with the development
 // broker, posts a record with curl's equivalent, and finds it with kcat.
 func TestMakeRun(t *testing.T) {
+	parallel(t, waits)
 	// devrun hands these ports to what it starts and prints them:
 	// reserved ones.
 	kafkaPort, httpPort, monPort, grpcPort := reservedPort(t), reservedPort(t), reservedPort(t), reservedPort(t)
@@ -274,6 +324,7 @@ func TestMakeRun(t *testing.T) {
 // TestInvalidConfigurationExits checks that the ingest refuses a bad
 // configuration with a message that names the key, and a non-zero exit.
 func TestInvalidConfigurationExits(t *testing.T) {
+	parallel(t, waits)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(path, []byte("producer:\n  wal:\n    mode: sometimes\n  resend:\n    rate_limit: -1\nserver:\n  htp: {}\n"), 0o600); err != nil {

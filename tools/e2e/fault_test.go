@@ -500,6 +500,7 @@ func (l *load) firstSince(from time.Time, status int) time.Time {
 // with its key and value; the only duplicates allowed are of records in
 // flight at the cut or buffered after a timeout.
 func TestFaultKafkaCutMidLoad(t *testing.T) {
+	parallel(t, waits)
 	const (
 		workers   = 4
 		cbTimeout = time.Second
@@ -577,6 +578,7 @@ func TestFaultKafkaCutMidLoad(t *testing.T) {
 // partitions have a backlog every record waits behind it without trying
 // Kafka, and the ingest's breaker, which this test watches, sees nothing.
 func TestFaultKafkaSlowerThanTimeout(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500",
 		"SPILLWAY_PRODUCER_CB_FAILS=3", "SPILLWAY_PRODUCER_CB_TIMEOUT=1s", "SPILLWAY_PRODUCER_ORDER=none")
@@ -619,6 +621,7 @@ func distinctIDs(recs []kcatRecord) map[string]bool {
 // at the kill, no more than it could hold (4 workers × a batch of 10 at
 // 100 records/s).
 func TestFaultResenderKilledMidDrain(t *testing.T) {
+	parallel(t, waits)
 	const inFlight = 4 * 10 // drain workers × batch (rate_limit/10)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")
@@ -678,6 +681,7 @@ func postStatus(t *testing.T, addr, topic, value string) (int, string) {
 // TestFaultKafkaAndJetStreamDown: with Kafka cut off and the (external)
 // JetStream gone, the ingest answers 503 and acknowledges nothing.
 func TestFaultKafkaAndJetStreamDown(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	nats, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
@@ -705,6 +709,7 @@ func TestFaultKafkaAndJetStreamDown(t *testing.T) {
 // to each further record; every record it acknowledged reaches Kafka when
 // Kafka is back, once, and none it refused.
 func TestFaultStreamFull(t *testing.T) {
+	parallel(t, waits)
 	const (
 		maxBytes = 20000 // the stream: dozens of records of about 200 bytes fit
 		bound    = 1000  // requests before the stream must be full
@@ -774,6 +779,7 @@ func streamSubjects(t *testing.T, natsAddr string) map[string]uint64 {
 // is answered 503 while Kafka is down, and nothing of it is buffered; a
 // topic beside it is buffered, which shows where to look.
 func TestFaultDisableTopicWhileKafkaDown(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, "SPILLWAY_PRODUCER_WAL_DISABLE_TOPICS=ordered", "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500")
 	natsAddr := in.natsAddr

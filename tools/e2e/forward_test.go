@@ -104,6 +104,7 @@ func headerList(r *kgo.Record) []string {
 // in Kafka with the value, key, headers, partition and timestamp the
 // client gave, byte for byte.
 func TestForwarderDeliversExactly(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always")
 	natsAddr := in.natsAddr
@@ -222,6 +223,7 @@ func checkHeaders(t *testing.T, r *kgo.Record, id string, want ...string) {
 // no more than 50 records per second since it started, plus one second's
 // worth of burst, so the 200 take at least 3 s; all of them arrive, once.
 func TestForwarderRateLimit(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	in := startIngest(t, broker, "SPILLWAY_PRODUCER_WAL_MODE=always")
 	natsAddr := in.natsAddr
@@ -400,6 +402,7 @@ func streamMessages(t *testing.T, natsAddr string) int64 {
 // its acknowledgement reaching JetStream: at most 4 workers with a batch
 // of rate/10 = 100 records each, 400.
 func TestForwarderKilledMidDrain(t *testing.T) {
+	parallel(t, waits)
 	byID, seen := forwarderStoppedMidDrain(t, syscall.SIGKILL)
 	missing, dups := countMissingAndDuplicates(byID, seen)
 	t.Logf("kill -9: %d acknowledged, %d missing, %d duplicates in Kafka", len(byID), missing, dups)
@@ -412,6 +415,7 @@ func TestForwarderKilledMidDrain(t *testing.T) {
 // it finishes the batches it holds, acknowledges them and exits 0, so
 // that after a restart every acknowledged record is in Kafka exactly once.
 func TestForwarderSIGTERMMidDrain(t *testing.T) {
+	parallel(t, waits)
 	byID, seen := forwarderStoppedMidDrain(t, syscall.SIGTERM)
 	missing, dups := countMissingAndDuplicates(byID, seen)
 	t.Logf("SIGTERM: %d acknowledged, %d missing, %d duplicates in Kafka", len(byID), missing, dups)

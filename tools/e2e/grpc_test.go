@@ -65,6 +65,7 @@ func grpcurl(t *testing.T, args ...string) string {
 // TestGRPCWithGrpcurl checks the gRPC API of the built binary with grpcurl
 // through server reflection, as the README shows.
 func TestGRPCWithGrpcurl(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	in := startIngest(t, broker)
 
@@ -103,6 +104,7 @@ func TestGRPCWithGrpcurl(t *testing.T) {
 // TestKafkaAmbassadorClient streams records with a client generated from
 // an unchanged copy of kafka-ambassador's proto (testdata/kafka-ambassador).
 func TestKafkaAmbassadorClient(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	in := startIngest(t, broker)
 	conn, err := grpc.NewClient(in.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -169,6 +169,7 @@ func requireLoggedPerChange(t *testing.T, out string) {
 // still answers 202. Once Kafka takes the password the forwarder has
 // again, without a restart, every acknowledged record reaches Kafka once.
 func TestSASLPasswordRotatedWhileBuffered(t *testing.T) {
+	parallel(t, waits)
 	password := randomSecret(t, "sasl-password-")
 	rotated := randomSecret(t, "sasl-rotated-")
 	adminPassword := randomSecret(t, "sasl-admin-")
@@ -267,6 +268,7 @@ func TestSASLPasswordRotatedWhileBuffered(t *testing.T) {
 // until an operator creates it, and then every acknowledged record
 // reaches Kafka once.
 func TestMissingTopicCreatedWhileBuffered(t *testing.T) {
+	parallel(t, waits)
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(3))
 	if err != nil {
 		t.Fatal(err)

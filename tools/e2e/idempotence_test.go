@@ -207,6 +207,7 @@ func lostAnswerCases(t *testing.T, produce func(t *testing.T, addr, topic string
 // time (the offset, or -1 when buffered) without storing it again: Kafka
 // holds each record exactly once, with Kafka up and with Kafka cut.
 func TestKgoIdempotentResendAfterLostAnswer(t *testing.T) {
+	parallel(t, waits)
 	lostAnswerCases(t, func(t *testing.T, addr, topic string, values []string, cut bool) {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.RecordDeliveryTimeout(30*time.Second), kgo.ProducerLinger(50*time.Millisecond))
 		if err != nil {
@@ -238,6 +239,7 @@ func TestKgoIdempotentResendAfterLostAnswer(t *testing.T) {
 // TestSaramaIdempotentResendAfterLostAnswer: the same with IBM/sarama's
 // idempotent SyncProducer.
 func TestSaramaIdempotentResendAfterLostAnswer(t *testing.T) {
+	parallel(t, waits)
 	lostAnswerCases(t, func(t *testing.T, addr, topic string, values []string, cut bool) {
 		cfg := sarama.NewConfig()
 		cfg.Version = sarama.V2_8_0_0
@@ -277,6 +279,7 @@ func TestSaramaIdempotentResendAfterLostAnswer(t *testing.T) {
 // longer has: kgo goes on without an error, no record is lost and none
 // is stored twice.
 func TestKgoIdempotentAcrossIngestRestart(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "restart", 1)
 	listen := fmt.Sprintf("127.0.0.1:%d", reservedPort(t))

@@ -35,6 +35,7 @@ func kcatProduce(t *testing.T, broker, topic, value string, args ...string) (str
 // Writer still succeeds (kgo is told offset -1), and every record
 // arrives once Kafka is back, through the resender, once.
 func TestKafkaListenerKcat(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "kl", 3)
 	kafkatest.CreateTopic(t, k.addr, "strict", 1)

@@ -42,6 +42,7 @@ func (h *connHooks) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ t
 // connections before each ends, and keeps producing for 10 s: every
 // record is taken, and is in Kafka.
 func TestKgoSignsInAgainWithShortJWTs(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "sessions", 1)
 	iss := securitytest.NewIssuer(t, "https://auth.example.test/")

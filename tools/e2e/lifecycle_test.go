@@ -290,6 +290,7 @@ func newHeldJetStream(t *testing.T) *heldJetStream {
 // 200) and -probe exits 1 until JetStream answers, then /readyz answers
 // 200 and -probe exits 0.
 func TestNotReadyWhileStarting(t *testing.T) {
+	parallel(t, waits)
 	for _, binary := range []string{"spillway-ingest", "spillway-forwarder"} {
 		t.Run(binary, func(t *testing.T) {
 			broker := newBroker(t)
@@ -337,6 +338,7 @@ func TestNotReadyWhileStarting(t *testing.T) {
 // while the request in flight is still waiting; once Kafka answers, it is
 // answered 200 delivered, the record is in Kafka, and the ingest exits 0.
 func TestIngestSIGTERM(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=60000", "SPILLWAY_SERVER_SHUTDOWN_TIMEOUT=60s")
 	p := in.proc
@@ -493,6 +495,7 @@ func TestIngestSIGTERM(t *testing.T) {
 // container image, against a ready ingest: 0 for a 200, 1 for any other
 // status and when nothing listens. (A 503 is in the tests above.)
 func TestProbeFlag(t *testing.T) {
+	parallel(t, waits)
 	in := startIngest(t, newBroker(t))
 	base := "http://" + in.monitorAddr
 	nothing := fmt.Sprintf("http://127.0.0.1:%d/readyz", reservedPort(t)) // nothing listens there

@@ -17,6 +17,7 @@ import (
 // back the resender carries every acknowledged record to it, with its key
 // and value.
 func TestFaultMirrorCutOff(t *testing.T) {
+	parallel(t, waits)
 	// mirrorWorkers is how many batches a mirror sends at once
 	// (services/ingest/internal/mirror), one record each here: what may be
 	// in flight at the cut. The mirror's message.timeout.ms is long enough
@@ -86,6 +87,7 @@ mirrors:
 // TestReloadOnSIGHUP: the binary reloads its file on SIGHUP, and keeps
 // the rules in force when the new file is bad.
 func TestReloadOnSIGHUP(t *testing.T) {
+	parallel(t, waits)
 	broker := newBroker(t)
 	config := filepath.Join(t.TempDir(), "spillway.yaml")
 	write := func(s string) {

@@ -226,6 +226,7 @@ var orderEnv = []string{
 // one its client sent earlier. After Kafka returns every key is answered
 // delivered again within 60 s.
 func TestOrderPerKeyKafkaCut(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, orderEnv...)
 	startResender(t, k.addr, in.natsAddr, orderEnv...)
@@ -255,6 +256,7 @@ func TestOrderPerKeyKafkaCut(t *testing.T) {
 // none, Kafka cut 4 s in a 14 s load: records are stored out of order, so
 // that the test above can tell.
 func TestOrderPerKeyNoneShowsInversions(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	env := append([]string{"SPILLWAY_PRODUCER_ORDER=none"}, orderEnv...)
 	in := startIngest(t, k.addr, env...)
@@ -280,6 +282,7 @@ func TestOrderPerKeyNoneShowsInversions(t *testing.T) {
 // record is missing, and none is stored before one its client sent
 // earlier (copies of what the dead one delivered may come again).
 func TestOrderPerKeyResenderKilled(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, orderEnv...)
 	slow := append([]string{"SPILLWAY_PRODUCER_RESEND_RATE_LIMIT=200"}, orderEnv...)
@@ -312,6 +315,7 @@ func TestOrderPerKeyResenderKilled(t *testing.T) {
 // always, two forwarders; the one draining is killed (kill -9) mid-load
 // and the other takes over. Each key's records are stored in order.
 func TestOrderPerKeyAlwaysTwoForwarders(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	env := append([]string{"SPILLWAY_PRODUCER_WAL_MODE=always"}, orderEnv...)
 	in := startIngest(t, k.addr, env...)
@@ -343,6 +347,7 @@ func TestOrderPerKeyAlwaysTwoForwarders(t *testing.T) {
 // it resumes (copies, ignored); no key's record is stored before one its
 // client sent earlier, and none is missing.
 func TestOrderPerKeyKafkaHung(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, orderEnv...)
 	// While Kafka hangs the clients are answered buffered at JetStream's
@@ -373,6 +378,7 @@ func TestOrderPerKeyKafkaHung(t *testing.T) {
 // stream): no key's record is stored before one its client sent earlier,
 // and none is missing.
 func TestOrderPerKeyIngestKilled(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	env := append([]string{
 		"SPILLWAY_PRODUCER_WAL_PATH=" + t.TempDir(),
@@ -411,6 +417,7 @@ func TestOrderPerKeyIngestKilled(t *testing.T) {
 // bucket). No acknowledged record is missing; the inversions are
 // counted and must stay within the window docs/operations.md states.
 func TestOrderPerKeyCluster(t *testing.T) {
+	parallel(t, loaded)
 	k := newFaultyKafka(t)
 	nc := startNATSCluster(t)
 	env := append([]string{"SPILLWAY_PRODUCER_WAL_NATS_URLS=" + nc.urls(), "SPILLWAY_PRODUCER_WAL_REPLICAS=3"}, orderEnv...)

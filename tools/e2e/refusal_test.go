@@ -22,6 +22,7 @@ import (
 // says why, and every keyed record is answered 200 and is in Kafka with
 // its key.
 func TestKeylessRecordFailsAloneOnACompactedTopic(t *testing.T) {
+	parallel(t, waits)
 	c, broker := kafkatest.NewCluster(t, kfake.SeedTopics(1, "compacted"))
 	refused := kafkatest.RefuseKeyless(t, c, "compacted", false)
 	in := startIngest(t, broker, "SPILLWAY_KAFKA_LINGER_MS=20") // concurrent posts share a batch

@@ -56,6 +56,7 @@ func postBearer(t *testing.T, addr, topic, bearer, key, value string) (int, stri
 // test's secretscan checks the binary's log for it; the test also checks
 // that log itself, so that it fails without make too.
 func TestSecretsStayOutOfLogs(t *testing.T) {
+	parallel(t, waits)
 	password := randomSecret(t, "sasl-password-")
 	apiKey := randomSecret(t, "sk-test-")
 	unknownKey := randomSecret(t, "sk-unknown-")

@@ -44,6 +44,7 @@ func kafkaTopics(t *testing.T, broker string) map[string]bool {
 // from the built ingest, its produce to a new topic fails, and no topic
 // is created in Kafka (kfake, which allows auto-creation).
 func TestKgoNotSignedInLearnsNoTopic(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "orders", 1)
 	key := securitytest.Secret(t, "kafka-e2e-signin-key-0123456789")

@@ -37,6 +37,7 @@ func (h e2eHook) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E)
 // Kafka's layout does not learn it while Kafka is 2 s late, and no
 // client of the listener learns a leader (see docs/api.md).
 func TestKgoDefaultsAgainstASlowKafka(t *testing.T) {
+	parallel(t, waits)
 	t.Run("warm", func(t *testing.T) {
 		k := newFaultyKafka(t)
 		kafkatest.CreateTopic(t, k.addr, "slow", 4)

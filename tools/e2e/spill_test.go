@@ -38,6 +38,7 @@ func startResender(t *testing.T, broker, natsAddr string, env ...string) string 
 // answered 202 (buffered). When Kafka comes back the resender delivers
 // every acknowledged record, once, with its key and value.
 func TestKafkaDownThenBack(t *testing.T) {
+	parallel(t, waits)
 	kafkaPort := reservedPort(t) // nothing listens there yet: Kafka is down, and comes up on this port
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
 	in := startIngest(t, broker, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=3")
@@ -100,6 +101,7 @@ func kcatConsumeMaybe(broker, topic string) []kcatRecord {
 // acknowledged reaches Kafka once, with its key and value; of the records
 // not acknowledged, only the one in flight at the kill may be there.
 func TestIngestKilledMidLoad(t *testing.T) {
+	parallel(t, waits)
 	kafkaPort := reservedPort(t) // Kafka comes up on it later
 	broker := fmt.Sprintf("127.0.0.1:%d", kafkaPort)
 	store := t.TempDir()
@@ -167,6 +169,7 @@ func waitOK(t *testing.T, url, what string) {
 // each API form and checks its JSON report: every record acknowledged and
 // found in Kafka by its -verify step.
 func TestLoadgenVerify(t *testing.T) {
+	parallel(t, loaded)
 	broker := newBroker(t)
 	in := startIngest(t, broker)
 	for _, target := range []string{"http", "ndjson", "v2", "grpc", "grpc-stream", "ambassador-stream", "kafka"} {

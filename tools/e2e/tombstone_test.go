@@ -46,6 +46,7 @@ func createCompacted(t *testing.T, broker, topic string) {
 // ingest with Kafka up, and with Kafka cut (buffered, offset -1, then
 // delivered by the resender).
 func TestKgoTombstoneThroughTheListener(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	createCompacted(t, k.addr, "changelog")
 	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")

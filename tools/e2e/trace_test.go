@@ -133,6 +133,7 @@ func spansOf(query, traceID string) map[string]bool {
 // produce span must all be in that trace in Jaeger, and the record's
 // traceparent header in Kafka must belong to it.
 func TestTraceInJaeger(t *testing.T) {
+	parallel(t, waits)
 	query, otlp := startJaeger(t)
 	k := newFaultyKafka(t)
 	otelEnv := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlp, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "OTEL_BSP_SCHEDULE_DELAY=100"}

@@ -44,6 +44,7 @@ func batchOf(values []string) []byte {
 // rule's message, and Kafka holds none of the 10. A batch of 10 valid
 // records after it is taken whole.
 func TestKgoBatchRefusedWhole(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "strict", 1)
 	cfg := filepath.Join(t.TempDir(), "spillway.yaml")
@@ -138,6 +139,7 @@ func TestKgoBatchRefusedWhole(t *testing.T) {
 // the record i kgo sent is read back at the batch's base offset + i, for
 // every i.
 func TestKgoBatchOffsetsContiguous(t *testing.T) {
+	parallel(t, waits)
 	k := newFaultyKafka(t)
 	kafkatest.CreateTopic(t, k.addr, "shared", 1)
 	in := startIngest(t, k.addr)
