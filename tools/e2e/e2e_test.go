@@ -72,38 +72,64 @@ func TestMain(m *testing.M) {
 
 // How a test shares the machine with the others (parallel's second
 // argument).
+type share int
+
 const (
 	// waits: the test mostly waits, on a breaker, an election, a restart,
 	// a backoff, a timeout, while the services it started are idle.
-	waits = false
-	// loaded: the test drives load (many clients, loadgen) and holds
-	// its bounds on a machine no other such test is loading.
-	loaded = true
+	waits share = iota
+	// loaded: the test drives load (many clients, loadgen).
+	loaded
+	// alone: the test drives load and bounds its answers' latency (the
+	// issue's 5 s in TestFaultKafkaHung): no other loaded test runs
+	// meanwhile.
+	alone
 )
 
-// maxParallel is how many tests run at once, and loadedSlot lets one of
-// them be loaded. Measured on the 2-core machines (tools/e2e alone, shared
-// with other work): 589 s one test at a time, about a third of that with
-// 4 at once, where most of them wait. TestMain lifts go test's own
-// -parallel, so that these two bound the suite.
-const maxParallel = 4
+// maxParallel is how many tests run at once, and maxLoaded how many of
+// them drive load. Measured on the 2-core machines (tools/e2e alone, the
+// machine shared with other work): 589 s one test at a time; 330 s with
+// 4 at once and 1 loaded, where the loaded tests ran one after another
+// for most of it. TestMain lifts go test's own -parallel, so that these
+// bound the suite.
+const maxParallel, maxLoaded = 4, 2
 
 var (
 	parallelSlots = make(chan struct{}, maxParallel)
-	loadedSlot    = make(chan struct{}, 1)
+	loadedSlots   = make(chan struct{}, maxLoaded)
+	loadedTurn    sync.Mutex // one test at a time takes its loaded slots
 )
 
-// parallel runs t alongside the suite's other tests: at most maxParallel
-// at once, at most one of them loaded. Every test starts its own brokers,
-// NATS servers and services on ports of its own (port 0, reservedPort,
-// clusterPortOffset), in folders of its own.
-func parallel(t *testing.T, load bool) {
+// parallel runs t alongside the suite's other tests, within maxParallel
+// and maxLoaded. Every test starts its own brokers, NATS servers and
+// services on ports of its own (port 0, reservedPort, clusterPortOffset),
+// in folders of its own.
+func parallel(t *testing.T, s share) {
 	t.Helper()
 	t.Parallel()
-	if load {
-		loadedSlot <- struct{}{} // before a slot, so as not to hold one while waiting
-		t.Cleanup(func() { <-loadedSlot })
+	// The loaded slots before a place, so as not to hold one while
+	// waiting for them.
+	n := 0
+	switch s {
+	case loaded:
+		n = 1
+	case alone:
+		n = maxLoaded
 	}
+	if n > 0 {
+		// Taken in turn: a test taking every slot gets each one freed
+		// after it began, rather than wait for all loaded tests to end.
+		loadedTurn.Lock()
+		for range n {
+			loadedSlots <- struct{}{}
+		}
+		loadedTurn.Unlock()
+	}
+	t.Cleanup(func() {
+		for range n {
+			<-loadedSlots
+		}
+	})
 	parallelSlots <- struct{}{}
 	t.Cleanup(func() { <-parallelSlots })
 }

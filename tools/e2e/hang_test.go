@@ -41,7 +41,7 @@ func (k *faultyKafka) resume(t *testing.T) {
 // client was told "buffered" arrive twice, each counted in
 // spillway_records_possible_duplicates_total, and stay under 1%.
 func TestFaultKafkaHung(t *testing.T) {
-	parallel(t, loaded)
+	parallel(t, alone)
 	const (
 		workers = 64
 		hangFor = 15 * time.Second
