@@ -72,11 +72,19 @@ test: proto-check lint unit fuzz
 # TEST_LOGS/services with the secrets the tests use; secretscan fails if
 # any log, or go test's own output, holds one, and if no service log was
 # captured (go test's output, outside that folder, does not count).
+#
+# tools/e2e runs beside the other packages, from the start: its tests
+# mostly wait on the binaries they run, and `go test work` started it
+# last (its test binary links the most), after about 5 minutes of the
+# others. Its output follows theirs.
+E2E_PKG := github.com/spillway/spillway/tools/e2e
 unit: build tools jaeger
 	rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)/services
-	set -o pipefail; SPILLWAY_TEST_LOGS=$(TEST_LOGS)/services E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN) \
-	  $(GO) test -race -count=1 -timeout 15m work 2>&1 | tee $(TEST_LOGS)/go-test.log
-	$(GO) run ./tools/secretscan -also $(TEST_LOGS)/go-test.log $(TEST_LOGS)/services
+	set -o pipefail; export SPILLWAY_TEST_LOGS=$(TEST_LOGS)/services E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN); \
+	  $(GO) test -race -count=1 -timeout 15m $(E2E_PKG) > $(TEST_LOGS)/e2e.log 2>&1 & e2e=$$!; \
+	  $(GO) test -race -count=1 -timeout 15m $$($(GO) list work | grep -vx '$(E2E_PKG)') 2>&1 | tee $(TEST_LOGS)/go-test.log; rest=$$?; \
+	  wait $$e2e; e2e=$$?; cat $(TEST_LOGS)/e2e.log; [ $$rest -eq 0 ] && [ $$e2e -eq 0 ]
+	$(GO) run ./tools/secretscan -also $(TEST_LOGS)/go-test.log -also $(TEST_LOGS)/e2e.log $(TEST_LOGS)/services
 
 ## tools: buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl at their pinned versions, into .tools/bin
 tools:
