@@ -65,7 +65,7 @@ func TestMakeRunClusterRestarts(t *testing.T) {
 // back: both ingests are ready within 60 s, and every acknowledged record
 // reaches Kafka from the stores, once.
 func TestMakeRunClusterRestartsWithRecordsBuffered(t *testing.T) {
-	parallel(t, waits)
+	parallel(t, loaded)
 	const buffered = 10000
 	devnatsBin(t)
 	for _, stop := range []string{"SIGTERM", "kill -9"} {
@@ -110,7 +110,7 @@ func TestMakeRunClusterRestartsWithRecordsBuffered(t *testing.T) {
 // the stream had no leader are sent again to the other ingest, as a
 // client with two addresses would).
 func TestMakeRunClusterNodeKilled(t *testing.T) {
-	parallel(t, waits)
+	parallel(t, loaded)
 	devnatsBin(t)
 	k := newFaultyKafka(t)
 	offset, data, broker := clusterPortOffset(t), t.TempDir(), k.addr

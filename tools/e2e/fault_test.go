@@ -500,7 +500,7 @@ func (l *load) firstSince(from time.Time, status int) time.Time {
 // with its key and value; the only duplicates allowed are of records in
 // flight at the cut or buffered after a timeout.
 func TestFaultKafkaCutMidLoad(t *testing.T) {
-	parallel(t, waits)
+	parallel(t, loaded)
 	const (
 		workers   = 4
 		cbTimeout = time.Second
@@ -621,7 +621,7 @@ func distinctIDs(recs []kcatRecord) map[string]bool {
 // at the kill, no more than it could hold (4 workers × a batch of 10 at
 // 100 records/s).
 func TestFaultResenderKilledMidDrain(t *testing.T) {
-	parallel(t, waits)
+	parallel(t, loaded)
 	const inFlight = 4 * 10 // drain workers × batch (rate_limit/10)
 	k := newFaultyKafka(t)
 	in := startIngest(t, k.addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=500", "SPILLWAY_PRODUCER_CB_FAILS=1", "SPILLWAY_PRODUCER_CB_TIMEOUT=1m")

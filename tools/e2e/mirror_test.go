@@ -17,7 +17,7 @@ import (
 // back the resender carries every acknowledged record to it, with its key
 // and value.
 func TestFaultMirrorCutOff(t *testing.T) {
-	parallel(t, waits)
+	parallel(t, loaded)
 	// mirrorWorkers is how many batches a mirror sends at once
 	// (services/ingest/internal/mirror), one record each here: what may be
 	// in flight at the cut. The mirror's message.timeout.ms is long enough
