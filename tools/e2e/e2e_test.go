@@ -88,14 +88,15 @@ const (
 )
 
 // maxParallel is how many tests run at once, and maxLoaded how many of
-// them drive load. Measured on the 2-core machines (tools/e2e alone, the
-// machine shared with other work): 589 s one test at a time; 330 s with
-// 4 at once and 1 loaded. With 2 loaded at once, inside make test's
-// unit phase, TestMakeRunClusterRestartsWithRecordsBuffered (then not
-// counted as loaded) found 2,496 duplicates: the resender's produces to
-// kfake, which runs in this test process, timed out and were sent again.
-// Every kfake of the suite shares this one (race-built) process.
-const maxParallel, maxLoaded = 4, 1
+// them drive load. Measured on the 2-core machines, tools/e2e alone:
+// 589 s one test at a time; 330 s with 4 at once and 1 loaded, under the
+// race detector. With 2 loaded at once under the race detector, inside
+// make test's unit phase, TestMakeRunClusterRestartsWithRecordsBuffered
+// found 2,496 duplicates: the resender's produces to kfake, which runs
+// in this test process, timed out and were sent again. Without it (make
+// unit runs this package without -race): 378 s with 1 loaded, 251 s
+// with 2, beside four other packages' race-built tests.
+const maxParallel, maxLoaded = 4, 2
 
 var (
 	parallelSlots = make(chan struct{}, maxParallel)
@@ -135,6 +136,7 @@ func parallel(t *testing.T, s share) {
 	})
 	parallelSlots <- struct{}{}
 	t.Cleanup(func() { <-parallelSlots })
+	t.Logf("began at %s, its slots taken", time.Now().Format("15:04:05.000"))
 }
 
 // The services under test listen on port 0 and say what they bound in
