@@ -113,11 +113,20 @@ proto-check: tools
 	  || { echo "generated code is stale: run make proto and commit"; exit 1; }; \
 	echo "generated code is up to date"
 
+# Each package's fuzz test binary is built once (go test -c -fuzz
+# instruments it) and run once per target, from the package's folder for
+# its testdata, with a fuzz cache of its own: each run starts from the
+# seeds and testdata, not from what runs before it found in GOCACHE.
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@set -e; dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
+	for pkg in $$(printf '%s\n' $(FUZZ_TARGETS) | sed 's/:.*//' | sort -u); do \
+		$(GO) test -vet=off -c -fuzz=. -o $$dir/$$(basename $$pkg).test $$pkg; \
+	done; \
+	for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "fuzz $$name ($(FUZZTIME))"; \
-		$(GO) test -vet=off -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		(cd $$pkg && $$dir/$$(basename $$pkg).test -test.run='^$$' -test.fuzz="^$$name\$$" \
+			-test.fuzztime=$(FUZZTIME) -test.fuzzcachedir=$$dir/cache/$$name); \
 	done
 
 ## lint: gofmt, go vet and staticcheck (pinned in tools/go.mod)
