@@ -41,7 +41,7 @@ FUZZ_TARGETS := \
 	./services/ingest/internal/policy:FuzzPolicy \
 	./pkg/spill:FuzzDecode
 
-.PHONY: all build run run-cluster test unit fuzz lint clean tools proto proto-check jaeger jaeger-run images bench bench-quick
+.PHONY: all build run run-cluster test unit unit-packages fuzz lint clean tools proto proto-check jaeger jaeger-run images bench bench-quick
 
 all: build
 
@@ -66,30 +66,41 @@ run-cluster: build
 	$(BIN)/devrun -cluster -bin $(BIN) $(if $(CONFIG),-config $(CONFIG))
 
 ## test: every test (unit, integration, end-to-end), then each fuzz target briefly
-test: proto-check lint unit fuzz
+test: proto-check build tools jaeger
+	$(call beside_e2e,$(MAKE) --no-print-directory lint unit-packages fuzz)
 
 # The logs of every service the tests start are copied to
 # TEST_LOGS/services with the secrets the tests use; secretscan fails if
 # any log, or go test's own output, holds one, and if no service log was
 # captured (go test's output, outside that folder, does not count).
-#
-# tools/e2e runs beside the other packages, from the start: its tests
-# mostly wait on the binaries they run, and `go test work` started it
-# last (its test binary links the most), after about 5 minutes of the
-# others. Its output follows theirs. It runs without the race detector:
-# the services it tests are the binaries of make build, not race-built,
-# so -race would only watch the harness and the kfake brokers in the
-# test process, and it made them the slowest part of every loaded test.
-# The race detector runs on every other package, where the services'
-# code runs in the test process.
-E2E_PKG := github.com/spillway/spillway/tools/e2e
 unit: build tools jaeger
+	$(call beside_e2e,$(MAKE) --no-print-directory unit-packages)
+
+# beside_e2e runs the commands $(1) with tools/e2e beside them, from the
+# start, then prints tools/e2e's output and scans every log for secrets.
+# tools/e2e's tests mostly wait on the binaries they run (a breaker, an
+# election, a restart), so they take little of the cores the others use:
+# make test runs lint, the other packages and the fuzz targets meanwhile.
+# It runs without the race detector: the services it tests are the
+# binaries of make build, not race-built, so -race would only watch the
+# harness and the kfake brokers in the test process, and it made them the
+# slowest part of every loaded test. The race detector runs on every
+# other package, where the services' code runs in the test process.
+E2E_PKG := github.com/spillway/spillway/tools/e2e
+define beside_e2e
 	rm -rf $(TEST_LOGS) && mkdir -p $(TEST_LOGS)/services
-	set -o pipefail; export SPILLWAY_TEST_LOGS=$(TEST_LOGS)/services E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN); \
+	export SPILLWAY_TEST_LOGS=$(TEST_LOGS)/services E2E_BIN_DIR=$(BIN) GRPCURL=$(TOOLS)/grpcurl JAEGER_BIN=$(JAEGER_BIN); \
 	  $(GO) test -vet=off -count=1 -timeout 15m $(E2E_PKG) > $(TEST_LOGS)/e2e.log 2>&1 & e2e=$$!; \
-	  $(GO) test -race -vet=off -count=1 -timeout 15m $$($(GO) list work | grep -vx '$(E2E_PKG)') 2>&1 | tee $(TEST_LOGS)/go-test.log; rest=$$?; \
-	  wait $$e2e; e2e=$$?; cat $(TEST_LOGS)/e2e.log; [ $$rest -eq 0 ] && [ $$e2e -eq 0 ]
+	  $(1); rest=$$?; \
+	  wait $$e2e; e2e=$$?; echo "--- tools/e2e"; cat $(TEST_LOGS)/e2e.log; [ $$rest -eq 0 ] && [ $$e2e -eq 0 ]
 	$(GO) run ./tools/secretscan -also $(TEST_LOGS)/go-test.log -also $(TEST_LOGS)/e2e.log $(TEST_LOGS)/services
+endef
+
+# unit-packages: every package but tools/e2e, under the race detector
+# (make unit and make test run it beside tools/e2e).
+unit-packages:
+	mkdir -p $(TEST_LOGS); set -o pipefail; $(GO) test -race -vet=off -count=1 -timeout 15m $$($(GO) list work | grep -vx '$(E2E_PKG)') 2>&1 \
+	  | tee $(TEST_LOGS)/go-test.log
 
 ## tools: buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl at their pinned versions, into .tools/bin
 tools:
