@@ -81,9 +81,9 @@ const (
 	// loaded: the test drives load (clients in a loop: startLoad,
 	// newSpread, startKeyClients, loadgen).
 	loaded
-	// alone: the test drives load and bounds its answers' latency (the
-	// issue's 5 s in TestFaultKafkaHung): no other loaded test runs
-	// meanwhile.
+	// alone: the test drives load and bounds a time under it (the 5 s
+	// answer of TestFaultKafkaHung; the hand-over window between ingests
+	// of TestOrderPerKeyCluster): no other loaded test runs meanwhile.
 	alone
 )
 

@@ -417,7 +417,7 @@ func TestOrderPerKeyIngestKilled(t *testing.T) {
 // bucket). No acknowledged record is missing; the inversions are
 // counted and must stay within the window docs/operations.md states.
 func TestOrderPerKeyCluster(t *testing.T) {
-	parallel(t, loaded)
+	parallel(t, alone)
 	k := newFaultyKafka(t)
 	nc := startNATSCluster(t)
 	env := append([]string{"SPILLWAY_PRODUCER_WAL_NATS_URLS=" + nc.urls(), "SPILLWAY_PRODUCER_WAL_REPLICAS=3"}, orderEnv...)
