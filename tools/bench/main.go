@@ -165,6 +165,27 @@ func run() int {
 		waitOK(in, "http://"+a.mon+"/readyz")
 		return in
 	}
+	// startLimited starts an ingest as a pod with a 512 MiB memory limit
+	// would run it: GOMEMLIMIT 400MiB, in a memory cgroup of 512 MiB that
+	// the kernel enforces, when bench may make one. how says which.
+	startLimited := func(env []string, a ingestAddrs) (in *service, how string) {
+		in = start("spillway-ingest", append(env, "GOMEMLIMIT=400MiB"))
+		in.dir = walDir
+		how = "GOMEMLIMIT 400MiB, in a 512 MiB memory cgroup"
+		cg, err := newMemoryCgroup(512 << 20)
+		if err == nil {
+			if err = cg.add(in.pid()); err != nil {
+				cg.remove()
+			}
+		}
+		if err != nil {
+			how = "GOMEMLIMIT 400MiB, no memory cgroup (" + err.Error() + ")"
+		} else {
+			in.cgroup = cg
+		}
+		waitOK(in, "http://"+a.mon+"/readyz")
+		return in, how
+	}
 	// warm sends a few records through the ingest until Kafka takes them
 	// (delivered, not buffered), for at most 30 seconds: after a new
 	// broker the ingest reconnects, and its breaker may be open a while.
@@ -260,13 +281,23 @@ func run() int {
 		ingest := func() int { return in.pid() }
 		spillArgs := []string{"-target", "ndjson", "-addr", "http://" + a.http, "-batch", "500", "-concurrency", "8"}
 		if sel["spill"] {
+			// The same spill, in an ingest of its own under a memory
+			// limit, its runs taken in turn with the others.
+			limitedEnv, la := ingestEnv("fallback")
+			limitedEnv = append(limitedEnv, env[len(limitedEnv):]...) // Kafka unreachable, as above
+			limited, how := startLimited(limitedEnv, la)
+			walDir = in.dir // the drains below read the first ingest's store
 			// The JetStream server is in the ingest's process: it is the
 			// broker of the direct publish.
 			t.group("direct JetStream publish", false,
-				lg("JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", moverSelf, ingest, "-target", "jetstream", "-addr", "nats://"+a.nats, "-nats-credentials", filepath.Join(walDir, "nats-user.nk"), "-batch", "500", "-concurrency", "8").as("jetstream"),
+				lg("JetStream async publish straight into the ingest's embedded server, batches of 500, 8 callers", moverSelf, ingest, "-target", "jetstream", "-addr", "nats://"+a.nats, "-nats-credentials", filepath.Join(in.dir, "nats-user.nk"), "-batch", "500", "-concurrency", "8").as("jetstream"),
 				lg("ingest, spill to JetStream (breaker open), NDJSON batches of 500, 8 connections", ingest, nil, spillArgs...).as("spill"),
+				lg("the spill row, "+how, func() int { return limited.pid() }, nil,
+					"-target", "ndjson", "-addr", "http://"+la.http, "-batch", "500", "-concurrency", "8").as("spill-512"),
 			)
-			t.last().rssMB = peakRSS(in.pid())
+			t.last().rssMB = peakRSS(limited.pid())
+			t.find("spill").rssMB = peakRSS(in.pid())
+			limited.stop()
 		}
 		if sel["resender"] {
 			const rate = 20000
@@ -299,9 +330,16 @@ func run() int {
 	if sel["always"] {
 		env, a := ingestEnv("always")
 		in := startIngest(env, a)
-		t.group("", false, lg("ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", func() int { return in.pid() }, nil,
-			"-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("always"))
-		t.last().rssMB = peakRSS(in.pid())
+		limitedEnv, la := ingestEnv("always")
+		limited, how := startLimited(limitedEnv, la)
+		t.group("the write-ahead row without a limit", true,
+			lg("ingest, write-ahead to JetStream (mode always), NDJSON batches of 500, 8 connections", func() int { return in.pid() }, nil,
+				"-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("always"),
+			lg("the write-ahead row, "+how, func() int { return limited.pid() }, nil,
+				"-target", "ndjson", "-addr", "http://"+la.http, "-batch", "500", "-concurrency", "8").as("always-512"))
+		t.find("always").rssMB = peakRSS(in.pid())
+		t.last().rssMB = peakRSS(limited.pid())
+		limited.stop()
 		in.stop()
 	}
 

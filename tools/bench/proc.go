@@ -85,6 +85,8 @@ type service struct {
 	// dir is removed once the process has ended: an ingest's JetStream
 	// store, hundreds of MB after the spill loads.
 	dir string
+	// cgroup, when set, holds the process and is removed once it ended.
+	cgroup *memoryCgroup
 }
 
 // start runs a binary of -bin (or bench itself, for name "bench") with
@@ -134,6 +136,9 @@ func (s *service) stop() {
 func (s *service) removeDir() {
 	if s.dir != "" {
 		_ = os.RemoveAll(s.dir)
+	}
+	if s.cgroup != nil {
+		s.cgroup.remove()
 	}
 }
 

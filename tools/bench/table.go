@@ -104,7 +104,7 @@ func (t *table) render() []byte {
 		fmt.Fprintf(&b, "- `%s`: %s\n", r.key, r.name)
 	}
 	if s := t.targets(); s != "" {
-		fmt.Fprintf(&b, "\nIssue 17's targets, from this table:\n\n%s", s)
+		fmt.Fprintf(&b, "\nIssues 17 and 29's targets, from this table:\n\n%s", s)
 	}
 	return b.Bytes()
 }
@@ -146,6 +146,14 @@ func (t *table) targets() string {
 	}
 	if r := t.find("spill"); r != nil && r.limit != nil {
 		fmt.Fprintf(&b, "- Spill (breaker open): %.2f of a direct JetStream async publish (target at least 0.8).\n", r.m.rps/r.limit.rps)
+	}
+	for _, k := range []struct{ key, name string }{{"spill", "Spill"}, {"always", "Write-ahead"}} {
+		free, limited := t.find(k.key), t.find(k.key+"-512")
+		if free == nil || limited == nil || free.m.rps <= 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "- %s under a 512 MiB limit: %.2f of its records/s without one (target at least 0.8), peak RSS %.0f MB against %.0f (target at most 512).\n",
+			k.name, limited.m.rps/free.m.rps, limited.rssMB, free.rssMB)
 	}
 	return b.String()
 }
