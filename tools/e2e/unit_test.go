@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,19 +21,11 @@ import (
 
 // batchOf is one uncompressed, non-idempotent record batch of values.
 func batchOf(values []string) []byte {
-	var body []byte
+	recs := make([]*kmsg.Record, len(values))
 	for i, v := range values {
-		r := kmsg.Record{OffsetDelta: int32(i), Value: []byte(v)}
-		r.Length = int32(len(r.AppendTo(nil)) - 1)
-		body = r.AppendTo(body)
+		recs[i] = &kmsg.Record{Value: []byte(v)}
 	}
-	now := time.Now().UnixMilli()
-	b := kmsg.RecordBatch{Magic: 2, LastOffsetDelta: int32(len(values) - 1), FirstTimestamp: now, MaxTimestamp: now,
-		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1, NumRecords: int32(len(values)), Records: body}
-	raw := b.AppendTo(nil)
-	binary.BigEndian.PutUint32(raw[8:12], uint32(len(raw)-12))
-	binary.BigEndian.PutUint32(raw[17:21], crc32.Checksum(raw[21:], crc32.MakeTable(crc32.Castagnoli)))
-	return raw
+	return kafkatest.RecordBatch(recs...)
 }
 
 // TestKgoBatchRefusedWhole: a kgo batch of 10 records to a topic whose
@@ -93,14 +83,8 @@ func TestKgoBatchRefusedWhole(t *testing.T) {
 	}
 
 	// The same batch on the wire: the answer names record 5.
-	req := kmsg.NewPtrProduceRequest()
-	req.Version, req.Acks, req.TimeoutMillis = 8, -1, 5000
-	rt := kmsg.NewProduceRequestTopic()
-	rt.Topic = "strict"
-	rp := kmsg.NewProduceRequestTopicPartition()
-	rp.Records = batchOf(values("raw", 5))
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
+	req := kafkatest.ProduceRequest("strict", batchOf(values("raw", 5)))
+	req.Version = 8
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	resp, err := req.RequestWith(ctx, cl)

@@ -1,9 +1,7 @@
 package kafkaapi_test
 
 import (
-	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,26 +21,11 @@ import (
 // idempotent client frames it, and returns the partition's answer.
 func idempotentProduce(t *testing.T, cl *kgo.Client, topic string, pid int64, epoch int16, seq int32, tag string, n int) kmsg.ProduceResponseTopicPartition {
 	t.Helper()
-	var body []byte
-	for i := range n {
-		r := kmsg.Record{OffsetDelta: int32(i), Value: fmt.Appendf(nil, "%s-%d", tag, i)}
-		r.Length = int32(len(r.AppendTo(nil)) - 1)
-		body = r.AppendTo(body)
+	recs := make([]*kmsg.Record, n)
+	for i := range recs {
+		recs[i] = &kmsg.Record{Value: fmt.Appendf(nil, "%s-%d", tag, i)}
 	}
-	now := time.Now().UnixMilli()
-	b := kmsg.RecordBatch{Magic: 2, LastOffsetDelta: int32(n - 1), FirstTimestamp: now, MaxTimestamp: now,
-		ProducerID: pid, ProducerEpoch: epoch, FirstSequence: seq, NumRecords: int32(n), Records: body}
-	raw := b.AppendTo(nil)
-	binary.BigEndian.PutUint32(raw[8:12], uint32(len(raw)-12))
-	binary.BigEndian.PutUint32(raw[17:21], crc32.Checksum(raw[21:], crc32.MakeTable(crc32.Castagnoli)))
-	req := kmsg.NewPtrProduceRequest()
-	req.Acks, req.TimeoutMillis = -1, 5000
-	rt := kmsg.NewProduceRequestTopic()
-	rt.Topic = topic
-	rp := kmsg.NewProduceRequestTopicPartition()
-	rp.Records = raw
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
+	req := kafkatest.ProduceRequest(topic, kafkatest.IdempotentBatch(pid, epoch, seq, recs...))
 	resp, err := req.RequestWith(t.Context(), cl)
 	require.NoError(t, err)
 	require.Len(t, resp.Topics, 1)

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -211,28 +210,7 @@ func TestKafkaCutOffTheProduceIsBuffered(t *testing.T) {
 // topic with kmsg, and returns the answer.
 func rawProduce(t *testing.T, addr, topic string, recs ...*kmsg.Record) *kmsg.ProduceResponse {
 	t.Helper()
-	var body []byte
-	for i, r := range recs {
-		r.OffsetDelta = int32(i)
-		r.Length = 0
-		one := r.AppendTo(nil)
-		r.Length = int32(len(one) - 1) // the varint of 0 took one byte
-		body = r.AppendTo(body)
-	}
-	b := kmsg.RecordBatch{Magic: 2, LastOffsetDelta: int32(len(recs) - 1), FirstTimestamp: time.Now().UnixMilli(),
-		MaxTimestamp: time.Now().UnixMilli(), ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1, NumRecords: int32(len(recs)), Records: body}
-	raw := b.AppendTo(nil)
-	binary.BigEndian.PutUint32(raw[8:12], uint32(len(raw)-12))
-	binary.BigEndian.PutUint32(raw[17:21], crc32.Checksum(raw[21:], crc32.MakeTable(crc32.Castagnoli)))
-	req := kmsg.NewPtrProduceRequest()
-	req.Acks = -1
-	req.TimeoutMillis = 5000
-	rt := kmsg.NewProduceRequestTopic()
-	rt.Topic = topic
-	rp := kmsg.NewProduceRequestTopicPartition()
-	rp.Records = raw
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
+	req := kafkatest.ProduceRequest(topic, kafkatest.RecordBatch(recs...))
 	cl := kgoClient(t, addr)
 	resp, err := req.RequestWith(t.Context(), cl)
 	require.NoError(t, err)

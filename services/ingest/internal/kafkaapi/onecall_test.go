@@ -1,8 +1,6 @@
 package kafkaapi_test
 
 import (
-	"encoding/binary"
-	"hash/crc32"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -21,30 +19,8 @@ import (
 // recs to partition 0 of topic, for a raw connection: no metadata asked
 // first, so any name can be sent.
 func produceRequest(topic string, recs ...*kmsg.Record) *kmsg.ProduceRequest {
-	var body []byte
-	for i, r := range recs {
-		r.OffsetDelta = int32(i)
-		r.Length = 0
-		one := r.AppendTo(nil)
-		r.Length = int32(len(one) - 1) // the varint of 0 took one byte
-		body = r.AppendTo(body)
-	}
-	now := time.Now().UnixMilli()
-	b := kmsg.RecordBatch{Magic: 2, LastOffsetDelta: int32(len(recs) - 1), FirstTimestamp: now, MaxTimestamp: now,
-		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1, NumRecords: int32(len(recs)), Records: body}
-	raw := b.AppendTo(nil)
-	binary.BigEndian.PutUint32(raw[8:12], uint32(len(raw)-12))
-	binary.BigEndian.PutUint32(raw[17:21], crc32.Checksum(raw[21:], crc32.MakeTable(crc32.Castagnoli)))
-	req := kmsg.NewPtrProduceRequest()
+	req := kafkatest.ProduceRequest(topic, kafkatest.RecordBatch(recs...))
 	req.Version = 8
-	req.Acks = -1
-	req.TimeoutMillis = 5000
-	rt := kmsg.NewProduceRequestTopic()
-	rt.Topic = topic
-	rp := kmsg.NewProduceRequestTopicPartition()
-	rp.Records = raw
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
 	return req
 }
 
