@@ -5,6 +5,8 @@ package delivertest
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/spillway/spillway/pkg/record"
@@ -103,4 +105,69 @@ func (a Answer) Result(r record.Record, id string) record.Result {
 	res := record.Fail(r.Topic, err)
 	res.ID = id
 	return res
+}
+
+// Sender is a delivery path that answers from a script: each record sent
+// gets the Answer ByValue holds for its value (id "id-VALUE"), or, with
+// no ByValue, the Answer of its place in its call in InTurn (id "id-N", N
+// counting every record sent). It keeps the records it was handed, and
+// counts the calls that sent any. A record the script has no answer for
+// panics.
+type Sender struct {
+	ByValue map[string]Answer
+	InTurn  []Answer
+
+	mu    sync.Mutex
+	sent  []record.Record
+	calls int
+}
+
+// Deliver answers req as the delivery path does, the records sent from the
+// script.
+func (s *Sender) Deliver(ctx context.Context, req record.Request) ([]record.Result, error) {
+	return Deliver(ctx, req, s.send)
+}
+
+func (s *Sender) send(_ context.Context, _ string, recs []record.Record) []record.Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	out := make([]record.Result, len(recs))
+	for i, r := range recs {
+		var a Answer
+		var id string
+		if s.ByValue != nil {
+			var ok bool
+			if a, ok = s.ByValue[string(r.Value)]; !ok {
+				panic(fmt.Sprintf("delivertest.Sender: no answer scripted for the value %q", r.Value))
+			}
+			id = "id-" + string(r.Value)
+		} else {
+			if i >= len(s.InTurn) {
+				panic(fmt.Sprintf("delivertest.Sender: record %d sent, the script has %d answers", i, len(s.InTurn)))
+			}
+			a, id = s.InTurn[i], fmt.Sprintf("id-%d", len(s.sent))
+		}
+		s.sent = append(s.sent, r)
+		out[i] = a.Result(r, id)
+	}
+	return out
+}
+
+// PossibleDuplicates is the Kafka listener's interface's; the script
+// ignores it.
+func (*Sender) PossibleDuplicates(string, int) {}
+
+// Records are the records sent so far, in order.
+func (s *Sender) Records() []record.Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]record.Record(nil), s.sent...)
+}
+
+// Calls is how many calls sent records.
+func (s *Sender) Calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/spillway/spillway/proto/gen/kafkaambassador"
 	"github.com/spillway/spillway/proto/gen/kafkapixy"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
+	"github.com/spillway/spillway/services/ingest/internal/delivertest"
 )
 
 // The API tables: each gRPC service's answer to every outcome the answer
@@ -32,9 +33,9 @@ import (
 // response on the wire, and the records the Sender was handed.
 
 // scriptedConn serves the gRPC API over a Sender scripted with script.
-func scriptedConn(t *testing.T, script map[string]answer) (*grpc.ClientConn, *scriptedSender) {
+func scriptedConn(t *testing.T, script map[string]answer) (*grpc.ClientConn, *delivertest.Sender) {
 	t.Helper()
-	sender := &scriptedSender{script: script}
+	sender := &delivertest.Sender{ByValue: script}
 	srv := New(Options{Sender: sender, Registry: prometheus.NewRegistry(),
 		Logger: slog.New(slog.DiscardHandler), LatencyBuckets: prometheus.DefBuckets,
 		Config: config.GRPC{MaxRequestSize: 1 << 20, StreamWindow: 4}})
@@ -169,7 +170,7 @@ func TestIngestProduceAnswers(t *testing.T) {
 				require.NoError(t, err)
 				assertProto(t, &ingestv1.ProduceResponse{Results: c.results()}, resp)
 			}
-			assertThreeRecords(t, sender.records())
+			assertThreeRecords(t, sender.Records())
 		})
 	}
 }
@@ -190,7 +191,7 @@ func TestIngestProduceStreamAnswers(t *testing.T) {
 			assertProto(t, &ingestv1.ProduceStreamResponse{Sequence: 7, Results: c.results()}, resp)
 			_, err = stream.Recv()
 			assert.ErrorIs(t, err, io.EOF, "the stream ends cleanly after its last answer")
-			assertThreeRecords(t, sender.records())
+			assertThreeRecords(t, sender.Records())
 		})
 	}
 }
@@ -221,7 +222,7 @@ func TestPixyProduceAnswers(t *testing.T) {
 			default:
 				assertStatus(t, err, codeOf(c.a.Reason), failMessage(c.a.Reason))
 			}
-			recs := sender.records()
+			recs := sender.Records()
 			require.Len(t, recs, 1)
 			assert.Equal(t, "orders", recs[0].Topic)
 			assert.Equal(t, "k", string(recs[0].Key))
@@ -280,7 +281,7 @@ func TestAmbassadorProduceAnswers(t *testing.T) {
 				acks = append(acks, rs.GetStreamOffset())
 			}
 			assert.Equal(t, c.acks, acks)
-			for _, r := range sender.records() {
+			for _, r := range sender.Records() {
 				assert.Equal(t, "orders", r.Topic)
 				assert.Nil(t, r.Key)
 			}
@@ -303,7 +304,7 @@ func TestIngestProduceRefusals(t *testing.T) {
 		refused := &ingestv1.RecordResult{Outcome: ingestv1.Outcome_OUTCOME_FAILED, ErrorCode: int32(codes.InvalidArgument),
 			ErrorReason: string(record.ReasonInvalid), ErrorMessage: "records[1]: timestamp 1969-12-31T00:00:00Z is before 1970"}
 		assertProto(t, &ingestv1.ProduceResponse{Results: []*ingestv1.RecordResult{wantResult("a", delivered(0, 10)), refused, wantResult("c", buffered())}}, resp)
-		sent := sender.records()
+		sent := sender.Records()
 		require.Len(t, sent, 2)
 		assert.Equal(t, "a", string(sent[0].Value))
 		assert.Equal(t, "c", string(sent[1].Value))
@@ -314,6 +315,6 @@ func TestIngestProduceRefusals(t *testing.T) {
 		_, err := ingestv1.NewIngestServiceClient(conn).Produce(t.Context(), &ingestv1.ProduceRequest{Topic: "no/such", Records: recs[:1]})
 		assertStatus(t, err, codes.InvalidArgument,
 			`invalid topic name "no/such": character '/' at byte 2; allowed are a-z, A-Z, 0-9, '.', '_' and '-'`)
-		assert.Empty(t, sender.records())
+		assert.Empty(t, sender.Records())
 	})
 }

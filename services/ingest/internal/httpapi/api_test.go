@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/delivertest"
 )
 
 // The API tables: each route's answer to every outcome the scripted Sender
@@ -25,7 +26,7 @@ import (
 // script, and returns the answer and the records the Sender got.
 func serve(t *testing.T, script []answer, method, target, contentType, body string, headers ...string) (*httptest.ResponseRecorder, []record.Record) {
 	t.Helper()
-	sender := &scriptedSender{script: script}
+	sender := &delivertest.Sender{InTurn: script}
 	h := New(Options{Sender: sender, MaxBodyBytes: 1 << 16, Registry: prometheus.NewRegistry(),
 		Logger: slog.New(slog.DiscardHandler), LatencyBuckets: prometheus.DefBuckets})
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
@@ -37,7 +38,7 @@ func serve(t *testing.T, script []answer, method, target, contentType, body stri
 	}
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, req)
-	return w, sender.records()
+	return w, sender.Records()
 }
 
 // wantRetryAfter says whether a failure for reason tells the client to

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/spillway/spillway/pkg/record"
+	"github.com/spillway/spillway/services/ingest/internal/delivertest"
 )
 
 // The API table: the listener's produce scripted, partition by partition,
@@ -90,7 +91,7 @@ func TestProduceAnswers(t *testing.T) {
 				rt.Partitions = append(rt.Partitions, rp)
 			}
 			req.Topics = append(req.Topics, rt)
-			sender := &scriptedSender{script: script}
+			sender := &delivertest.Sender{ByValue: script}
 			c2 := &conn{s: New(Options{Sender: sender, MaxRequestRecords: 100, MaxRequestBytes: 1 << 20})}
 			resp := c2.produce(req, "client")
 
@@ -119,9 +120,9 @@ func TestProduceAnswers(t *testing.T) {
 				assert.Equal(t, pc.want.errRecords, at, "partition %d's failed records", p)
 			}
 
-			sent := sender.records()
+			sent := sender.Records()
 			require.Len(t, sent, 6)
-			assert.Equal(t, 1, sender.calls, "one delivery call for both partitions")
+			assert.Equal(t, 1, sender.Calls(), "one delivery call for both partitions")
 			for i, r := range sent {
 				v := string(rune('a' + i))
 				assert.Equal(t, "orders", r.Topic)
@@ -149,7 +150,7 @@ func TestProduceRefusedPartition(t *testing.T) {
 	good.Partition, good.Records = 1, batch(t, 0, kmsg.Record{Value: []byte("a")}, kmsg.Record{Value: []byte("b")})
 	rt.Partitions = append(rt.Partitions, bad, good)
 	req.Topics = append(req.Topics, rt)
-	sender := &scriptedSender{script: map[string]scripted{"a": delivered(1, 7), "b": delivered(1, 8)}}
+	sender := &delivertest.Sender{ByValue: map[string]scripted{"a": delivered(1, 7), "b": delivered(1, 8)}}
 	c := &conn{s: New(Options{Sender: sender, MaxRequestRecords: 100, MaxRequestBytes: 1 << 20})}
 	resp := c.produce(req, "client")
 
@@ -165,7 +166,7 @@ func TestProduceRefusedPartition(t *testing.T) {
 	assert.Equal(t, int32(1), p1.Partition)
 	assert.Equal(t, int16(0), p1.ErrorCode)
 	assert.Equal(t, int64(7), p1.BaseOffset)
-	sent := sender.records()
+	sent := sender.Records()
 	require.Len(t, sent, 2)
 	assert.Equal(t, "a", string(sent[0].Value))
 	assert.Equal(t, "b", string(sent[1].Value))
