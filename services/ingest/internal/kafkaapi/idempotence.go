@@ -95,6 +95,9 @@ const (
 	duplicate                 // one of the last five: answer it as then
 	outOfOrder                // a gap, or a new epoch not starting at 0
 	staleEpoch                // an epoch older than the partition's
+	// repeatsAhead: the batch of an earlier request of the same pipelined
+	// group (followsAhead), which has no answer yet.
+	repeatsAhead
 )
 
 // idemBatch is one partition's batch of an idempotent producer.
@@ -146,6 +149,34 @@ func (ps *partState) check(b idemBatch) (verdict, int64) {
 		return outOfOrder, 0
 	}
 	return sendIt, 0
+}
+
+// producerPartition is a producer id's partition.
+type producerPartition struct {
+	producerID int64
+	tp         topicPartition
+}
+
+// followsAhead is check for b when an earlier request of its pipelined
+// group sent prev, the producer's batch on tp just before it: b must
+// follow prev, in prev's epoch or from 0 in a newer one, as a broker
+// would check it once prev is appended. A batch that repeats prev is
+// repeatsAhead: prev's answer is not known yet.
+func followsAhead(prev, b idemBatch, tp topicPartition) (verdict, string) {
+	switch {
+	case b.epoch == prev.epoch && b.first == prev.first && b.last == prev.last:
+		return repeatsAhead, fmt.Sprintf("producer %d's batch %d-%d on %s-%d repeats one of an earlier request still waiting for its answer; send it again", b.producerID, b.first, b.last, tp.topic, tp.partition)
+	case b.epoch < prev.epoch:
+		return staleEpoch, fmt.Sprintf("producer %d's epoch %d on %s-%d is older than its epoch %d", b.producerID, b.epoch, tp.topic, tp.partition, prev.epoch)
+	case b.epoch > prev.epoch:
+		if b.first != 0 {
+			return outOfOrder, fmt.Sprintf("producer %d's new epoch %d on %s-%d starts at sequence %d, not 0", b.producerID, b.epoch, tp.topic, tp.partition, b.first)
+		}
+		return sendIt, ""
+	case !inSequence(prev.last, b.first):
+		return outOfOrder, fmt.Sprintf("producer %d on %s-%d sent sequence %d, expected %d", b.producerID, tp.topic, tp.partition, b.first, lastSequence(prev.last, 1))
+	}
+	return sendIt, ""
 }
 
 // expected is the sequence ps waits for, for error messages.

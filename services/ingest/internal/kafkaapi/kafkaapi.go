@@ -274,6 +274,9 @@ type conn struct {
 	// next reads; peekErr is the error it met (the client left).
 	peeked  []byte
 	peekErr error
+	// after are the answers to the requests pipelined behind the one
+	// handle answers (pipelined), written after its own.
+	after []reply
 }
 
 // context is the connection's context: it ends when the connection
@@ -301,7 +304,7 @@ func (c *conn) Read(p []byte) (int, error) {
 // maxPeek bounds what watch reads ahead of the next request: past it, it
 // stops watching, and the client's next requests wait in its socket as
 // they would without it.
-const maxPeek = 64 << 10
+const maxPeek = 1 << 20
 
 // watch reads the connection while a produce waits for Kafka, and ends
 // the connection's context when the client closes it: a client that left
@@ -430,6 +433,11 @@ func (c *conn) serve() {
 		}
 		if resp != nil {
 			out = appendResponse(out[:0], resp, corr)
+			for _, r := range c.after {
+				out = appendResponse(out, r.resp, r.corr)
+			}
+			clear(c.after)
+			c.after = c.after[:0]
 			_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.o.IdleTimeout))
 			if _, err := c.nc.Write(out); err != nil {
 				return
@@ -493,13 +501,14 @@ func signingIn(key int16) bool {
 // tag section of a flexible response header (never for ApiVersions,
 // whose response header stays v0), and the body.
 func appendResponse(dst []byte, resp kmsg.Response, corr int32) []byte {
+	at := len(dst)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
 	if resp.IsFlexible() && resp.Key() != kmsg.ApiVersions.Int16() {
 		dst = append(dst, 0)
 	}
 	dst = resp.AppendTo(dst)
-	binary.BigEndian.PutUint32(dst[:4], uint32(len(dst)-4))
-	binary.BigEndian.PutUint32(dst[4:8], uint32(corr))
+	binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	binary.BigEndian.PutUint32(dst[at+4:], uint32(corr))
 	return dst
 }
 
@@ -614,16 +623,18 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	case *kmsg.MetadataRequest:
 		return c.metadata(r, req.clientID), req.corr, nil
 	case *kmsg.ProduceRequest:
-		stop := func() {}
-		if r.Acks != 0 { // a client that does not wait for the answer has not left when it goes
-			stop = c.watch()
-		}
-		resp := c.produce(r, req.clientID)
-		stop()
-		if r.Acks == 0 {
+		if r.Acks == 0 { // a client that does not wait for the answer has not left when it goes
+			c.produce(r, req.clientID)
 			return nil, req.corr, nil
 		}
-		return resp, req.corr, nil
+		reqs, corrs := c.pipelined(r, req.corr, req.clientID, len(body))
+		stop := c.watch()
+		resps := c.produceWith(reqs, req.clientID, nil)
+		stop()
+		for i, resp := range resps[1:] {
+			c.after = append(c.after, reply{resp, corrs[i+1]})
+		}
+		return resps[0], req.corr, nil
 	case *kmsg.InitProducerIDRequest:
 		resp := r.ResponseKind().(*kmsg.InitProducerIDResponse)
 		if r.TransactionalID != nil {
@@ -643,6 +654,42 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	}
 	resp, err := unsupported(req.kreq)
 	return resp, req.corr, err
+}
+
+// reply is a response and the correlation id of its request.
+type reply struct {
+	resp kmsg.Response
+	corr int32
+}
+
+// pipelined is first, a produce the client waits for, and the produce
+// requests the client sent after it that are already read (peeked while
+// an earlier produce waited for Kafka) and may go with it in one
+// delivery call (produceWith), with their correlation ids: the next
+// requests in a row that are produces of the same client id waiting for
+// their answer, within one request's bound in bytes with first's (size
+// bytes). Any other request ends the group, and is served after it. A
+// Kafka client pipelines up to five produce requests on a connection;
+// served one at a time, each waited for Kafka's answer to the one
+// before it, and the listener moved a fraction of what the client
+// could send straight to the broker.
+func (c *conn) pipelined(first *kmsg.ProduceRequest, corr int32, clientID string, size int) ([]*kmsg.ProduceRequest, []int32) {
+	reqs, corrs := []*kmsg.ProduceRequest{first}, []int32{corr}
+	for len(c.peeked) >= 4 {
+		n := int(binary.BigEndian.Uint32(c.peeked))
+		if n < 8 || len(c.peeked) < 4+n || size+n > c.s.o.MaxRequestBytes {
+			break
+		}
+		req, err := parseRequest(c.peeked[4 : 4+n])
+		r, ok := req.kreq.(*kmsg.ProduceRequest)
+		if err != nil || !ok || req.unparsed || !supported(req.key, req.version) || r.Acks == 0 || req.clientID != clientID || c.sessionOver(time.Now()) {
+			break
+		}
+		c.peeked = c.peeked[4+n:]
+		size += n
+		reqs, corrs = append(reqs, r), append(corrs, req.corr)
+	}
+	return reqs, corrs
 }
 
 // versions are the APIs served and their version ranges: none flexible

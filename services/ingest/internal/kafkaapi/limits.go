@@ -338,7 +338,7 @@ func (c *conn) handleOversized(r io.Reader, n int) (kmsg.Response, int32, error)
 	if req.Acks != 0 { // as handle watches a produce
 		stop = c.watch()
 	}
-	resp := c.produceWith(req, clientID, out)
+	resp := c.produceWith([]*kmsg.ProduceRequest{req}, clientID, out)[0]
 	stop()
 	if req.Acks == 0 {
 		return nil, corr, nil

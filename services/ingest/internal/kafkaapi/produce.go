@@ -33,7 +33,7 @@ import (
 // partition's batch is one unit: a record refused before sending refuses
 // it whole, as a broker refuses a batch.
 func (c *conn) produce(req *kmsg.ProduceRequest, clientID string) *kmsg.ProduceResponse {
-	return c.produceWith(req, clientID, nil)
+	return c.produceWith([]*kmsg.ProduceRequest{req}, clientID, nil)[0]
 }
 
 // skipped is a partition of an oversized produce that was not read
@@ -45,10 +45,15 @@ type skipped struct {
 	alone     bool
 }
 
-// produceWith is produce, with the partitions of req that were skipped,
-// answered with an error after req's own and counted in the same call.
-func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []skipped) *kmsg.ProduceResponse {
-	resp := req.ResponseKind().(*kmsg.ProduceResponse)
+// produceWith is produce for reqs, produce requests a client pipelined
+// on the connection, in the order it sent them (pipelined): their
+// records go in one delivery call, in that order, so that a partition's
+// batches keep their order and share the wait for Kafka, and each
+// request is answered as if it came alone. skip are the partitions of
+// reqs[0] that were skipped, answered with an error after its own and
+// counted in the same call; only an oversized request alone has them.
+func (c *conn) produceWith(reqs []*kmsg.ProduceRequest, clientID string, skip []skipped) []*kmsg.ProduceResponse {
+	resps := make([]*kmsg.ProduceResponse, len(reqs))
 	cl, authErr := c.client(clientID)
 	ctx := identity.With(c.context(), cl)
 
@@ -62,7 +67,8 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 	}
 
 	type part struct {
-		rt, rp int // index in resp
+		req    int // index in reqs and resps
+		rt, rp int // index in its response
 		recs   []record.Record
 		idem   *idemBatch
 		first  int // its first result's place; -1: not sent
@@ -75,42 +81,49 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 	var (
 		parts []part
 		ids   []int64
-		left  = c.s.o.MaxRequestRecords
-		bytes = c.s.o.MaxRequestBytes
 	)
-	for _, t := range req.Topics {
-		rt := kmsg.NewProduceResponseTopic()
-		rt.Topic = t.Topic
-		for _, p := range t.Partitions {
-			rp := kmsg.NewProduceResponseTopicPartition()
-			rp.Partition = p.Partition
-			rp.BaseOffset = -1
-			if authErr != nil {
-				rp.ErrorCode = kerr.SaslAuthenticationFailed.Code
-				rp.ErrorMessage = ptr(authErr.Error())
-				refused(t.Topic, 0, &record.Error{Reason: record.ReasonUnauthenticated, Message: authErr.Error()})
+	for k, req := range reqs {
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		resps[k] = resp
+		left, bytes := c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes // each request's own bounds
+		for _, t := range req.Topics {
+			rt := kmsg.NewProduceResponseTopic()
+			rt.Topic = t.Topic
+			for _, p := range t.Partitions {
+				rp := kmsg.NewProduceResponseTopicPartition()
+				rp.Partition = p.Partition
+				rp.BaseOffset = -1
+				if authErr != nil {
+					rp.ErrorCode = kerr.SaslAuthenticationFailed.Code
+					rp.ErrorMessage = ptr(authErr.Error())
+					refused(t.Topic, 0, &record.Error{Reason: record.ReasonUnauthenticated, Message: authErr.Error()})
+					rt.Partitions = append(rt.Partitions, rp)
+					continue
+				}
+				got, idem, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes, c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes)
+				if err != nil {
+					rp.ErrorCode, rp.ErrorMessage = err.code, ptr(err.msg)
+					refused(t.Topic, max(err.n, 1), &record.Error{Reason: err.reason, Message: err.msg})
+					rt.Partitions = append(rt.Partitions, rp)
+					continue
+				}
+				parts = append(parts, part{req: k, rt: len(resp.Topics), rp: len(rt.Partitions), recs: got, idem: idem, first: -1})
+				if idem != nil {
+					ids = append(ids, idem.producerID)
+				}
 				rt.Partitions = append(rt.Partitions, rp)
-				continue
 			}
-			got, idem, err := parseRecords(p.Records, t.Topic, p.Partition, &left, &bytes, c.s.o.MaxRequestRecords, c.s.o.MaxRequestBytes)
-			if err != nil {
-				rp.ErrorCode, rp.ErrorMessage = err.code, ptr(err.msg)
-				refused(t.Topic, max(err.n, 1), &record.Error{Reason: err.reason, Message: err.msg})
-				rt.Partitions = append(rt.Partitions, rp)
-				continue
-			}
-			parts = append(parts, part{rt: len(resp.Topics), rp: len(rt.Partitions), recs: got, idem: idem, first: -1})
-			if idem != nil {
-				ids = append(ids, idem.producerID)
-			}
-			rt.Partitions = append(rt.Partitions, rp)
+			resp.Topics = append(resp.Topics, rt)
 		}
-		resp.Topics = append(resp.Topics, rt)
+	}
+	response := func(p *part) (topic string, rp *kmsg.ProduceResponseTopicPartition) {
+		rt := &resps[p.req].Topics[p.rt]
+		return rt.Topic, &rt.Partitions[p.rp]
 	}
 
 	var states map[int64]*producerState
 	if len(ids) > 0 {
-		wctx, cancel := context.WithTimeout(ctx, claimWait(req.TimeoutMillis))
+		wctx, cancel := context.WithTimeout(ctx, claimWait(reqs[0].TimeoutMillis))
 		var release func()
 		var err error
 		states, release, err = c.s.producers.claim(wctx, ids)
@@ -121,7 +134,7 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 			// it has its answer.
 			for i := range parts {
 				if p := &parts[i]; p.idem != nil {
-					rp := &resp.Topics[p.rt].Partitions[p.rp]
+					_, rp := response(p)
 					rp.ErrorCode = kerr.RequestTimedOut.Code
 					rp.ErrorMessage = ptr("an earlier produce of this producer id is still waiting for its answer; send this again")
 					p.idem = nil
@@ -133,13 +146,26 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 		}
 	}
 
+	// ahead is, for each producer's partition, the last batch of reqs
+	// sent in this call: a later request's batch follows it, not what
+	// the producer's state says, which learns of it once it is answered.
+	var ahead map[producerPartition]idemBatch
 	for i := range parts {
 		p := &parts[i]
-		rp := &resp.Topics[p.rt].Partitions[p.rp]
-		topic := resp.Topics[p.rt].Topic
+		topic, rp := response(p)
 		if p.idem != nil {
 			tp := topicPartition{topic, rp.Partition}
-			v, base, msg := c.s.producers.check(states[p.idem.producerID], tp, *p.idem)
+			pp := producerPartition{p.idem.producerID, tp}
+			var (
+				v    verdict
+				base int64
+				msg  string
+			)
+			if prev, ok := ahead[pp]; ok {
+				v, msg = followsAhead(prev, *p.idem, tp)
+			} else {
+				v, base, msg = c.s.producers.check(states[p.idem.producerID], tp, *p.idem)
+			}
 			switch v {
 			case duplicate:
 				rp.BaseOffset = base
@@ -152,8 +178,19 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 				rp.ErrorCode, rp.ErrorMessage = kerr.InvalidProducerEpoch.Code, ptr(msg)
 				refused(tp.topic, len(p.recs), record.Errorf(record.ReasonInvalid, "%s", msg))
 				continue
+			case repeatsAhead:
+				// Not refused and not counted: the client sends it again,
+				// and is then answered as a duplicate.
+				rp.ErrorCode, rp.ErrorMessage = kerr.RequestTimedOut.Code, ptr(msg)
+				continue
 			}
 			p.stored = c.s.producers.stored(states[p.idem.producerID], tp, *p.idem, len(p.recs))
+			if len(reqs) > 1 {
+				if ahead == nil {
+					ahead = map[producerPartition]idemBatch{}
+				}
+				ahead[pp] = *p.idem
+			}
 		}
 		if len(p.recs) == 0 {
 			continue
@@ -179,7 +216,7 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 		rp := kmsg.NewProduceResponseTopicPartition()
 		rp.Partition = s.partition
 		rp.BaseOffset = -1
-		topic := req.Topics[s.topic].Topic
+		topic := reqs[0].Topics[s.topic].Topic
 		if s.alone {
 			rp.ErrorCode = kerr.MessageTooLarge.Code
 			rp.ErrorMessage = ptr(fmt.Sprintf("this partition's records are over %d bytes, the most one produce request may hold (server.kafka.max_request_bytes)", c.s.o.MaxRequestBytes))
@@ -189,22 +226,22 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 			rp.ErrorMessage = ptr("this produce request holds more bytes than one request may (server.kafka.max_request_bytes); send this partition's records again")
 			refused(topic, 1, record.Errorf(record.ReasonOverloaded, "%s", *rp.ErrorMessage))
 		}
-		rt := &resp.Topics[s.topic]
+		rt := &resps[0].Topics[s.topic]
 		rt.Partitions = append(rt.Partitions, rp)
 	}
 	if place == 0 {
-		return resp
+		return resps
 	}
 	results, _ := c.s.o.Sender.Deliver(ctx, dreq) // no whole-request refusal: it names no topic and has no error
 	if results == nil {
-		return resp
+		return resps
 	}
 	for i := range parts {
 		p := &parts[i]
 		if p.first < 0 {
 			continue
 		}
-		rp := &resp.Topics[p.rt].Partitions[p.rp]
+		topic, rp := response(p)
 		var all, fresh []record.Result
 		if p.stored == nil {
 			all = results[p.first : p.first+len(p.recs)]
@@ -222,11 +259,11 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 			}
 		}
 		answer(rp, all)
-		c.possibleDuplicates(rp, resp.Topics[p.rt].Topic, fresh)
+		c.possibleDuplicates(rp, topic, fresh)
 		if p.idem == nil {
 			continue
 		}
-		tp := topicPartition{resp.Topics[p.rt].Topic, rp.Partition}
+		tp := topicPartition{topic, rp.Partition}
 		switch {
 		case rp.ErrorCode == 0:
 			c.s.producers.taken(states[p.idem.producerID], tp, *p.idem, rp.BaseOffset)
@@ -235,7 +272,7 @@ func (c *conn) produceWith(req *kmsg.ProduceRequest, clientID string, skip []ski
 			c.s.producers.partly(states[p.idem.producerID], tp, *p.idem, all)
 		}
 	}
-	return resp
+	return resps
 }
 
 // refusedWhole is the records a partition's batch was refused for before
