@@ -1003,8 +1003,13 @@ func (p *Producer) prune() {
 // a unit goes whole or not at all. q.mu may be held: it is taken before a
 // call's mu, never after.
 func toSend(batch []queued) (kept, left []queued) {
-	kept = batch[:0:0]
 	var locked *call
+	all := true // every record so far is kept: kept is batch[:i], not yet copied
+	drop := func(i int) {
+		if all {
+			kept, all = append(batch[:0:0], batch[:i]...), false
+		}
+	}
 	for i := range batch {
 		r := &batch[i]
 		if r.call != locked {
@@ -1017,15 +1022,20 @@ func toSend(batch []queued) (kept, left []queued) {
 		state := &r.call.state[r.index]
 		switch {
 		case state.Load() == sent && r.call.expired.Load():
+			drop(i)
 			left = append(left, *r)
 		case state.Load() == sent || state.CompareAndSwap(pending, sent):
-			kept = append(kept, *r)
+			if !all {
+				kept = append(kept, *r)
+			}
+		default:
+			drop(i)
 		}
 	}
 	if locked != nil {
 		locked.mu.Unlock()
 	}
-	if len(kept) == len(batch) {
+	if all {
 		return batch, nil
 	}
 	return kept, left

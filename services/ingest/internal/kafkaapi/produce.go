@@ -116,6 +116,11 @@ func (c *conn) produceWith(reqs []*kmsg.ProduceRequest, clientID string, skip []
 			resp.Topics = append(resp.Topics, rt)
 		}
 	}
+	n := 0
+	for i := range parts {
+		n += len(parts[i].recs)
+	}
+	dreq.Records, dreq.Units = make([]record.Record, 0, n), make([]int, 0, n)
 	response := func(p *part) (topic string, rp *kmsg.ProduceResponseTopicPartition) {
 		rt := &resps[p.req].Topics[p.rt]
 		return rt.Topic, &rt.Partitions[p.rp]
