@@ -534,6 +534,7 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 		*room -= len(data)
 		tookBytes += len(data)
 		base := time.UnixMilli(b.FirstTimestamp)
+		out = slices.Grow(out, int(b.NumRecords))
 		for i := int32(0); i < b.NumRecords; i++ {
 			l, n := kbin.Varint(data)
 			if n == 0 || l < 0 || int(l) > len(data)-n {
