@@ -52,7 +52,7 @@ func TestDefaults(t *testing.T) {
 	assert.Equal(t, time.Millisecond, c.Kafka.Linger)
 	assert.Equal(t, 3, c.Kafka.MaxAttempts)
 	assert.Equal(t, 1000000, c.Kafka.MaxMessageBytes)
-	assert.Equal(t, CompressionNone, c.Kafka.Compression)
+	assert.Equal(t, CompressionSnappy, c.Kafka.Compression)
 	assert.True(t, c.Kafka.AutoCreateTopics)
 	assert.Empty(t, c.Kafka.IgnoredProperties)
 }
@@ -540,6 +540,6 @@ func TestKafkaEnumsTyped(t *testing.T) {
 
 	c, err = Parse(nil, nil)
 	require.NoError(t, err)
-	assert.Equal(t, CompressionNone, c.Kafka.Compression)
+	assert.Equal(t, CompressionSnappy, c.Kafka.Compression)
 	assert.Equal(t, PartitionerMurmur2Random, c.Kafka.Partitioner)
 }

@@ -94,7 +94,7 @@ var kafkaProperties = []kafkaProperty{
 		k.ClientID = v
 		return nil
 	}},
-	{[]string{"compression.codec", "compression.type"}, "none", "none, gzip, snappy, lz4 or zstd", func(k *Kafka, v string) (err error) {
+	{[]string{"compression.codec", "compression.type"}, "snappy", "none, gzip, snappy, lz4 or zstd: how produce batches are compressed", func(k *Kafka, v string) (err error) {
 		k.Compression, err = checkName(Compression(strings.ToLower(v)), Compressions())
 		return err
 	}},

@@ -1,11 +1,14 @@
 package kafkatest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 
+	"github.com/segmentio/kafka-go/compress"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -86,13 +89,25 @@ func RefuseKeyless(tb testing.TB, c *kfake.Cluster, topic string, named bool) *K
 	return kr
 }
 
-// Records decodes an uncompressed batch's records.
+// Records decodes a batch's records, decompressed with kafka-go's codec
+// of its attributes.
 func Records(b kmsg.RecordBatch) ([]kmsg.Record, error) {
-	if b.Attributes&0x7 != 0 {
-		return nil, fmt.Errorf("a compressed batch (attributes %#x): only uncompressed ones are read", b.Attributes)
+	raw := b.Records
+	if id := compress.Compression(b.Attributes & 0x7); id != compress.None {
+		codec := id.Codec()
+		if codec == nil {
+			return nil, fmt.Errorf("a batch compressed with unknown codec %d", id)
+		}
+		r := codec.NewReader(bytes.NewReader(raw))
+		var err error
+		raw, err = io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			return nil, fmt.Errorf("decompress a %s batch: %w", codec.Name(), err)
+		}
 	}
 	var out []kmsg.Record
-	for raw := b.Records; len(raw) > 0; {
+	for len(raw) > 0 {
 		length, n := binary.Varint(raw)
 		if n <= 0 || n+int(length) > len(raw) {
 			return out, fmt.Errorf("a record's length is cut short")

@@ -26,7 +26,7 @@ var kafkaCodecIDs = map[config.Compression]uint8{"none": 0, "gzip": 1, "snappy":
 // its record reads back whole. A name added to config.Compressions
 // without its codec, or mapped to the wrong one, fails here.
 func TestEveryCompressionReachesKafka(t *testing.T) {
-	_, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "codec-none", "codec-gzip", "codec-snappy", "codec-lz4", "codec-zstd"))
+	_, addr := kafkatest.NewCluster(t, kfake.SeedTopics(1, "codec-none", "codec-gzip", "codec-snappy", "codec-lz4", "codec-zstd", "codec-default"))
 	value := bytes.Repeat([]byte("compressible "), 200)
 	for _, name := range config.Compressions() {
 		t.Run(string(name), func(t *testing.T) {
@@ -42,6 +42,15 @@ func TestEveryCompressionReachesKafka(t *testing.T) {
 			assert.Equal(t, value, got[0].Value)
 		})
 	}
+	t.Run("the default", func(t *testing.T) {
+		p := newProducer(t, addr)
+		res := p.Produce(t.Context(), []record.Record{{Topic: "codec-default", Value: value, Partition: record.AnyPartition}})
+		require.Equal(t, record.Delivered, res[0].Outcome, "%v", res[0].Err)
+		got := kafkatest.Consume(t, addr, "codec-default", 1, 10*time.Second)
+		require.Len(t, got, 1)
+		assert.Equal(t, kafkaCodecIDs[config.CompressionSnappy], got[0].Attrs.CompressionType(), "snappy without kafka.compression.codec")
+		assert.Equal(t, value, got[0].Value)
+	})
 }
 
 // TestEveryPartitionerPlacesKeys: for every kafka.partitioner the

@@ -81,6 +81,11 @@ func deliveredInOrder(t *testing.T, addr, topic string, recs []record.Record, re
 	}
 }
 
+// uncompressed sends batches as they are counted: Kafka bounds a batch by
+// its bytes as sent, and a compressed batch of these records is a tenth
+// of the limit, so that no bound would be reached.
+const uncompressed = "SPILLWAY_KAFKA_COMPRESSION_CODEC=none"
+
 // TestBatchesFitTheTopicsLimit: batches are bounded by the topic's own
 // max.message.bytes (100,000 here, below batch.size), read when the topic
 // is described: 1,000 records of 1,000 bytes are all delivered in order,
@@ -91,7 +96,7 @@ func TestBatchesFitTheTopicsLimit(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopicWithConfigs(t, addr, "small", 1, map[string]string{"max.message.bytes": fmt.Sprint(limit)})
 	sizes := watchBatchSizes(c, "small", limit)
-	p := newProducer(t, addr)
+	p := newProducer(t, addr, uncompressed)
 	recs := thousandRecords("small")
 	deliveredInOrder(t, addr, "small", recs, p.Produce(t.Context(), recs))
 	requests, largest, over := sizes.snapshot()
@@ -120,7 +125,7 @@ func TestRefusalTeachesTheLimit(t *testing.T) {
 		return resp, nil, true
 	})
 	sizes := watchBatchSizes(c, "split", limit)
-	p := newProducer(t, addr)
+	p := newProducer(t, addr, uncompressed)
 	recs := thousandRecords("split")
 	deliveredInOrder(t, addr, "split", recs, p.Produce(t.Context(), recs))
 	first, _, firstOver := sizes.snapshot()

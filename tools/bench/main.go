@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/spillway/spillway/pkg/config"
 )
 
 func main() { os.Exit(run()) }
@@ -223,7 +225,7 @@ func run() int {
 		}
 		if sel["batched"] {
 			t.group("the kafka-go limit", true,
-				lg("kafka-go Writer straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8").as("kafka-go"),
+				lg("kafka-go Writer straight into the broker, batches of 500, 8 callers", moverSelf, kafkaPID, "-target", "kafka", "-brokers", broker, "-batch", "500", "-concurrency", "8", "-compression", string(ingestCodec())).as("kafka-go"),
 				lg("ingest, HTTP NDJSON, batches of 500, 8 connections", ingest, kafkaPID, "-target", "ndjson", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("ndjson").via(a.mon),
 				lg("ingest, Confluent v2, batches of 500, 8 connections", ingest, kafkaPID, "-target", "v2", "-addr", "http://"+a.http, "-batch", "500", "-concurrency", "8").as("v2").via(a.mon),
 				lg("ingest, gRPC stream, batches of 500, 4 streams × 4 in flight", ingest, kafkaPID, "-target", "grpc-stream", "-addr", a.grpc, "-batch", "500", "-concurrency", "4", "-window", "4").as("grpc-stream").via(a.mon),
@@ -363,4 +365,15 @@ func run() int {
 	stopAll()
 	removeTemp(false)
 	return 0
+}
+
+// ingestCodec is the services' default kafka.compression.codec: the
+// kafka-go limit and the bare pipe compress their batches as the ingest
+// and the resender do, so that the broker does the same work for them.
+func ingestCodec() config.Compression {
+	cfg, err := config.Parse(nil, nil)
+	if err != nil {
+		fatal("the default configuration: %v", err)
+	}
+	return cfg.Kafka.Compression
 }

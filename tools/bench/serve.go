@@ -97,6 +97,7 @@ func runPipe(natsURL, credentials, brokers string) int {
 		Addr:                   kafka.TCP(strings.Split(brokers, ",")...),
 		Balancer:               kafka.Murmur2Balancer{},
 		BatchSize:              pipeBatch,
+		Compression:            ingestCodec().Codec(),
 		BatchTimeout:           time.Millisecond, // the resender's linger.ms
 		RequiredAcks:           kafka.RequireAll,
 		AllowAutoTopicCreation: true,

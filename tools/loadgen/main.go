@@ -18,8 +18,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
+
+	"github.com/spillway/spillway/pkg/config"
 )
 
 func main() { os.Exit(run()) }
@@ -41,6 +44,9 @@ type Options struct {
 	Verify      string
 	JSON        bool
 	Brokers     string
+	// Compression is the kafka target's codec: none, gzip, snappy, lz4
+	// or zstd.
+	Compression string
 	// NATSCredentials is the nkey seed file the jetstream target signs in
 	// with: the ingest's embedded server admits only it.
 	NATSCredentials string
@@ -58,6 +64,7 @@ func run() int {
 	flag.IntVar(&o.Size, "size", 100, "record value size in bytes (at least the id's length)")
 	flag.IntVar(&o.Keys, "keys", 0, "distinct keys, uniformly chosen; 0: no key")
 	flag.IntVar(&o.Batch, "batch", 1, "records per request (ndjson, v2, grpc, grpc-stream, kafka)")
+	flag.StringVar(&o.Compression, "compression", "none", "kafka target: the batches' codec, none, gzip, snappy, lz4 or zstd")
 	flag.IntVar(&o.Concurrency, "concurrency", 64, "concurrent connections or streams")
 	flag.IntVar(&o.Window, "window", 16, "grpc-stream: requests in flight per stream")
 	flag.Float64Var(&o.Rate, "rate", 0, "target records/s (open loop, latency measured from each request's scheduled time); 0: as fast as possible (closed loop)")
@@ -80,6 +87,10 @@ func run() int {
 	}
 	if o.Target == "http" || o.Target == "answer" {
 		o.Batch = 1
+	}
+	if !slices.Contains(config.Compressions(), config.Compression(o.Compression)) {
+		fmt.Fprintf(os.Stderr, "loadgen: -compression %q: want one of %v\n", o.Compression, config.Compressions())
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

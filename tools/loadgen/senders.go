@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/spillway/spillway/pkg/config"
 	ingestv1 "github.com/spillway/spillway/proto/gen/spillway/ingest/v1"
 )
 
@@ -289,6 +290,7 @@ func newKafkaSender(o Options) *kafkaSender {
 		Balancer:               kafka.Murmur2Balancer{},
 		BatchTimeout:           5 * time.Millisecond,
 		BatchSize:              max(o.Batch, 100),
+		Compression:            config.Compression(o.Compression).Codec(),
 		RequiredAcks:           kafka.RequireAll,
 		AllowAutoTopicCreation: true,
 		MaxAttempts:            3,
