@@ -656,6 +656,13 @@ func (c *conn) handle(body []byte) (kmsg.Response, int32, error) {
 	return resp, req.corr, err
 }
 
+// maxPipelined bounds the produce requests served together: Kafka's
+// clients keep at most five in flight on a connection
+// (max.in.flight.requests.per.connection), and each request's records
+// are bounded on their own, decompressed, by
+// server.kafka.max_request_bytes: a group holds at most five times that.
+const maxPipelined = 5
+
 // reply is a response and the correlation id of its request.
 type reply struct {
 	resp kmsg.Response
@@ -668,14 +675,15 @@ type reply struct {
 // delivery call (produceWith), with their correlation ids: the next
 // requests in a row that are produces of the same client id waiting for
 // their answer, within one request's bound in bytes with first's (size
-// bytes). Any other request ends the group, and is served after it. A
+// bytes), maxPipelined in all. Any other request ends the group, and is
+// served after it. A
 // Kafka client pipelines up to five produce requests on a connection;
 // served one at a time, each waited for Kafka's answer to the one
 // before it, and the listener moved a fraction of what the client
 // could send straight to the broker.
 func (c *conn) pipelined(first *kmsg.ProduceRequest, corr int32, clientID string, size int) ([]*kmsg.ProduceRequest, []int32) {
 	reqs, corrs := []*kmsg.ProduceRequest{first}, []int32{corr}
-	for len(c.peeked) >= 4 {
+	for len(reqs) < maxPipelined && len(c.peeked) >= 4 {
 		n := int(binary.BigEndian.Uint32(c.peeked))
 		if n < 8 || len(c.peeked) < 4+n || size+n > c.s.o.MaxRequestBytes {
 			break

@@ -8,8 +8,9 @@ import (
 
 // TestPipelinedGroups: the produce requests already read behind a
 // produce go with it while they are produces of the same client id that
-// wait for their answer, whole, and within one request's bound in bytes;
-// the first request that is not stays unread, with all after it.
+// wait for their answer, whole, within one request's bound in bytes, and
+// at most five in all; the first request that is not stays unread, with
+// all after it.
 func TestPipelinedGroups(t *testing.T) {
 	produce := func(acks int16) *kmsg.ProduceRequest {
 		req := kmsg.NewPtrProduceRequest()
@@ -40,6 +41,8 @@ func TestPipelinedGroups(t *testing.T) {
 		{"another client id ends it", [][]byte{frame("y", produce(-1), 2)}, 1 << 20, []int32{1}, one},
 		{"a request not all read ends it", [][]byte{frame("x", produce(-1), 2)[:one-1]}, 1 << 20, []int32{1}, one - 1},
 		{"past the byte bound", [][]byte{frame("x", produce(-1), 2), frame("x", produce(-1), 3)}, 100 + 2*(one-4) - 1, []int32{1, 2}, one},
+		{"at most five together", [][]byte{frame("x", produce(-1), 2), frame("x", produce(-1), 3), frame("x", produce(-1), 4),
+			frame("x", produce(-1), 5), frame("x", produce(-1), 6)}, 1 << 20, []int32{1, 2, 3, 4, 5}, one},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
