@@ -3,6 +3,7 @@ package kafkatest
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -40,16 +41,26 @@ func RefuseProduce(c *kfake.Cluster, refusing *atomic.Bool, code *kerr.Error) {
 	})
 }
 
-// HoldProduce makes c hold every produce while holding is set, with no
-// answer until the test ends (a hung Kafka); otherwise c takes the records
-// as usual.
+// HoldProduce makes c hold every produce that arrives while holding is
+// set, with no answer (a hung Kafka), until holding is cleared, when c
+// takes it as usual, or the test ends; c serves its other requests
+// meanwhile. A produce that arrives while holding is not set is taken as
+// usual.
 func HoldProduce(tb testing.TB, c *kfake.Cluster, holding *atomic.Bool) {
-	release := make(chan struct{})
-	tb.Cleanup(func() { close(release) })
+	ended := make(chan struct{})
+	tb.Cleanup(func() { close(ended) })
 	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		if holding.Load() {
-			<-release
+			c.SleepControl(func() {
+				for holding.Load() {
+					select {
+					case <-ended:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+			})
 		}
 		return nil, nil, false
 	})

@@ -158,25 +158,17 @@ type producerPartition struct {
 }
 
 // followsAhead is check for b when an earlier request of its pipelined
-// group sent prev, the producer's batch on tp just before it: b must
-// follow prev, in prev's epoch or from 0 in a newer one, as a broker
-// would check it once prev is appended. A batch that repeats prev is
-// repeatsAhead: prev's answer is not known yet.
+// group sent prev, the producer's batch on tp just before it: b is
+// checked against prev alone, as a broker would check it once prev is
+// appended. A batch that repeats prev is repeatsAhead: prev's answer is
+// not known yet.
 func followsAhead(prev, b idemBatch, tp topicPartition) (verdict, string) {
-	switch {
-	case b.epoch == prev.epoch && b.first == prev.first && b.last == prev.last:
+	ps := &partState{epoch: prev.epoch, batches: []sentBatch{{first: prev.first, last: prev.last}}}
+	v, _ := ps.check(b)
+	if v == duplicate {
 		return repeatsAhead, fmt.Sprintf("producer %d's batch %d-%d on %s-%d repeats one of an earlier request still waiting for its answer; send it again", b.producerID, b.first, b.last, tp.topic, tp.partition)
-	case b.epoch < prev.epoch:
-		return staleEpoch, fmt.Sprintf("producer %d's epoch %d on %s-%d is older than its epoch %d", b.producerID, b.epoch, tp.topic, tp.partition, prev.epoch)
-	case b.epoch > prev.epoch:
-		if b.first != 0 {
-			return outOfOrder, fmt.Sprintf("producer %d's new epoch %d on %s-%d starts at sequence %d, not 0", b.producerID, b.epoch, tp.topic, tp.partition, b.first)
-		}
-		return sendIt, ""
-	case !inSequence(prev.last, b.first):
-		return outOfOrder, fmt.Sprintf("producer %d on %s-%d sent sequence %d, expected %d", b.producerID, tp.topic, tp.partition, b.first, lastSequence(prev.last, 1))
 	}
-	return sendIt, ""
+	return v, ps.refusal(v, b, tp)
 }
 
 // expected is the sequence ps waits for, for error messages.
@@ -278,19 +270,25 @@ func (p *producers) check(st *producerState, tp topicPartition, b idemBatch) (ve
 	defer p.mu.Unlock()
 	ps := st.parts[tp]
 	v, base := ps.check(b)
-	switch v {
-	case duplicate:
+	if v == duplicate {
 		p.dups.Inc()
-		return v, base, ""
+	}
+	return v, base, ps.refusal(v, b, tp)
+}
+
+// refusal is the message of verdict v of ps.check for b on tp; "" for a
+// batch that is not refused.
+func (ps *partState) refusal(v verdict, b idemBatch, tp topicPartition) string {
+	switch v {
 	case staleEpoch:
-		return v, 0, fmt.Sprintf("producer %d's epoch %d on %s-%d is older than its epoch %d", b.producerID, b.epoch, tp.topic, tp.partition, ps.epoch)
+		return fmt.Sprintf("producer %d's epoch %d on %s-%d is older than its epoch %d", b.producerID, b.epoch, tp.topic, tp.partition, ps.epoch)
 	case outOfOrder:
 		if b.epoch != ps.epoch {
-			return v, 0, fmt.Sprintf("producer %d's new epoch %d on %s-%d starts at sequence %d, not 0", b.producerID, b.epoch, tp.topic, tp.partition, b.first)
+			return fmt.Sprintf("producer %d's new epoch %d on %s-%d starts at sequence %d, not 0", b.producerID, b.epoch, tp.topic, tp.partition, b.first)
 		}
-		return v, 0, fmt.Sprintf("producer %d on %s-%d sent sequence %d, expected %s", b.producerID, tp.topic, tp.partition, b.first, ps.expected())
+		return fmt.Sprintf("producer %d on %s-%d sent sequence %d, expected %s", b.producerID, tp.topic, tp.partition, b.first, ps.expected())
 	}
-	return v, 0, ""
+	return ""
 }
 
 // stored is what was stored of b, of n records, when an earlier try of

@@ -247,18 +247,25 @@ func roundTrip(t *testing.T, addr string, req kmsg.Request, resp kmsg.Response) 
 	require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
 	_, err = c.Write(kmsg.NewRequestFormatter(kmsg.FormatterClientID("raw")).AppendRequest(nil, req, 42))
 	require.NoError(t, err)
-	size := make([]byte, 4)
-	_, err = io.ReadFull(c, size)
-	require.NoError(t, err)
-	body := make([]byte, binary.BigEndian.Uint32(size))
-	_, err = io.ReadFull(c, body)
-	require.NoError(t, err)
-	assert.Equal(t, int32(42), int32(binary.BigEndian.Uint32(body)), "correlation id")
-	body = body[4:]
+	corr, body := readAnswer(t, c)
+	assert.Equal(t, int32(42), corr, "correlation id")
 	if resp.IsFlexible() && resp.Key() != 18 {
 		body = body[1:] // empty header tags
 	}
 	require.NoError(t, resp.ReadFrom(body))
+}
+
+// readAnswer reads one answer framed as a broker frames it: its
+// correlation id, and its body after it.
+func readAnswer(t *testing.T, c net.Conn) (int32, []byte) {
+	t.Helper()
+	size := make([]byte, 4)
+	_, err := io.ReadFull(c, size)
+	require.NoError(t, err)
+	body := make([]byte, binary.BigEndian.Uint32(size))
+	_, err = io.ReadFull(c, body)
+	require.NoError(t, err)
+	return int32(binary.BigEndian.Uint32(body)), body[4:]
 }
 
 // TestProtocolVersions: ApiVersions of a version newer than Spillway's

@@ -1,6 +1,7 @@
 package kafkaapi
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -53,7 +54,7 @@ func TestPipelinedGroups(t *testing.T) {
 				total += len(f)
 			}
 			reqs, corrs := c.pipelined(produce(-1), 1, "x", 100)
-			if len(reqs) != len(corrs) || !equal(corrs, tc.want) {
+			if len(reqs) != len(corrs) || !slices.Equal(corrs, tc.want) {
 				t.Fatalf("%d requests with correlation ids %v, want %v", len(reqs), corrs, tc.want)
 			}
 			left := tc.left
@@ -68,18 +69,6 @@ func TestPipelinedGroups(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equal(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestFollowsAhead: a batch behind one of an earlier request of its

@@ -1,11 +1,8 @@
 package kafkaapi_test
 
 import (
-	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,16 +29,7 @@ func TestPipelinedProduces(t *testing.T) {
 	c, addr := kafkatest.NewCluster(t)
 	kafkatest.CreateTopic(t, addr, "orders", 1)
 	var holding atomic.Bool
-	release := make(chan struct{})
-	var released sync.Once
-	t.Cleanup(func() { released.Do(func() { close(release) }) })
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if holding.Load() {
-			c.SleepControl(func() { <-release }) // Kafka holds it, and serves others meanwhile
-		}
-		return nil, nil, false
-	})
+	kafkatest.HoldProduce(t, c, &holding)
 	in := ingesttest.Start(t, addr)
 	cl := kgoClient(t, in.Kafka, kgo.DisableIdempotentWrite())
 	require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Topic: "orders", Value: []byte("warm")}).FirstErr()) // offset 0
@@ -80,20 +68,13 @@ func TestPipelinedProduces(t *testing.T) {
 		return ingesttest.Metric(t, in.Monitor, `spillway_records_in_flight`) == 2
 	}, 10*time.Second, 10*time.Millisecond, "the first produce waits for Kafka")
 	holding.Store(false)
-	released.Do(func() { close(release) })
 
 	answers := map[int32][]byte{}
 	var order []int32
 	for range 6 {
-		size := make([]byte, 4)
-		_, err := io.ReadFull(conn, size)
-		require.NoError(t, err, "answers read: %v", order)
-		body := make([]byte, binary.BigEndian.Uint32(size))
-		_, err = io.ReadFull(conn, body)
-		require.NoError(t, err)
-		corr := int32(binary.BigEndian.Uint32(body))
+		corr, body := readAnswer(t, conn)
 		order = append(order, corr)
-		answers[corr] = body[4:]
+		answers[corr] = body
 	}
 	require.Equal(t, []int32{1, 2, 3, 4, 5, 6}, order, "answered in the order sent")
 
