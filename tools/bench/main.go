@@ -37,6 +37,7 @@ var (
 
 	// Modes in which bench runs a measured process of its own.
 	serveAnswerAddr = flag.String("serve-answer", "", "internal: be the answer-only HTTP server on this address")
+	serveAmbAddr    = flag.String("serve-ambassador", "", "internal: be the answer-only kafka-ambassador gRPC server on this address")
 	pipeURL         = flag.String("pipe", "", "internal: be the bare pipe, draining the spilled records of the JetStream at this URL into -pipe-brokers")
 	pipeCredentials = flag.String("pipe-credentials", "", "internal: the bare pipe's NATS nkey seed file")
 	pipeBrokers     = flag.String("pipe-brokers", "", "internal: the bare pipe's Kafka brokers")
@@ -45,7 +46,7 @@ var (
 // groups are what -only selects, in the order they run.
 var groups = []struct{ name, what string }{
 	{"batched", "kafka-go straight into the broker, against HTTP NDJSON, Confluent v2 and the gRPC stream, batches of 500"},
-	{"ambassador", "kafka-ambassador's KafkaAmbassador/Produce stream, 200,000 records on one stream, driven as its own client does"},
+	{"ambassador", "kafka-ambassador's KafkaAmbassador/Produce stream, 1,000,000 records on one stream, driven as its own client does, against a server that only answers"},
 	{"listener", "kgo straight into the broker, against kgo through the ingest's Kafka listener"},
 	{"single", "one record per HTTP POST (wrk when installed) at 64 and 256 connections, against the answer-only server"},
 	{"spill", "the spill path (breaker open), against a direct JetStream async publish"},
@@ -89,6 +90,8 @@ func run() int {
 	switch {
 	case *serveAnswerAddr != "":
 		return serveAnswer(*serveAnswerAddr)
+	case *serveAmbAddr != "":
+		return serveAmbassadorAnswer(*serveAmbAddr)
 	case *pipeURL != "":
 		return runPipe(*pipeURL, *pipeCredentials, *pipeBrokers)
 	}
@@ -232,10 +235,21 @@ func run() int {
 			)
 		}
 		if sel["ambassador"] {
+			// The same client on one stream, first against a server that
+			// answers each message at once: gRPC's own cost of one
+			// message a record, in and out, is the row's limit.
+			answerAddr := freeAddr()
+			answer := start("bench", nil, "-serve-ambassador", answerAddr)
+			waitListening(answer, answerAddr)
 			fresh()
-			t.group("", false,
-				lg("ingest, kafka-ambassador gRPC stream, 200,000 records on 1 stream, sent without waiting", ingest, kafkaPID, "-target", "ambassador-stream", "-addr", a.grpc, "-count", "200000", "-concurrency", "1").as("ambassador").via(a.mon),
+			ambassador := func(addr string) []string {
+				return []string{"-target", "ambassador-stream", "-addr", addr, "-count", "1000000", "-concurrency", "1"}
+			}
+			t.group("the answer-only kafka-ambassador server", true,
+				lg("answer-only kafka-ambassador gRPC server, 1,000,000 records on 1 stream, sent without waiting", func() int { return answer.pid() }, nil, ambassador(answerAddr)...).as("ambassador-answer"),
+				lg("ingest, kafka-ambassador gRPC stream, 1,000,000 records on 1 stream, sent without waiting", ingest, kafkaPID, ambassador(a.grpc)...).as("ambassador").via(a.mon),
 			)
+			answer.stop()
 		}
 		if sel["listener"] {
 			// The same client, kgo with its defaults (idempotent, acks

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -14,9 +15,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/segmentio/kafka-go"
+	"google.golang.org/grpc"
 
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/pkg/spill"
+	"github.com/spillway/spillway/proto/gen/kafkaambassador"
 )
 
 // serveAnswer is the answer-only HTTP server, the limit of HTTP on this
@@ -32,6 +35,53 @@ func serveAnswer(addr string) int {
 		_, _ = w.Write(answer)
 	}))
 	fmt.Fprintln(os.Stderr, "bench -serve-answer:", err)
+	return 1
+}
+
+// answerAmbassador is the answer-only kafka-ambassador server: it answers
+// each ProdRq of a Produce stream with its ProdRs at once, on the
+// goroutine that received it, and does nothing else. Its records/s on
+// one stream is what gRPC itself allows kafka-ambassador's one message a
+// record, the limit of the ambassador row.
+type answerAmbassador struct {
+	kafkaambassador.UnimplementedKafkaAmbassadorServer
+}
+
+func (answerAmbassador) Produce(stream grpc.BidiStreamingServer[kafkaambassador.ProdRq, kafkaambassador.ProdRs]) error {
+	offsets := make(chan uint64, 4096)
+	recvErr := make(chan error, 1)
+	go func() {
+		defer close(offsets)
+		for {
+			rq, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			offsets <- rq.GetStreamOffset()
+		}
+	}()
+	for o := range offsets {
+		if err := stream.Send(&kafkaambassador.ProdRs{StreamOffset: o}); err != nil {
+			return err
+		}
+	}
+	if err := <-recvErr; err != io.EOF {
+		return err
+	}
+	return nil
+}
+
+// serveAmbassadorAnswer runs answerAmbassador on addr, with gRPC's
+// defaults, as its own process (bench -serve-ambassador ADDR).
+func serveAmbassadorAnswer(addr string) int {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		s := grpc.NewServer()
+		kafkaambassador.RegisterKafkaAmbassadorServer(s, answerAmbassador{})
+		err = s.Serve(l)
+	}
+	fmt.Fprintln(os.Stderr, "bench -serve-ambassador:", err)
 	return 1
 }
 

@@ -145,10 +145,18 @@ func (t *table) targets() string {
 	}
 	if r := t.find("ambassador"); r != nil {
 		fmt.Fprintf(&b, "- kafka-ambassador's stream: %.0f records/s on one stream, acknowledged after Kafka (target: at least 255k, kafka-ambassador's own rate on its own client in issue 29's run", r.m.rps)
-		if nd := t.find("ndjson"); nd != nil && nd.m.rps > 0 {
+		nd := t.find("ndjson")
+		if nd != nil && nd.m.rps > 0 {
 			fmt.Fprintf(&b, ", and at least 0.6 of NDJSON's: %.2f here", r.m.rps/nd.m.rps)
 		}
-		b.WriteString(").\n")
+		b.WriteString(")")
+		if ans := t.find("ambassador-answer"); ans != nil && ans.m.rps > 0 {
+			fmt.Fprintf(&b, "; %.2f of the answer-only server's %.0f", r.m.rps/ans.m.rps, ans.m.rps)
+			if nd != nil && nd.m.rps > 0 {
+				fmt.Fprintf(&b, " (itself %.2f of NDJSON's)", ans.m.rps/nd.m.rps)
+			}
+		}
+		b.WriteString(".\n")
 	}
 	if r := t.find("resender"); r != nil && r.limit != nil {
 		fmt.Fprintf(&b, "- Resender without a limit: %.2f of the bare pipe (target at least 0.7).\n", r.m.rps/r.limit.rps)

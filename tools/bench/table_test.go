@@ -37,19 +37,21 @@ func TestRenderFitsAScreen(t *testing.T) {
 }
 
 // TestTargetsOfTheListener: the listener's three targets are computed
-// against the kgo row of the same run.
+// against the kgo row of the same run, and kafka-ambassador's stream
+// against NDJSON and the answer-only server of the same run.
 func TestTargetsOfTheListener(t *testing.T) {
 	kgo := &measured{rps: 1000000, moverUs: 1.0, brokerUs: 0.4}
 	tb := &table{rows: []*row{
 		{name: "kgo straight into the broker", key: "kgo", m: *kgo},
 		{name: "ingest, Kafka listener", key: "listener", m: measured{rps: 300000, moverUs: 2.1, brokerUs: 0.6}, limit: kgo},
 		{name: "ingest, HTTP NDJSON", key: "ndjson", m: measured{rps: 400000, moverUs: 2.5, brokerUs: 0.3}},
+		{name: "answer-only kafka-ambassador gRPC server", key: "ambassador-answer", m: measured{rps: 250000, moverUs: 2.5}},
 		{name: "ingest, kafka-ambassador gRPC stream", key: "ambassador", m: measured{rps: 200000, moverUs: 6, brokerUs: 0.5}},
 	}}
 	doc := string(tb.render())
 	for _, want := range []string{
 		"- Kafka listener: 0.30 of kgo's records/s straight into the broker (target at least 0.35); the ingest's CPU per record 2.10 µs (target at most 1.5); the broker's 0.60 µs against 0.40 straight from kgo, 1.5× (target at most 2×).",
-		"and at least 0.6 of NDJSON's: 0.50 here).",
+		"and at least 0.6 of NDJSON's: 0.50 here); 0.80 of the answer-only server's 250000 (itself 0.62 of NDJSON's).",
 	} {
 		if !strings.Contains(doc, want) {
 			t.Errorf("no %q in\n%s", want, doc)
