@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
@@ -100,16 +99,16 @@ type Server struct {
 // New builds the gRPC server. Its health starts NOT_SERVING; SetServing
 // follows the ingest's readiness.
 func New(o Options) *Server {
-	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(o.LatencyBuckets)))
-	o.Registry.MustRegister(metrics)
+	metrics := newServerMetrics(o.LatencyBuckets)
+	o.Registry.MustRegister(metrics.collectors()...)
 	streams := &streamLimit{max: int64(o.Config.MaxOpenStreams)}
 	serverOpts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(o.Config.MaxRequestSize),
 		grpc.ForceServerCodecV2(newCappedCodec(o.MaxRequestRecords, o.MaxRequestHeaders)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.Config.KeepaliveTime, Timeout: o.Config.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.Config.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), o.identifyUnary),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), streams.intercept, o.identifyStream),
+		grpc.ChainUnaryInterceptor(metrics.unary, o.identifyUnary),
+		grpc.ChainStreamInterceptor(metrics.stream, streams.intercept, o.identifyStream),
 	}
 	if o.Config.MaxConcurrentStreams > 0 {
 		serverOpts = append(serverOpts, grpc.MaxConcurrentStreams(o.Config.MaxConcurrentStreams))
@@ -137,7 +136,7 @@ func New(o Options) *Server {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s, drainingHealth{Server: hs, draining: o.Draining, notReady: o.NotReady})
 	reflection.Register(s)
-	metrics.InitializeMetrics(s)
+	metrics.initialize(s)
 	return &Server{Server: s, health: hs}
 }
 
