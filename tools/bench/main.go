@@ -245,7 +245,7 @@ func run() int {
 			ambassador := func(addr string) []string {
 				return []string{"-target", "ambassador-stream", "-addr", addr, "-count", "1000000", "-concurrency", "1"}
 			}
-			t.group("the answer-only kafka-ambassador server", true,
+			t.group("the answer-only gRPC server", true,
 				lg("answer-only kafka-ambassador gRPC server, 1,000,000 records on 1 stream, sent without waiting", func() int { return answer.pid() }, nil, ambassador(answerAddr)...).as("ambassador-answer"),
 				lg("ingest, kafka-ambassador gRPC stream, 1,000,000 records on 1 stream, sent without waiting", ingest, kafkaPID, ambassador(a.grpc)...).as("ambassador").via(a.mon),
 			)
