@@ -85,9 +85,23 @@ var (
 // records not yet sent, which then fail with record.ErrWithdrawn and are
 // never sent, and returns the results as they stand (those on the wire
 // fail with ReasonTimeout), or nil when done was called already. done is
-// still called once Kafka answered the records sent.
+// still called once Kafka answered the records sent. StartNow is Start
+// for records that are a batch already: they do not wait linger.ms for
+// more (WithoutLinger).
 type Kafka interface {
 	Start(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result)
+	StartNow(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result)
+}
+
+type withoutLingerKey struct{}
+
+// WithoutLinger marks the produces made with ctx as batches already: the
+// caller's records go to Kafka without waiting linger.ms for more
+// (Kafka.StartNow). The Kafka listener gives it: a client's produce
+// request is a batch the client lingered for, and the client waits for
+// its answer before it sends more on that connection.
+func WithoutLinger(ctx context.Context) context.Context {
+	return context.WithValue(ctx, withoutLingerKey{}, true)
 }
 
 // Options configure a Producer.
@@ -224,7 +238,11 @@ func (p *Producer) Produce(ctx context.Context, recs []record.Record) ([]record.
 		err error
 	}
 	answered := make(chan answer, 1)
-	withdraw := p.kafka.Start(recs, func(res []record.Result) {
+	start := p.kafka.Start
+	if ctx.Value(withoutLingerKey{}) != nil {
+		start = p.kafka.StartNow
+	}
+	withdraw := start(recs, func(res []record.Result) {
 		var err error
 		if Failing(res) {
 			err = ErrFailing

@@ -25,6 +25,7 @@ type kafka struct {
 	reason atomic.Value // record.Reason
 	cause  atomic.Value // error: Kafka's error under the reason, if any
 	calls  atomic.Int64
+	now    atomic.Int64 // of calls, those made by StartNow
 	hung   atomic.Pointer[chan struct{}]
 	queued atomic.Bool
 }
@@ -34,6 +35,11 @@ func (k *kafka) hang() (resume func()) {
 	ch := make(chan struct{})
 	k.hung.Store(&ch)
 	return sync.OnceFunc(func() { k.hung.Store(nil); close(ch) })
+}
+
+func (k *kafka) StartNow(recs []record.Record, done func([]record.Result)) func() []record.Result {
+	k.now.Add(1)
+	return k.Start(recs, done)
 }
 
 func (k *kafka) Start(recs []record.Record, done func([]record.Result)) func() []record.Result {
@@ -365,4 +371,20 @@ func TestHalfOpenProbeUnansweredOpensAgain(t *testing.T) {
 		}
 		return slices.Contains(seen, breaker.Open) && s == breaker.HalfOpen
 	}, 5*time.Second, time.Millisecond, "open again, then half-open: a new probe may go")
+}
+
+// TestWithoutLingerStartsNow: a produce made with WithoutLinger's context
+// (or one derived from it) goes to Kafka by StartNow, any other by Start.
+func TestWithoutLingerStartsNow(t *testing.T) {
+	k := &kafka{}
+	p := breaker.New(k, breaker.Options{Settings: config.Breaker{Fails: 5, Requests: 1, Timeout: time.Minute}})
+	_, err := p.Produce(t.Context(), recs(1))
+	require.NoError(t, err)
+	assert.Zero(t, k.now.Load(), "a produce with a plain context lingers")
+	type other struct{}
+	ctx := context.WithValue(breaker.WithoutLinger(t.Context()), other{}, 1)
+	_, err = p.Produce(ctx, recs(1))
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, k.now.Load(), "a produce with WithoutLinger's context does not")
+	assert.EqualValues(t, 2, k.calls.Load())
 }

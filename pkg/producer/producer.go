@@ -209,6 +209,9 @@ type call struct {
 	expired atomic.Bool
 	done    func([]record.Result)
 	timeout *time.Timer // message.timeout.ms
+	// now: the call's records are a batch already (StartNow), and do not
+	// wait linger.ms for more.
+	now bool
 }
 
 // A record's sendState.
@@ -339,7 +342,24 @@ func (c *call) takeBack() []record.Result {
 // answers them). So the records of one call to one partition stay in
 // order, and so do those of successive calls.
 func (p *Producer) Start(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result) {
+	return p.startCall(recs, newCall(recs, done))
+}
+
+// StartNow is Start for records that are a batch already, whose sender
+// lingered for them: they go in the next produce request to their
+// broker without waiting linger.ms for more, and so do the records queued
+// with them for that broker. A Kafka client's produce request through
+// the ingest's Kafka listener is such a batch: the client waits for its
+// answer before it sends the next one, so nothing more of it would come.
+// Records queued behind a batch in flight to their partition still wait
+// for that batch's answer, as Start's do.
+func (p *Producer) StartNow(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result) {
 	c := newCall(recs, done)
+	c.now = true
+	return p.startCall(recs, c)
+}
+
+func (p *Producer) startCall(recs []record.Record, c *call) (withdraw func() []record.Result) {
 	p.closeMu.RLock()
 	if p.closing.Load() {
 		p.closeMu.RUnlock()

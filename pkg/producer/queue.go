@@ -100,6 +100,9 @@ type partitionQueue struct {
 	bytes    int       // the encodedSize of recs
 	first    time.Time // when recs[0] was queued
 	inFlight bool
+	// now: recs holds records of a StartNow call, and the next request to
+	// the sink goes without lingering.
+	now bool
 	// retry holds records Kafka did not store, to go again before recs,
 	// in order: a batch that failed with an error that may pass (not
 	// before notBefore, attempts made), or what is left of a batch Kafka
@@ -207,6 +210,7 @@ func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []que
 	}
 	for _, r := range recs {
 		q.bytes += r.size
+		q.now = q.now || r.call.now
 	}
 	q.mu.Unlock()
 	p.activate(q, true)
@@ -303,7 +307,7 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 			soonest(q.notBefore.Sub(now))
 		default:
 			candidates = append(candidates, q)
-			if len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= q.batchBound(p.batchBytes) {
+			if q.now || len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= q.batchBound(p.batchBytes) {
 				send = true
 			}
 			if len(q.recs) > 0 && (oldest.IsZero() || q.first.Before(oldest)) {
@@ -340,6 +344,9 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 					out = append(out, ready{q: q, batch: batch, leader: s.leader})
 					q.inFlight = true
 				}
+			}
+			if len(q.recs) == 0 {
+				q.now = false
 			}
 			q.mu.Unlock()
 		}

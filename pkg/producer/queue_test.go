@@ -124,3 +124,46 @@ func TestCloseSendsLingeringRecords(t *testing.T) {
 	res := p.Produce(context.Background(), []record.Record{{Topic: "late", Value: []byte("after"), Partition: record.AnyPartition}})
 	assert.Equal(t, record.ReasonUnavailable, record.ReasonOf(res[0].Err), res[0].Err)
 }
+
+// TestStartNowDoesNotLinger: with linger.ms a minute, a StartNow call's
+// record goes at once, and takes with it in the same request the record
+// lingering for another partition of the broker; its queue lingers again
+// afterwards.
+func TestStartNowDoesNotLinger(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(2, "now"))
+	var requests, batches atomic.Int64
+	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			if tp.Topic == "now" {
+				requests.Add(1)
+				batches.Add(int64(len(tp.Partitions)))
+			}
+		}
+		return nil, nil, false
+	})
+	p := newProducer(t, addr, "SPILLWAY_KAFKA_LINGER_MS=60000")
+	_, err := p.topicLayout("now") // so that the calls queue at once
+	require.NoError(t, err)
+
+	lingering, now := make(chan []record.Result, 1), make(chan []record.Result, 1)
+	p.Start([]record.Record{{Topic: "now", Value: []byte("lingering"), Partition: 0}}, func(res []record.Result) { lingering <- res })
+	p.StartNow([]record.Record{{Topic: "now", Value: []byte("now"), Partition: 1}}, func(res []record.Result) { now <- res })
+	for name, ch := range map[string]chan []record.Result{"the StartNow record": now, "the record lingering beside it": lingering} {
+		select {
+		case res := <-ch:
+			require.Equal(t, record.Delivered, res[0].Outcome, res[0].Err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s waited for linger.ms (a minute)", name)
+		}
+	}
+	assert.EqualValues(t, 1, requests.Load(), "one produce request")
+	assert.EqualValues(t, 2, batches.Load(), "carrying both partitions")
+
+	for _, partition := range []int{0, 1} {
+		q := p.queueOf(topicPartition{"now", partition}, 0)
+		q.mu.Lock()
+		assert.False(t, q.now, "partition %d's queue lingers again once its records went", partition)
+		q.mu.Unlock()
+	}
+}
