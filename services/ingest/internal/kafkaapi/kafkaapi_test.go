@@ -469,3 +469,27 @@ func TestAdvertisedAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestListenerDoesNotLingerAgain: a client's produce request is a batch
+// it lingered for, and it waits for the answer: the listener sends it to
+// Kafka at once, however long the producer's linger.ms (here a minute).
+func TestListenerDoesNotLingerAgain(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "eager", 2)
+	in := ingesttest.Start(t, addr, "SPILLWAY_KAFKA_LINGER_MS=60000")
+	cl := kgoClient(t, in.Kafka)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for round := range 3 { // and again once its partitions' queues emptied
+		var sent []*kgo.Record
+		for i := range 4 {
+			sent = append(sent, &kgo.Record{Topic: "eager", Key: fmt.Appendf(nil, "k%d", i), Value: fmt.Appendf(nil, "r%d-%d", round, i)})
+		}
+		require.NoError(t, cl.ProduceSync(ctx, sent...).FirstErr(), "round %d: answered within 10 s, not after linger.ms", round)
+	}
+	// Lingering past producer.cb.max_wait (4 s) would have spilled them:
+	// answered too, but buffered in JetStream, not in Kafka.
+	assert.Equal(t, 12.0, ingesttest.Metric(t, in.Monitor, `spillway_records_delivered_total{topic="eager"}`), "delivered to Kafka, none buffered")
+	assert.Len(t, kafkatest.Consume(t, addr, "eager", 12, 10*time.Second), 12)
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/spillway/spillway/pkg/breaker"
 	"github.com/spillway/spillway/pkg/record"
 	"github.com/spillway/spillway/services/ingest/internal/identity"
 )
@@ -237,7 +238,10 @@ func (c *conn) produceWith(reqs []*kmsg.ProduceRequest, clientID string, skip []
 	if place == 0 {
 		return resps
 	}
-	results, _ := c.s.o.Sender.Deliver(ctx, dreq) // no whole-request refusal: it names no topic and has no error
+	// The client lingered for these batches, and waits for their answer
+	// before it sends more on this connection: they go to Kafka without
+	// lingering again (producer's linger.ms).
+	results, _ := c.s.o.Sender.Deliver(breaker.WithoutLinger(ctx), dreq) // no whole-request refusal: it names no topic and has no error
 	if results == nil {
 		return resps
 	}
