@@ -348,11 +348,12 @@ func (p *Producer) Start(recs []record.Record, done func([]record.Result)) (with
 // StartNow is Start for records that are a batch already, whose sender
 // lingered for them: they go in the next produce request to their
 // broker without waiting linger.ms for more, and so do the records queued
-// with them for that broker. A Kafka client's produce request through
-// the ingest's Kafka listener is such a batch: the client waits for its
-// answer before it sends the next one, so nothing more of it would come.
-// Records queued behind a batch in flight to their partition still wait
-// for that batch's answer, as Start's do.
+// for that broker, of every partition. A Kafka client's produce request
+// through the ingest's Kafka listener is such a batch: the client
+// lingered for it, and the listener delivers one group of a connection's
+// requests at a time, so nothing more from that connection would come.
+// They still wait behind a request in flight to their broker, as Start's
+// records do.
 func (p *Producer) StartNow(recs []record.Record, done func([]record.Result)) (withdraw func() []record.Result) {
 	c := newCall(recs, done)
 	c.now = true

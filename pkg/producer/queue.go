@@ -100,9 +100,9 @@ type partitionQueue struct {
 	bytes    int       // the encodedSize of recs
 	first    time.Time // when recs[0] was queued
 	inFlight bool
-	// now: recs holds records of a StartNow call, and the next request to
-	// the sink goes without lingering.
-	now bool
+	// nowUntil: recs[:nowUntil] holds a record of a StartNow call (0:
+	// none), and the sink's next request goes without lingering.
+	nowUntil int
 	// retry holds records Kafka did not store, to go again before recs,
 	// in order: a batch that failed with an error that may pass (not
 	// before notBefore, attempts made), or what is left of a batch Kafka
@@ -208,9 +208,13 @@ func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []que
 	} else {
 		q.recs = append(q.recs, recs...)
 	}
+	now := false
 	for _, r := range recs {
 		q.bytes += r.size
-		q.now = q.now || r.call.now
+		now = now || r.call.now
+	}
+	if now {
+		q.nowUntil = len(q.recs)
 	}
 	q.mu.Unlock()
 	p.activate(q, true)
@@ -307,7 +311,7 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 			soonest(q.notBefore.Sub(now))
 		default:
 			candidates = append(candidates, q)
-			if q.now || len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= q.batchBound(p.batchBytes) {
+			if q.nowUntil > 0 || len(q.retry) > 0 || len(q.recs) >= p.batchSize || batchOverhead+q.bytes >= q.batchBound(p.batchBytes) {
 				send = true
 			}
 			if len(q.recs) > 0 && (oldest.IsZero() || q.first.Before(oldest)) {
@@ -345,9 +349,6 @@ func (p *Producer) take(s *brokerSender) (out []ready, left []queued, wait time.
 					q.inFlight = true
 				}
 			}
-			if len(q.recs) == 0 {
-				q.now = false
-			}
 			q.mu.Unlock()
 		}
 	}
@@ -379,6 +380,7 @@ func (q *partitionQueue) takeRecords(maxRecords, maxBytes int) []queued {
 		q.recs = q.recs[:rest]
 	}
 	q.bytes -= size
+	q.nowUntil = max(0, q.nowUntil-n)
 	q.first = time.Now()
 	return batch
 }

@@ -163,7 +163,36 @@ func TestStartNowDoesNotLinger(t *testing.T) {
 	for _, partition := range []int{0, 1} {
 		q := p.queueOf(topicPartition{"now", partition}, 0)
 		q.mu.Lock()
-		assert.False(t, q.now, "partition %d's queue lingers again once its records went", partition)
+		assert.Zero(t, q.nowUntil, "partition %d's queue lingers again once its records went", partition)
 		q.mu.Unlock()
 	}
+}
+
+// TestNowUntilCoversTheStartNowRecords: a queue skips linger while it
+// holds a StartNow call's record, and lingers again once the batches
+// taken reached past the last of them, though records of Start calls
+// queued behind are left.
+func TestNowUntilCoversTheStartNowRecords(t *testing.T) {
+	plain, now := &call{}, &call{now: true}
+	q := &partitionQueue{}
+	q.recs = []queued{{call: plain, size: 1}}
+	q.bytes = 1
+	add := func(c *call, n int) {
+		for range n {
+			q.recs = append(q.recs, queued{call: c, size: 1})
+			q.bytes++
+		}
+		if c.now {
+			q.nowUntil = len(q.recs)
+		}
+	}
+	add(now, 2)   // records 1 and 2
+	add(plain, 3) // records 3 to 5
+	require.Equal(t, 3, q.nowUntil)
+	q.takeRecords(2, 1<<20) // record 0 alone: with the StartNow call's two (one unit) it would be over 2
+	assert.Positive(t, q.nowUntil, "a StartNow record is still queued")
+	for q.nowUntil > 0 {
+		q.takeRecords(1, 1<<20)
+	}
+	assert.Len(t, q.recs, 3, "the Start records behind are left, lingering")
 }
