@@ -98,8 +98,9 @@ type withoutLingerKey struct{}
 // WithoutLinger marks the produces made with ctx as batches already: the
 // caller's records go to Kafka without waiting linger.ms for more
 // (Kafka.StartNow). The Kafka listener gives it: a client's produce
-// request is a batch the client lingered for, and the client waits for
-// its answer before it sends more on that connection.
+// request is a batch the client lingered for, and the listener delivers
+// one group of a connection's requests at a time, so nothing more from
+// that connection reaches the producer while the group waits.
 func WithoutLinger(ctx context.Context) context.Context {
 	return context.WithValue(ctx, withoutLingerKey{}, true)
 }

@@ -39,8 +39,9 @@ func serveAnswer(addr string) int {
 }
 
 // answerAmbassador is the answer-only kafka-ambassador server: it answers
-// each ProdRq of a Produce stream with its ProdRs at once, on the
-// goroutine that received it, and does nothing else. Its records/s on
+// each ProdRq of a Produce stream with its ProdRs at once, and does
+// nothing else. It receives on one goroutine and sends on another, as the
+// ingest does (one goroutine doing both was slower). Its records/s on
 // one stream is what gRPC itself allows kafka-ambassador's one message a
 // record, the limit of the ambassador row.
 type answerAmbassador struct {
@@ -58,7 +59,12 @@ func (answerAmbassador) Produce(stream grpc.BidiStreamingServer[kafkaambassador.
 				recvErr <- err
 				return
 			}
-			offsets <- rq.GetStreamOffset()
+			select {
+			case offsets <- rq.GetStreamOffset():
+			case <-stream.Context().Done(): // the sender gave up
+				recvErr <- stream.Context().Err()
+				return
+			}
 		}
 	}()
 	for o := range offsets {

@@ -238,9 +238,9 @@ func (c *conn) produceWith(reqs []*kmsg.ProduceRequest, clientID string, skip []
 	if place == 0 {
 		return resps
 	}
-	// The client lingered for these batches, and waits for their answer
-	// before it sends more on this connection: they go to Kafka without
-	// lingering again (producer's linger.ms).
+	// The client lingered for these batches, and nothing more from this
+	// connection reaches the producer while this group waits (one group
+	// at a time): they go to Kafka without lingering again (linger.ms).
 	results, _ := c.s.o.Sender.Deliver(breaker.WithoutLinger(ctx), dreq) // no whole-request refusal: it names no topic and has no error
 	if results == nil {
 		return resps
