@@ -130,15 +130,11 @@ func (s countedStream) SendMsg(m any) error {
 func (m *serverMetrics) initialize(s *grpc.Server) {
 	for service, info := range s.GetServiceInfo() {
 		for _, method := range info.Methods {
-			typ := string(interceptors.Unary)
-			switch {
-			case method.IsClientStream && method.IsServerStream:
-				typ = string(interceptors.BidiStream)
-			case method.IsClientStream:
-				typ = string(interceptors.ClientStream)
-			case method.IsServerStream:
-				typ = string(interceptors.ServerStream)
+			var stream *grpc.StreamServerInfo // nil: unary, as the interceptors see it
+			if method.IsClientStream || method.IsServerStream {
+				stream = &grpc.StreamServerInfo{IsClientStream: method.IsClientStream, IsServerStream: method.IsServerStream}
 			}
+			typ := string(interceptors.NewServerCallMeta("/"+service+"/"+method.Name, stream, nil).Typ)
 			m.started.WithLabelValues(typ, service, method.Name)
 			m.received.WithLabelValues(typ, service, method.Name)
 			m.sent.WithLabelValues(typ, service, method.Name)

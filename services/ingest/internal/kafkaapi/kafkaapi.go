@@ -676,8 +676,8 @@ type reply struct {
 // requests in a row that are produces of the same client id waiting for
 // their answer, within one request's bound in bytes with first's (size
 // bytes), maxPipelined in all. Any other request ends the group, and is
-// served after it. A
-// Kafka client pipelines up to five produce requests on a connection;
+// served after it. A Kafka client pipelines up to five produce requests
+// on a connection;
 // served one at a time, each waited for Kafka's answer to the one
 // before it, and the listener moved a fraction of what the client
 // could send straight to the broker.

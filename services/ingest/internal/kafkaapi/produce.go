@@ -460,6 +460,11 @@ func corrupt(format string, args ...any) *parseError {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// minRecordBytes is the smallest record a batch can hold: its length,
+// attributes, timestamp delta, offset delta, key length, value length and
+// header count, a byte each.
+const minRecordBytes = 7
+
 // parseRecords reads the record batches of one partition (magic 2),
 // checks their CRC, decompresses them and returns their records. left
 // and room are what the request may still hold in records and in
@@ -538,7 +543,9 @@ func parseRecords(raw []byte, topic string, partition int32, left, room *int, ma
 		*room -= len(data)
 		tookBytes += len(data)
 		base := time.UnixMilli(b.FirstTimestamp)
-		out = slices.Grow(out, int(b.NumRecords))
+		// Grown once for the batch, but no further than its bytes could
+		// hold: NumRecords is the client's word until each record parses.
+		out = slices.Grow(out, min(int(b.NumRecords), len(data)/minRecordBytes))
 		for i := int32(0); i < b.NumRecords; i++ {
 			l, n := kbin.Varint(data)
 			if n == 0 || l < 0 || int(l) > len(data)-n {
