@@ -76,26 +76,33 @@ func TestBufferWaitNoQuorumAtStart(t *testing.T) {
 	// after that. What the ingest adds is checked apart: ready at most
 	// one try that JetStream leaves unanswered and one pause
 	// (spill.TryTimeout + 1 s) after the stream has a leader, with 1 s
-	// for the answer and the polls.
+	// for the answer and the polls. The wait itself is bounded at 90 s, not
+	// 30: on CI's loaded machine one run stayed unready past 30 s (its
+	// elections were not logged then; a failure now logs them), and the
+	// elections are JetStream's, each round 4-9 s and more under load.
 	nc.restart(nc.nodes[1])
 	restarted := time.Now()
 	var meta, led, ready time.Time
-	eventually(t, 30*time.Second, "the ingest ready once a second node runs", func() bool {
+	for deadline := restarted.Add(90 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if meta.IsZero() && nc.metaLeader(nc.nodes[1]) != "" {
 			meta = time.Now()
 		}
 		if led.IsZero() && nc.leader("SPILLWAY") != nil {
 			led = time.Now()
 		}
-		if status, _ := get(readyz); status == http.StatusOK {
+		status, body := get(readyz)
+		if status == http.StatusOK {
 			ready = time.Now()
 			if led.IsZero() { // the ingest's answer came before the poll saw the leader
 				led = ready
 			}
-			return true
+			break
 		}
-		return false
-	})
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready 90s after the second node started (/readyz %d %q); the restarted node's meta leader %q (first seen %s), the stream's leader first seen %s, its peers (leader first) %v; what the nodes logged of leaders:\n%s",
+				status, body, nc.metaLeader(nc.nodes[1]), since(restarted, meta), since(restarted, led), nc.streamPeers("SPILLWAY"), nc.leaderLog())
+		}
+	}
 	if meta.IsZero() {
 		meta = led
 	}
@@ -113,6 +120,14 @@ func TestBufferWaitNoQuorumAtStart(t *testing.T) {
 	}
 	p.logged(t, "buffer ready")
 	requireHealth(t, grpcAddr, readyz)
+}
+
+// since says how long after start t came, or "never" for a zero t.
+func since(start, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.Sub(start).Round(100*time.Millisecond).String() + " after the node started"
 }
 
 // requireHealth checks that the ingest's gRPC health at addr says what its

@@ -24,6 +24,7 @@ type natsNode struct {
 	store                    string
 	cmd                      *exec.Cmd
 	done                     chan struct{}
+	out                      syncBuffer // its output, over its restarts
 }
 
 // natsCluster is three devnats processes routed to one another on
@@ -78,7 +79,7 @@ func (c *natsCluster) start(bin string, n *natsNode) {
 	cmd := exec.Command(bin, "-name", n.name, "-cluster", "e2e", "-port", fmt.Sprint(n.port), "-monitor", fmt.Sprint(n.monitor),
 		"-route-port", fmt.Sprint(n.routePort), "-routes", strings.Join(routes, ","), "-store", n.store,
 		"-credentials", os.Getenv(credentialsVar))
-	cmd.Stdout = captured(c.t, cmd, io.Discard)
+	cmd.Stdout = captured(c.t, cmd, &n.out)
 	cmd.Stderr = cmd.Stdout
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -86,6 +87,20 @@ func (c *natsCluster) start(bin string, n *natsNode) {
 	}
 	n.cmd, n.done = cmd, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(n.done) }()
+}
+
+// leaderLog is what the nodes logged of their leaders (the meta layer's,
+// the streams'), for a test that failed waiting on an election.
+func (c *natsCluster) leaderLog() string {
+	var b strings.Builder
+	for _, n := range c.nodes {
+		for line := range strings.Lines(n.out.String()) {
+			if strings.Contains(line, "leader") {
+				b.WriteString(n.name + ": " + line)
+			}
+		}
+	}
+	return b.String()
 }
 
 // kill is kill -9 of the node, waited for.
