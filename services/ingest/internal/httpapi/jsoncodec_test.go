@@ -113,4 +113,26 @@ func TestValidJSONNesting(t *testing.T) {
 	assert.False(t, validJSON([]byte(strings.Repeat("[", 4<<20))))
 	assert.False(t, validJSON([]byte(`{"a":"`+"\x01"+`"}`)), "a raw control character in a string")
 	assert.True(t, validJSON([]byte(`{"a":"[[[{{{\"}"}`)), "brackets in a string do not nest")
+	assert.False(t, validJSON([]byte("\"a\tb\"")), "a raw tab in a string")
+	assert.True(t, validJSON([]byte(`["\\", "\"]"]`)), "an escaped backslash, then an escaped quote")
+	assert.False(t, validJSON([]byte(`"\`)), "an escape at the end")
+	assert.False(t, validJSON([]byte("\"\x02\\b\"")), "a control character in a string with an escape (fastjson lets it stand)")
+}
+
+// BenchmarkValidJSON: loadgen's NDJSON record (a 256-byte JSON string) and
+// an event object.
+func BenchmarkValidJSON(b *testing.B) {
+	for name, v := range map[string][]byte{
+		"string": []byte(`"` + strings.Repeat("0123456789abcdef", 16) + `"`),
+		"object": []byte(`{"user":"u-1234567","event":"page_view","path":"/products/42?ref=mail","ts":1764892800123,"tags":["a","b","c"],"props":{"referrer":"https://example.com/\"x\"","screen":[1920,1080]}}`),
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(v)))
+			for b.Loop() {
+				if !validJSON(v) {
+					b.Fatal("refused")
+				}
+			}
+		})
+	}
 }

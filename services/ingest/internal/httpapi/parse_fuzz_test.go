@@ -162,7 +162,7 @@ func FuzzParseMeta(f *testing.F) {
 
 // FuzzValidJSON: the fast validator answers as encoding/json does.
 func FuzzValidJSON(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, `[1,2`, `"x"`, `1e5`, `nul`, "\"\xff\"", ` {} `, `{"a":1}{}`} {
+	for _, s := range []string{`{"a":1}`, `[1,2`, `"x"`, `1e5`, `nul`, "\"\xff\"", ` {} `, `{"a":1}{}`, `"a\"b"`, `"\\"`, `"\`, "\"a\tb\"", "\"\\\x01\"", `["\"]"]`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
