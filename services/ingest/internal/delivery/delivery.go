@@ -542,9 +542,9 @@ func (d *Delivery) wholeUnits(b *batch, units []int) {
 // trace reads each record's parent trace context, before any hop
 // overwrites the record's trace headers.
 func (d *Delivery) trace(ctx context.Context, items []*item) {
-	parents := d.parents(ctx, records(items))
-	for j, it := range items {
-		it.parent = parents[j]
+	request := trace.SpanFromContext(ctx).SpanContext()
+	for _, it := range items {
+		it.parent = d.parentOf(ctx, request, &it.rec)
 	}
 }
 
@@ -734,7 +734,7 @@ func (d *Delivery) countClient(c identity.Client, items []item) {
 // counted as a possible duplicate.
 func (d *Delivery) toKafka(ctx context.Context, items []*item) {
 	recs := records(items)
-	sp := d.startSpans(parentsOf(items), recs, func() (string, []attribute.KeyValue) {
+	sp := d.startSpans(items, recs, func() (string, []attribute.KeyValue) {
 		return "send " + recs[0].Topic, kafkaAttrs(recs[0].Topic, len(recs))
 	})
 	start := time.Now()
@@ -806,7 +806,7 @@ func (d *Delivery) toKafka(ctx context.Context, items []*item) {
 func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, items []*item, reason string) {
 	recs := records(items)
 	subject := spill.Subjects{Prefix: d.opts.WAL.SubjectPrefix}.For(kind, recs[0].Topic)
-	sp := d.startSpans(parentsOf(items), recs, func() (string, []attribute.KeyValue) {
+	sp := d.startSpans(items, recs, func() (string, []attribute.KeyValue) {
 		return "publish " + subject, append(bufferAttrs(subject, len(recs)), attribute.String("spillway.buffer.reason", reason))
 	})
 	res := d.opts.Buffer.Publish(ctx, kind, recs, reason)
@@ -817,15 +817,6 @@ func (d *Delivery) buffer(ctx context.Context, kind spill.Kind, items []*item, r
 			d.m.buffered.WithLabelValues(d.label(it.named), reason).Inc()
 		}
 	}
-}
-
-// parentsOf is the parent trace context of each of items.
-func parentsOf(items []*item) []parent {
-	out := make([]parent, len(items))
-	for j, it := range items {
-		out[j] = it.parent
-	}
-	return out
 }
 
 // label is topic's metric label: "" for a name that is not a topic (no

@@ -24,22 +24,18 @@ type parent struct {
 	link trace.SpanContext
 }
 
-// parents reads each record's parent context, before any hop overwrites
-// the record's trace headers.
-func (d *Delivery) parents(ctx context.Context, recs []record.Record) []parent {
-	out := make([]parent, len(recs))
-	request := trace.SpanFromContext(ctx).SpanContext()
-	for i := range recs {
-		out[i] = parent{ctx: ctx}
-		carrier := telemetry.RecordCarrier{Record: &recs[i]}
-		if tp := carrier.Get("traceparent"); tp != "" {
-			pctx := d.opts.Propagators.Extract(ctx, carrier)
-			if trace.SpanContextFromContext(pctx).IsValid() {
-				out[i] = parent{ctx: pctx, key: tp, link: request}
-			}
+// parentOf reads rec's parent context, before any hop overwrites the
+// record's trace headers: the traceparent its client gave it, else the
+// request's context ctx, whose span is request.
+func (d *Delivery) parentOf(ctx context.Context, request trace.SpanContext, rec *record.Record) parent {
+	carrier := telemetry.RecordCarrier{Record: rec}
+	if tp := carrier.Get("traceparent"); tp != "" {
+		pctx := d.opts.Propagators.Extract(ctx, carrier)
+		if trace.SpanContextFromContext(pctx).IsValid() {
+			return parent{ctx: pctx, key: tp, link: request}
 		}
 	}
-	return out
+	return parent{ctx: ctx}
 }
 
 // spans are the producer spans of one hand-off (to Kafka or to the
@@ -56,7 +52,10 @@ type spans struct {
 // make: each record's headers get its parent's context, and the nil
 // *spans that it returns does nothing. describe names the span and gives
 // its attributes, only when spans are made.
-func (d *Delivery) startSpans(parents []parent, recs []record.Record, describe func() (string, []attribute.KeyValue)) *spans {
+//
+// recs are items' records, in order (records(items)): each continues its
+// item's parent.
+func (d *Delivery) startSpans(items []*item, recs []record.Record, describe func() (string, []attribute.KeyValue)) *spans {
 	if !d.recording {
 		// A parent's context is formatted once, and set on each of its
 		// records (runs of one parent: a request's records, mostly).
@@ -65,8 +64,8 @@ func (d *Delivery) startSpans(parents []parent, recs []record.Record, describe f
 			encoded *headerCarrier
 		)
 		for i := range recs {
-			if encoded == nil || parents[i].ctx != last.ctx || parents[i].key != last.key {
-				last, encoded = parents[i], &headerCarrier{}
+			if p := items[i].parent; encoded == nil || p.ctx != last.ctx || p.key != last.key {
+				last, encoded = p, &headerCarrier{}
 				d.opts.Propagators.Inject(last.ctx, encoded)
 			}
 			encoded.setOn(&recs[i])
@@ -76,7 +75,7 @@ func (d *Delivery) startSpans(parents []parent, recs []record.Record, describe f
 	name, attrs := describe()
 	s := &spans{byParent: map[string]trace.Span{}, of: make([]trace.Span, len(recs)), keys: make([]string, len(recs))}
 	for i := range recs {
-		p := parents[i]
+		p := items[i].parent
 		s.keys[i] = p.key
 		span, ok := s.byParent[p.key]
 		if !ok {
