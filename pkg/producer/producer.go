@@ -594,9 +594,12 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 	// the next). A slow partition keeps the array, and so the call's
 	// other records, alive while it holds its run: at most two runs a
 	// partition, the one in flight and the one its empty queue took (a
-	// later call's records joining it copy the run out, see add). One
-	// array a call took the listener from 1.49 to 1.31 µs of CPU a record
-	// against a slice per partition (docs/benchmarks.md).
+	// later call's records joining it copy the run out, see add). While
+	// the run waits its call is not answered, and the ingest's in-flight
+	// bound still counts the whole call; only a batch left in flight
+	// after its call was answered (a hung broker) holds the array past
+	// it. One array a call took the listener from 1.49 to 1.31 µs of CPU
+	// a record against a slice per partition (docs/benchmarks.md).
 	type group struct {
 		tp       topicPartition
 		leader   int32
