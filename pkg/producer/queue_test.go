@@ -196,3 +196,70 @@ func TestNowUntilCoversTheStartNowRecords(t *testing.T) {
 	}
 	assert.Len(t, q.recs, 3, "the Start records behind are left, lingering")
 }
+
+// TestSlowPartitionCopiesOutAJoinedRun: a call's queue entries share one
+// array of partition runs (start), so a partition that holds a run keeps
+// the whole call's entries alive. A queue holds at most the run its empty
+// queue took: the next call's records joining it copy that run out. Here
+// the broker holds the first produce request; the second call, over two
+// partitions, waits in its queues; a third call joins partition 1's.
+func TestSlowPartitionCopiesOutAJoinedRun(t *testing.T) {
+	c, addr := kafkatest.NewCluster(t, kfake.SeedTopics(2, "runs"))
+	p := newProducer(t, addr)
+	release := make(chan struct{})
+	var held atomic.Bool
+	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if held.CompareAndSwap(false, true) {
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	defer close(release)
+
+	// recs are values to partitions 1, 0, 1, 0...: partition 1's run comes
+	// first in a call's array, with partition 0's run behind it.
+	recs := func(values ...string) []record.Record {
+		var out []record.Record
+		for i, v := range values {
+			out = append(out, record.Record{Topic: "runs", Value: []byte(v), Partition: int32(1 - i%2)})
+		}
+		return out
+	}
+	var wg sync.WaitGroup
+	start := func(rs []record.Record) {
+		wg.Add(1)
+		p.Start(rs, func(res []record.Result) {
+			defer wg.Done()
+			for i, r := range res {
+				assert.Equal(t, record.Delivered, r.Outcome, "record %d: %v", i, r.Err)
+			}
+		})
+	}
+	queue := func() *partitionQueue {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.queues["runs"][1]
+	}
+
+	start(recs("a1", "a0")) // sent, and held by the broker
+	require.Eventually(t, held.Load, 10*time.Second, 10*time.Millisecond, "the first produce request held")
+	start(recs("b1", "b0", "b3", "b2")) // over both partitions: one array of two runs
+	q := queue()
+	q.mu.Lock()
+	run := q.recs
+	q.mu.Unlock()
+	require.Len(t, run, 2, "partition 1's run of the second call, waiting")
+	require.Equal(t, len(run), cap(run), "the run is capped at its end")
+
+	start(recs("c1")) // to partition 1
+	q.mu.Lock()
+	joined := q.recs
+	q.mu.Unlock()
+	require.Len(t, joined, 3)
+	assert.NotSame(t, &run[0], &joined[0], "the joined queue still holds the second call's array")
+	assert.Equal(t, []string{"b1", "b3", "c1"}, []string{string(joined[0].value), string(joined[1].value), string(joined[2].value)})
+
+	release <- struct{}{}
+	wg.Wait()
+}
