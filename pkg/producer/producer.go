@@ -594,7 +594,7 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 	// the next). A slow partition keeps the array, and so the call's
 	// other records, alive while it holds its run: at most two runs a
 	// partition, the one in flight and the one its empty queue took (a
-	// later call's records joining it copy the run out, see add). While
+	// later call's records joining it copy the run out, see push). While
 	// the run waits its call is not answered, and the ingest's in-flight
 	// bound still counts the whole call; only a batch left in flight
 	// after its call was answered (a hung broker) holds the array past

@@ -200,11 +200,18 @@ func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []que
 	if topicMax != q.topicMax {
 		q.topicMax, q.taught = topicMax, 0 // what a refusal taught is for the limit before
 	}
+	q.push(recs)
+	q.mu.Unlock()
+	p.activate(q, true)
+}
+
+// push queues recs behind q's records: an empty queue takes recs as they
+// are (the caller's, given up: no copy), and a queue with records copies
+// them on. nowUntil then covers the last StartNow record. q.mu is held.
+func (q *partitionQueue) push(recs []queued) {
 	if len(q.recs) == 0 {
 		q.first = time.Now()
-	}
-	if len(q.recs) == 0 {
-		q.recs = recs // the caller's, given up: no copy
+		q.recs = recs
 	} else {
 		q.recs = append(q.recs, recs...)
 	}
@@ -216,8 +223,6 @@ func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []que
 	if now {
 		q.nowUntil = len(q.recs)
 	}
-	q.mu.Unlock()
-	p.activate(q, true)
 }
 
 // activate lists q among its sink's active queues and wakes the sink:

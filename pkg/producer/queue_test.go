@@ -3,6 +3,7 @@ package producer
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -175,17 +176,10 @@ func TestStartNowDoesNotLinger(t *testing.T) {
 func TestNowUntilCoversTheStartNowRecords(t *testing.T) {
 	plain, now := &call{}, &call{now: true}
 	q := &partitionQueue{}
-	q.recs = []queued{{call: plain, size: 1}}
-	q.bytes = 1
 	add := func(c *call, n int) {
-		for range n {
-			q.recs = append(q.recs, queued{call: c, size: 1})
-			q.bytes++
-		}
-		if c.now {
-			q.nowUntil = len(q.recs)
-		}
+		q.push(slices.Repeat([]queued{{call: c, size: 1}}, n))
 	}
+	add(plain, 1) // record 0
 	add(now, 2)   // records 1 and 2
 	add(plain, 3) // records 3 to 5
 	require.Equal(t, 3, q.nowUntil)
