@@ -184,22 +184,23 @@ type item struct {
 	named  string // the topic the client named: ACLs, rules and metrics use it
 	size   int    // as the client sent it, before our headers
 	parent parent
-	res    record.Result
+	res    *record.Result // its place in its batch's results
 	closed bool
 }
 
 // fail answers it with err, under topic, and closes it.
 func (it *item) fail(topic string, err error) {
-	it.res = record.Fail(topic, err)
+	*it.res = record.Fail(topic, err)
 	it.closed = true
 }
 
 // batch is one Send's records on their way through the stages.
 type batch struct {
-	api    string
-	client identity.Client
-	items  []item
-	cost   int64 // what the records cost in memory, for the in-flight bound
+	api     string
+	client  identity.Client
+	items   []item
+	results []record.Result // items[i].res is &results[i]
+	cost    int64           // what the records cost in memory, for the in-flight bound
 }
 
 // open is b's items not yet answered.
@@ -213,14 +214,12 @@ func (b *batch) open() []*item {
 	return out
 }
 
-// results is each item's result, in order, with its record's id.
-func (b *batch) results() []record.Result {
-	out := make([]record.Result, len(b.items))
+// answers is each item's result, in order, with its record's id.
+func (b *batch) answers() []record.Result {
 	for i := range b.items {
-		out[i] = b.items[i].res
-		out[i].ID = b.items[i].rec.ID
+		b.results[i].ID = b.items[i].rec.ID
 	}
-	return out
+	return b.results
 }
 
 // records is the records of items, copied: a hand-off writes its trace
@@ -236,7 +235,7 @@ func records(items []*item) []record.Record {
 // answer gives each of items its result of res, in order, and closes it.
 func answer(items []*item, res []record.Result) {
 	for j, it := range items {
-		it.res, it.closed = res[j], true
+		*it.res, it.closed = res[j], true
 	}
 }
 
@@ -255,7 +254,7 @@ func (d *Delivery) Send(ctx context.Context, api string, recs []record.Record) [
 func (d *Delivery) send(ctx context.Context, api string, recs []record.Record, units []int) []record.Result {
 	b := d.admit(ctx, api, recs)
 	if !d.reserve(b) {
-		return b.results()
+		return b.answers()
 	}
 	defer d.release(b)
 	pol := d.opts.Policy.Load()
@@ -269,7 +268,7 @@ func (d *Delivery) send(ctx context.Context, api string, recs []record.Record, u
 		d.route(ctx, b.open())
 	}
 	d.account(b)
-	return b.results()
+	return b.answers()
 }
 
 // Deliver is an API's one call for a request: it refuses the whole
@@ -346,13 +345,13 @@ func (d *Delivery) count(api, topic string, n int, reason record.Reason) {
 // admit gives each record an id and a timestamp, refuses those whose
 // topic, as the client named it, is not a topic, and counts each received.
 func (d *Delivery) admit(ctx context.Context, api string, recs []record.Record) *batch {
-	b := &batch{api: api, client: identity.From(ctx), items: make([]item, len(recs))}
+	b := &batch{api: api, client: identity.From(ctx), items: make([]item, len(recs)), results: make([]record.Result, len(recs))}
 	now := time.Now()
 	d.ids.assign(recs)
 	var topicErr error
 	for i := range recs {
 		it := &b.items[i]
-		it.rec, it.named, it.size = recs[i], recs[i].Topic, recs[i].Size()
+		it.rec, it.named, it.size, it.res = recs[i], recs[i].Topic, recs[i].Size(), &b.results[i]
 		if it.rec.Timestamp.IsZero() { // the receive time, wherever the record goes
 			it.rec.Timestamp = now
 		}
