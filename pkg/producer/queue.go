@@ -207,12 +207,20 @@ func (p *Producer) add(tp topicPartition, leader int32, topicMax int, recs []que
 
 // push queues recs behind q's records: an empty queue takes recs as they
 // are (the caller's, given up: no copy), and a queue with records copies
-// them on. nowUntil then covers the last StartNow record. q.mu is held.
+// them on, into twice the room the records need when it must grow (append
+// grows a large slice by a quarter, so calls joining a busy queue would
+// copy it again at almost every call). nowUntil then covers the last
+// StartNow record. q.mu is held.
 func (q *partitionQueue) push(recs []queued) {
-	if len(q.recs) == 0 {
+	switch n := len(q.recs) + len(recs); {
+	case len(q.recs) == 0:
 		q.first = time.Now()
 		q.recs = recs
-	} else {
+	case n > cap(q.recs):
+		grown := make([]queued, n, 2*n)
+		copy(grown[copy(grown, q.recs):], recs)
+		q.recs = grown
+	default:
 		q.recs = append(q.recs, recs...)
 	}
 	now := false
