@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	createtopicsapi "github.com/segmentio/kafka-go/protocol/createtopics"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
+	"github.com/segmentio/kafka-go/protocol/rawproduce"
 
 	"github.com/spillway/spillway/pkg/record"
 )
@@ -37,7 +39,9 @@ import (
 // have records: a batch is ready once linger.ms has passed since its
 // first record, or at once when it is full (batch.num.messages,
 // batch.size or the topic's max.message.bytes, counted as Kafka counts
-// it: encodedSize, batchBound) or the producer is closing.
+// it: encodedSize, batchBound) or the producer is closing. The producer
+// writes each batch's bytes itself (encodeBatch), and kafka-go's
+// transport carries them as they are.
 //
 // A batch is whole units (the records of one call to the partition, which
 // a queue holds consecutively, since a call adds them at once): fit cuts
@@ -518,32 +522,43 @@ func (p *Producer) produce(batches []ready) {
 	p.produceTo(batches)
 }
 
-// produceTo sends batches, all led by one broker, in one request.
+// produceTo sends batches, all led by one broker, in one request. A
+// batch that cannot be encoded (its codec failed) fails its records.
 func (p *Producer) produceTo(batches []ready) {
-	req := &produceapi.Request{
+	req := &rawproduce.Request{
 		Acks:    int16(p.acks),
 		Timeout: int32(p.writeTimeout.Milliseconds()),
 	}
 	topicIndex := map[string]int{}
+	now := time.Now()
+	codec := p.compression.Codec()
+	compression := int16(p.compression) & 0x7
+	sent := batches[:0:0]
 	for _, b := range batches {
+		encoded, err := encodeBatch(b.batch, compression, codec, now)
+		if err != nil {
+			p.answer(b, nil, fmt.Errorf("compressing a batch with %s: %w", codec.Name(), err))
+			continue
+		}
+		sent = append(sent, b)
 		i, ok := topicIndex[b.q.tp.topic]
 		if !ok {
 			i = len(req.Topics)
 			topicIndex[b.q.tp.topic] = i
-			req.Topics = append(req.Topics, produceapi.RequestTopic{Topic: b.q.tp.topic})
+			req.Topics = append(req.Topics, rawproduce.RequestTopic{Topic: b.q.tp.topic})
 		}
-		req.Topics[i].Partitions = append(req.Topics[i].Partitions, produceapi.RequestPartition{
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, rawproduce.RequestPartition{
 			Partition: int32(b.q.tp.partition),
-			RecordSet: protocol.RecordSet{
-				Attributes: protocol.Attributes(p.compression) & 0x7,
-				Records:    &batchRecords{batch: b.batch},
-			},
+			RecordSet: protocol.RawRecordSet{Reader: bytes.NewReader(encoded)},
 		})
+	}
+	if batches = sent; len(batches) == 0 {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
 	resp, err := p.client.Transport.RoundTrip(ctx, p.client.Addr, req)
 	cancel()
-	var unrouted *produceapi.Error
+	var unrouted *rawproduce.Error
 	if errors.As(err, &unrouted) {
 		// The transport routes a produce by its own copy of the cluster's
 		// metadata, which our layouts are read from but may be newer than
@@ -1099,35 +1114,3 @@ func backoff(attempt int, minDelay, maxDelay time.Duration) time.Duration {
 	}
 	return d/2 + rand.N(d/2+1)
 }
-
-// batchRecords reads a batch's records into a produce request, without
-// copying them (kafka-go's Writer does the same).
-type batchRecords struct {
-	batch  []queued
-	index  int
-	record kafka.Record
-	key    bytesReadCloser
-	value  bytesReadCloser
-}
-
-func (r *batchRecords) ReadRecord() (*kafka.Record, error) {
-	if r.index >= len(r.batch) {
-		return nil, io.EOF
-	}
-	m := &r.batch[r.index]
-	r.index++
-	r.record = kafka.Record{Time: m.time, Headers: m.headers}
-	if m.key != nil {
-		r.key.Reset(m.key)
-		r.record.Key = &r.key
-	}
-	if m.value != nil {
-		r.value.Reset(m.value)
-		r.record.Value = &r.value
-	}
-	return &r.record, nil
-}
-
-type bytesReadCloser struct{ bytes.Reader }
-
-func (*bytesReadCloser) Close() error { return nil }

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 	describeconfigsapi "github.com/segmentio/kafka-go/protocol/describeconfigs"
 	metadataapi "github.com/segmentio/kafka-go/protocol/metadata"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
+	"github.com/segmentio/kafka-go/protocol/rawproduce"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -49,14 +51,18 @@ func (m *movingCluster) RoundTrip(_ context.Context, _ net.Addr, req kafka.Reque
 		})
 		return &metadataapi.Response{Topics: []metadataapi.ResponseTopic{{Name: "t",
 			Partitions: []metadataapi.ResponsePartition{{PartitionIndex: 0, LeaderID: m.leader.Load()}}}}}, nil
-	case *produceapi.Request:
+	case *rawproduce.Request:
 		var values []string
 		resp := &produceapi.Response{}
 		for _, t := range r.Topics {
 			rt := produceapi.ResponseTopic{Topic: t.Topic}
 			for _, p := range t.Partitions {
+				var rs protocol.RecordSet
+				if _, err := rs.ReadFrom(p.RecordSet.Reader); err != nil {
+					panic(err)
+				}
 				for {
-					rec, err := p.RecordSet.Records.ReadRecord()
+					rec, err := rs.Records.ReadRecord()
 					if err != nil {
 						break
 					}
