@@ -3,6 +3,7 @@ package httpapi
 import (
 	stdjson "encoding/json"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -167,7 +168,7 @@ func appendTime(dst []byte, t time.Time) []byte {
 // as encoding/json escapes it.
 func appendString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if !unescaped[s[i]] {
 			return fastjson.AppendEscape(dst, s, fastjson.EscapeHTML)
 		}
 	}
@@ -175,6 +176,15 @@ func appendString(dst []byte, s string) []byte {
 	dst = append(dst, s...)
 	return append(dst, '"')
 }
+
+// unescaped says which bytes encoding/json writes in a string as they
+// are: printable ASCII but the quote, the backslash, and <, > and &.
+var unescaped = func() (t [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		t[c] = !strings.ContainsRune(`"\\<>&`, rune(c))
+	}
+	return t
+}()
 
 // writeJSON answers with body, a line of JSON, as echo's c.JSON does.
 func writeJSON(c echo.Context, status int, body []byte) error {

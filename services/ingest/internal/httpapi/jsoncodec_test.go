@@ -99,6 +99,17 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// TestStringJSONEachByte: appendString writes a string holding any one
+// byte as encoding/json does, escaped or not.
+func TestStringJSONEachByte(t *testing.T) {
+	for c := range 256 {
+		s := "id-" + string([]byte{byte(c)}) + "-1"
+		want, err := stdjson.Marshal(s)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), string(appendString(nil, s)), "byte %#x", c)
+	}
+}
+
 // TestValidJSONNesting: nesting is bounded as encoding/json bounds it
 // (10,000 levels), and a body of millions of brackets is refused, not
 // recursed into until the stack runs out.
@@ -134,5 +145,19 @@ func BenchmarkValidJSON(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkAppendBatch writes the answer to a batch of 500 delivered
+// records, as a client of POST /messages gets it.
+func BenchmarkAppendBatch(b *testing.B) {
+	ts := time.Date(2026, 11, 30, 8, 1, 2, 345678900, time.UTC)
+	results := make([]record.Result, 500)
+	for i := range results {
+		results[i] = record.Result{ID: "01JQ8ZQ3K4M5N6P7Q8R9S0T1V2", Outcome: record.Delivered, Topic: "bench-topic", Partition: int32(i % 8), Offset: 1234567 + int64(i), Timestamp: ts}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = append(appendBatch(make([]byte, 0, batchAnswerSize(len(results))), results, nil), '\n')
 	}
 }
