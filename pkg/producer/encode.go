@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go/compress"
+
+	"github.com/spillway/spillway/pkg/record"
 )
 
 // The producer writes its record batches itself, straight into one
@@ -38,8 +40,9 @@ var scratch = sync.Pool{New: func() any { return new([]byte) }}
 // encodeBatch is batch as a produce request carries a partition's
 // records: the batch's size, then a record batch (magic 2, no producer id)
 // of its records, compressed with codec (nil: none) and marked so in the
-// attributes (compression, the codec's id). A record with no time gets
-// now's, as kafka-go gave it.
+// attributes (compression, the codec's id). Each record's headers are its
+// own, then its id as spillway-id. A record with no time gets now's, as
+// kafka-go gave it.
 func encodeBatch(batch []queued, compression int16, codec compress.Codec, now time.Time) ([]byte, error) {
 	first, maxTime := millis(batch[0].time, now), int64(0)
 	for i := range batch {
@@ -111,11 +114,22 @@ func recordsSize(batch []queued, first int64, now time.Time) int {
 // whose first timestamp is first, after its length.
 func recordLength(r *queued, i int, first int64, now time.Time) int {
 	n := 1 + varlongSize(millis(r.time, now)-first) + varlongSize(int64(i)) +
-		nullBytesSize(r.key) + nullBytesSize(r.value) + varlongSize(int64(len(r.headers)))
+		nullBytesSize(r.key) + nullBytesSize(r.value) + varlongSize(int64(headerCount(r)))
 	for _, h := range r.headers {
 		n += varlongSize(int64(len(h.Key))) + len(h.Key) + nullBytesSize(h.Value)
 	}
+	if r.id != "" {
+		n += varlongSize(int64(len(record.IDHeader))) + len(record.IDHeader) + varlongSize(int64(len(r.id))) + len(r.id)
+	}
 	return n
+}
+
+// headerCount is how many headers r goes with: its own, and its id.
+func headerCount(r *queued) int {
+	if r.id != "" {
+		return len(r.headers) + 1
+	}
+	return len(r.headers)
 }
 
 // appendRecords appends batch's records to dst as a record batch (magic
@@ -129,11 +143,17 @@ func appendRecords(dst []byte, batch []queued, first int64, now time.Time) []byt
 		dst = binary.AppendVarint(dst, int64(i))
 		dst = appendNullBytes(dst, r.key)
 		dst = appendNullBytes(dst, r.value)
-		dst = binary.AppendVarint(dst, int64(len(r.headers)))
+		dst = binary.AppendVarint(dst, int64(headerCount(r)))
 		for _, h := range r.headers {
 			dst = binary.AppendVarint(dst, int64(len(h.Key)))
 			dst = append(dst, h.Key...)
 			dst = appendNullBytes(dst, h.Value)
+		}
+		if r.id != "" {
+			dst = binary.AppendVarint(dst, int64(len(record.IDHeader)))
+			dst = append(dst, record.IDHeader...)
+			dst = binary.AppendVarint(dst, int64(len(r.id)))
+			dst = append(dst, r.id...)
 		}
 	}
 	return dst

@@ -12,18 +12,21 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/spillway/spillway/pkg/record"
 )
 
 // encodeCases are records that exercise each field of a record batch: a
 // null and an empty key, a tombstone (null value) and an empty value,
-// headers with null and empty values, times out of order and far apart.
+// headers with null and empty values, with an id and without, times out
+// of order and far apart.
 func encodeCases(t0 time.Time) []queued {
 	return []queued{
-		{key: []byte("k1"), value: []byte(`{"n":1}`), time: t0, headers: []kafka.Header{{Key: "spillway-id", Value: []byte("01J")}}},
+		{key: []byte("k1"), value: []byte(`{"n":1}`), time: t0, id: "01JQ8ZQ3K4M5N6P7Q8R9S0T1V2"},
 		{key: nil, value: []byte("no key"), time: t0.Add(3 * time.Millisecond)},
 		{key: []byte{}, value: []byte{}, time: t0.Add(-2 * time.Second)},
 		{key: []byte("tombstone"), value: nil, time: t0.Add(time.Hour)},
-		{key: []byte("h"), value: bytes.Repeat([]byte("v"), 300), time: t0, headers: []kafka.Header{{Key: "null"}, {Key: "empty", Value: []byte{}}, {Key: "x", Value: []byte("y")}}},
+		{key: []byte("h"), value: bytes.Repeat([]byte("v"), 300), time: t0, headers: []record.Header{{Key: "null"}, {Key: "empty", Value: []byte{}}, {Key: "x", Value: []byte("y")}}, id: "01J"},
 	}
 }
 
@@ -44,7 +47,7 @@ func TestEncodeBatchAsKafkaGo(t *testing.T) {
 
 			recs := make([]kafka.Record, len(batch))
 			for i, q := range batch {
-				recs[i] = kafka.Record{Time: q.time, Headers: q.headers}
+				recs[i] = kafka.Record{Time: q.time, Headers: kafkaHeaders(&q)}
 				if q.key != nil {
 					recs[i].Key = protocol.NewBytes(q.key)
 				}
@@ -64,7 +67,7 @@ func TestEncodeBatchAsKafkaGo(t *testing.T) {
 				assert.Equal(t, batch[i].key, r.key, "record %d's key", i)
 				assert.Equal(t, batch[i].value, r.value, "record %d's value", i)
 				assert.Equal(t, batch[i].time.UnixMilli(), r.time.UnixMilli(), "record %d's time", i)
-				assert.Equal(t, batch[i].headers, r.headers, "record %d's headers", i)
+				assert.Equal(t, kafkaHeaders(&batch[i]), r.headers, "record %d's headers, then its id", i)
 			}
 		})
 	}
@@ -103,20 +106,39 @@ func TestEncodeBatchHeader(t *testing.T) {
 	assert.Equal(t, now.UnixMilli(), read[len(read)-1].time.UnixMilli(), "a record without a time has now's")
 }
 
+// kafkaHeaders is the headers q goes to Kafka with: its own, then its id.
+func kafkaHeaders(q *queued) []kafka.Header {
+	var hs []kafka.Header
+	for _, h := range q.headers {
+		hs = append(hs, kafka.Header{Key: h.Key, Value: h.Value})
+	}
+	if q.id != "" {
+		hs = append(hs, kafka.Header{Key: record.IDHeader, Value: []byte(q.id)})
+	}
+	return hs
+}
+
+// readRecord is a record as kafka-go reads it back.
+type readRecord struct {
+	key, value []byte
+	time       time.Time
+	headers    []kafka.Header
+}
+
 // readBatch reads a produce request's record set with kafka-go.
-func readBatch(t *testing.T, b []byte) []queued {
+func readBatch(t *testing.T, b []byte) []readRecord {
 	t.Helper()
 	var rs protocol.RecordSet
 	_, err := rs.ReadFrom(bytes.NewReader(b))
 	require.NoError(t, err)
-	var out []queued
+	var out []readRecord
 	for {
 		r, err := rs.Records.ReadRecord()
 		if err == io.EOF {
 			return out
 		}
 		require.NoError(t, err)
-		q := queued{time: r.Time, headers: r.Headers}
+		q := readRecord{time: r.Time, headers: r.Headers}
 		if r.Key != nil {
 			q.key, err = io.ReadAll(r.Key)
 			require.NoError(t, err)
@@ -142,8 +164,8 @@ func BenchmarkEncodeBatch(b *testing.B) {
 	for i := range batch {
 		value := fmt.Appendf(nil, `{"n":%d,"pad":"%s"}`, i, bytes.Repeat([]byte("x"), 100))
 		batch[i] = queued{key: fmt.Appendf(nil, "key-%d", i), value: value[:100], time: now,
-			headers: []kafka.Header{{Key: "spillway-id", Value: fmt.Appendf(nil, "01JABCDEFGHJKMNPQRS%07d", i)}}}
-		recs[i] = kafka.Record{Time: now, Key: protocol.NewBytes(batch[i].key), Value: protocol.NewBytes(batch[i].value), Headers: batch[i].headers}
+			id: fmt.Sprintf("01JABCDEFGHJKMNPQRS%07d", i)}
+		recs[i] = kafka.Record{Time: now, Key: protocol.NewBytes(batch[i].key), Value: protocol.NewBytes(batch[i].value), Headers: kafkaHeaders(&batch[i])}
 	}
 	for _, c := range []kafka.Compression{0, kafka.Snappy} {
 		name := "none"

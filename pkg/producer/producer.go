@@ -630,64 +630,19 @@ func (p *Producer) start(recs []record.Record, index []int, c *call) {
 	for g := range groups {
 		next[g] = groups[g].start
 	}
-	headers := newHeaderArena(recs)
 	for k, j := range kept {
 		r, g := &recs[j], 0
 		if of != nil {
 			g = of[k]
 		}
-		hs := headers.kafkaHeaders(r.ID, r.Headers)
-		queue[next[g]] = queued{key: r.Key, value: r.Value, headers: hs, time: r.Timestamp, call: c, index: at(j), size: encodedSize(r.Key, r.Value, hs)}
+		queue[next[g]] = queued{key: r.Key, value: r.Value, headers: r.Headers, id: r.ID, time: r.Timestamp, call: c, index: at(j),
+			size: encodedSize(r.Key, r.Value, r.Headers, r.ID)}
 		next[g]++
 	}
 	for _, g := range groups {
 		p.add(g.tp, g.leader, g.maxBytes, queue[g.start:g.start+g.n:g.start+g.n])
 	}
 	p.closeMu.RUnlock()
-}
-
-// kafkaHeaders is the record's headers, then its id as spillway-id.
-//
-// The headers of a call's records are cut from one array, and their ids'
-// bytes from another (h), rather than allocated record by record.
-func (h *headerArena) kafkaHeaders(id string, hs []record.Header) []kafka.Header {
-	if len(hs) == 0 && id == "" {
-		return nil
-	}
-	n := len(hs) + 1
-	if len(h.headers)+n > cap(h.headers) {
-		h.headers = make([]kafka.Header, 0, max(h.want, n))
-	}
-	start := len(h.headers)
-	for _, hd := range hs {
-		h.headers = append(h.headers, kafka.Header{Key: hd.Key, Value: hd.Value})
-	}
-	if id != "" {
-		if len(h.ids)+len(id) > cap(h.ids) {
-			h.ids = make([]byte, 0, max(h.wantBytes, len(id)))
-		}
-		b := len(h.ids)
-		h.ids = append(h.ids, id...)
-		h.headers = append(h.headers, kafka.Header{Key: record.IDHeader, Value: h.ids[b:len(h.ids):len(h.ids)]})
-	}
-	return h.headers[start:len(h.headers):len(h.headers)]
-}
-
-// headerArena holds the arrays a call's records' headers are cut from;
-// want and wantBytes size them for the whole call.
-type headerArena struct {
-	headers         []kafka.Header
-	ids             []byte
-	want, wantBytes int
-}
-
-func newHeaderArena(recs []record.Record) *headerArena {
-	h := &headerArena{}
-	for i := range recs {
-		h.want += len(recs[i].Headers) + 1
-		h.wantBytes += len(recs[i].ID)
-	}
-	return h
 }
 
 // classify turns a kafka-go error into a record.Error with the reason a

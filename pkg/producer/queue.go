@@ -77,7 +77,8 @@ type topicPartition struct {
 // the call that queued it.
 type queued struct {
 	key, value []byte
-	headers    []kafka.Header
+	headers    []record.Header // the record's own: its id follows them (spillway-id)
+	id         string
 	time       time.Time
 	call       *call
 	index      int // in the call's results
@@ -466,10 +467,17 @@ const batchOverhead = 61
 // its timestamp and offset deltas at their largest (a varlong and a
 // varint), since they depend on the batch the record joins. It is at most
 // about a dozen bytes over; compression only makes the batch smaller.
-func encodedSize(key, value []byte, headers []kafka.Header) int {
-	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + bytesSize(key) + bytesSize(value) + varintSize(len(headers))
+func encodedSize(key, value []byte, headers []record.Header, id string) int {
+	count := len(headers)
+	if id != "" {
+		count++
+	}
+	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + bytesSize(key) + bytesSize(value) + varintSize(count)
 	for _, h := range headers {
 		n += varintSize(len(h.Key)) + len(h.Key) + bytesSize(h.Value)
+	}
+	if id != "" {
+		n += varintSize(len(record.IDHeader)) + len(record.IDHeader) + varintSize(len(id)) + len(id)
 	}
 	return varintSize(n) + n
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -196,13 +195,15 @@ func TestEncodedSizeIsKafkasCount(t *testing.T) {
 	for _, tt := range []struct {
 		name       string
 		key, value []byte
-		headers    []kafka.Header
+		headers    []record.Header
+		id         string
 	}{
-		{"empty", nil, nil, nil},
-		{"empty key and value", []byte{}, []byte{}, nil},
-		{"a value past one varint byte", nil, make([]byte, 64), nil},
-		{"key, value and headers", []byte("key"), make([]byte, 1000), []kafka.Header{{Key: "traceparent", Value: make([]byte, 55)}, {Key: "empty"}, {Key: record.IDHeader, Value: []byte(id(7))}}},
-		{"large", make([]byte, 300), make([]byte, 1<<20), []kafka.Header{{Key: "h", Value: make([]byte, 9000)}}},
+		{"empty", nil, nil, nil, ""},
+		{"empty key and value", []byte{}, []byte{}, nil, ""},
+		{"a value past one varint byte", nil, make([]byte, 64), nil, ""},
+		{"an id alone", nil, []byte("v"), nil, id(3)},
+		{"key, value, headers and id", []byte("key"), make([]byte, 1000), []record.Header{{Key: "traceparent", Value: make([]byte, 55)}, {Key: "empty"}}, id(7)},
+		{"large", make([]byte, 300), make([]byte, 1<<20), []record.Header{{Key: "h", Value: make([]byte, 9000)}}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			encoded := func(tsDelta int64, offsetDelta int32) int {
@@ -210,10 +211,13 @@ func TestEncodedSizeIsKafkasCount(t *testing.T) {
 				for _, h := range tt.headers {
 					r.Headers = append(r.Headers, kmsg.Header{Key: h.Key, Value: h.Value})
 				}
+				if tt.id != "" {
+					r.Headers = append(r.Headers, kmsg.Header{Key: record.IDHeader, Value: []byte(tt.id)})
+				}
 				body := len(r.AppendTo(nil)) - 1 // less its length field, 0 here
 				return varintSize(body) + body
 			}
-			got := encodedSize(tt.key, tt.value, tt.headers)
+			got := encodedSize(tt.key, tt.value, tt.headers, tt.id)
 			assert.Equal(t, encoded(math.MinInt64, math.MinInt32), got, "with the largest deltas")
 			assert.LessOrEqual(t, got-encoded(0, 0), 14, "with the smallest")
 		})
