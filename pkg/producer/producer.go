@@ -393,11 +393,24 @@ func (p *Producer) startCall(recs []record.Record, c *call) (withdraw func() []r
 // record given that partition is sent there, as the partitioner would
 // have sent it.
 func (p *Producer) PartitionOf(topic string, key []byte) (int32, bool) {
-	n, ok := p.partitionCounts.Load(topic)
+	partitionOf, ok := p.Partitioner(topic)
 	if !ok {
 		return 0, false
 	}
-	return int32(p.balancer.Balance(kafka.Message{Topic: topic, Key: key}, partitionList(n.(int))...)), true
+	return partitionOf(key), true
+}
+
+// Partitioner is PartitionOf for the records of topic, with its
+// partition count read once: for a batch of a topic's records.
+func (p *Producer) Partitioner(topic string) (func(key []byte) int32, bool) {
+	n, ok := p.partitionCounts.Load(topic)
+	if !ok {
+		return nil, false
+	}
+	partitions := partitionList(n.(int))
+	return func(key []byte) int32 {
+		return int32(p.balancer.Balance(kafka.Message{Topic: topic, Key: key}, partitions...))
+	}, true
 }
 
 // OnPartitionCount sets what is told each partition count read from

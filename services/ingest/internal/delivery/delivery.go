@@ -36,9 +36,10 @@ type Producer interface {
 }
 
 // Placer tells the partition the producer's partitioner would choose for
-// a record, once the topic's partition count is known.
+// a record, once the topic's partition count is known: Partitioner is
+// topic's, and false while that count is not known.
 type Placer interface {
-	PartitionOf(topic string, key []byte) (int32, bool)
+	Partitioner(topic string) (func(key []byte) int32, bool)
 }
 
 // Buffer stores records in JetStream and reports each one's outcome.
@@ -502,10 +503,18 @@ func ownHeader(headers []record.Header) (string, bool) {
 // those Kafka would refuse: a mapped topic that is not a topic, a record
 // over Kafka's size limit.
 func (d *Delivery) mapTopics(items []*item, pol *policy.Policy) {
-	for _, it := range items {
-		it.rec.Topic = pol.Map(it.named)
-		if err := record.ValidateTopic(it.rec.Topic); err != nil { // a prefix rewrite can make one
-			it.fail(it.named, record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", it.named, record.ClientMessage(err)))
+	var (
+		named, mapped string
+		invalid       error
+	)
+	for i, it := range items {
+		if i == 0 || it.named != named { // once per run of a topic
+			named, mapped = it.named, pol.Map(it.named)
+			invalid = record.ValidateTopic(mapped) // a prefix rewrite can make one
+		}
+		it.rec.Topic = mapped
+		if invalid != nil {
+			it.fail(it.named, record.Errorf(record.ReasonInvalid, "topic %q is mapped to an invalid topic (topic_mapping): %s", it.named, record.ClientMessage(invalid)))
 			continue
 		}
 		if err := record.CheckSize(it.size, d.opts.MaxRecordBytes); err != nil { // no use sending or buffering it
@@ -588,10 +597,13 @@ const countsWait = 2 * time.Second
 func (d *Delivery) place(items []*item) {
 	active := d.opts.Backlog.Active()
 	var (
-		last     string
-		seen     bool
-		buffered bool // last's records may be buffered
-		waited   bool
+		last        string
+		seen        bool
+		buffered    bool // last's records may be buffered
+		asked       bool // the placer was asked for last's partitioner
+		partitionOf func(key []byte) int32
+		known       bool // last's partition count is known: partitionOf
+		waited      bool
 	)
 	for _, it := range items {
 		r := &it.rec
@@ -599,22 +611,26 @@ func (d *Delivery) place(items []*item) {
 			continue
 		}
 		if !seen || r.Topic != last { // records of one topic come in runs
-			last, seen, buffered = r.Topic, true, d.spills(r.Topic) || d.writesAhead(r.Topic)
+			last, seen, buffered, asked = r.Topic, true, d.spills(r.Topic) || d.writesAhead(r.Topic), false
 		}
 		if !buffered || active && d.opts.Backlog.Has(r.Topic, spill.Lane(r)) {
 			continue
 		}
-		p, ok := d.opts.Placer.PartitionOf(r.Topic, r.Key)
-		if !ok && !waited {
-			// At start, the counts shared in the buffer (by other
-			// ingests, or this one before a restart) are read first: a
-			// key's lane must not change while its records are buffered.
-			d.opts.Backlog.WaitCounts(countsWait)
-			waited = true
-			p, ok = d.opts.Placer.PartitionOf(r.Topic, r.Key)
+		if !asked {
+			partitionOf, known = d.opts.Placer.Partitioner(r.Topic)
+			asked = true
+			if !known && !waited {
+				// At start, the counts shared in the buffer (by other
+				// ingests, or this one before a restart) are read first:
+				// a key's lane must not change while its records are
+				// buffered.
+				d.opts.Backlog.WaitCounts(countsWait)
+				waited = true
+				partitionOf, known = d.opts.Placer.Partitioner(r.Topic)
+			}
 		}
-		if ok {
-			r.Partition = p
+		if known {
+			r.Partition = partitionOf(r.Key)
 		}
 	}
 }

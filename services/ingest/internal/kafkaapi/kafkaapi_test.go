@@ -404,6 +404,43 @@ security:
 	assert.Contains(t, *p.ErrorMessage, "rate limit")
 }
 
+// TestTopicMappingPerTopicOfOneProduce: in one produce request of three
+// topics, each topic's records are mapped as their own topic's mapping
+// says, and only the topic whose mapping makes an invalid name (a prefix
+// rewrite past Kafka's 249 characters) is refused, with the reason.
+func TestTopicMappingPerTopicOfOneProduce(t *testing.T) {
+	_, addr := kafkatest.NewCluster(t)
+	kafkatest.CreateTopic(t, addr, "orders", 1)
+	kafkatest.CreateTopic(t, addr, "free", 1)
+	long := strings.Repeat("x", 245) + "."
+	in := ingesttest.StartYAML(t, addr, `
+topic_mapping:
+  - {exact: legacy-orders, to: orders}
+  - {prefix: "long.", to: "`+long+`"}
+`)
+	req := kafkatest.ProduceRequest("legacy-orders", kafkatest.RecordBatch(&kmsg.Record{Key: []byte("k"), Value: []byte("mapped")}))
+	for _, topic := range []string{"long.abcdef", "free"} {
+		other := kafkatest.ProduceRequest(topic, kafkatest.RecordBatch(&kmsg.Record{Key: []byte("k"), Value: []byte(topic)}))
+		req.Topics = append(req.Topics, other.Topics...)
+	}
+	resp, err := req.RequestWith(t.Context(), kgoClient(t, in.Kafka))
+	require.NoError(t, err)
+	require.Len(t, resp.Topics, 3)
+	for _, rt := range resp.Topics {
+		p := rt.Partitions[0]
+		if rt.Topic == "long.abcdef" {
+			assert.NotZero(t, p.ErrorCode, "a topic mapped to %d characters", len(long)+len("abcdef"))
+			if assert.NotNil(t, p.ErrorMessage) {
+				assert.Contains(t, *p.ErrorMessage, `topic "long.abcdef" is mapped to an invalid topic (topic_mapping)`)
+			}
+			continue
+		}
+		assert.Zero(t, p.ErrorCode, "%s: %v", rt.Topic, p.ErrorMessage)
+	}
+	assert.Equal(t, "mapped", string(kafkatest.Consume(t, addr, "orders", 1, 10*time.Second)[0].Value))
+	assert.Equal(t, "free", string(kafkatest.Consume(t, addr, "free", 1, 10*time.Second)[0].Value))
+}
+
 // TestTLSAndClientCertificate: with server.tls set the listener speaks
 // TLS; a client certificate from the client CA names the principal of
 // the records; a client that does not trust the server cannot produce.
