@@ -86,6 +86,12 @@ const maxJSONDepth = 10000
 // the ingest's CPU. TestResultJSONMatchesEncodingJSON holds it to the
 // bytes encoding/json gives.
 func appendResult(dst []byte, r *record.Result) []byte {
+	return appendResultTimed(dst, r, nil)
+}
+
+// appendResultTimed is appendResult, with the timestamp copied from where
+// last wrote the same instant, when it did.
+func appendResultTimed(dst []byte, r *record.Result, last *lastTime) []byte {
 	dst = append(dst, '{')
 	if r.ID != "" {
 		dst = append(dst, `"id":`...)
@@ -104,7 +110,7 @@ func appendResult(dst []byte, r *record.Result) []byte {
 		dst = strconv.AppendInt(dst, r.Offset, 10)
 		if !r.Timestamp.IsZero() {
 			dst = append(dst, `,"timestamp":`...)
-			dst = appendTime(dst, r.Timestamp.UTC())
+			dst = last.append(dst, r.Timestamp)
 		}
 	case record.Failed:
 		he := fromError(r.Err)
@@ -143,13 +149,38 @@ func appendBatch(dst []byte, results []record.Result, first *httpError) []byte {
 		dst = append(dst, ',')
 	}
 	dst = append(dst, `"results":[`...)
+	var last lastTime // a request's records mostly share their receive time
 	for i := range results {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendResult(dst, &results[i])
+		dst = appendResultTimed(dst, &results[i], &last)
 	}
 	return append(dst, "]}"...)
+}
+
+// lastTime is where in an answer the last timestamp was written, and
+// its instant: the records of a request share their receive time, which
+// is then formatted once (it took 4% of the ingest's CPU under NDJSON
+// load, formatted for each record).
+type lastTime struct {
+	t          time.Time
+	start, end int // in the answer; end 0: none yet
+}
+
+// append appends t as appendTime does: a copy of the last one written
+// when it is the same instant. A nil l formats t.
+func (l *lastTime) append(dst []byte, t time.Time) []byte {
+	if l == nil {
+		return appendTime(dst, t.UTC())
+	}
+	if l.end > 0 && t.Equal(l.t) {
+		return append(dst, dst[l.start:l.end]...)
+	}
+	start := len(dst)
+	dst = appendTime(dst, t.UTC())
+	l.t, l.start, l.end = t, start, len(dst)
+	return dst
 }
 
 // appendTime appends t as encoding/json does (RFC 3339 with nanoseconds,

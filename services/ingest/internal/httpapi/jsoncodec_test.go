@@ -3,6 +3,7 @@ package httpapi
 import (
 	stdjson "encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,7 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 		{results: results[:2], first: newHTTPError(503, 50301, "Kafka & the buffer <failed>")},
 		{results: results[5:6], first: fromError(results[5].Err)},
 		{results: []record.Result{}},
+		{results: sharedTimes(ts)},
 	} {
 		b := batchBody{Results: make([]resultBody, len(tc.results))}
 		for i, r := range tc.results {
@@ -97,6 +99,17 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, string(want), string(appendBatch(nil, tc.results, tc.first)))
 	}
+}
+
+// sharedTimes are delivered results whose timestamps repeat, change,
+// come back, and repeat as the same instant in another zone: the answer
+// formats a timestamp once and copies it while the instant repeats.
+func sharedTimes(ts time.Time) []record.Result {
+	var out []record.Result
+	for i, t := range []time.Time{ts, ts, ts.Add(time.Nanosecond), ts, ts.In(time.UTC), ts.Add(time.Hour), {}, ts} {
+		out = append(out, record.Result{ID: fmt.Sprint(i), Outcome: record.Delivered, Topic: "t", Offset: int64(i), Timestamp: t})
+	}
+	return out
 }
 
 // TestStringJSONEachByte: appendString writes a string holding any one
