@@ -169,6 +169,7 @@ func appendNullBytes(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
+// nullBytesSize is b's size in a record: its length (-1 for nil), then b.
 func nullBytesSize(b []byte) int {
 	if b == nil {
 		return 1
@@ -176,7 +177,8 @@ func nullBytesSize(b []byte) int {
 	return varlongSize(int64(len(b))) + len(b)
 }
 
-// varlongSize is the size of v as a zigzag varint.
+// varlongSize is the size of v as a Kafka varint (zigzag, as
+// binary.PutVarint writes it).
 func varlongSize(v int64) int {
 	u := uint64(v<<1) ^ uint64(v>>63)
 	return (bits.Len64(u|1) + 6) / 7

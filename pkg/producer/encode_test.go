@@ -2,9 +2,11 @@ package producer
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"testing"
 	"time"
 
@@ -104,6 +106,19 @@ func TestEncodeBatchHeader(t *testing.T) {
 	read := readBatch(t, got)
 	require.Len(t, read, len(batch))
 	assert.Equal(t, now.UnixMilli(), read[len(read)-1].time.UnixMilli(), "a record without a time has now's")
+}
+
+// TestVarlongSize: varlongSize is the size binary.PutVarint writes, at
+// each boundary of a byte more.
+func TestVarlongSize(t *testing.T) {
+	values := []int64{0, -1, 1, math.MaxInt64, math.MinInt64}
+	for shift := 6; shift < 63; shift += 7 {
+		values = append(values, 1<<shift-1, 1<<shift, -1<<shift, -1<<shift-1)
+	}
+	for _, v := range values {
+		var buf [binary.MaxVarintLen64]byte
+		assert.Equal(t, binary.PutVarint(buf[:], v), varlongSize(v), "%d", v)
+	}
 }
 
 // kafkaHeaders is the headers q goes to Kafka with: its own, then its id.

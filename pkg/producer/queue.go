@@ -472,28 +472,14 @@ func encodedSize(key, value []byte, headers []record.Header, id string) int {
 	if id != "" {
 		count++
 	}
-	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + bytesSize(key) + bytesSize(value) + varintSize(count)
+	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + nullBytesSize(key) + nullBytesSize(value) + varlongSize(int64(count))
 	for _, h := range headers {
-		n += varintSize(len(h.Key)) + len(h.Key) + bytesSize(h.Value)
+		n += varlongSize(int64(len(h.Key))) + len(h.Key) + nullBytesSize(h.Value)
 	}
 	if id != "" {
-		n += varintSize(len(record.IDHeader)) + len(record.IDHeader) + varintSize(len(id)) + len(id)
+		n += varlongSize(int64(len(record.IDHeader))) + len(record.IDHeader) + varlongSize(int64(len(id))) + len(id)
 	}
-	return varintSize(n) + n
-}
-
-// bytesSize is b's size in a record: its length (-1 for nil), then b.
-func bytesSize(b []byte) int {
-	if b == nil {
-		return varintSize(-1)
-	}
-	return varintSize(len(b)) + len(b)
-}
-
-// varintSize is n's size as a Kafka varint (zigzag, as binary.PutVarint).
-func varintSize(n int) int {
-	var buf [binary.MaxVarintLen64]byte
-	return binary.PutVarint(buf[:], int64(n))
+	return varlongSize(int64(n)) + n
 }
 
 // send is s's goroutine: it runs until none of its partitions has records.

@@ -215,7 +215,7 @@ func TestEncodedSizeIsKafkasCount(t *testing.T) {
 					r.Headers = append(r.Headers, kmsg.Header{Key: record.IDHeader, Value: []byte(tt.id)})
 				}
 				body := len(r.AppendTo(nil)) - 1 // less its length field, 0 here
-				return varintSize(body) + body
+				return varlongSize(int64(body)) + body
 			}
 			got := encodedSize(tt.key, tt.value, tt.headers, tt.id)
 			assert.Equal(t, encoded(math.MinInt64, math.MinInt32), got, "with the largest deltas")
