@@ -34,7 +34,9 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // scratch holds a batch's records, and then their compressed bytes,
-// while the batch is written.
+// while the batch is written. The bytes a request carries are never
+// pooled: after a request timed out, kafka-go's connection may still be
+// writing them.
 var scratch = sync.Pool{New: func() any { return new([]byte) }}
 
 // encodeBatch is batch as a produce request carries a partition's
