@@ -115,23 +115,30 @@ func recordsSize(batch []queued, first int64, now time.Time) int {
 // recordLength is the size of record r, at offset delta i in a batch
 // whose first timestamp is first, after its length.
 func recordLength(r *queued, i int, first int64, now time.Time) int {
-	n := 1 + varlongSize(millis(r.time, now)-first) + varlongSize(int64(i)) +
-		nullBytesSize(r.key) + nullBytesSize(r.value) + varlongSize(int64(headerCount(r)))
-	for _, h := range r.headers {
+	return 1 + varlongSize(millis(r.time, now)-first) + varlongSize(int64(i)) + fieldsSize(r.key, r.value, r.headers, r.id)
+}
+
+// fieldsSize is the size in a record of its key, value and headers (its
+// own, then its id as spillway-id), with their lengths and the headers'
+// count.
+func fieldsSize(key, value []byte, headers []record.Header, id string) int {
+	n := nullBytesSize(key) + nullBytesSize(value) + varlongSize(int64(headerCount(headers, id)))
+	for _, h := range headers {
 		n += varlongSize(int64(len(h.Key))) + len(h.Key) + nullBytesSize(h.Value)
 	}
-	if r.id != "" {
-		n += varlongSize(int64(len(record.IDHeader))) + len(record.IDHeader) + varlongSize(int64(len(r.id))) + len(r.id)
+	if id != "" {
+		n += varlongSize(int64(len(record.IDHeader))) + len(record.IDHeader) + varlongSize(int64(len(id))) + len(id)
 	}
 	return n
 }
 
-// headerCount is how many headers r goes with: its own, and its id.
-func headerCount(r *queued) int {
-	if r.id != "" {
-		return len(r.headers) + 1
+// headerCount is how many headers a record goes with: its own, and its
+// id.
+func headerCount(headers []record.Header, id string) int {
+	if id != "" {
+		return len(headers) + 1
 	}
-	return len(r.headers)
+	return len(headers)
 }
 
 // appendRecords appends batch's records to dst as a record batch (magic
@@ -145,7 +152,7 @@ func appendRecords(dst []byte, batch []queued, first int64, now time.Time) []byt
 		dst = binary.AppendVarint(dst, int64(i))
 		dst = appendNullBytes(dst, r.key)
 		dst = appendNullBytes(dst, r.value)
-		dst = binary.AppendVarint(dst, int64(headerCount(r)))
+		dst = binary.AppendVarint(dst, int64(headerCount(r.headers, r.id)))
 		for _, h := range r.headers {
 			dst = binary.AppendVarint(dst, int64(len(h.Key)))
 			dst = append(dst, h.Key...)

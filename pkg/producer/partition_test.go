@@ -177,8 +177,8 @@ func TestKeyPlacementMatchesJavaClient(t *testing.T) {
 				for i, r := range res {
 					require.Equal(t, record.Delivered, r.Outcome, "key %q: %v", keys[i], r.Err)
 					assert.Equal(t, javaPartition(keys[i], n), r.Partition, "answer for key %q (%x) over %d partitions", keys[i], keys[i], n)
-					got, ok := p.PartitionOf(topic, keys[i])
-					assert.True(t, ok && got == r.Partition, "PartitionOf(%s, %q) = %d, %v: where the record went, %d", topic, keys[i], got, ok, r.Partition)
+					got, ok := partitionOf(p, topic, keys[i])
+					assert.True(t, ok && got == r.Partition, "Partitioner(%s)(%q) = %d, %v: where the record went, %d", topic, keys[i], got, ok, r.Partition)
 				}
 			}
 		})
@@ -193,7 +193,7 @@ func TestKeyPlacementMatchesJavaClient(t *testing.T) {
 	}
 }
 
-// TestPartitionOfOutlivesThePrune: PartitionOf knows a topic once its
+// TestPartitionOfOutlivesThePrune: Partitioner knows a topic once its
 // partitions were read, and keeps knowing it when the producer forgets
 // the topic's layout, unused for a minute (as while Kafka is down and the
 // topic's records go to the buffer): a key keeps its partition, and so
@@ -201,7 +201,7 @@ func TestKeyPlacementMatchesJavaClient(t *testing.T) {
 func TestPartitionOfOutlivesThePrune(t *testing.T) {
 	_, addr := kafkatest.NewCluster(t, kfake.SeedTopics(7, "placed"))
 	p := newProducer(t, addr, "SPILLWAY_KAFKA_MESSAGE_TIMEOUT_MS=1000")
-	_, ok := p.PartitionOf("placed", []byte("kafka"))
+	_, ok := partitionOf(p, "placed", []byte("kafka"))
 	assert.False(t, ok, "not known before the topic was read")
 	res := p.Produce(t.Context(), []record.Record{{Topic: "placed", Key: []byte("kafka"), Value: []byte("v"), Partition: record.AnyPartition}})
 	require.Equal(t, record.Delivered, res[0].Outcome, "%v", res[0].Err)
@@ -210,7 +210,7 @@ func TestPartitionOfOutlivesThePrune(t *testing.T) {
 		_, ok := p.cachedLayout("placed")
 		return !ok
 	}, 10*time.Second, 10*time.Millisecond, "the layout is pruned")
-	got, ok := p.PartitionOf("placed", []byte("kafka"))
+	got, ok := partitionOf(p, "placed", []byte("kafka"))
 	assert.True(t, ok, "still known")
 	assert.Equal(t, javaPartition([]byte("kafka"), 7), got, "the Java client's partition, 3")
 }
@@ -280,4 +280,14 @@ func TestKeyPlacementMatchesKcat(t *testing.T) {
 		spread[kcatAt[string(k)]] = true
 	}
 	assert.Len(t, spread, partitions, "the keys cover every partition, so that a constant partition cannot pass")
+}
+
+// partitionOf is the partition p's partitioner gives key in topic, and
+// whether it knows the topic's partition count.
+func partitionOf(p *Producer, topic string, key []byte) (int32, bool) {
+	partitioner, ok := p.Partitioner(topic)
+	if !ok {
+		return 0, false
+	}
+	return partitioner(key), true
 }

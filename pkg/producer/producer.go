@@ -385,23 +385,13 @@ func (p *Producer) startCall(recs []record.Record, c *call) (withdraw func() []r
 	return c.withdraw
 }
 
-// PartitionOf is the partition the producer's partitioner
-// (kafka.partitioner) would choose for a record of topic with key, and
-// false when the topic's partition count was never read from Kafka. The
-// count last read is kept through Kafka's outages and is never forgotten,
-// so that a key keeps its partition while its records are buffered. A
-// record given that partition is sent there, as the partitioner would
-// have sent it.
-func (p *Producer) PartitionOf(topic string, key []byte) (int32, bool) {
-	partitionOf, ok := p.Partitioner(topic)
-	if !ok {
-		return 0, false
-	}
-	return partitionOf(key), true
-}
-
-// Partitioner is PartitionOf for the records of topic, with its
-// partition count read once: for a batch of a topic's records.
+// Partitioner is topic's partitioner: the partition the producer's
+// (kafka.partitioner) would choose for a record of topic with a key, for
+// the records of a batch with the topic's partition count read once. It
+// is false when that count was never read from Kafka. The count last read
+// is kept through Kafka's outages and is never forgotten, so that a key
+// keeps its partition while its records are buffered. A record given
+// that partition is sent there, as the partitioner would have sent it.
 func (p *Producer) Partitioner(topic string) (func(key []byte) int32, bool) {
 	n, ok := p.partitionCounts.Load(topic)
 	if !ok {

@@ -468,17 +468,7 @@ const batchOverhead = 61
 // varint), since they depend on the batch the record joins. It is at most
 // about a dozen bytes over; compression only makes the batch smaller.
 func encodedSize(key, value []byte, headers []record.Header, id string) int {
-	count := len(headers)
-	if id != "" {
-		count++
-	}
-	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + nullBytesSize(key) + nullBytesSize(value) + varlongSize(int64(count))
-	for _, h := range headers {
-		n += varlongSize(int64(len(h.Key))) + len(h.Key) + nullBytesSize(h.Value)
-	}
-	if id != "" {
-		n += varlongSize(int64(len(record.IDHeader))) + len(record.IDHeader) + varlongSize(int64(len(id))) + len(id)
-	}
+	n := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + fieldsSize(key, value, headers, id)
 	return varlongSize(int64(n)) + n
 }
 

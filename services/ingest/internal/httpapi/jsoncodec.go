@@ -85,13 +85,9 @@ const maxJSONDepth = 10000
 // reflection an answer per request of a single record took about 7% of
 // the ingest's CPU. TestResultJSONMatchesEncodingJSON holds it to the
 // bytes encoding/json gives.
-func appendResult(dst []byte, r *record.Result) []byte {
-	return appendResultTimed(dst, r, nil)
-}
-
-// appendResultTimed is appendResult, with the timestamp copied from where
-// last wrote the same instant, when it did.
-func appendResultTimed(dst []byte, r *record.Result, last *lastTime) []byte {
+// Its timestamp is copied from where last wrote the same instant, when
+// it did (nil: formatted).
+func appendResult(dst []byte, r *record.Result, last *lastTime) []byte {
 	dst = append(dst, '{')
 	if r.ID != "" {
 		dst = append(dst, `"id":`...)
@@ -154,7 +150,7 @@ func appendBatch(dst []byte, results []record.Result, first *httpError) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendResultTimed(dst, &results[i], &last)
+		dst = appendResult(dst, &results[i], &last)
 	}
 	return append(dst, "]}"...)
 }
@@ -212,7 +208,7 @@ func appendString(dst []byte, s string) []byte {
 // are: printable ASCII but the quote, the backslash, and <, > and &.
 var unescaped = func() (t [256]bool) {
 	for c := 0x20; c < 0x7f; c++ {
-		t[c] = !strings.ContainsRune(`"\\<>&`, rune(c))
+		t[c] = !strings.ContainsRune(`"\<>&`, rune(c))
 	}
 	return t
 }()
