@@ -13,10 +13,12 @@ import (
 
 // idSource gives records their ULIDs (spillway-id): monotonic within a
 // millisecond, as ulid.Make's, from a ChaCha8 stream seeded from the
-// system's randomness.
+// system's randomness. Within a millisecond each id is the one before it
+// plus a random step below 2³², so the next id cannot be guessed.
 type idSource struct {
 	mu      sync.Mutex
 	entropy *ulid.MonotonicEntropy
+	id      ulid.ULID // the last id; kept here, so that filling it allocates nothing
 }
 
 func newIDSource() *idSource {
@@ -41,11 +43,11 @@ func (s *idSource) assign(recs []record.Record) {
 	ms := ulid.Timestamp(time.Now())
 	s.mu.Lock()
 	for j := range n {
-		id, err := ulid.New(ms, s.entropy)
-		if err != nil { // this millisecond's entropy ran out
-			id = ulid.Make()
+		_ = s.id.SetTime(ms)                                          // now is within ULID's time range
+		if err := s.entropy.MonotonicRead(ms, s.id[6:]); err != nil { // this millisecond's entropy ran out
+			s.id = ulid.Make()
 		}
-		_ = id.MarshalTextTo(buf[j*ulid.EncodedSize : (j+1)*ulid.EncodedSize])
+		_ = s.id.MarshalTextTo(buf[j*ulid.EncodedSize : (j+1)*ulid.EncodedSize])
 	}
 	s.mu.Unlock()
 	ids := string(buf)

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"math/big"
 	"testing"
 	"time"
 
@@ -36,5 +37,39 @@ func TestIDsUniqueAndOrdered(t *testing.T) {
 			last = id
 			assert.False(t, ulid.Time(id.Time()).Before(before), "an id of now")
 		}
+	}
+}
+
+// TestIDStepsAreRandom: within a millisecond an id is the one before it
+// plus a random step below 2³², so that a client who sees one id cannot
+// name the next.
+func TestIDStepsAreRandom(t *testing.T) {
+	s := newIDSource()
+	recs := make([]record.Record, 1000)
+	s.assign(recs)
+	steps := map[uint64]bool{}
+	for i := 1; i < len(recs); i++ {
+		a, b := ulid.MustParseStrict(recs[i-1].ID), ulid.MustParseStrict(recs[i].ID)
+		if a.Time() != b.Time() {
+			continue // a new millisecond starts from new randomness
+		}
+		ea, eb := new(big.Int).SetBytes(a.Entropy()), new(big.Int).SetBytes(b.Entropy())
+		step := new(big.Int).Sub(eb, ea)
+		require.True(t, step.Sign() > 0 && step.BitLen() <= 32, "step %v from %s to %s", step, a, b)
+		steps[step.Uint64()] = true
+	}
+	assert.Greater(t, len(steps), 900, "distinct steps among 999")
+}
+
+// BenchmarkAssign: ids for a batch of 500 records.
+func BenchmarkAssign(b *testing.B) {
+	s := newIDSource()
+	recs := make([]record.Record, 500)
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range recs {
+			recs[i].ID = ""
+		}
+		s.assign(recs)
 	}
 }
