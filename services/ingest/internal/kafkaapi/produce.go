@@ -626,11 +626,13 @@ func unsnappy(src []byte, room int, tooLarge *parseError) ([]byte, *parseError) 
 		if len(dst)+n > room {
 			return nil, tooLarge
 		}
-		out, err := s2.Decode(nil, b)
-		if err != nil {
+		// Decoded in place, after dst's bytes: Decode writes into the
+		// slice it is given when its capacity holds the block.
+		dst = slices.Grow(dst, n)
+		if _, err := s2.Decode(dst[len(dst):], b); err != nil {
 			return nil, corrupt("snappy: %v", err)
 		}
-		return append(dst, out...), nil
+		return dst[:len(dst)+n], nil
 	}
 	if !bytes.HasPrefix(src, xerial) {
 		return block(nil, src)
