@@ -43,9 +43,9 @@ func (s *idSource) assign(recs []record.Record) {
 	ms := ulid.Timestamp(time.Now())
 	s.mu.Lock()
 	for j := range n {
-		_ = s.id.SetTime(ms)                                          // now is within ULID's time range
-		if err := s.entropy.MonotonicRead(ms, s.id[6:]); err != nil { // this millisecond's entropy ran out
-			s.id = ulid.Make()
+		_ = s.id.SetTime(ms) // now is within ULID's time range
+		if err := s.entropy.MonotonicRead(ms, s.id[6:]); err != nil {
+			s.id = ulid.Make() // this millisecond's entropy ran out
 		}
 		_ = s.id.MarshalTextTo(buf[j*ulid.EncodedSize : (j+1)*ulid.EncodedSize])
 	}
