@@ -11,9 +11,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 )
 
-// xerialFrame frames chunks as xerial snappy does (Java clients and
-// sarama): a 16-byte header, then each chunk as a big-endian length and
-// a snappy block.
+// xerialFrame frames chunks as xerial snappy's stream does (the Java
+// client writes it): a 16-byte header, then each chunk as a big-endian
+// length and a snappy block.
 func xerialFrame(chunks ...[]byte) []byte {
 	out := append([]byte{}, xerial...)
 	out = binary.BigEndian.AppendUint32(out, 1) // version
