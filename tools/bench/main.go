@@ -37,6 +37,7 @@ var (
 
 	// Modes in which bench runs a measured process of its own.
 	serveAnswerAddr = flag.String("serve-answer", "", "internal: be the answer-only HTTP server on this address")
+	serveWaitAddr   = flag.String("serve-answer-waiting", "", "a prototype, not a row: be the answer-only HTTP server that answers each request once a sender goroutine has held its batch for 1 ms (the wait without the work)")
 	serveAmbAddr    = flag.String("serve-ambassador", "", "internal: be the answer-only kafka-ambassador gRPC server on this address")
 	pipeURL         = flag.String("pipe", "", "internal: be the bare pipe, draining the spilled records of the JetStream at this URL into -pipe-brokers")
 	pipeCredentials = flag.String("pipe-credentials", "", "internal: the bare pipe's NATS nkey seed file")
@@ -90,6 +91,8 @@ func run() int {
 	switch {
 	case *serveAnswerAddr != "":
 		return serveAnswer(*serveAnswerAddr)
+	case *serveWaitAddr != "":
+		return serveAnswerWaiting(*serveWaitAddr)
 	case *serveAmbAddr != "":
 		return serveAmbassadorAnswer(*serveAmbAddr)
 	case *pipeURL != "":

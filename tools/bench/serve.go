@@ -38,6 +38,43 @@ func serveAnswer(addr string) int {
 	return 1
 }
 
+// serveAnswerWaiting is the answer-only HTTP server with the wait that
+// answering after Kafka takes, and none of the work: each request
+// queues itself for one sender goroutine and parks until the sender has
+// sent the batch it joined, as the ingest's producer does. The sender
+// takes everything queued, holds it for a millisecond (a produce
+// request in flight to a broker; linger.ms is 1 too), and wakes each
+// request. Held against the answer-only server, its CPU per request is
+// what parking and waking a request costs, a floor for any server that
+// answers after an asynchronous step.
+func serveAnswerWaiting(addr string) int {
+	queue := make(chan chan struct{}, 4096)
+	go func() {
+		var batch []chan struct{}
+		for {
+			batch = append(batch[:0], <-queue)
+			for len(queue) > 0 {
+				batch = append(batch, <-queue)
+			}
+			time.Sleep(time.Millisecond)
+			for _, sent := range batch {
+				close(sent)
+			}
+		}
+	}()
+	answer := []byte(`{"outcome":"delivered"}`)
+	err := http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		sent := make(chan struct{})
+		queue <- sent
+		<-sent
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(answer)
+	}))
+	fmt.Fprintln(os.Stderr, "bench -serve-answer-waiting:", err)
+	return 1
+}
+
 // answerAmbassador is the answer-only kafka-ambassador server: it answers
 // each ProdRq of a Produce stream with its ProdRs at once, and does
 // nothing else. It receives on one goroutine and sends on another, as the
