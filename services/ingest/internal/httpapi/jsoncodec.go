@@ -86,7 +86,7 @@ const maxJSONDepth = 10000
 // the ingest's CPU. TestResultJSONMatchesEncodingJSON holds it to the
 // bytes encoding/json gives.
 // Its timestamp is copied from where last wrote the same instant, when
-// it did (nil: formatted).
+// it did.
 func appendResult(dst []byte, r *record.Result, last *lastTime) []byte {
 	dst = append(dst, '{')
 	if r.ID != "" {
@@ -165,11 +165,8 @@ type lastTime struct {
 }
 
 // append appends t as appendTime does: a copy of the last one written
-// when it is the same instant. A nil l formats t.
+// when it is the same instant.
 func (l *lastTime) append(dst []byte, t time.Time) []byte {
-	if l == nil {
-		return appendTime(dst, t.UTC())
-	}
 	if l.end > 0 && t.Equal(l.t) {
 		return append(dst, dst[l.start:l.end]...)
 	}

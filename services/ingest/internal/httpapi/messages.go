@@ -48,7 +48,7 @@ func (h *handler) postMessages(c echo.Context, kh kafkaHeaders) error {
 		if res.Outcome == record.Buffered {
 			status = http.StatusAccepted
 		}
-		return writeJSON(c, status, appendResult(make([]byte, 0, 160), &res, nil))
+		return writeJSON(c, status, appendResult(make([]byte, 0, 160), &res, &lastTime{}))
 	}
 	status, first := batchStatus(results)
 	setRetryAfter(c, first)
